@@ -1,0 +1,179 @@
+"""`patient-twin`: the one console entry point, with sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from streams import config
+from streams.errors import PatientTwinError
+
+# Sub-commands whose issue has not landed yet: they say so in one line instead of crashing.
+PLANNED = {
+    "replay": "replays WFDB/CSV records into Kafka (devices issue)",
+    "analyze": "runs the twin over recorded data offline (twin-core issue)",
+    "bench": "prints benchmark tables (twin-core and pipeline issues)",
+    "evaluate": "measures alerts against simulated ground truth (alerts issue)",
+    "patients": "admits, transfers and discharges patients (dashboard issue)",
+    "users": "manages clinician accounts (dashboard issue)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + error
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="patient-twin", description="Remote patient monitoring with a live "
+                "physiological digital twin per patient. Configuration comes from environment "
+                "variables: see README.md.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="broker + simulator + worker + dashboard, all in one")
+    d.add_argument("--patients", type=_positive_int, default=20)
+    d.add_argument("--duration", type=_positive_float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    d.add_argument("--rate", type=_positive_float, default=1.0, help="device ticks per second")
+    d.add_argument("--seed", type=int, default=1)
+
+    b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    b.add_argument("--port", type=_port, default=None, help="loopback port (default BROKER_PORT)")
+
+    sub.add_parser("worker", help="run one stream-processing worker (Faust)")
+
+    s = sub.add_parser("simulate", help="simulated wearables publishing vital signs")
+    s.add_argument("--patients", type=_positive_int, default=20)
+    s.add_argument("--rate", type=_positive_float, default=1.0, help="device ticks per second")
+    s.add_argument("--duration", type=_positive_float, default=None,
+                   help="simulated seconds to run (default: until Ctrl-C)")
+    s.add_argument("--speed", type=_positive_float, default=1.0,
+                   help="simulated time runs this many times faster than real time")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
+
+    sub.add_parser("dashboard", help="serve the clinician dashboard")
+    sub.add_parser("topics", help="create the project's topics on the configured Kafka")
+
+    for name, what in PLANNED.items():
+        sp = sub.add_parser(name, help=f"(not available yet) {what}")
+        sp.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _run(args: argparse.Namespace, settings: config.Settings) -> int:
+    if args.command in PLANNED:
+        print(f"patient-twin {args.command}: not available yet: it {PLANNED[args.command]}.",
+              file=sys.stderr)
+        return 2
+    if args.command == "broker":
+        return _broker(settings, args.port or settings.broker_port)
+    if args.command == "topics":
+        from streams import topics
+
+        created = topics.ensure(settings)
+        print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+        return 0
+    if args.command == "worker":
+        from streams.app import run_worker
+
+        return run_worker(settings)
+    if args.command == "simulate":
+        from devices.run import simulate
+
+        stats = simulate(settings, patients=args.patients, rate=args.rate,
+                         duration=args.duration, speed=args.speed, seed=args.seed, to=args.to)
+        print(f"simulate: done: patients={stats.patients} sent={stats.sent} "
+              f"errors={stats.errors}", file=sys.stderr)
+        return 1 if stats.errors else 0
+    if args.command == "dashboard":
+        from dashboard.app import serve
+
+        print(f"dashboard: http://{settings.dashboard_host}:{settings.dashboard_port}/",
+              flush=True)
+        serve(settings)
+        return 0
+    if args.command == "demo":
+        from streams.demo import run_demo
+
+        return run_demo(settings, patients=args.patients, duration=args.duration,
+                        rate=args.rate, seed=args.seed)
+    raise AssertionError(args.command)
+
+
+def _broker(settings: config.Settings, port: int) -> int:
+    from streams import broker
+
+    proc = broker.start(port, quiet=True)
+    print(f"broker: Kafka bootstrap 127.0.0.1:{port} (embedded Tansu, memory only). "
+          "Ctrl-C stops it.", flush=True)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        proc.terminate()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = proc.wait()
+    if stopping:
+        print("broker: stopped", flush=True)
+        return 0
+    print(f"broker: exited unexpectedly with code {code}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = config.load()
+        logging.basicConfig(level=settings.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Client libraries log every connection at INFO; keep our own lines readable.
+        for noisy in ("kafka", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        return _run(args, settings)
+    except PatientTwinError as exc:
+        print(f"patient-twin {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""All configuration, in one typed place, read from environment variables.
+
+Every field of `Settings` is read from the environment variable of the same name in upper case
+(`kafka_partitions` <- `KAFKA_PARTITIONS`). The table in README.md is generated from `FIELDS` and
+checked by a test, so it cannot drift from this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from streams.errors import ConfigError
+
+
+class Secret:
+    """A string that never shows itself in repr, logs or `--help`."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    # Kafka. Unset bootstrap servers = start the embedded broker (demo) on BROKER_PORT.
+    kafka_bootstrap_servers: str | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: Secret | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: Secret | None = None
+    kafka_partitions: Positive = 4
+    kafka_replication_factor: Positive = 1
+    broker_port: Port = 9092
+    app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$")] = "patient-twin"
+    # Topics.
+    topic_vitals_raw: TopicName = "vitals.raw"
+    topic_vitals_dlq: TopicName = "vitals.dlq"
+    topic_twin_state: TopicName = "twin.state"
+    topic_alerts: TopicName = "alerts"
+    topic_patients: TopicName = "patients"
+    topic_observations: TopicName = "observations"
+    # Worker batching: at most this many events per twin step, waiting at most this long.
+    worker_batch_max: Positive = 1000
+    worker_batch_seconds: PositiveFloat = 0.5
+    # InfluxDB sink. Unset INFLUX_URL = sink off.
+    influx_url: str | None = None
+    influx_token: Secret | None = None
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+    influx_ca_cert: str | None = None
+    influx_verify_ssl: bool = True
+    # Dashboard.
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: Port = 8050
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def influx_enabled(self) -> bool:
+        return self.influx_url is not None
+
+
+# name -> (default shown to users, what it is). Order is the README's.
+DOCS: dict[str, str] = {
+    "kafka_bootstrap_servers": "Kafka bootstrap servers, comma-separated host:port; unset: the "
+    "demo starts the embedded broker",
+    "kafka_security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    "kafka_sasl_mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with SASL_*)",
+    "kafka_sasl_username": "SASL user name",
+    "kafka_sasl_password": "SASL password (secret: never logged)",
+    "kafka_ssl_cafile": "PEM file of the CA that signed the brokers' certificates",
+    "kafka_ssl_certfile": "PEM client certificate for mutual TLS",
+    "kafka_ssl_keyfile": "PEM private key of the client certificate",
+    "kafka_ssl_key_password": "password of the client key (secret)",
+    "kafka_partitions": "partitions of each topic the project creates",
+    "kafka_replication_factor": "replication factor of created topics (3 on a real cluster)",
+    "broker_port": "loopback port of the embedded broker",
+    "app_id": "Faust application id; also the consumer group of the workers",
+    "topic_vitals_raw": "device readings in, keyed by patient id",
+    "topic_vitals_dlq": "rejected device messages with the reason",
+    "topic_twin_state": "latest twin state per patient",
+    "topic_alerts": "alert events",
+    "topic_patients": "patient registry (compacted)",
+    "topic_observations": "clinicians' manual observations",
+    "worker_batch_max": "most events per vectorised twin step",
+    "worker_batch_seconds": "longest wait to fill a batch, seconds",
+    "influx_url": "InfluxDB URL (http:// or https://); unset: sink off",
+    "influx_token": "InfluxDB API token (secret)",
+    "influx_org": "InfluxDB organisation",
+    "influx_bucket": "InfluxDB bucket",
+    "influx_ca_cert": "PEM CA file for an InfluxDB behind a private CA",
+    "influx_verify_ssl": "verify InfluxDB's TLS certificate (true/false)",
+    "dashboard_host": "dashboard bind address",
+    "dashboard_port": "dashboard port",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+FIELDS: tuple[str, ...] = Settings.__struct_fields__
+SECRETS = frozenset(f for f in FIELDS if "password" in f or "token" in f)
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `Settings` from `environ` (default: the process environment).
+
+    Raises ConfigError with one line naming the variable and what it expects. An empty variable
+    counts as unset.
+    """
+    environ = os.environ if environ is None else environ
+    raw = {f: environ[env_name(f)] for f in FIELDS if environ.get(env_name(f), "") != ""}
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = re.search(r"at `\$\.(\w+)`", msg)
+        field = m.group(1) if m else ""
+        what = msg.split(" - at ")[0].replace("`", "")
+        shown = "***" if field in SECRETS else raw.get(field, "")
+        raise ConfigError(
+            f"{env_name(field)}={shown!s}: {what.lower()} ({DOCS.get(field, '')})"
+        ) from exc
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if s.kafka_bootstrap_servers is not None:
+        for hp in s.kafka_bootstrap_servers.split(","):
+            if not re.fullmatch(r"[^\s:,]+:\d{1,5}", hp.strip()):
+                raise ConfigError(
+                    f"KAFKA_BOOTSTRAP_SERVERS: {hp.strip()!r} is not host:port "
+                    "(expected comma-separated host:port pairs)")
+    if s.kafka_security_protocol.startswith("SASL"):
+        if not (s.kafka_sasl_mechanism and s.kafka_sasl_username and s.kafka_sasl_password):
+            raise ConfigError(
+                f"KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol} needs "
+                "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+    for f in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "influx_ca_cert"):
+        path = getattr(s, f)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{env_name(f)}={path}: no such file ({DOCS[f]})")
+    if (s.kafka_ssl_certfile is None) != (s.kafka_ssl_keyfile is None):
+        raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE must be set together")
+    if s.influx_url is not None:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", s.influx_url):
+            raise ConfigError(f"INFLUX_URL={s.influx_url}: expected http://host:port or https://…")
+        missing = [env_name(f) for f in ("influx_token", "influx_org", "influx_bucket")
+                   if getattr(s, f) is None]
+        if missing:
+            raise ConfigError(f"INFLUX_URL is set, so {', '.join(missing)} must be set too")
+
+
+def ssl_context(s: Settings) -> ssl.SSLContext | None:
+    """The one TLS context both Kafka clients use (None for PLAINTEXT / SASL_PLAINTEXT)."""
+    if s.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
+    if s.kafka_ssl_certfile:
+        pw = s.kafka_ssl_key_password.get() if s.kafka_ssl_key_password else None
+        ctx.load_cert_chain(s.kafka_ssl_certfile, s.kafka_ssl_keyfile, password=pw)
+    return ctx
+
+
+def kafka_python_config(s: Settings) -> dict[str, Any]:
+    """Connection settings for kafka-python clients (producer, consumer, admin)."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap.split(","),
+        "security_protocol": s.kafka_security_protocol,
+    }
+    ctx = ssl_context(s)
+    if ctx is not None:
+        cfg["ssl_context"] = ctx
+    if s.kafka_security_protocol.startswith("SASL"):
+        cfg["sasl_mechanism"] = s.kafka_sasl_mechanism
+        cfg["sasl_plain_username"] = s.kafka_sasl_username
+        cfg["sasl_plain_password"] = s.kafka_sasl_password.get() if s.kafka_sasl_password else ""
+    return cfg
+
+
+def faust_broker_config(s: Settings) -> dict[str, Any]:
+    """The same connection settings, in the form faust.App takes them."""
+    import faust  # heavy import kept out of the CLI's fast path
+
+    cfg: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{hp.strip()}" for hp in s.bootstrap.split(",")),
+    }
+    ctx = ssl_context(s)
+    if s.kafka_security_protocol.startswith("SASL"):
+        cfg["broker_credentials"] = faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password.get() if s.kafka_sasl_password else "",
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=ctx,
+        )
+    elif ctx is not None:
+        cfg["broker_credentials"] = ctx
+    return cfg

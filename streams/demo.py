@@ -1,0 +1,168 @@
+"""`patient-twin demo`: broker, simulator, worker and dashboard together, with a status line.
+
+Every child is started with `supervise.spawn` (it dies with us, even on SIGKILL) and stopped in
+reverse order on Ctrl-C, SIGTERM, `--duration`, or when any child fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from streams import broker, supervise, topics
+from streams.config import Settings, kafka_python_config
+
+
+@dataclass
+class Status:
+    readings: int = 0
+    states: int = 0
+    alerts: int = 0
+    patients: set[str] = field(default_factory=set)
+
+
+class StatusFeed:
+    """Counts messages on the demo's topics (messages, not offsets: see docs/tansu.md)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.status = Status()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-status", daemon=True)
+
+    def start(self) -> StatusFeed:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        s = self.settings
+        consumer = KafkaConsumer(client_id="patient-twin-demo", group_id=None,
+                                 enable_auto_commit=False, **kafka_python_config(s))
+        wanted = (s.topic_vitals_raw, s.topic_twin_state, s.topic_alerts)
+        parts = [TopicPartition(t, p) for t in wanted
+                 for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        while not self._stop.is_set():
+            for tp, recs in consumer.poll(timeout_ms=200, max_records=10000).items():
+                if tp.topic == s.topic_vitals_raw:
+                    self.status.readings += len(recs)
+                elif tp.topic == s.topic_twin_state:
+                    self.status.states += len(recs)
+                    for r in recs:
+                        self.status.patients.add(r.key.decode())
+                else:
+                    self.status.alerts += len(recs)
+        consumer.close()
+
+
+class _Children:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        self.procs.append((name, supervise.spawn(argv, env=env, stdout=log,
+                                                 stderr=subprocess.STDOUT)))
+        log.close()
+
+    def add(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.procs.append((name, proc))
+
+    def failed(self) -> str | None:
+        for name, p in self.procs:
+            if p.poll() is not None:
+                return f"{name} exited with code {p.returncode}"
+        return None
+
+    def stop(self, name: str | None = None) -> None:
+        for n, p in reversed(self.procs):
+            if name is None or n == name:
+                supervise.stop(p, timeout=15)
+
+
+def run_demo(settings: Settings, *, patients: int, duration: float | None, rate: float,
+             seed: int) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log_dir = Path(tempfile.mkdtemp(prefix="patient-twin-demo-"))
+    children = _Children(log_dir)
+    env = dict(os.environ)
+    try:
+        if settings.embedded_broker:
+            port = settings.broker_port
+            if not supervise.port_free(port):
+                port = supervise.free_port()
+                print(f"demo: port {settings.broker_port} is taken; broker uses {port}")
+            children.add("broker", broker.start(port))
+            env["BROKER_PORT"] = str(port)
+            settings = msgspec.structs.replace(settings, broker_port=port)
+        topics.ensure(settings)
+        dash_port = settings.dashboard_port
+        if not supervise.port_free(dash_port, settings.dashboard_host):
+            dash_port = supervise.free_port(settings.dashboard_host)
+        env["DASHBOARD_PORT"] = str(dash_port)
+        children.start("worker", supervise.python_argv("worker"), env)
+        children.start("dashboard", supervise.python_argv("dashboard"), env)
+        children.start("simulator", supervise.python_argv(
+            "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed)),
+            env)
+        print(f"demo: Kafka at {settings.bootstrap}"
+              f"{' (embedded broker)' if settings.embedded_broker else ''}")
+        print(f"demo: dashboard at http://{settings.dashboard_host}:{dash_port}/")
+        print(f"demo: logs in {log_dir}; Ctrl-C stops everything", flush=True)
+        feed = StatusFeed(settings).start()
+        t0 = time.monotonic()
+        failure = None
+        tty = sys.stdout.isatty()
+        last_print = 0.0
+        while not stop.is_set():
+            elapsed = time.monotonic() - t0
+            if duration is not None and elapsed >= duration:
+                break
+            failure = children.failed()
+            if failure:
+                break
+            st = feed.status
+            line = (f"demo: {elapsed:5.0f} s  readings sent {st.readings}  twins updated "
+                    f"{len(st.patients)}/{patients} patients ({st.states} states)  "
+                    f"alerts {st.alerts}")
+            if tty:
+                print("\r" + line, end="", flush=True)
+            elif elapsed - last_print >= 5.0:
+                print(line, flush=True)
+                last_print = elapsed
+            stop.wait(1.0)
+        # Stop the source first, let the worker finish what is in flight, then the rest.
+        children.stop("simulator")
+        if failure is None:
+            time.sleep(min(3.0, settings.worker_batch_seconds * 4))
+        feed.stop()
+        st = feed.status
+        if tty:
+            print()
+        print(f"demo: readings sent {st.readings}; twins updated for {len(st.patients)} of "
+              f"{patients} patients ({st.states} twin states); alerts {st.alerts}", flush=True)
+        if failure:
+            print(f"demo: stopped because the {failure}; see {log_dir}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        children.stop()

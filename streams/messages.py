@@ -1,0 +1,290 @@
+"""Every message the project puts on Kafka, defined once, versioned, validated with a reason.
+
+JSON on the wire. Each message carries `schema`, a name with a major version
+(`patient-twin.reading/1`); a consumer rejects a major version it does not know. Examples of each
+message are in docs/messages.md and are checked by tests against these definitions.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from streams.errors import InvalidMessage
+from twin.channels import CHANNELS, UNIT_ALIASES, UNITS
+
+READING_SCHEMA = "patient-twin.reading/1"
+PATIENT_SCHEMA = "patient-twin.patient/1"
+OBSERVATION_SCHEMA = "patient-twin.observation/1"
+TWIN_STATE_SCHEMA = "patient-twin.twin-state/1"
+ALERT_SCHEMA = "patient-twin.alert/1"
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a gateway batch of a few hundred readings fits; a dump does not
+MAX_READINGS_PER_MESSAGE = 500
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Channel = Literal["hr", "rr", "spo2", "sbp", "dbp", "temp"]
+_DEVICE_MAX = {c.name: c.device_max for c in CHANNELS}
+
+
+class Quantity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A value with its UCUM unit."""
+
+    value: float
+    unit: str
+
+
+class Reading(msgspec.Struct, frozen=True, kw_only=True):
+    """One measurement instant from one device: one or more channel values."""
+
+    schema: str
+    device_id: Id
+    patient_id: Id
+    seq: Annotated[int, msgspec.Meta(ge=0)]  # per-device, increasing
+    ts: datetime  # measurement time, ISO-8601 with a UTC offset
+    values: dict[Channel, Quantity]
+    quality: Fraction | None = None  # signal quality index, 1 = best
+    battery: Fraction | None = None  # state of charge
+
+
+class PatientRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The registry entry of a patient (compacted topic, key = patient id)."""
+
+    schema: str
+    patient_id: Id
+    event: Literal["admit", "transfer", "discharge", "update"]
+    ts: datetime
+    ward: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    bed: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    devices: list[Id] = []
+    # NEWS2 SpO2 scale 2 is for a prescribed target of 88-92 % (RCP 2017); a clinician decides it.
+    spo2_scale: Literal[1, 2] = 1
+    spo2_scale_set_by: str | None = None
+    by: str | None = None  # who made the change
+
+
+class Observation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A clinician's manual observation, scored by NEWS2 like device readings."""
+
+    schema: str
+    patient_id: Id
+    observer: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    ts: datetime
+    acvpu: Literal["A", "C", "V", "P", "U"] | None = None
+    supplemental_o2: bool | None = None
+    o2_flow: Quantity | None = None  # LOINC 3151-8, unit L/min
+    values: dict[Channel, Quantity] = {}
+
+
+class Forecast(msgspec.Struct, frozen=True):
+    minutes: int
+    estimate: dict[str, float | None]
+    low90: dict[str, float | None]
+    high90: dict[str, float | None]
+
+
+class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
+    """The twin of one patient after a batch (topic twin.state, key = patient id)."""
+
+    schema: str = TWIN_STATE_SCHEMA
+    patient_id: str
+    ts: datetime  # time of the latest applied reading
+    units: dict[str, str]
+    estimate: dict[str, float | None]  # None: channel never observed
+    sd: dict[str, float | None]
+    raw: dict[str, float | None]  # last value received, as recorded
+    age_s: dict[str, float | None]  # seconds since the channel was last believed
+    forecasts: list[Forecast]
+    news2: int
+    news2_raw: int
+    news2_complete: bool  # False until consciousness and oxygen are known and all vitals seen
+    news2_band: str
+    readings_applied: int
+    artifacts: int
+    missing: int
+    duplicates: int
+    late: int
+    battery: float | None
+    quality: float | None
+
+
+class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An alert event (topic alerts, key = patient id)."""
+
+    schema: str = ALERT_SCHEMA
+    alert_id: str
+    patient_id: str
+    ts: datetime
+    event: Literal["raised", "escalated", "acknowledged", "resolved"]
+    kind: str
+    category: Literal["clinical", "technical"]
+    priority: Literal["high", "medium", "low"]
+    channels: list[str] = []
+    message: str
+    news2: int | None = None
+    by: str | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A rejected input message (topic vitals.dlq): the reason and the original bytes."""
+
+    schema: str = "patient-twin.dead-letter/1"
+    reason: str
+    kind: str  # short machine-readable class of the reason
+    topic: str
+    partition: int
+    offset: int
+    received: datetime
+    original: bytes  # base64 in JSON
+
+
+_reading_decoder = msgspec.json.Decoder(Reading | list[Reading])
+_patient_decoder = msgspec.json.Decoder(PatientRecord)
+_observation_decoder = msgspec.json.Decoder(Observation)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def _kind_of(reason: str) -> str:
+    if reason.startswith("not JSON") or "malformed" in reason.lower():
+        return "not_json"
+    if "missing required field" in reason:
+        return "missing_field"
+    if "unknown field" in reason.lower():
+        return "unknown_field"
+    if "Invalid enum value" in reason and ".values" in reason:
+        return "unknown_channel"
+    return "wrong_type"
+
+
+def reject(reason: str, kind: str | None = None) -> InvalidMessage:
+    err = InvalidMessage(reason)
+    err.kind = kind or _kind_of(reason)  # type: ignore[attr-defined]
+    return err
+
+
+def _check_schema(schema: str, expected: str) -> None:
+    if schema != expected:
+        raise reject(f"schema {schema!r} is not supported (expected {expected!r})",
+                     "wrong_schema")
+
+
+def _check_ts(ts: datetime) -> None:
+    if ts.tzinfo is None:
+        raise reject("ts has no UTC offset (expected ISO-8601 like 2026-01-01T12:00:00Z)",
+                     "wrong_type")
+
+
+def _canonical(values: dict[str, Quantity]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for ch, q in values.items():
+        conv = UNIT_ALIASES[ch].get(q.unit)
+        if conv is None:
+            raise reject(f"values.{ch}: unit {q.unit!r} is not accepted (expected {UNITS[ch]!r})",
+                         "wrong_unit")
+        if not math.isfinite(q.value):
+            raise reject(f"values.{ch}: value is not a finite number", "impossible_value")
+        v = q.value * conv[0] + conv[1]
+        if v < 0 or v > _DEVICE_MAX[ch]:
+            raise reject(f"values.{ch}: {q.value} {q.unit} is impossible "
+                         f"(a device reports 0 to {_DEVICE_MAX[ch]:g} {UNITS[ch]})",
+                         "impossible_value")
+        out[ch] = v
+    return out
+
+
+class ValidReading(msgspec.Struct, frozen=True):
+    """A reading that passed validation, values converted to canonical units."""
+
+    device_id: str
+    patient_id: str
+    seq: int
+    t: float  # epoch seconds
+    values: dict[str, float]
+    quality: float | None
+    battery: float | None
+
+
+def decode_readings(data: bytes | None) -> list[ValidReading]:
+    """Decode one device message (a reading or a JSON array of readings from a gateway).
+
+    Raises InvalidMessage with the reason (and `.kind`) if anything in it is invalid; a message is
+    accepted or rejected whole, so a gateway batch never half-applies.
+    """
+    if not data:
+        raise reject("empty message", "empty")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise reject(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", "oversized")
+    try:
+        decoded = _reading_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise reject(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise reject(f"not JSON: {exc}", "not_json") from exc
+    items = decoded if isinstance(decoded, list) else [decoded]
+    if not items:
+        raise reject("empty list of readings", "empty")
+    if len(items) > MAX_READINGS_PER_MESSAGE:
+        raise reject(f"{len(items)} readings in one message exceed {MAX_READINGS_PER_MESSAGE}",
+                     "oversized")
+    out = []
+    for r in items:
+        _check_schema(r.schema, READING_SCHEMA)
+        _check_ts(r.ts)
+        if not r.values:
+            raise reject("values is empty (expected at least one channel)", "missing_field")
+        out.append(ValidReading(r.device_id, r.patient_id, r.seq, r.ts.timestamp(),
+                                _canonical(r.values), r.quality, r.battery))
+    return out
+
+
+def decode_patient(data: bytes) -> PatientRecord:
+    """Decode a registry record; InvalidMessage with the reason otherwise."""
+    try:
+        rec = _patient_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise reject(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise reject(f"not JSON: {exc}", "not_json") from exc
+    _check_schema(rec.schema, PATIENT_SCHEMA)
+    _check_ts(rec.ts)
+    return rec
+
+
+def decode_observation(data: bytes) -> Observation:
+    """Decode a manual observation; InvalidMessage with the reason otherwise."""
+    try:
+        obs = _observation_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise reject(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise reject(f"not JSON: {exc}", "not_json") from exc
+    _check_schema(obs.schema, OBSERVATION_SCHEMA)
+    _check_ts(obs.ts)
+    _canonical(obs.values)
+    if obs.o2_flow is not None and obs.o2_flow.unit != "L/min":
+        raise reject(f"o2_flow: unit {obs.o2_flow.unit!r} is not accepted (expected 'L/min')",
+                     "wrong_unit")
+    return obs
+
+
+def reading(device_id: str, patient_id: str, seq: int, ts: datetime,
+            values: dict[str, float], quality: float | None = None,
+            battery: float | None = None) -> Reading:
+    """Build a Reading with canonical units (for simulators and tests)."""
+    return Reading(schema=READING_SCHEMA, device_id=device_id, patient_id=patient_id, seq=seq,
+                   ts=ts, values={ch: Quantity(float(v), UNITS[ch]) for ch, v in values.items()},
+                   quality=quality, battery=battery)
+
+
+def utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+

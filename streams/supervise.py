@@ -1,0 +1,83 @@
+"""Child processes that cannot outlive their parent: spawn, wait for readiness, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # Linux: the kernel sends SIGTERM to the child when the parent dies, even by SIGKILL, so no
+    # child of ours is ever orphaned. Harmless no-op elsewhere.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
+          stdout: int | None = None, stderr: int | None = None) -> subprocess.Popen[bytes]:
+    """Start a child that is terminated when this process dies."""
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen(list(argv), env=env, stdout=stdout, stderr=stderr,
+                            stdin=subprocess.DEVNULL, preexec_fn=preexec)  # noqa: PLW1509
+
+
+def python_argv(*args: str) -> list[str]:
+    """argv that runs the `patient-twin` CLI with this interpreter."""
+    return [sys.executable, "-m", "streams.cli", *args]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM, wait, then SIGKILL. Returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None,
+                  timeout: float = 15.0, host: str = "127.0.0.1") -> bool:
+    """True once something accepts connections on the port; False on timeout or child exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}

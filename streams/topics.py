@@ -1,0 +1,58 @@
+"""The topics the project owns, created idempotently with kafka-python's admin client."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
+
+from streams.config import Settings, kafka_python_config
+from streams.errors import BrokerError
+
+_COMPACT = {"cleanup.policy": "compact"}
+
+
+def specs(s: Settings) -> list[NewTopic]:
+    """Every topic with its partitions and config. Keyed topics share the partition count so a
+    patient's readings, twin and alerts land on the same partition number."""
+    p, r = s.kafka_partitions, s.kafka_replication_factor
+    return [
+        NewTopic(s.topic_vitals_raw, p, r),
+        NewTopic(s.topic_vitals_dlq, p, r),
+        NewTopic(s.topic_twin_state, p, r, topic_configs=_COMPACT),
+        NewTopic(s.topic_alerts, p, r),
+        NewTopic(s.topic_patients, p, r, topic_configs=_COMPACT),
+        NewTopic(s.topic_observations, p, r),
+    ]
+
+
+def ensure(s: Settings, timeout: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. BrokerError if Kafka is unreachable."""
+    try:
+        admin = KafkaAdminClient(client_id=f"{s.app_id}-admin",
+                                 bootstrap_timeout_ms=int(timeout * 1000),
+                                 **kafka_python_config(s))
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise BrokerError(f"no Kafka broker reachable at {s.bootstrap} "
+                          f"within {timeout:g} s") from exc
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        for spec in specs(s):
+            if spec.name in existing:
+                continue
+            try:
+                admin.create_topics([spec])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another process created it meanwhile
+            except KafkaError as exc:
+                raise BrokerError(f"could not create topic {spec.name}: {exc}") from exc
+    finally:
+        admin.close()
+    return created

@@ -1,0 +1,85 @@
+"""Batched linear Kalman filter kernels: one call advances every patient of a bank.
+
+Axis order is fixed: patient, then state. Shared model matrices broadcast against per-patient ones,
+so `F` may be `(n, n)` for all patients or `(N, n, n)` when each patient has its own `dt`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def symmetrize(P: np.ndarray) -> np.ndarray:
+    """Return `(P + P^T) / 2`. P: `(..., n, n)`."""
+    return 0.5 * (P + np.swapaxes(P, -1, -2))
+
+
+def predict(
+    x: np.ndarray, P: np.ndarray, F: np.ndarray, Q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Propagate every patient's state one step.
+
+    x: `(N, n)` means; P: `(N, n, n)` covariances; F: `(n, n)` or `(N, n, n)` transition;
+    Q: `(n, n)` or `(N, n, n)` process noise. Returns `(x (N, n), P (N, n, n))`.
+    """
+    # x = F x
+    x_new = np.einsum("...ij,...j->...i", F, x)
+    # P = F P F^T + Q
+    P_new = F @ P @ np.swapaxes(F, -1, -2) + Q
+    return x_new, symmetrize(P_new)
+
+
+def update(
+    x: np.ndarray,
+    P: np.ndarray,
+    z: np.ndarray,
+    H: np.ndarray,
+    R: np.ndarray,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Correct every patient's state with the channels observed this step.
+
+    x: `(N, n)`; P: `(N, n, n)`; z: `(N, m)` observations (values under a False mask are ignored,
+    NaN allowed there); H: `(m, n)` or `(N, m, n)`; R: `(m, m)` or `(N, m, m)`;
+    mask: `(N, m)` bool, False = not observed this step (default: all observed).
+
+    A masked channel gets zero gain and adds nothing to `nis`; a patient with no observed channel
+    is returned unchanged. Returns `(x (N, n), P (N, n, n), nis (N,))` where `nis` is the
+    normalised innovation squared `y^T S^-1 y` over the observed channels (0 when none).
+    """
+    N, n = x.shape
+    m = z.shape[-1]
+    if mask is None:
+        mask = np.ones((N, m), dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    H = np.broadcast_to(H, (N, m, n))
+    R = np.broadcast_to(R, (N, m, m))
+    obs = mask.astype(x.dtype)
+
+    # A masked channel becomes a zero row of H with unit, uncorrelated noise: its innovation is 0,
+    # its column of the gain is 0, and S stays invertible.
+    Hm = H * obs[:, :, None]
+    pair = obs[:, :, None] * obs[:, None, :]
+    Rm = R * pair + np.eye(m) * (1.0 - obs)[:, None, :]
+    zm = np.where(mask, z, 0.0)
+
+    # y = z - H x
+    y = zm - np.einsum("nij,nj->ni", Hm, x)
+    PHt = P @ np.swapaxes(Hm, -1, -2)  # (N, n, m)
+    # S = H P H^T + R
+    S = Hm @ PHt + Rm
+    # K = P H^T S^-1, via a solve on S (symmetric) instead of an inverse
+    K = np.swapaxes(np.linalg.solve(S, np.swapaxes(PHt, -1, -2)), -1, -2)
+    x_new = x + np.einsum("nij,nj->ni", K, y)
+    # Joseph form, P = (I - K H) P (I - K H)^T + K R K^T, keeps P positive definite.
+    IKH = np.eye(n) - K @ Hm
+    P_new = IKH @ P @ np.swapaxes(IKH, -1, -2) + K @ Rm @ np.swapaxes(K, -1, -2)
+    P_new = symmetrize(P_new)
+    nis = np.einsum("ni,ni->n", y, np.linalg.solve(S, y[..., None])[..., 0])
+
+    none = ~mask.any(axis=1)
+    if none.any():
+        x_new[none] = x[none]
+        P_new[none] = P[none]
+        nis[none] = 0.0
+    return x_new, P_new, nis
