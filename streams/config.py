@@ -241,3 +241,14 @@ def faust_broker_config(s: Settings) -> dict[str, Any]:
     elif ctx is not None:
         cfg["broker_credentials"] = ctx
     return cfg
+
+
+def markdown_table() -> str:
+    """The configuration table of README.md (a test keeps the two identical)."""
+    defaults = Settings()
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in FIELDS:
+        d = getattr(defaults, f)
+        shown = "unset" if d is None else str(d).lower() if isinstance(d, bool) else str(d)
+        lines.append(f"| `{env_name(f)}` | {shown} | {DOCS[f]} |")
+    return "\n".join(lines)

@@ -22,7 +22,7 @@ OBSERVATION_SCHEMA = "patient-twin.observation/1"
 TWIN_STATE_SCHEMA = "patient-twin.twin-state/1"
 ALERT_SCHEMA = "patient-twin.alert/1"
 
-MAX_MESSAGE_BYTES = 64 * 1024  # a gateway batch of a few hundred readings fits; a dump does not
+MAX_MESSAGE_BYTES = 256 * 1024  # a gateway batch of 500 readings fits; a data dump does not
 MAX_READINGS_PER_MESSAGE = 500
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import chi2
 
-from twin.channels import C, NAMES
+from twin.channels import NAMES, C
 
 
 def _per_channel(**values: float) -> np.ndarray:

@@ -1,0 +1,81 @@
+"""The command line as a user meets it: help, one-line errors, no tracebacks."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from streams import cli, supervise
+
+
+def run(*args, env=None, timeout=60):
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
+                          text=True, env=e, timeout=timeout)
+
+
+def test_help_lists_the_subcommands():
+    out = run("--help").stdout
+    for name in ("demo", "broker", "worker", "simulate", "dashboard", *cli.PLANNED):
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(cli.PLANNED))
+def test_planned_subcommand_says_so_in_one_line(name):
+    r = run(name)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "not available yet" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("demo", "--patients", "zero"), "--patients"),
+    (("demo", "--duration", "-5"), "--duration"),
+    (("broker", "--port", "99999"), "--port"),
+    (("simulate", "--rate", "0"), "--rate"),
+])
+def test_bad_argument_is_one_line(args, fragment):
+    r = run(*args)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and fragment in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_environment_is_one_line_naming_the_variable():
+    r = run("topics", env={"KAFKA_PARTITIONS": "lots"})
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "KAFKA_PARTITIONS" in r.stderr
+
+
+def test_unreachable_kafka_is_one_line():
+    port = supervise.free_port()
+    r = run("topics", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, timeout=90)
+    assert r.returncode == 2
+    assert "no Kafka broker reachable" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.broker
+def test_broker_prints_address_and_stops_cleanly_on_sigterm():
+    port = supervise.free_port()
+    with subprocess.Popen([sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        _check_broker(p, port)
+
+
+def _check_broker(p, port):
+    try:
+        line = p.stdout.readline()
+        assert f"127.0.0.1:{port}" in line
+        assert supervise.wait_for_port(port, timeout=10)
+        # the port is taken now: a second broker says so in one line
+        r = run("broker", "--port", str(port))
+        assert r.returncode == 2 and "already in use" in r.stderr
+        assert r.stderr.count("\n") == 1
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=15) == 0
+        time.sleep(0.2)
+        assert supervise.port_free(port)  # the Tansu child went with it
+    finally:
+        supervise.stop(p)

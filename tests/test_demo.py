@@ -1,0 +1,88 @@
+"""`patient-twin demo` as a user runs it: it reports every twin and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams import supervise
+from tests.conftest import wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    out = set()
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(p)
+    return out
+
+
+def demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFKA_")}
+    env["BROKER_PORT"] = str(supervise.free_port())
+    env["DASHBOARD_PORT"] = str(supervise.free_port())
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_demo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", *args],
+                            env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_demo_reports_every_twin_and_leaves_nothing_behind():
+    with start_demo("--patients", "5", "--duration", "30") as p:
+        assert wait_until(lambda: len(descendants(p.pid)) >= 4, timeout=20)
+        kids = descendants(p.pid)
+        out, _ = p.communicate(timeout=90)
+    assert p.returncode == 0, out
+    assert "dashboard at http://127.0.0.1:" in out
+    assert "twins updated for 5 of 5 patients" in out, out
+    assert wait_until(lambda: not alive(kids), timeout=5), f"orphans: {alive(kids)}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_or_killed_demo_leaves_no_process(sig):
+    with start_demo("--patients", "3") as p:
+        assert wait_until(lambda: len(descendants(p.pid)) >= 4, timeout=20)
+        time.sleep(3)
+        kids = descendants(p.pid)
+        p.send_signal(sig)
+        p.communicate(timeout=60)
+        if sig == signal.SIGINT:
+            assert p.returncode == 0
+        # even SIGKILL of the demo takes every child with it (PR_SET_PDEATHSIG)
+        assert wait_until(lambda: not alive(kids), timeout=20), f"orphans: {alive(kids)}"

@@ -1,0 +1,96 @@
+"""The thin slice through everything, on a real broker: simulator -> worker -> twin.state ->
+dashboard, plus a dead letter for a malformed message."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgspec
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from dashboard.app import create_app
+from dashboard.feed import TwinFeed
+from streams import messages, topics
+from streams.config import kafka_python_config
+from tests.conftest import settings_env, wait_until
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def _consume_all(settings, topic, stop, timeout):
+    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
+                             **kafka_python_config(settings))
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    seen = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not stop(seen):
+            for recs in consumer.poll(timeout_ms=200).values():
+                seen.extend(recs)
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
+        settings_factory, procs):
+    s = settings_factory()
+    topics.ensure(s)
+    env = settings_env(s)
+    t0 = time.monotonic()
+    procs.start("worker", "worker", env=env)
+    procs.start("simulator", "simulate", "--patients", "20", "--rate", "1", "--seed", "3",
+                env=env)
+    # a malformed message and one under the wrong key go to the dead-letter topic
+    producer = KafkaProducer(**kafka_python_config(s))
+    producer.send(s.topic_vitals_raw, key=b"P00001", value=b'{"schema": "patient-twin.reading/1"')
+    good = messages.encode(messages.reading("d", "P00002", 1, messages.utc(time.time()),
+                                            {"hr": 70.0}))
+    producer.send(s.topic_vitals_raw, key=b"P00003", value=good)
+    producer.flush()
+    producer.close()
+
+    states = _consume_all(s, s.topic_twin_state,
+                          lambda seen: len({r.key for r in seen}) >= 20, timeout=30)
+    elapsed = time.monotonic() - t0
+    patients = {r.key.decode() for r in states}
+    assert patients == {f"P{i:05d}" for i in range(1, 21)}, (
+        f"only {len(patients)} twins after {elapsed:.0f} s\n{procs.log('worker')[-3000:]}")
+    last = msgspec.json.decode(states[-1].value, type=messages.TwinState)
+    assert last.estimate["hr"] is not None and last.units["hr"] == "/min"
+    assert last.readings_applied >= 1
+
+    dead = _consume_all(s, s.topic_vitals_dlq, lambda seen: len(seen) >= 2, timeout=15)
+    reasons = sorted(json.loads(r.value)["kind"] for r in dead)
+    assert reasons == ["not_json", "wrong_key"]
+    first = json.loads(dead[0].value)
+    assert first["topic"] == s.topic_vitals_raw and first["offset"] >= 0
+
+    # The dashboard's own consumer sees every patient, and its HTTP callback renders 20 rows.
+    feed = TwinFeed(s).start()
+    try:
+        assert wait_until(lambda: len(feed.snapshot()[0]) == 20, timeout=20)
+        app = create_app(s, feed=feed)
+        client = app.server.test_client()
+        assert client.get("/").status_code == 200
+        payload = {
+            "output": "..ward-body.children...ward-summary.children..",
+            "outputs": [{"id": "ward-body", "property": "children"},
+                        {"id": "ward-summary", "property": "children"}],
+            "inputs": [{"id": "ward-refresh", "property": "n_intervals", "value": 1}],
+            "changedPropIds": ["ward-refresh.n_intervals"], "state": [],
+        }
+        resp = client.post("/_dash-update-component", json=payload)
+        assert resp.status_code == 200, resp.data[:500]
+        body = resp.get_json()["response"]
+        rows = body["ward-body"]["children"]
+        assert len(rows) == 20
+        assert body["ward-summary"]["children"].startswith("20 patients")
+        ids = {r["props"]["children"][0]["props"]["children"] for r in rows}
+        assert ids == patients
+    finally:
+        feed.stop()

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from twin import bank
+from twin.channels import INDEX, C
+from twin.model import ModelParams
+
+PARAMS = ModelParams()
+T0 = 1_800_000_000.0
+
+
+def readings(rows, t, values, device=None, seq=None, quality=None):
+    K = len(rows)
+    z = np.full((K, C), np.nan)
+    for k, v in enumerate(values):
+        for ch, x in v.items():
+            z[k, INDEX[ch]] = x
+    dev = device or [f"dev-{r}" for r in rows]
+    return bank.Readings(
+        row=np.asarray(rows), t=np.asarray(t, float), z=z,
+        quality=np.asarray(quality if quality is not None else [1.0] * K, float),
+        battery=np.full(K, 0.9), device=bank.device_hash(dev),
+        seq=np.asarray(seq if seq is not None else list(range(1, K + 1))))
+
+
+def test_state_round_trips_through_bytes_and_is_under_2kb():
+    s = bank.new_states(3, PARAMS)
+    bank.step(s, readings([0, 1, 2], [T0] * 3, [{"hr": 80}, {"rr": 18}, {"spo2": 95}]), PARAMS)
+    blobs = [bank.to_bytes(s[i]) for i in range(3)]
+    assert bank.STATE_BYTES < 2048
+    assert all(len(b) == bank.STATE_BYTES for b in blobs)
+    back = bank.from_bytes(blobs)
+    assert back.tobytes() == s.tobytes()
+    with pytest.raises(ValueError, match="bytes"):
+        bank.from_bytes([blobs[0][:-1]])
+
+
+def test_estimate_tracks_readings_and_reports_nothing_for_unseen_channels():
+    s = bank.new_states(1, PARAMS)
+    n = 60
+    bank.step(s, readings([0] * n, T0 + np.arange(n), [{"hr": 100.0}] * n), PARAMS)
+    out = bank.outputs(s, np.array([T0 + n]), PARAMS)
+    assert abs(out.estimate[0, INDEX["hr"]] - 100.0) < 1.0
+    assert out.sd[0, INDEX["hr"]] < 3.0
+    assert np.isnan(out.estimate[0, INDEX["sbp"]])  # never observed: no estimate, not a guess
+    assert s["applied"][0] == n
+
+
+def test_duplicates_and_late_readings_are_skipped_and_counted():
+    s = bank.new_states(1, PARAMS)
+    bank.step(s, readings([0, 0], [T0, T0 + 1], [{"hr": 80}, {"hr": 81}], seq=[1, 2]), PARAMS)
+    before = s.copy()
+    rep = bank.step(s, readings([0, 0], [T0 + 1, T0 + 0.5], [{"hr": 150}, {"hr": 150}],
+                                seq=[2, 3]), PARAMS)
+    assert rep.duplicate.tolist() == [True, False]
+    assert rep.late.tolist() == [False, True]
+    assert not rep.applied.any()
+    np.testing.assert_array_equal(s["x"], before["x"])
+    assert s["duplicates"][0] == 1 and s["late"][0] == 1 and s["applied"][0] == 2
+
+
+def test_sensor_off_zero_is_missing_not_physiology():
+    s = bank.new_states(1, PARAMS)
+    bank.step(s, readings([0] * 30, T0 + np.arange(30), [{"spo2": 97.0}] * 30), PARAMS)
+    rep = bank.step(s, readings([0] * 5, T0 + 30 + np.arange(5), [{"spo2": 0.0}] * 5,
+                                seq=list(range(31, 36))), PARAMS)
+    assert rep.missing[:, INDEX["spo2"]].all()
+    out = bank.outputs(s, np.array([T0 + 35]), PARAMS)
+    assert out.estimate[0, INDEX["spo2"]] > 95
+    assert s["missing"][0] == 5
+    assert s["raw"][0, INDEX["spo2"]] == 0.0  # raw is kept as recorded
+
+
+def test_single_spike_is_rejected_but_a_sustained_change_is_accepted():
+    s = bank.new_states(1, PARAMS)
+    n = 120
+    bank.step(s, readings([0] * n, T0 + np.arange(n), [{"hr": 70.0}] * n), PARAMS)
+    rep = bank.step(s, readings([0], [T0 + n], [{"hr": 180.0}], seq=[n + 1]), PARAMS)
+    assert rep.artifact[0, INDEX["hr"]]
+    out = bank.outputs(s, np.array([T0 + n]), PARAMS)
+    assert out.estimate[0, INDEX["hr"]] < 75
+    m = PARAMS.max_consecutive_rejections + 3
+    bank.step(s, readings([0] * m, T0 + n + 1 + np.arange(m), [{"hr": 130.0}] * m,
+                          seq=list(range(n + 2, n + 2 + m))), PARAMS)
+    out = bank.outputs(s, np.array([T0 + n + m]), PARAMS)
+    assert abs(out.estimate[0, INDEX["hr"]] - 130.0) < 10
+
+
+def test_batched_step_equals_each_patient_alone():
+    rng = np.random.default_rng(4)
+    N, K = 30, 400
+    rows = rng.integers(0, N, K)
+    t = T0 + np.sort(rng.uniform(0, 600, K))
+    vals = [{"hr": float(v), "spo2": float(w)} for v, w in
+            zip(rng.normal(80, 5, K), rng.normal(96, 1, K), strict=True)]
+    seq = np.arange(K)
+    together = bank.new_states(N, PARAMS)
+    bank.step(together, readings(list(rows), t, vals, seq=list(seq)), PARAMS)
+    for p in range(N):
+        alone = bank.new_states(1, PARAMS)
+        idx = np.nonzero(rows == p)[0]
+        if len(idx) == 0:
+            continue
+        bank.step(alone, readings([0] * len(idx), t[idx], [vals[i] for i in idx],
+                                  device=[f"dev-{p}"] * len(idx), seq=list(seq[idx])), PARAMS)
+        np.testing.assert_allclose(together["x"][p], alone["x"][0], rtol=1e-10)
+        np.testing.assert_allclose(together["P"][p], alone["P"][0], rtol=1e-10)
+
+
+def test_forecast_intervals_widen_with_horizon():
+    s = bank.new_states(1, PARAMS)
+    bank.step(s, readings([0] * 20, T0 + 60 * np.arange(20),
+                          [{"hr": 70.0 + i} for i in range(20)]), PARAMS)
+    out = bank.outputs(s, np.array([T0 + 60 * 19]), PARAMS)
+    hr = INDEX["hr"]
+    assert out.forecast.shape == (1, 3, C)
+    assert out.forecast_sd[0, 0, hr] < out.forecast_sd[0, 1, hr] < out.forecast_sd[0, 2, hr]
+    assert out.forecast[0, 0, hr] > out.estimate[0, hr]  # rising trend carried forward

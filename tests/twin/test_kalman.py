@@ -1,0 +1,83 @@
+import numpy as np
+from filterpy.kalman import KalmanFilter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twin import kalman
+
+
+def _spd(rng: np.random.Generator, n: int, scale: float = 1.0) -> np.ndarray:
+    A = rng.standard_normal((n, n))
+    return scale * (A @ A.T + n * np.eye(n))
+
+
+def _case(seed: int, N: int, n: int, m: int):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, n))
+    P = np.stack([_spd(rng, n) for _ in range(N)])
+    F = np.eye(n) + 0.1 * rng.standard_normal((N, n, n))
+    Q = np.stack([_spd(rng, n, 0.01) for _ in range(N)])
+    H = rng.standard_normal((m, n))
+    R = _spd(rng, m, 0.5)
+    z = rng.standard_normal((N, m))
+    mask = rng.random((N, m)) < 0.6
+    mask[0] = False  # always include a patient with nothing observed
+    return x, P, F, Q, H, R, z, mask
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 6), n=st.integers(1, 5),
+       m=st.integers(1, 4))
+def test_batched_predict_update_equals_filterpy_per_patient(seed, N, n, m):
+    x, P, F, Q, H, R, z, mask = _case(seed, N, n, m)
+    xp, Pp = kalman.predict(x, P, F, Q)
+    xu, Pu, nis = kalman.update(xp, Pp, z, H, R, mask)
+    assert xu.shape == (N, n) and Pu.shape == (N, n, n) and nis.shape == (N,)
+    for i in range(N):
+        obs = np.nonzero(mask[i])[0]
+        kf = KalmanFilter(dim_x=n, dim_z=max(len(obs), 1))
+        kf.x = x[i].copy()
+        kf.P = P[i].copy()
+        kf.F = F[i]
+        kf.Q = Q[i]
+        kf.predict()
+        np.testing.assert_allclose(xp[i], kf.x, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(Pp[i], kf.P, rtol=1e-8, atol=1e-10)
+        if len(obs) == 0:
+            # no observed channel: returned unchanged, nis 0
+            np.testing.assert_array_equal(xu[i], xp[i])
+            np.testing.assert_array_equal(Pu[i], Pp[i])
+            assert nis[i] == 0.0
+            continue
+        kf.H = H[obs]
+        kf.R = R[np.ix_(obs, obs)]
+        kf.update(z[i, obs])
+        np.testing.assert_allclose(xu[i], kf.x, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(Pu[i], kf.P, rtol=1e-8, atol=1e-10)
+        y = kf.y
+        np.testing.assert_allclose(nis[i], y @ np.linalg.solve(kf.S, y), rtol=1e-8)
+
+
+def test_shared_matrices_broadcast_like_per_patient_ones():
+    x, P, F, Q, H, R, z, mask = _case(7, 5, 4, 3)
+    Fs, Qs = F[1], Q[1]
+    a = kalman.predict(x, P, Fs, Qs)
+    b = kalman.predict(x, P, np.broadcast_to(Fs, F.shape), np.broadcast_to(Qs, Q.shape))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    Hn = np.broadcast_to(H, (5, *H.shape))
+    Rn = np.broadcast_to(R, (5, *R.shape))
+    u1 = kalman.update(x, P, z, H, R, mask)
+    u2 = kalman.update(x, P, z, Hn, Rn, mask)
+    for p, q in zip(u1, u2, strict=True):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
+
+
+def test_masked_values_may_be_nan_and_are_ignored():
+    x, P, F, Q, H, R, z, mask = _case(3, 4, 3, 3)
+    z_nan = np.where(mask, z, np.nan)
+    a = kalman.update(x, P, z, H, R, mask)
+    b = kalman.update(x, P, z_nan, H, R, mask)
+    for p, q in zip(a, b, strict=True):
+        assert np.isfinite(q).all()
+        np.testing.assert_array_equal(p, q)
