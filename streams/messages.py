@@ -99,6 +99,10 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     raw: dict[str, float | None]  # last value received, as recorded
     age_s: dict[str, float | None]  # seconds since the channel was last believed
     forecasts: list[Forecast]
+    # mean arterial pressure (mm[Hg]) and shock index (HR/SBP), with SDs; None when unknown
+    derived: dict[str, float | None]
+    # minutes until the forecast enters a worse NEWS2 score for that channel (None: not within 60)
+    minutes_to_band: dict[str, float | None]
     news2: int
     news2_raw: int
     news2_complete: bool  # False until consciousness and oxygen are known and all vitals seen

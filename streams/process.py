@@ -62,7 +62,8 @@ class TwinProcessor:
         states = bank.new_states(len(pids), self.params)
         known = [i for i, p in enumerate(pids) if stored.get(p) is not None]
         if known:
-            states[known] = bank.from_bytes([stored[pids[i]] for i in known])  # type: ignore[misc]
+            bank.put(states, np.asarray(known),
+                     bank.from_bytes([stored[pids[i]] for i in known]))  # type: ignore[misc]
 
         K = len(readings)
         z = np.full((K, C), np.nan)
@@ -90,33 +91,39 @@ class TwinProcessor:
         out = bank.outputs(states, now, self.params)
         states["band"] = np.where(np.isnan(states["t"]), old_band, out.band)
 
+        blobs = bank.to_bytes(states)
         for i, pid in enumerate(pids):
             if np.isnan(states["t"][i]):
                 continue  # nothing applied yet (all duplicates of an unknown twin): no state
-            result.states[pid] = bank.to_bytes(states[i])
+            result.states[pid] = blobs[i]
             ts = utc(float(states["t"][i]))
-            result.twin_states.append(self._twin_state(pid, ts, states[i], out, i))
+            result.twin_states.append(self._twin_state(pid, ts, bank.take(states, [i]), out, i))
             alert = self._band_alert(pid, ts, int(old_band[i]), int(out.band[i]),
                                      int(out.news2[i]), out.components[i])
             if alert is not None:
                 result.alerts.append(alert)
         return result
 
-    def _twin_state(self, pid: str, ts, s: np.ndarray, out: bank.Outputs, i: int) -> TwinState:
+    def _twin_state(self, pid: str, ts, s: bank.State, out: bank.Outputs, i: int) -> TwinState:
         forecasts = []
         for j, h in enumerate(bank.FORECAST_MINUTES):
-            est, sd = out.forecast[i, j], out.forecast_sd[i, j]
-            forecasts.append(Forecast(int(h), _by_channel(est), _by_channel(est - bank.Z90 * sd),
-                                      _by_channel(est + bank.Z90 * sd)))
+            forecasts.append(Forecast(int(h), _by_channel(out.forecast[i, j]),
+                                      _by_channel(out.low90[i, j]), _by_channel(out.high90[i, j])))
         return TwinState(
             patient_id=pid, ts=ts, units=UNITS, estimate=_by_channel(out.estimate[i]),
-            sd=_by_channel(out.sd[i]), raw=_by_channel(s["raw"]), age_s=_by_channel(out.age_s[i]),
-            forecasts=forecasts, news2=int(out.news2[i]), news2_raw=int(out.news2_raw[i]),
+            sd=_by_channel(out.sd[i]), raw=_by_channel(s["raw"][0]),
+            age_s=_by_channel(out.age_s[i]),
+            forecasts=forecasts,
+            derived={"map": _opt(out.map[i]), "map_sd": _opt(out.map_sd[i]),
+                     "shock_index": _opt(out.shock_index[i]),
+                     "shock_index_sd": _opt(out.shock_index_sd[i])},
+            minutes_to_band=_by_channel(out.minutes_to_band[i]),
+            news2=int(out.news2[i]), news2_raw=int(out.news2_raw[i]),
             news2_complete=bool(out.complete[i]),
             news2_band=news2.BAND_NAMES[int(out.band[i])],
-            readings_applied=int(s["applied"]), artifacts=int(s["artifacts"]),
-            missing=int(s["missing"]), duplicates=int(s["duplicates"]), late=int(s["late"]),
-            battery=_opt(s["battery"]), quality=_opt(s["quality"]),
+            readings_applied=int(s["applied"][0]), artifacts=int(s["artifacts"][0]),
+            missing=int(s["missing"][0]), duplicates=int(s["duplicates"][0]),
+            late=int(s["late"][0]), battery=_opt(s["battery"][0]), quality=_opt(s["quality"][0]),
         )
 
     @staticmethod

@@ -2,6 +2,8 @@
 
 Each patient's twin is one fixed-size record (`STATE_DTYPE`), so a patient's state serialises to
 bytes and back without a schema library, and a batch of states unpacks with one `np.frombuffer`.
+The channels are independent level/trend pairs (`twin.model`), so a record keeps three covariance
+entries per channel instead of a 12 x 12 matrix.
 """
 
 from __future__ import annotations
@@ -11,22 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin import kalman, news2
+from twin import kalman, news2, ukf
 from twin.channels import INDEX, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
 from twin.model import (
-    LEVEL,
-    N_STATE,
-    TREND,
+    SPO2,
+    SPO2_INIT_CAP,
     ModelParams,
-    measurement_noise,
-    observation_matrix,
-    prior,
+    measurement_var,
+    odc,
+    odc_inverse,
+    spo2_hx,
     transition,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 DEVICE_SLOTS = 4
-_TRIU = np.triu_indices(N_STATE)
 
 STATE_DTYPE = np.dtype(
     [
@@ -35,9 +36,9 @@ STATE_DTYPE = np.dtype(
         ("rejects", "u2", (C,)),  # consecutive artifact rejections per channel
         ("artifacts", "u4"),  # readings rejected by the innovation gate, total
         ("missing", "u4"),  # sensor-off / out-of-range values treated as missing, total
-        ("applied", "u8"),  # readings applied to the twin, total
         ("duplicates", "u4"),
         ("late", "u4"),
+        ("applied", "u8"),  # readings applied to the twin, total
         ("t", "f8"),  # epoch seconds of the last applied reading (NaN: never)
         ("last_obs", "f8", (C,)),  # epoch seconds each channel was last believed (NaN: never)
         ("raw", "f8", (C,)),  # last value received per channel, as recorded
@@ -45,14 +46,25 @@ STATE_DTYPE = np.dtype(
         ("battery", "f4"),
         ("device", "u8", (DEVICE_SLOTS,)),  # 64-bit hash of the device id (0: free slot)
         ("seq", "i8", (DEVICE_SLOTS,)),  # last applied sequence number of that device
-        ("x", "f8", (N_STATE,)),
-        ("P", "f8", (len(_TRIU[0]),)),  # upper triangle of the covariance
+        ("x", "f8", (C, 2)),  # level, trend per channel (spo2: latent PaO2)
+        ("P", "f8", (C, 3)),  # covariance p00, p01, p11 per channel
     ]
 )
 STATE_BYTES = STATE_DTYPE.itemsize
 
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
 Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
+
+# Where each channel's NEWS2 component changes (RCP 2017 chart, scale 1; values are scored at the
+# chart's resolution, so a whole-number parameter changes score half-way between whole numbers).
+_BAND_EDGES = {
+    "rr": [8.5, 11.5, 20.5, 24.5],
+    "spo2": [91.5, 93.5, 95.5],
+    "sbp": [90.5, 100.5, 110.5, 219.5],
+    "hr": [40.5, 50.5, 90.5, 110.5, 130.5],
+    "temp": [35.05, 36.05, 38.05, 39.05],
+}
+_EDGE_CHANNELS = [INDEX[ch] for ch in _BAND_EDGES]
 
 
 def device_hash(device_ids: list[str]) -> np.ndarray:
@@ -64,47 +76,67 @@ def device_hash(device_ids: list[str]) -> np.ndarray:
     return out
 
 
-def new_states(n: int, params: ModelParams) -> np.ndarray:
-    """`n` twins that have seen nothing: `(n,)` of `STATE_DTYPE`."""
-    s = np.zeros(n, dtype=STATE_DTYPE)
-    x0, P0 = prior(params)
-    s["version"] = STATE_VERSION
-    s["band"] = -1
-    s["t"] = np.nan
-    s["last_obs"] = np.nan
-    s["raw"] = np.nan
-    s["quality"] = np.nan
-    s["battery"] = np.nan
-    s["x"] = x0
-    s["P"] = P0[_TRIU]
+def _prior(params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    x0 = np.stack([params.prior_level, np.zeros(C)], axis=-1)  # (C, 2)
+    p0 = np.stack([params.prior_level_sd**2, np.zeros(C), params.prior_trend_sd**2], axis=-1)
+    return x0, p0
+
+
+State = dict[str, np.ndarray]
+"""A bank's working state: one contiguous array per field of `STATE_DTYPE`, patients on axis 0
+(struct of arrays: the filter's elementwise passes run over contiguous memory)."""
+
+
+def new_states(n: int, params: ModelParams) -> State:
+    """`n` twins that have seen nothing."""
+    s = {name: np.zeros((n, *STATE_DTYPE[name].shape), dtype=STATE_DTYPE[name].base)
+         for name in STATE_DTYPE.names}
+    x0, p0 = _prior(params)
+    s["version"][:] = STATE_VERSION
+    s["band"][:] = -1
+    for f in ("t", "last_obs", "raw", "quality", "battery"):
+        s[f][:] = np.nan
+    s["x"][:] = x0
+    s["P"][:] = p0
     return s
 
 
-def to_bytes(state: np.ndarray) -> bytes:
-    """One twin record (a 0-d or `(1,)` array of `STATE_DTYPE`) to bytes."""
-    return np.ascontiguousarray(state, dtype=STATE_DTYPE).tobytes()
+def take(states: State, rows: np.ndarray) -> State:
+    """The twins at `rows (K,)`, copied."""
+    return {f: a[rows] for f, a in states.items()}
 
 
-def from_bytes(blobs: list[bytes]) -> np.ndarray:
-    """Records serialised by `to_bytes` back to `(K,)` of `STATE_DTYPE`.
+def put(states: State, rows: np.ndarray, part: State) -> None:
+    """Write `part` (from `take`) back at `rows`."""
+    for f, a in states.items():
+        a[rows] = part[f]
+
+
+def to_bytes(states: State) -> list[bytes]:
+    """Each twin as one fixed-size record of `STATE_DTYPE` (`STATE_BYTES` bytes)."""
+    n = states["t"].shape[0]
+    rec = np.empty(n, dtype=STATE_DTYPE)
+    for f, a in states.items():
+        rec[f] = a
+    return [rec[i].tobytes() for i in range(n)]
+
+
+def from_bytes(blobs: list[bytes]) -> State:
+    """Records written by `to_bytes` back to a `State`.
 
     Raises ValueError if a blob has the wrong size or version.
     """
     if any(len(b) != STATE_BYTES for b in blobs):
         raise ValueError(f"twin state must be {STATE_BYTES} bytes (version {STATE_VERSION})")
-    s = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE).copy()
-    if (s["version"] != STATE_VERSION).any():
+    rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
+    if (rec["version"] != STATE_VERSION).any():
         raise ValueError(f"unsupported twin state version (expected {STATE_VERSION})")
-    return s
+    return {f: np.ascontiguousarray(rec[f]) for f in STATE_DTYPE.names}
 
 
-def covariance(states: np.ndarray) -> np.ndarray:
-    """Full covariances `(K, n, n)` of `(K,)` records."""
-    K = states.shape[0]
-    P = np.zeros((K, N_STATE, N_STATE))
-    P[:, _TRIU[0], _TRIU[1]] = states["P"]
-    P[:, _TRIU[1], _TRIU[0]] = states["P"]
-    return P
+def _pair_cov(p: np.ndarray) -> np.ndarray:
+    """(k, 3) covariance entries -> (k, 2, 2)."""
+    return np.stack([np.stack([p[:, 0], p[:, 1]], -1), np.stack([p[:, 1], p[:, 2]], -1)], -2)
 
 
 @dataclass(frozen=True)
@@ -137,10 +169,41 @@ class StepReport:
     missing: np.ndarray  # (K, C) bool: sensor-off or out-of-range value
 
 
-def step(states: np.ndarray, readings: Readings, params: ModelParams) -> StepReport:
+def _filter(x: np.ndarray, p: np.ndarray, dt_min: np.ndarray, z: np.ndarray,
+            obs: np.ndarray, fresh: np.ndarray, r: np.ndarray,
+            params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Predict and update k twins' channels. x `(k, C, 2)`, p `(k, C, 3)`, dt_min `(k,)`,
+    z/obs/fresh/r `(k, C)`. Returns new x, p, the gate rejections and the accepted mask."""
+    a, phi, q = transition(dt_min, params)
+    xp, pp = kalman.predict_trend(x, p, a, phi, q)
+    if fresh.any():
+        # A channel seen for the first time (or forced after repeated rejections) starts from the
+        # broad prior, centred on the reading so the first update is not a large jump.
+        x0, p0 = _prior(params)
+        start = np.where(obs, z, x0[:, 0])
+        start[:, SPO2] = odc_inverse(np.minimum(start[:, SPO2], SPO2_INIT_CAP))
+        xp[..., 0] = np.where(fresh, start, xp[..., 0])
+        xp[..., 1] = np.where(fresh, 0.0, xp[..., 1])
+        pp = np.where(fresh[..., None], p0, pp)
+    zf = np.where(obs, z, 0.0)
+    xu, pu, nis = kalman.update_level(xp, pp, zf, r)
+    # SpO2 through the dissociation curve of its latent PaO2: the unscented update.
+    o2 = obs[:, SPO2]
+    if o2.any():
+        sx, sP, snis = ukf.update(xp[o2, SPO2], _pair_cov(pp[o2, SPO2]), zf[o2, SPO2:SPO2 + 1],
+                                  spo2_hx, r[o2, SPO2, None, None])
+        xu[o2, SPO2] = sx
+        pu[o2, SPO2] = np.stack([sP[:, 0, 0], sP[:, 0, 1], sP[:, 1, 1]], axis=-1)
+        nis[o2, SPO2] = snis
+    reject = obs & ~fresh & (nis > params.gate)
+    use = obs & ~reject
+    return (np.where(use[..., None], xu, xp), np.where(use[..., None], pu, pp), reject, use)
+
+
+def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
     """Apply a batch of readings to the twins in `states` (updated in place), in time order.
 
-    states: `(N,)` of `STATE_DTYPE`; readings: K readings (see `Readings`). Readings of different
+    states: N twins; readings: K readings (see `Readings`). Readings of different
     patients are applied together in one vectorised update; a patient's own readings are applied
     one after another, so the loop runs over the largest number of readings any one patient has
     in the batch, never over patients.
@@ -158,29 +221,30 @@ def step(states: np.ndarray, readings: Readings, params: ModelParams) -> StepRep
     rows_sorted = readings.row[order]
     first = np.r_[True, rows_sorted[1:] != rows_sorted[:-1]]
     group_start = np.maximum.accumulate(np.where(first, np.arange(K), 0))
-    rank = np.arange(K) - group_start
+    rank = np.empty(K, dtype=np.int64)
+    rank[order] = np.arange(K) - group_start
+    n_ranks = int(rank.max()) + 1
 
-    H = observation_matrix()
-    x0, P0 = prior(params)
-    gate = params.gate
-    for k in range(int(rank.max()) + 1):
-        sel = order[rank == k]  # reading indices, at most one per patient
+    for k in range(n_ranks):  # readings per patient in this batch, not patients
+        sel = np.nonzero(rank == k)[0] if n_ranks > 1 else np.arange(K)
         r = readings.row[sel]
-        s = states[r]
+        s = take(states, r)
         t = readings.t[sel]
         z = readings.z[sel]
+        idx = np.arange(len(r))
 
         # Idempotence: the last applied sequence number per device lives in the twin itself, so a
         # redelivered reading after a failover is recognised even by another worker.
         dev = readings.device[sel]
-        match = s["device"] == dev[:, None]  # (k, slots)
+        seq = readings.seq[sel]
+        slots = s["device"]
+        match = slots == dev[:, None]
         known = match.any(axis=1)
-        slot = np.where(known, match.argmax(axis=1), (s["device"] == 0).argmax(axis=1))
-        # With every slot taken by other devices, reuse the one with the oldest sequence.
-        full = ~known & ~(s["device"] == 0).any(axis=1)
-        slot = np.where(full, s["seq"].argmin(axis=1), slot)
-        last_seq = s["seq"][np.arange(len(r)), slot]
-        dup = known & (readings.seq[sel] <= last_seq)
+        empty = slots == 0
+        slot = np.where(known, match.argmax(axis=1),
+                        np.where(empty.any(axis=1), empty.argmax(axis=1),
+                                 s["seq"].argmin(axis=1)))  # all taken: reuse the stalest
+        dup = known & (seq <= s["seq"][idx, slot])
         is_late = ~dup & (t < s["t"])  # NaN t (new twin) compares False
         ok = ~dup & ~is_late
         duplicate[sel] = dup
@@ -192,40 +256,16 @@ def step(states: np.ndarray, readings: Readings, params: ModelParams) -> StepRep
         obs = present & plausible & ok[:, None]
         missing[sel] = miss
 
-        x = s["x"]
-        P = covariance(s)
         dt_min = np.where(np.isnan(s["t"]), 0.0, np.maximum(t - s["t"], 0.0) / 60.0)
-        F, Q = transition(dt_min, params)
-        xp, Pp = kalman.predict(x, P, F, Q)
-
-        # A channel forced through after repeated rejections starts afresh from the prior spread.
-        force = obs & (s["rejects"] >= params.max_consecutive_rejections)
-        fresh = obs & (np.isnan(s["last_obs"]) | force)
-        if fresh.any():
-            fi, fc = np.nonzero(fresh)
-            li, ti = LEVEL[fc], TREND[fc]
-            Pp[fi, li, :] = 0.0
-            Pp[fi, :, li] = 0.0
-            Pp[fi, ti, :] = 0.0
-            Pp[fi, :, ti] = 0.0
-            Pp[fi, li, li] = P0[li, li]
-            Pp[fi, ti, ti] = P0[ti, ti]
-            xp[fi, li] = x0[li]
-            xp[fi, ti] = 0.0
-
-        R = measurement_noise(readings.quality[sel], params)
-        # Innovation gate per channel: y_c^2 / S_cc against a chi-square(1) quantile.
-        y = np.where(obs, z, 0.0) - xp[:, LEVEL]
-        S_diag = Pp[:, LEVEL, LEVEL] + R[:, np.arange(C), np.arange(C)]
-        reject = obs & ~fresh & (y * y / S_diag > gate)
-        use = obs & ~reject
+        fresh = obs & (np.isnan(s["last_obs"])
+                       | (s["rejects"] >= params.max_consecutive_rejections))
+        x, p, reject, use = _filter(s["x"], s["P"], dt_min, z, obs, fresh,
+                                    measurement_var(readings.quality[sel], params), params)
         artifact[sel] = reject
 
-        xu, Pu, _ = kalman.update(xp, Pp, z, H, R, mask=use)
         move = ok  # a reading with nothing believable still advances the clock
-        s["x"] = np.where(move[:, None], xu, x)
-        Pn = np.where(move[:, None, None], Pu, P)
-        s["P"] = Pn[:, _TRIU[0], _TRIU[1]]
+        s["x"] = np.where(move[:, None, None], x, s["x"])
+        s["P"] = np.where(move[:, None, None], p, s["P"])
         s["t"] = np.where(move, t, s["t"])
         s["last_obs"] = np.where(use, t[:, None], s["last_obs"])
         s["raw"] = np.where(present & ok[:, None], z, s["raw"])
@@ -238,68 +278,129 @@ def step(states: np.ndarray, readings: Readings, params: ModelParams) -> StepRep
         q, b = readings.quality[sel], readings.battery[sel]
         s["quality"] = np.where(move & ~np.isnan(q), q, s["quality"])
         s["battery"] = np.where(move & ~np.isnan(b), b, s["battery"])
-        idx = np.arange(len(r))
-        dev_col = s["device"].copy()
-        seq_col = s["seq"].copy()
-        dev_col[idx[ok], slot[ok]] = dev[ok]
-        seq_col[idx[ok], slot[ok]] = readings.seq[sel][ok]
-        s["device"] = dev_col
-        s["seq"] = seq_col
+        s["device"][idx[ok], slot[ok]] = dev[ok]
+        s["seq"][idx[ok], slot[ok]] = seq[ok]
         applied[sel] = move
-        states[r] = s
+        put(states, r, s)
     return StepReport(applied, duplicate, late, artifact, missing)
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """What the twin says about K patients.
+    """What the twin says about K patients at given times.
 
-    estimate, sd: `(K, C)` (NaN for a channel never observed); forecast, forecast_sd:
-    `(K, 3, C)` at `FORECAST_MINUTES`; news2: `(K,)` int on the estimates, news2_raw on the last
-    raw values; components `(K, 7)`; complete `(K,)` bool; band `(K,)` int; age_s `(K, C)` seconds
-    since each channel was last believed.
+    estimate, sd: `(K, C)` (NaN for a channel never observed); forecast, low90, high90:
+    `(K, 3, C)` at `FORECAST_MINUTES`; news2, news2_raw: `(K,)` int on the estimates and on the last
+    plausible raw values; components `(K, 7)`; complete `(K,)` bool; band `(K,)` int; age_s
+    `(K, C)` seconds since each channel was last believed; map, map_sd, shock_index,
+    shock_index_sd: `(K,)` derived (NaN when an input is unknown); minutes_to_band `(K, C)`: when
+    the forecast mean crosses into a worse NEWS2 score within an hour (NaN: not within the hour).
     """
 
     estimate: np.ndarray
     sd: np.ndarray
     forecast: np.ndarray
-    forecast_sd: np.ndarray
+    low90: np.ndarray
+    high90: np.ndarray
     news2: np.ndarray
     news2_raw: np.ndarray
     components: np.ndarray
     complete: np.ndarray
     band: np.ndarray
     age_s: np.ndarray
+    map: np.ndarray
+    map_sd: np.ndarray
+    shock_index: np.ndarray
+    shock_index_sd: np.ndarray
+    minutes_to_band: np.ndarray
+
+
+def _spo2_moments(level: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and SD of odc(PaO2) for PaO2 ~ N(level, var), by the unscented transform. `(K,)`."""
+    w = ukf.weights(1)
+    sig = ukf.sigma_points(level[:, None], np.maximum(var, 1e-12)[:, None, None], w)
+    y = odc(sig[..., 0])  # (K, 3)
+    mean = y @ w.wm
+    return mean, np.sqrt(np.maximum(((y - mean[:, None]) ** 2) @ w.wc, 0.0))
+
+
+def _channels(x: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                     np.ndarray]:
+    """Estimate, SD and 90 % interval per channel in clinical units.
+
+    x: `(K, C, 2)`; p: `(K, C, 3)`. Returns four `(K, C)` arrays."""
+    est = x[..., 0].copy()
+    sd = np.sqrt(np.maximum(p[..., 0], 0.0))
+    lo, hi = est - Z90 * sd, est + Z90 * sd
+    m, s = _spo2_moments(x[:, SPO2, 0], p[:, SPO2, 0])
+    # The curve is monotone, so the latent's quantiles map exactly to SpO2 quantiles.
+    lo[:, SPO2] = odc(x[:, SPO2, 0] - Z90 * sd[:, SPO2])
+    hi[:, SPO2] = odc(x[:, SPO2, 0] + Z90 * sd[:, SPO2])
+    est[:, SPO2], sd[:, SPO2] = m, s
+    return est, sd, lo, hi
+
+
+def _minutes_to_band(x: np.ndarray, params: ModelParams, horizon: float = 60.0) -> np.ndarray:
+    """Minutes until each channel's forecast mean enters a worse NEWS2 score. `(K, C)`."""
+    K = x.shape[0]
+    out = np.full((K, C), np.nan)
+    lam = params.trend_decay
+    for ch, edges in _BAND_EDGES.items():  # five channels, not patients
+        c = INDEX[ch]
+        level, trend = x[:, c, 0], x[:, c, 1]
+        if c == SPO2:
+            # the latent moves linearly; compare it with the edges mapped through the curve
+            e = odc_inverse(np.asarray(edges))
+        else:
+            e = np.asarray(edges, dtype=float)
+        now_score = _component(ch, odc(level) if c == SPO2 else level)
+        dist = e[None, :] - level[:, None]  # (K, E)
+        ahead = np.sign(dist) == np.sign(trend)[:, None]
+        # L(h) = L + b (1 - exp(-lam h)) / lam  =>  h = -ln(1 - lam d / b) / lam
+        with np.errstate(divide="ignore", invalid="ignore"):
+            arg = 1.0 - lam * dist / trend[:, None]
+            h = np.where(ahead & (arg > 0), -np.log(arg) / lam, np.inf)
+        beyond = e[None, :] + np.sign(trend)[:, None] * 1e-3
+        after = _component(ch, odc(beyond) if c == SPO2 else beyond)
+        h = np.where(after > now_score[:, None], h, np.inf)
+        best = h.min(axis=1)
+        out[:, c] = np.where(best <= horizon, best, np.nan)
+    return out
+
+
+def _component(ch: str, v: np.ndarray) -> np.ndarray:
+    scores = {"rr": [3, 1, 0, 2, 3], "spo2": [3, 2, 1, 0], "sbp": [3, 2, 1, 0, 3],
+              "hr": [3, 1, 0, 1, 2, 3], "temp": [3, 1, 0, 1, 2]}[ch]
+    return np.asarray(scores)[np.searchsorted(_BAND_EDGES[ch], v)]
 
 
 def outputs(
-    states: np.ndarray,
+    states: State,
     now: np.ndarray,
     params: ModelParams,
     on_oxygen: np.ndarray | None = None,
     alert: np.ndarray | None = None,
     spo2_scale: np.ndarray | int = 1,
 ) -> Outputs:
-    """Estimates, forecasts and NEWS2 for `(K,)` records at times `now (K,)` epoch s.
+    """Estimates, forecasts and NEWS2 for K twins at times `now (K,)` epoch s.
 
     on_oxygen, alert: `(K,)` float (NaN: no manual observation yet, so NEWS2 is incomplete).
     """
-    K = states.shape[0]
-    P = covariance(states)
+    K = states["t"].shape[0]
     never = np.isnan(states["last_obs"])
     dt_min = np.where(np.isnan(states["t"]), 0.0, np.maximum(now - states["t"], 0.0) / 60.0)
-    F, Q = transition(dt_min, params)
-    x, P = kalman.predict(states["x"], P, F, Q)
-    est = np.where(never, np.nan, x[:, LEVEL])
-    sd = np.where(never, np.nan, np.sqrt(P[:, LEVEL, LEVEL]))
+    x, p = kalman.predict_trend(states["x"], states["P"], *transition(dt_min, params))
+    est, sd, _, _ = _channels(x, p)
+    est[never] = np.nan
+    sd[never] = np.nan
 
-    fc = np.empty((K, len(FORECAST_MINUTES), C))
-    fsd = np.empty_like(fc)
+    H = len(FORECAST_MINUTES)
+    fc, lo, hi = (np.empty((K, H, C)) for _ in range(3))
     for j, h in enumerate(FORECAST_MINUTES):  # three horizons, not patients
-        Fh, Qh = transition(np.full(K, h), params)
-        xh, Ph = kalman.predict(x, P, Fh, Qh)
-        fc[:, j] = np.where(never, np.nan, xh[:, LEVEL])
-        fsd[:, j] = np.where(never, np.nan, np.sqrt(Ph[:, LEVEL, LEVEL]))
+        xh, ph = kalman.predict_trend(x, p, *transition(np.full(K, h), params))
+        fc[:, j], _, lo[:, j], hi[:, j] = _channels(xh, ph)
+    for arr in (fc, lo, hi):
+        arr[np.broadcast_to(never[:, None, :], arr.shape)] = np.nan
 
     nan = np.full(K, np.nan)
     oxy = nan if on_oxygen is None else on_oxygen
@@ -314,5 +415,15 @@ def outputs(
     raw_ok = np.where((raw >= PLAUSIBLE_LOW) & (raw <= PLAUSIBLE_HIGH), raw, np.nan)
     total_raw, _, _ = score(raw_ok)
     age = np.where(never, np.nan, now[:, None] - states["last_obs"])
-    return Outputs(est, sd, fc, fsd, total, total_raw, comp, complete,
-                   news2.band(total, comp), age)
+
+    sbp, dbp, hr = (INDEX[c] for c in ("sbp", "dbp", "hr"))
+    # MAP = DBP + (SBP - DBP) / 3; the channels are independent in the model, so variances add.
+    mean_ap = est[:, dbp] + (est[:, sbp] - est[:, dbp]) / 3.0
+    map_sd = np.sqrt((sd[:, sbp] / 3.0) ** 2 + (2.0 * sd[:, dbp] / 3.0) ** 2)
+    # Shock index = HR / SBP, SD by the delta method.
+    si = est[:, hr] / est[:, sbp]
+    si_sd = np.abs(si) * np.sqrt((sd[:, hr] / est[:, hr]) ** 2 + (sd[:, sbp] / est[:, sbp]) ** 2)
+    mtb = _minutes_to_band(x, params)
+    mtb[never] = np.nan
+    return Outputs(est, sd, fc, lo, hi, total, total_raw, comp, complete,
+                   news2.band(total, comp), age, mean_ap, map_sd, si, si_sd, mtb)

@@ -83,3 +83,41 @@ def update(
         P_new[none] = P[none]
         nis[none] = 0.0
     return x_new, P_new, nis
+
+
+def predict_trend(
+    x: np.ndarray, p: np.ndarray, a: np.ndarray, phi: np.ndarray, q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` for many independent level/trend pairs, in closed form (elementwise).
+
+    x: `(..., 2)` (level, trend); p: `(..., 3)` covariance entries (p00, p01, p11);
+    a, phi: `(...)` the transition `F = [[1, a], [0, phi]]`; q: `(..., 2)` diagonal process noise.
+    Equal to `predict` with those 2x2 matrices, without the cost of tiny matmuls.
+    """
+    x0 = x[..., 0] + a * x[..., 1]
+    x1 = phi * x[..., 1]
+    p00, p01, p11 = p[..., 0], p[..., 1], p[..., 2]
+    # P = F P F^T + Q
+    n00 = p00 + 2.0 * a * p01 + a * a * p11 + q[..., 0]
+    n01 = phi * (p01 + a * p11)
+    n11 = phi * phi * p11 + q[..., 1]
+    return np.stack([x0, x1], axis=-1), np.stack([n00, n01, n11], axis=-1)
+
+
+def update_level(
+    x: np.ndarray, p: np.ndarray, z: np.ndarray, r: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`update` of level/trend pairs observed through their level (`H = [1, 0]`), closed form.
+
+    x: `(..., 2)`; p: `(..., 3)`; z, r: `(...)` observation and its variance (no mask: the caller
+    keeps the prior where a value is not observed). Returns `(x, p, nis)` with `nis (...)`.
+    """
+    p00, p01, p11 = p[..., 0], p[..., 1], p[..., 2]
+    S = p00 + r
+    k0 = p00 / S
+    k1 = p01 / S
+    y = z - x[..., 0]
+    xn = np.stack([x[..., 0] + k0 * y, x[..., 1] + k1 * y], axis=-1)
+    # P = P - K S K^T
+    pn = np.stack([p00 * (1.0 - k0), p01 * (1.0 - k0), p11 - p01 * k1], axis=-1)
+    return xn, pn, y * y / S

@@ -26,11 +26,14 @@ def readings(rows, t, values, device=None, seq=None, quality=None):
 def test_state_round_trips_through_bytes_and_is_under_2kb():
     s = bank.new_states(3, PARAMS)
     bank.step(s, readings([0, 1, 2], [T0] * 3, [{"hr": 80}, {"rr": 18}, {"spo2": 95}]), PARAMS)
-    blobs = [bank.to_bytes(s[i]) for i in range(3)]
+    blobs = bank.to_bytes(s)
     assert bank.STATE_BYTES < 2048
-    assert all(len(b) == bank.STATE_BYTES for b in blobs)
+    assert len(blobs) == 3 and all(len(b) == bank.STATE_BYTES for b in blobs)
     back = bank.from_bytes(blobs)
-    assert back.tobytes() == s.tobytes()
+    assert back.keys() == s.keys()
+    for f in s:
+        np.testing.assert_array_equal(back[f], s[f])
+        assert back[f].flags.c_contiguous
     with pytest.raises(ValueError, match="bytes"):
         bank.from_bytes([blobs[0][:-1]])
 
@@ -49,7 +52,7 @@ def test_estimate_tracks_readings_and_reports_nothing_for_unseen_channels():
 def test_duplicates_and_late_readings_are_skipped_and_counted():
     s = bank.new_states(1, PARAMS)
     bank.step(s, readings([0, 0], [T0, T0 + 1], [{"hr": 80}, {"hr": 81}], seq=[1, 2]), PARAMS)
-    before = s.copy()
+    before = {f: a.copy() for f, a in s.items()}
     rep = bank.step(s, readings([0, 0], [T0 + 1, T0 + 0.5], [{"hr": 150}, {"hr": 150}],
                                 seq=[2, 3]), PARAMS)
     assert rep.duplicate.tolist() == [True, False]
@@ -114,5 +117,48 @@ def test_forecast_intervals_widen_with_horizon():
     out = bank.outputs(s, np.array([T0 + 60 * 19]), PARAMS)
     hr = INDEX["hr"]
     assert out.forecast.shape == (1, 3, C)
-    assert out.forecast_sd[0, 0, hr] < out.forecast_sd[0, 1, hr] < out.forecast_sd[0, 2, hr]
+    width = out.high90[0, :, hr] - out.low90[0, :, hr]
+    assert width[0] < width[1] < width[2]
+    assert (out.low90[0, :, hr] < out.forecast[0, :, hr]).all()
     assert out.forecast[0, 0, hr] > out.estimate[0, hr]  # rising trend carried forward
+
+
+def test_spo2_is_filtered_through_the_dissociation_curve():
+    s = bank.new_states(1, PARAMS)
+    n = 60
+    bank.step(s, readings([0] * n, T0 + np.arange(n), [{"spo2": 97.0}] * n), PARAMS)
+    out = bank.outputs(s, np.array([T0 + n]), PARAMS)
+    sp = INDEX["spo2"]
+    assert abs(out.estimate[0, sp] - 97.0) < 0.7
+    # the latent is an oxygen tension near the curve's 97 % point (about 90 mmHg)
+    assert 70 < s["x"][0, sp, 0] < 120
+    assert out.high90[0, 2, sp] <= 100.0  # intervals respect the curve's ceiling
+    # a slow desaturation is followed, not rejected as artifact
+    falling = [{"spo2": float(v)} for v in np.linspace(97, 88, 300)]
+    rep = bank.step(s, readings([0] * 300, T0 + n + np.arange(300), falling,
+                                seq=list(range(n + 1, n + 301))), PARAMS)
+    assert rep.artifact.sum() <= 3
+    out = bank.outputs(s, np.array([T0 + n + 300]), PARAMS)
+    assert abs(out.estimate[0, sp] - 88.0) < 1.5
+
+
+def test_derived_pressure_and_shock_index():
+    s = bank.new_states(1, PARAMS)
+    bank.step(s, readings([0] * 10, T0 + np.arange(10),
+                          [{"sbp": 120.0, "dbp": 81.0, "hr": 96.0}] * 10), PARAMS)
+    out = bank.outputs(s, np.array([T0 + 10]), PARAMS)
+    assert out.map[0] == pytest.approx(94.0, abs=1.0)
+    assert out.shock_index[0] == pytest.approx(0.8, abs=0.02)
+    assert 0 < out.map_sd[0] < 10 and 0 < out.shock_index_sd[0] < 0.2
+
+
+def test_minutes_to_band_for_a_rising_heart_rate_and_none_when_stable():
+    s = bank.new_states(2, PARAMS)
+    t = T0 + 60 * np.arange(30)
+    rising = [{"hr": 60.0 + i} for i in range(30)]  # 1 /min per minute, now at 89
+    stable = [{"hr": 70.0}] * 30
+    bank.step(s, readings([0] * 30 + [1] * 30, np.r_[t, t], rising + stable), PARAMS)
+    out = bank.outputs(s, np.array([t[-1], t[-1]]), PARAMS)
+    hr = INDEX["hr"]
+    assert 0 < out.minutes_to_band[0, hr] < 10  # 90.5 is about 1.5 minutes away
+    assert np.isnan(out.minutes_to_band[1, hr])
