@@ -14,8 +14,6 @@ from streams.errors import PatientTwinError
 # Sub-commands whose issue has not landed yet: they say so in one line instead of crashing.
 PLANNED = {
     "replay": "replays WFDB/CSV records into Kafka (devices issue)",
-    "analyze": "runs the twin over recorded data offline (twin-core issue)",
-    "bench": "prints benchmark tables (twin-core and pipeline issues)",
     "evaluate": "measures alerts against simulated ground truth (alerts issue)",
     "patients": "admits, transfers and discharges patients (dashboard issue)",
     "users": "manages clinician accounts (dashboard issue)",
@@ -83,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
 
     sub.add_parser("dashboard", help="serve the clinician dashboard")
+
+    a = sub.add_parser("analyze", help="run the twin and alert logic over recorded data offline")
+    a.add_argument("records", nargs="+", metavar="RECORD",
+                   help="WFDB record (.hea or path without extension) or CSV file")
+    a.add_argument("--out", required=True, metavar="FILE.jsonl")
+    a.add_argument("--no-progress", action="store_true")
+
+    bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
+    bn.add_argument("which", choices=["twin"], help="twin: the twin core's throughput")
+    bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     sub.add_parser("topics", help="create the project's topics on the configured Kafka")
 
     for name, what in PLANNED.items():
@@ -96,6 +104,16 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"patient-twin {args.command}: not available yet: it {PLANNED[args.command]}.",
               file=sys.stderr)
         return 2
+    if args.command == "analyze":
+        from streams.analyze import analyze
+
+        summary = analyze(args.records, args.out, progress=not args.no_progress)
+        print(summary.line(), file=sys.stderr)
+        return 0
+    if args.command == "bench":
+        from bench import twin_bench
+
+        return twin_bench.main(args.args)
     if args.command == "broker":
         return _broker(settings, args.port or settings.broker_port)
     if args.command == "topics":

@@ -35,6 +35,7 @@ class BatchResult:
     late: int = 0
     artifacts: int = 0
     missing: int = 0
+    report: bank.StepReport | None = None  # per reading, in the order given
 
 
 def _opt(v: float) -> float | None:
@@ -81,6 +82,7 @@ class TwinProcessor:
         )
         old_band = states["band"].copy()
         report = bank.step(states, batch, self.params)
+        result.report = report
         result.applied = int(report.applied.sum())
         result.duplicates = int(report.duplicate.sum())
         result.late = int(report.late.sum())

@@ -69,21 +69,21 @@ class ModelParams:
                                              temp=0.01))
     # Random-walk diffusion per sqrt(minute): process noise grows linearly with dt.
     level_diffusion: np.ndarray = field(
-        default_factory=lambda: _per_channel(hr=2.0, rr=0.8, spo2=3.0, sbp=2.0, dbp=1.5,
+        default_factory=lambda: _per_channel(hr=3.0, rr=1.2, spo2=3.0, sbp=4.0, dbp=3.0,
                                              temp=0.03))
     trend_diffusion: np.ndarray = field(
         default_factory=lambda: _per_channel(hr=0.05, rr=0.02, spo2=0.05, sbp=0.05, dbp=0.04,
                                              temp=0.001))
     # Measurement SD at signal quality 1; R = sd^2 / max(quality, min_quality).
     measurement_sd: np.ndarray = field(
-        default_factory=lambda: _per_channel(hr=3.0, rr=2.0, spo2=1.5, sbp=6.0, dbp=5.0,
+        default_factory=lambda: _per_channel(hr=3.0, rr=3.0, spo2=1.5, sbp=6.0, dbp=5.0,
                                              temp=0.15))
     min_quality: float = 0.1
     # Trend decay rate per minute (half-life ln 2 / 0.02 = 35 min): forecasts do not extrapolate
     # a blip for an hour.
     trend_decay: float = 0.02
     # A reading whose normalised innovation exceeds this chi-square(1) quantile is an artifact.
-    gate_probability: float = 0.999
+    gate_probability: float = 0.9999
     # After this many consecutive rejections the channel restarts on the new reading: a sustained
     # change is physiology, not an artifact.
     max_consecutive_rejections: int = 5
