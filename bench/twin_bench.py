@@ -74,9 +74,9 @@ def filterpy_rate(n_patients: int, params: ModelParams) -> float:
     F = np.zeros((2 * lin, 2 * lin))
     Q = np.zeros_like(F)
     for j, c in enumerate(LINEAR):
-        F[2 * j:2 * j + 2, 2 * j:2 * j + 2] = [[1.0, a[0, c]], [0.0, phi[0, c]]]
+        F[2 * j:2 * j + 2, 2 * j:2 * j + 2] = [[1.0, a[0, 0]], [0.0, phi[0, 0]]]
         Q[2 * j, 2 * j], Q[2 * j + 1, 2 * j + 1] = q[0, c]
-    Fs = np.array([[1.0, a[0, SPO2]], [0.0, phi[0, SPO2]]])
+    Fs = np.array([[1.0, a[0, 0]], [0.0, phi[0, 0]]])
     r = measurement_var(np.array([0.95]), params)[0]
     filters = []
     for _ in range(n_patients):

@@ -91,17 +91,20 @@ def predict_trend(
     """`predict` for many independent level/trend pairs, in closed form (elementwise).
 
     x: `(..., 2)` (level, trend); p: `(..., 3)` covariance entries (p00, p01, p11);
-    a, phi: `(...)` the transition `F = [[1, a], [0, phi]]`; q: `(..., 2)` diagonal process noise.
+    a, phi: `(...)` or broadcastable to it, the transition `F = [[1, a], [0, phi]]`;
+    q: `(..., 2)` diagonal process noise.
     Equal to `predict` with those 2x2 matrices, without the cost of tiny matmuls.
     """
-    x0 = x[..., 0] + a * x[..., 1]
-    x1 = phi * x[..., 1]
+    xn = np.empty(np.broadcast_shapes(x.shape, q.shape))
+    pn = np.empty(xn.shape[:-1] + (3,))
+    xn[..., 0] = x[..., 0] + a * x[..., 1]
+    xn[..., 1] = phi * x[..., 1]
     p00, p01, p11 = p[..., 0], p[..., 1], p[..., 2]
     # P = F P F^T + Q
-    n00 = p00 + 2.0 * a * p01 + a * a * p11 + q[..., 0]
-    n01 = phi * (p01 + a * p11)
-    n11 = phi * phi * p11 + q[..., 1]
-    return np.stack([x0, x1], axis=-1), np.stack([n00, n01, n11], axis=-1)
+    pn[..., 0] = p00 + 2.0 * a * p01 + a * a * p11 + q[..., 0]
+    pn[..., 1] = phi * (p01 + a * p11)
+    pn[..., 2] = phi * phi * p11 + q[..., 1]
+    return xn, pn
 
 
 def update_level(
@@ -117,7 +120,12 @@ def update_level(
     k0 = p00 / S
     k1 = p01 / S
     y = z - x[..., 0]
-    xn = np.stack([x[..., 0] + k0 * y, x[..., 1] + k1 * y], axis=-1)
+    xn = np.empty_like(x)
+    pn = np.empty_like(p)
+    xn[..., 0] = x[..., 0] + k0 * y
+    xn[..., 1] = x[..., 1] + k1 * y
     # P = P - K S K^T
-    pn = np.stack([p00 * (1.0 - k0), p01 * (1.0 - k0), p11 - p01 * k1], axis=-1)
+    pn[..., 0] = p00 * (1.0 - k0)
+    pn[..., 1] = p01 * (1.0 - k0)
+    pn[..., 2] = p11 - p01 * k1
     return xn, pn, y * y / S

@@ -97,14 +97,17 @@ def transition(dt_min: np.ndarray, params: ModelParams) -> tuple[np.ndarray, np.
                                                                   np.ndarray]:
     """Damped-trend transition for elapsed times.
 
-    dt_min: `(N,)` minutes (>= 0). Returns `a (N, C)`, `phi (N, C)` (`F = [[1, a], [0, phi]]`) and
-    the diagonal process noise `q (N, C, 2)`.
+    dt_min: `(N,)` minutes (>= 0). Returns `a (N, 1)`, `phi (N, 1)` (`F = [[1, a], [0, phi]]`,
+    the same for every channel, broadcasting against `(N, C)`) and the diagonal process noise
+    `q (N, C, 2)`.
     """
     lam = params.trend_decay
-    dt = dt_min[:, None] * np.ones(C)
+    dt = dt_min[:, None]
     phi = np.exp(-lam * dt)
-    a = -np.expm1(-lam * dt) / lam
-    q = np.stack([dt * params.level_diffusion**2, dt * params.trend_diffusion**2], axis=-1)
+    a = (1.0 - phi) / lam
+    q = np.empty((dt_min.shape[0], C, 2))
+    q[..., 0] = dt * params.level_diffusion**2
+    q[..., 1] = dt * params.trend_diffusion**2
     return a, phi, q
 
 

@@ -39,7 +39,17 @@ def weights(n: int, alpha: float = 1.0, beta: float = 2.0, kappa: float = 0.0) -
 def sigma_points(x: np.ndarray, P: np.ndarray, w: Weights) -> np.ndarray:
     """Sigma points `(N, 2n + 1, n)` of means `x (N, n)` and covariances `P (N, n, n)`."""
     n = x.shape[-1]
-    L = np.linalg.cholesky((n + w.lam) * P)  # (N, n, n), columns are the spread directions
+    A = (n + w.lam) * P
+    if n == 2:
+        # closed-form Cholesky: LAPACK's per-matrix overhead dominates for 2 x 2
+        L = np.zeros_like(A)
+        L[:, 0, 0] = np.sqrt(A[:, 0, 0])
+        L[:, 1, 0] = A[:, 1, 0] / L[:, 0, 0]
+        L[:, 1, 1] = np.sqrt(A[:, 1, 1] - L[:, 1, 0] ** 2)
+        if not np.isfinite(L).all():
+            raise np.linalg.LinAlgError("covariance is not positive definite")
+    else:
+        L = np.linalg.cholesky(A)  # (N, n, n), columns are the spread directions
     cols = np.swapaxes(L, -1, -2)  # (N, n, n): row i = column i of L
     return np.concatenate([x[:, None, :], x[:, None, :] + cols, x[:, None, :] - cols], axis=1)
 
