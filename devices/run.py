@@ -12,7 +12,7 @@ import numpy as np
 
 from devices.simulator import Cohort
 from streams import messages
-from streams.config import Settings, kafka_python_config
+from streams.config import Settings, kafka_python_producer_config
 from twin.channels import NAMES
 
 
@@ -58,7 +58,7 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
         from kafka import KafkaProducer
 
         producer = KafkaProducer(client_id="patient-twin-simulator", linger_ms=20,
-                                 retries=5, acks=1, **kafka_python_config(settings))
+                                 retries=5, acks=1, **kafka_python_producer_config(settings))
     else:
         out = open(to, "wb")  # noqa: SIM115 - closed in finally
 

@@ -73,6 +73,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Worker batching: at most this many events per twin step, waiting at most this long.
     worker_batch_max: Positive = 1000
     worker_batch_seconds: PositiveFloat = 0.5
+    # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    worker_metrics_host: str = "127.0.0.1"
+    # Liveness: exit (for the supervisor to restart) when stalled or out of the group this long.
+    liveness_stall_seconds: PositiveFloat = 60.0
+    liveness_unassigned_seconds: PositiveFloat = 120.0
     # InfluxDB sink. Unset INFLUX_URL = sink off.
     influx_url: str | None = None
     influx_token: Secret | None = None
@@ -80,6 +86,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_bucket: str | None = None
     influx_ca_cert: str | None = None
     influx_verify_ssl: bool = True
+    influx_max_buffer: Positive = 100_000
     # Dashboard.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Port = 8050
@@ -122,12 +129,20 @@ DOCS: dict[str, str] = {
     "topic_observations": "clinicians' manual observations",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
+    "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
+    "worker_metrics_host": "bind address of /metrics and /healthz",
+    "liveness_stall_seconds": "a worker with unread messages whose position has not moved this "
+    "long exits non-zero for its supervisor to restart it",
+    "liveness_unassigned_seconds": "a worker with no partition while the topic grows this long "
+    "exits non-zero",
     "influx_url": "InfluxDB URL (http:// or https://); unset: sink off",
     "influx_token": "InfluxDB API token (secret)",
     "influx_org": "InfluxDB organisation",
     "influx_bucket": "InfluxDB bucket",
     "influx_ca_cert": "PEM CA file for an InfluxDB behind a private CA",
     "influx_verify_ssl": "verify InfluxDB's TLS certificate (true/false)",
+    "influx_max_buffer": "points buffered while InfluxDB is down; beyond it the oldest are "
+    "dropped and counted",
     "dashboard_host": "dashboard bind address",
     "dashboard_port": "dashboard port",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -223,6 +238,18 @@ def kafka_python_config(s: Settings) -> dict[str, Any]:
     return cfg
 
 
+def kafka_python_producer_config(s: Settings) -> dict[str, Any]:
+    """kafka-python producer settings: the connection plus what the broker needs."""
+    cfg = kafka_python_config(s)
+    if s.embedded_broker:
+        # The embedded Tansu broker reports a high watermark of the last record batch's base
+        # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at
+        # the watermark (Faust's table recovery). One record per batch keeps it exact
+        # (docs/tansu.md). Real Kafka keeps normal batching.
+        cfg["batch_size"] = 1
+    return cfg
+
+
 def faust_broker_config(s: Settings) -> dict[str, Any]:
     """The same connection settings, in the form faust.App takes them."""
     import faust  # heavy import kept out of the CLI's fast path
@@ -230,6 +257,8 @@ def faust_broker_config(s: Settings) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "broker": ";".join(f"kafka://{hp.strip()}" for hp in s.bootstrap.split(",")),
     }
+    if s.embedded_broker:
+        cfg["producer_max_batch_size"] = 1  # see kafka_python_producer_config
     ctx = ssl_context(s)
     if s.kafka_security_protocol.startswith("SASL"):
         cfg["broker_credentials"] = faust.SASLCredentials(

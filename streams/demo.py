@@ -119,6 +119,10 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         if not supervise.port_free(dash_port, settings.dashboard_host):
             dash_port = supervise.free_port(settings.dashboard_host)
         env["DASHBOARD_PORT"] = str(dash_port)
+        metrics_port = settings.worker_metrics_port
+        if metrics_port and not supervise.port_free(metrics_port, settings.worker_metrics_host):
+            metrics_port = supervise.free_port(settings.worker_metrics_host)
+        env["WORKER_METRICS_PORT"] = str(metrics_port)
         children.start("worker", supervise.python_argv("worker"), env)
         children.start("dashboard", supervise.python_argv("dashboard"), env)
         children.start("simulator", supervise.python_argv(
@@ -127,6 +131,9 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         print(f"demo: Kafka at {settings.bootstrap}"
               f"{' (embedded broker)' if settings.embedded_broker else ''}")
         print(f"demo: dashboard at http://{settings.dashboard_host}:{dash_port}/")
+        if metrics_port:
+            print(f"demo: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
+                  "/metrics")
         print(f"demo: logs in {log_dir}; Ctrl-C stops everything", flush=True)
         feed = StatusFeed(settings).start()
         t0 = time.monotonic()

@@ -112,6 +112,7 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     missing: int
     duplicates: int
     late: int
+    sequence_gaps: int  # readings the devices numbered that never arrived
     battery: float | None
     quality: float | None
 

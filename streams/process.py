@@ -33,6 +33,7 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     late: int = 0
+    gaps: int = 0
     artifacts: int = 0
     missing: int = 0
     report: bank.StepReport | None = None  # per reading, in the order given
@@ -86,6 +87,7 @@ class TwinProcessor:
         result.applied = int(report.applied.sum())
         result.duplicates = int(report.duplicate.sum())
         result.late = int(report.late.sum())
+        result.gaps = int(report.gap.sum())
         result.artifacts = int(report.artifact.sum())
         result.missing = int(report.missing.sum())
 
@@ -125,7 +127,8 @@ class TwinProcessor:
             news2_band=news2.BAND_NAMES[int(out.band[i])],
             readings_applied=int(s["applied"][0]), artifacts=int(s["artifacts"][0]),
             missing=int(s["missing"][0]), duplicates=int(s["duplicates"][0]),
-            late=int(s["late"][0]), battery=_opt(s["battery"][0]), quality=_opt(s["quality"][0]),
+            late=int(s["late"][0]), sequence_gaps=int(s["gaps"][0]),
+            battery=_opt(s["battery"][0]), quality=_opt(s["quality"][0]),
         )
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ def settings_factory(broker_port: int) -> Callable[..., config.Settings]:
         fields = {f: f"{tag}.{getattr(base, f)}" for f in config.FIELDS
                   if f.startswith("topic_")}
         fields["app_id"] = f"patient-twin-{tag}"
+        fields["worker_metrics_port"] = 0
         fields.update(overrides)
         return msgspec.structs.replace(base, **fields)
 
@@ -101,3 +103,52 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.2) 
             return True
         time.sleep(interval)
     return pred()
+
+
+class Victoria:
+    """A real VictoriaMetrics server (Debian package) on a loopback port, restartable in place."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.binary = shutil.which("victoria-metrics")
+        if self.binary is None:
+            pytest.fail("victoria-metrics is not installed: run `bash .ci/deps` (as root)")
+        self.data_dir = data_dir
+        self.port = supervise.free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = supervise.spawn(
+            [self.binary, f"-storageDataPath={self.data_dir}",
+             f"-httpListenAddr=127.0.0.1:{self.port}", "-loggerLevel=ERROR"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not supervise.wait_for_port(self.port, self.proc, timeout=15):
+            pytest.fail("victoria-metrics did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            supervise.stop(self.proc)
+            self.proc = None
+
+    def export(self, match: str) -> list[dict]:
+        """Every series matching a PromQL selector, from the export API."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        q = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{q}", timeout=10) as resp:
+            return [json.loads(line) for line in resp.read().decode().splitlines() if line]
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[Victoria]:
+    vm = Victoria(tmp_path / "vm-data")
+    vm.start()
+    try:
+        yield vm
+    finally:
+        vm.stop()

@@ -4,7 +4,9 @@ dashboard, plus a dead letter for a malformed message."""
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 
 import msgspec
 import pytest
@@ -12,8 +14,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from dashboard.app import create_app
 from dashboard.feed import TwinFeed
-from streams import messages, topics
-from streams.config import kafka_python_config
+from streams import config, messages, supervise, topics
+from streams.config import kafka_python_config, kafka_python_producer_config
 from tests.conftest import settings_env, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -38,7 +40,8 @@ def _consume_all(settings, topic, stop, timeout):
 
 def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         settings_factory, procs):
-    s = settings_factory()
+    metrics_port = supervise.free_port()
+    s = settings_factory(worker_metrics_port=metrics_port)
     topics.ensure(s)
     env = settings_env(s)
     t0 = time.monotonic()
@@ -70,6 +73,18 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
     first = json.loads(dead[0].value)
     assert first["topic"] == s.topic_vitals_raw and first["offset"] >= 0
 
+    # The worker's metrics count what happened, by reason for dead letters; it reports healthy.
+    base = f"http://127.0.0.1:{metrics_port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
+        assert resp.status == 200 and resp.read() == b"ok\n"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'patient_twin_dead_letters_total{kind="not_json"} 1.0' in text
+    assert 'patient_twin_dead_letters_total{kind="wrong_key"} 1.0' in text
+    applied = float(re.search(r"^patient_twin_readings_applied_total (\S+)$", text, re.M)[1])
+    assert applied >= 20
+    assert "patient_twin_healthy 1.0" in text
+
     # The dashboard's own consumer sees every patient, and its HTTP callback renders 20 rows.
     feed = TwinFeed(s).start()
     try:
@@ -94,3 +109,32 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         assert ids == patients
     finally:
         feed.stop()
+
+
+def test_worker_writes_readings_twins_and_alerts_to_influxdb(settings_factory, procs, victoria):
+    s = settings_factory(influx_url=victoria.url, influx_token=config.Secret("t"),
+                         influx_org="ward", influx_bucket="twins")
+    topics.ensure(s)
+    procs.start("worker", "worker", env=settings_env(s))
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    t0 = time.time() - 120
+    for k in range(1, 61):
+        # a patient deteriorating fast enough to raise a NEWS2 band alert
+        hr, rr, sbp = (72.0, 16.0, 124.0) if k < 20 else (135.0, 27.0, 88.0)
+        for pid in ("V1", "V2"):
+            vals = {"hr": hr, "rr": rr, "sbp": sbp} if pid == "V1" else {"hr": 70.0}
+            msg = messages.reading(f"d-{pid}", pid, k, messages.utc(t0 + k), vals)
+            producer.send(s.topic_vitals_raw, key=pid.encode(), value=messages.encode(msg))
+    producer.flush()
+    producer.close()
+
+    def count(selector: str) -> int:
+        return sum(len(x["values"]) for x in victoria.export(selector))
+
+    assert wait_until(lambda: count('vitals_raw_hr{patient_id="V1"}') == 60, timeout=60), (
+        procs.log("worker")[-3000:])
+    assert count('vitals_raw_hr{patient_id="V2"}') == 60
+    assert wait_until(lambda: count('twin_hr_est{patient_id="V1"}') >= 1, timeout=20)
+    assert wait_until(lambda: count('{__name__=~"alert_.*",patient_id="V1"}') >= 1, timeout=20)
+    alert = victoria.export('alert_news2{patient_id="V1"}')[0]["metric"]
+    assert alert["category"] == "clinical" and alert["event"] in ("raised", "escalated")

@@ -26,7 +26,7 @@ from twin.model import (
     transition,
 )
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 DEVICE_SLOTS = 4
 
 STATE_DTYPE = np.dtype(
@@ -38,6 +38,7 @@ STATE_DTYPE = np.dtype(
         ("missing", "u4"),  # sensor-off / out-of-range values treated as missing, total
         ("duplicates", "u4"),
         ("late", "u4"),
+        ("gaps", "u4"),  # readings a device numbered but the twin never received, total
         ("applied", "u8"),  # readings applied to the twin, total
         ("t", "f8"),  # epoch seconds of the last applied reading (NaN: never)
         ("last_obs", "f8", (C,)),  # epoch seconds each channel was last believed (NaN: never)
@@ -165,6 +166,7 @@ class StepReport:
     applied: np.ndarray  # (K,) bool: the reading moved the twin
     duplicate: np.ndarray  # (K,) bool: seq at or below the device's last applied seq
     late: np.ndarray  # (K,) bool: older than the twin's last applied reading
+    gap: np.ndarray  # (K,) int: sequence numbers skipped before this reading (lost upstream)
     artifact: np.ndarray  # (K, C) bool: rejected by the innovation gate
     missing: np.ndarray  # (K, C) bool: sensor-off or out-of-range value
 
@@ -216,10 +218,11 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
     applied = np.zeros(K, dtype=bool)
     duplicate = np.zeros(K, dtype=bool)
     late = np.zeros(K, dtype=bool)
+    gap = np.zeros(K, dtype=np.int64)
     artifact = np.zeros((K, C), dtype=bool)
     missing = np.zeros((K, C), dtype=bool)
     if K == 0:
-        return StepReport(applied, duplicate, late, artifact, missing)
+        return StepReport(applied, duplicate, late, gap, artifact, missing)
 
     order = np.lexsort((readings.seq, readings.t, readings.row))
     rows_sorted = readings.row[order]
@@ -250,9 +253,14 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         slot = np.where(known, match.argmax(axis=1),
                         np.where(empty.any(axis=1), empty.argmax(axis=1),
                                  s["seq"].argmin(axis=1)))  # all taken: reuse the stalest
-        dup = known & (seq <= s["seq"][idx, slot])
+        last_seq = s["seq"][idx, slot]
+        dup = known & (seq <= last_seq)
         is_late = ~dup & (t < s["t"])  # NaN t (new twin) compares False
         ok = ~dup & ~is_late
+        # A jump in a device's numbering means readings were lost before they reached the twin:
+        # count them, so a twin never looks complete when it is not.
+        skipped = np.where(known & ok, np.maximum(seq - last_seq - 1, 0), 0)
+        gap[sel] = skipped
         duplicate[sel] = dup
         late[sel] = is_late
 
@@ -281,6 +289,7 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         s["applied"] += move.astype(np.uint64)
         s["duplicates"] += dup.astype(np.uint32)
         s["late"] += is_late.astype(np.uint32)
+        s["gaps"] += skipped.astype(np.uint32)
         q, b = readings.quality[sel], readings.battery[sel]
         s["quality"][...] = np.where(move & ~np.isnan(q), q, s["quality"])
         s["battery"][...] = np.where(move & ~np.isnan(b), b, s["battery"])
@@ -289,7 +298,7 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         applied[sel] = move
         if not whole:
             put(states, r, s)
-    return StepReport(applied, duplicate, late, artifact, missing)
+    return StepReport(applied, duplicate, late, gap, artifact, missing)
 
 
 @dataclass(frozen=True)

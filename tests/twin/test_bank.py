@@ -162,3 +162,11 @@ def test_minutes_to_band_for_a_rising_heart_rate_and_none_when_stable():
     hr = INDEX["hr"]
     assert 0 < out.minutes_to_band[0, hr] < 10  # 90.5 is about 1.5 minutes away
     assert np.isnan(out.minutes_to_band[1, hr])
+
+
+def test_sequence_gaps_are_counted():
+    s = bank.new_states(1, PARAMS)
+    rep = bank.step(s, readings([0] * 4, T0 + np.arange(4), [{"hr": 80.0}] * 4,
+                                seq=[1, 2, 5, 6]), PARAMS)
+    assert rep.gap.tolist() == [0, 0, 2, 0]
+    assert s["gaps"][0] == 2 and s["applied"][0] == 4

@@ -1,0 +1,174 @@
+"""The InfluxDB sink: readings, twin estimates, scores and alert events as points.
+
+The stream processor never waits for InfluxDB. Points go into a bounded buffer; a background thread
+writes them in batches with influxdb-client and retries with exponential backoff. When InfluxDB is
+down or slow the buffer fills up to its bound, then the oldest points are dropped and counted; when
+InfluxDB comes back the thread drains what is left by itself. Measurement and tag design:
+docs/influxdb.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+
+from streams.config import Settings
+from streams.messages import AlertEvent, TwinState, ValidReading
+from twin.channels import NAMES
+
+log = logging.getLogger("patient_twin.sink")
+
+
+@dataclass
+class SinkStats:
+    written: int = 0  # points acknowledged by the server
+    dropped: int = 0  # points dropped because the buffer was full
+    errors: int = 0  # failed write attempts
+    buffered: int = 0
+
+
+def reading_points(readings: Iterable[ValidReading]) -> list[Point]:
+    """`vitals_raw`: one point per reading, a field per channel, as recorded."""
+    out = []
+    for r in readings:
+        p = Point("vitals_raw").tag("patient_id", r.patient_id).tag("device_id", r.device_id)
+        for ch, v in r.values.items():
+            p = p.field(ch, float(v))
+        out.append(p.time(int(r.t * 1e9), WritePrecision.NS))
+    return out
+
+
+def state_points(states: Iterable[TwinState]) -> list[Point]:
+    """`twin`: estimates, SDs, NEWS2 and derived values per patient per batch."""
+    out = []
+    for st in states:
+        p = Point("twin").tag("patient_id", st.patient_id)
+        for ch in NAMES:
+            if st.estimate.get(ch) is not None:
+                p = p.field(f"{ch}_est", st.estimate[ch]).field(f"{ch}_sd", st.sd[ch])
+        p = p.field("news2", st.news2).field("news2_raw", st.news2_raw)
+        p = p.field("news2_complete", st.news2_complete)
+        for k, v in st.derived.items():
+            if v is not None:
+                p = p.field(k, v)
+        out.append(p.time(st.ts, WritePrecision.NS))
+    return out
+
+
+def alert_points(alerts: Iterable[AlertEvent]) -> list[Point]:
+    """`alert`: one point per alert event."""
+    out = []
+    for a in alerts:
+        p = (Point("alert").tag("patient_id", a.patient_id).tag("kind", a.kind)
+             .tag("priority", a.priority).tag("category", a.category).tag("event", a.event)
+             .field("alert_id", a.alert_id).field("message", a.message))
+        if a.news2 is not None:
+            p = p.field("news2", a.news2)
+        out.append(p.time(a.ts, WritePrecision.NS))
+    return out
+
+
+class InfluxSink:
+    """Buffered, retrying writer. `add` never blocks; `close` flushes what it can."""
+
+    def __init__(self, settings: Settings, *, max_buffer: int = 100_000, batch_size: int = 5000,
+                 flush_interval: float = 1.0, max_backoff: float = 30.0,
+                 timeout_ms: int = 10_000) -> None:
+        if not settings.influx_enabled:
+            raise ValueError("InfluxSink needs INFLUX_URL")
+        token = settings.influx_token.get() if settings.influx_token else ""
+        self._client = InfluxDBClient(
+            url=settings.influx_url or "", token=token, org=settings.influx_org,
+            verify_ssl=settings.influx_verify_ssl, ssl_ca_cert=settings.influx_ca_cert,
+            timeout=timeout_ms)
+        self._write = self._client.write_api(write_options=SYNCHRONOUS)
+        self._bucket = settings.influx_bucket or ""
+        self._org = settings.influx_org or ""
+        self._buf: deque[Point] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        self.stats = SinkStats()
+        self._thread = threading.Thread(target=self._run, name="influx-sink", daemon=True)
+        self._thread.start()
+
+    def add(self, points: list[Point]) -> None:
+        with self._lock:
+            self._buf.extend(points)
+            over = len(self._buf) - self.max_buffer
+            if over > 0:
+                # Keep the newest: a clinician looks at now; the oldest are the least useful.
+                for _ in range(over):
+                    self._buf.popleft()
+                self.stats.dropped += over
+            self.stats.buffered = len(self._buf)
+        if len(self._buf) >= self.batch_size:
+            self._wake.set()
+
+    def _take(self) -> list[Point]:
+        with self._lock:
+            n = min(self.batch_size, len(self._buf))
+            return [self._buf.popleft() for _ in range(n)]
+
+    def _give_back(self, batch: list[Point]) -> None:
+        with self._lock:
+            self._buf.extendleft(reversed(batch))
+            over = len(self._buf) - self.max_buffer
+            if over > 0:
+                for _ in range(over):
+                    self._buf.popleft()
+                self.stats.dropped += over
+            self.stats.buffered = len(self._buf)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            while self._buf:
+                batch = self._take()
+                try:
+                    self._write.write(bucket=self._bucket, org=self._org, record=batch)
+                except Exception as exc:  # noqa: BLE001 - any failure is retried the same way
+                    self.stats.errors += 1
+                    self._give_back(batch)
+                    log.warning("InfluxDB write failed (%s); retrying in %.1f s",
+                                type(exc).__name__, backoff)
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                backoff = 0.5
+                self.stats.written += len(batch)
+                with self._lock:
+                    self.stats.buffered = len(self._buf)
+            if self._stop.is_set():
+                return
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the buffer is empty (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._buf and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._wake.set()
+        return not self._buf
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self._write.close()
+        self._client.close()
