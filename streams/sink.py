@@ -106,15 +106,19 @@ class InfluxSink:
     def add(self, points: list[Point]) -> None:
         with self._lock:
             self._buf.extend(points)
-            over = len(self._buf) - self.max_buffer
-            if over > 0:
-                # Keep the newest: a clinician looks at now; the oldest are the least useful.
-                for _ in range(over):
-                    self._buf.popleft()
-                self.stats.dropped += over
-            self.stats.buffered = len(self._buf)
+            self._bound()
         if len(self._buf) >= self.batch_size:
             self._wake.set()
+
+    def _bound(self) -> None:
+        """Drop the oldest points beyond the bound (caller holds the lock). Keep the newest: a
+        clinician looks at now; the oldest are the least useful."""
+        over = len(self._buf) - self.max_buffer
+        if over > 0:
+            for _ in range(over):
+                self._buf.popleft()
+            self.stats.dropped += over
+        self.stats.buffered = len(self._buf)
 
     def _take(self) -> list[Point]:
         with self._lock:
@@ -124,12 +128,7 @@ class InfluxSink:
     def _give_back(self, batch: list[Point]) -> None:
         with self._lock:
             self._buf.extendleft(reversed(batch))
-            over = len(self._buf) - self.max_buffer
-            if over > 0:
-                for _ in range(over):
-                    self._buf.popleft()
-                self.stats.dropped += over
-            self.stats.buffered = len(self._buf)
+            self._bound()
 
     def _run(self) -> None:
         backoff = 0.5

@@ -76,7 +76,14 @@ def update(
     P_new = IKH @ P @ np.swapaxes(IKH, -1, -2) + K @ Rm @ np.swapaxes(K, -1, -2)
     P_new = symmetrize(P_new)
     nis = np.einsum("ni,ni->n", y, np.linalg.solve(S, y[..., None])[..., 0])
+    return keep_unobserved(mask, x, P, x_new, P_new, nis)
 
+
+def keep_unobserved(mask: np.ndarray, x: np.ndarray, P: np.ndarray, x_new: np.ndarray,
+                    P_new: np.ndarray, nis: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Return patients with no observed channel exactly as they were (not merely within
+    rounding of the update). mask `(N, m)`; x, x_new `(N, n)`; P, P_new `(N, n, n)`; nis `(N,)`."""
     none = ~mask.any(axis=1)
     if none.any():
         x_new[none] = x[none]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from twin.kalman import symmetrize
+from twin.kalman import keep_unobserved, symmetrize
 
 
 class Weights(NamedTuple):
@@ -131,9 +131,4 @@ def update(
     x_new = x + np.einsum("nij,nj->ni", K, y)
     # P = P - K Pzz K^T
     P_new = symmetrize(P - K @ Pzz @ np.swapaxes(K, -1, -2))
-    none = ~mask.any(axis=1)
-    if none.any():
-        x_new[none] = x[none]
-        P_new[none] = P[none]
-        nis[none] = 0.0
-    return x_new, P_new, nis
+    return keep_unobserved(mask, x, P, x_new, P_new, nis)
