@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -152,3 +154,26 @@ def victoria(tmp_path: Path) -> Iterator[Victoria]:
         yield vm
     finally:
         vm.stop()
+
+
+def worker_assigned(port: int) -> int:
+    """Source partitions a worker reports as assigned on its own metrics endpoint."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0
+    m = re.search(r"^patient_twin_assigned_partitions (\S+)$", text, re.M)
+    return int(float(m[1])) if m else 0
+
+
+def wait_for_stable_assignment(port: int, partitions: int, log: str) -> None:
+    """Until the worker reports every partition assigned, twice, 5 s apart."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if worker_assigned(port) == partitions:
+            time.sleep(5)
+            if worker_assigned(port) == partitions:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"the worker did not get all {partitions} partitions within 90 s\n{log}")

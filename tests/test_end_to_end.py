@@ -16,7 +16,7 @@ from dashboard.app import create_app
 from dashboard.feed import TwinFeed
 from streams import config, messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
-from tests.conftest import settings_env, wait_until
+from tests.conftest import settings_env, wait_for_stable_assignment, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -112,10 +112,14 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
 
 
 def test_worker_writes_readings_twins_and_alerts_to_influxdb(settings_factory, procs, victoria):
+    port = supervise.free_port()
     s = settings_factory(influx_url=victoria.url, influx_token=config.Secret("t"),
-                         influx_org="ward", influx_bucket="twins")
+                         influx_org="ward", influx_bucket="twins", worker_metrics_port=port)
     topics.ensure(s)
     procs.start("worker", "worker", env=settings_env(s))
+    # exact counts below: send once the worker holds its partitions (rebalance drops are the
+    # failover test's subject)
+    wait_for_stable_assignment(port, s.kafka_partitions, "")
     producer = KafkaProducer(**kafka_python_producer_config(s))
     t0 = time.time() - 120
     for k in range(1, 61):
