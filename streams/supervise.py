@@ -24,10 +24,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
           stdout: int | None = None, stderr: int | None = None) -> subprocess.Popen[bytes]:
-    """Start a child that is terminated when this process dies."""
+    """Start a child that is terminated when this process dies.
+
+    The child gets its own session, so a Ctrl-C in the terminal reaches only us and we stop the
+    children in order (the broker last), instead of the broker vanishing under its clients.
+    """
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     return subprocess.Popen(list(argv), env=env, stdout=stdout, stderr=stderr,
-                            stdin=subprocess.DEVNULL, preexec_fn=preexec)  # noqa: PLW1509
+                            stdin=subprocess.DEVNULL, preexec_fn=preexec,  # noqa: PLW1509
+                            start_new_session=True)
 
 
 def python_argv(*args: str) -> list[str]:
