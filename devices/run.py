@@ -1,15 +1,26 @@
-"""`patient-twin simulate`: drive a `Cohort` in (scaled) real time into Kafka or a JSONL file."""
+"""`patient-twin simulate`: drive a simulated ward in (scaled) real time into Kafka or a file.
+
+Per tick: the cohort samples what is due (`devices.simulator`), the delivery layer decides each
+message's fate (`devices.faults`), messages are encoded (one reading per message, or a gateway
+upload of several), malformed messages are mixed in on request, and everything goes to a
+`Producer` (Kafka) or a JSONL file. The ground truth is written at the end (`devices.truth`).
+"""
 
 from __future__ import annotations
 
+import heapq
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import msgspec
 import numpy as np
 
+from devices import malformed, truth
+from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from streams import messages
 from streams.config import Settings, kafka_python_producer_config
@@ -18,9 +29,77 @@ from twin.channels import NAMES
 
 @dataclass
 class SimulationStats:
-    sent: int = 0
-    errors: int = 0
+    """What a simulation did. Every count is exact; the final summary prints them."""
+
     patients: int = 0
+    ticks: int = 0
+    messages: int = 0  # handed to the output, malformed and duplicates included
+    readings: int = 0  # good readings generated (including lost ones)
+    delivered_readings: int = 0  # good readings handed to the output at least once
+    errors: int = 0  # delivery errors reported by the producer
+    lost: int = 0  # simulated dropouts: messages never sent
+    duplicates: int = 0
+    late: int = 0
+    artifacts: int = 0
+    zeros: int = 0
+    low_battery: int = 0
+    dead_batteries: int = 0
+    samples: Counter[str] = field(default_factory=Counter)  # channel -> samples generated
+    malformed: Counter[str] = field(default_factory=Counter)  # kind -> messages
+    elapsed_s: float = 0.0  # simulated seconds
+    wall_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if not isinstance(v, Counter)}
+        d["samples"] = dict(sorted(self.samples.items()))
+        d["malformed"] = dict(sorted(self.malformed.items()))
+        d["malformed_total"] = sum(self.malformed.values())
+        d["elapsed_s"] = round(self.elapsed_s, 3)
+        d["wall_s"] = round(self.wall_s, 3)
+        return d
+
+
+class Output(Protocol):
+    def send(self, key: bytes, value: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class FileOutput:
+    """Messages as lines of a JSONL file (one message per line, malformed ones included)."""
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self.f.write(value + b"\n")
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class KafkaOutput:
+    """kafka-python producer keyed by patient id: batching, compression, retries; delivery errors
+    are counted, and close() flushes so nothing accepted is lost on Ctrl-C."""
+
+    def __init__(self, settings: Settings, stats: SimulationStats, topic: str | None = None,
+                 client_id: str = "patient-twin-simulator") -> None:
+        from kafka import KafkaProducer
+
+        self.topic = topic or settings.topic_vitals_raw
+        self.stats = stats
+        self.producer = KafkaProducer(client_id=client_id, acks="all", retries=10,
+                                      retry_backoff_ms=200, linger_ms=20,
+                                      **kafka_python_producer_config(settings))
+
+    def _errback(self, exc: BaseException) -> None:
+        self.stats.errors += 1
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self.producer.send(self.topic, key=key, value=value).add_errback(self._errback)
+
+    def close(self) -> None:
+        self.producer.flush(timeout=60)
+        self.producer.close(timeout=10)
 
 
 class _Stop:
@@ -31,73 +110,166 @@ class _Stop:
         self.requested = True
 
 
-def _messages(cohort: Cohort, start: float, elapsed: float, dt: float) -> list[tuple[bytes, bytes]]:
-    values, due = cohort.tick(elapsed, dt)
-    t = start + elapsed
-    ts = messages.utc(t)
-    out = []
-    for i in np.nonzero(due)[0]:
-        row = values[i]
-        vals = {ch: float(row[j]) for j, ch in enumerate(NAMES) if not np.isnan(row[j])}
-        msg = messages.reading(cohort.device_ids[i], cohort.patient_ids[i], int(cohort.seq[i]),
-                               ts, vals, quality=0.95, battery=round(float(cohort.battery[i]), 3))
-        out.append((cohort.patient_ids[i].encode(), messages.encode(msg)))
-    return out
+_encoder = msgspec.json.Encoder()
+
+
+class Ward:
+    """A cohort, its devices' delivery faults, and the message encoder: one `step` per tick."""
+
+    def __init__(self, patients: int, *, seed: int, rate: float, mix: str, horizon_s: float,
+                 start: float, effects: DeviceEffects, bad_fraction: float = 0.0,
+                 batch: int = 1) -> None:
+        self.cohort = Cohort(patients, seed=seed, mix=mix, horizon_s=horizon_s, start=start,
+                             rate=rate, effects=effects)
+        # Separate streams so that faults and malformed messages never change the physiology.
+        self.delivery = Delivery(patients, effects, np.random.default_rng([seed, 1]))
+        self.bad_rng = np.random.default_rng([seed, 2])
+        self.bad_fraction = bad_fraction
+        self.batch = batch
+        self.dt = 1.0 / rate
+        self.seq = np.zeros(patients, dtype=np.int64)
+        self.keys = [p.encode() for p in self.cohort.patient_ids]
+        self.pending: list[list[messages.Reading]] = [[] for _ in range(patients)]
+        self.late: list[tuple[float, int, bytes, bytes]] = []  # heap of (release t, n, key, msg)
+        self._n = 0
+        self.t = 0.0
+        self.stats = SimulationStats(patients=patients)
+
+    def step(self, out: Output) -> None:
+        """Advance one tick and send what the devices deliver at this simulated time."""
+        st = self.stats
+        t = self.t
+        tick = self.cohort.tick(t)
+        fate = self.delivery.step(t, self.dt)
+        st.ticks += 1
+        st.low_battery = int((~np.isnan(self.delivery.low_at)).sum())
+        st.dead_batteries = int((~np.isnan(self.delivery.empty_at)).sum())
+        due = tick.due & fate.alive[:, None]
+        sending = due.any(axis=1)
+        st.artifacts += int((tick.artifact & due).sum())
+        st.zeros += int((tick.zero & due).sum())
+        for j, ch in enumerate(NAMES):
+            st.samples[ch] += int(due[:, j].sum())
+        idx = np.nonzero(sending)[0]
+        self.seq[idx] += 1
+        start = self.cohort.start
+        ts_epoch = start + t + self.delivery.skew_s
+        quality = np.where(tick.active, 0.8, 0.95)  # optical sensors lose quality in motion
+        battery = np.round(self.delivery.battery, 3)
+        values = tick.values
+        for i in idx:
+            row = values[i]
+            vals = {ch: float(row[j]) for j, ch in enumerate(NAMES) if row[j] == row[j]}
+            r = messages.reading(self.cohort.device_ids[i], self.cohort.patient_ids[i],
+                                 int(self.seq[i]), messages.utc(float(ts_epoch[i])), vals,
+                                 quality=float(quality[i]), battery=float(battery[i]))
+            st.readings += 1
+            pend = self.pending[i]
+            pend.append(r)
+            if len(pend) < self.batch:
+                continue
+            self.pending[i] = []
+            if fate.lost[i]:
+                st.lost += len(pend)
+                continue
+            body = _encoder.encode(pend[0] if len(pend) == 1 else pend)
+            st.delivered_readings += len(pend)
+            if fate.delay_s[i] > 0:
+                st.late += 1
+                self._n += 1
+                heapq.heappush(self.late, (t + fate.delay_s[i], self._n, self.keys[i], body))
+            else:
+                self._send(out, self.keys[i], body)
+            if fate.duplicate[i]:
+                st.duplicates += 1
+                self._send(out, self.keys[i], body)
+        while self.late and self.late[0][0] <= t:
+            _, _, key, body = heapq.heappop(self.late)
+            self._send(out, key, body)
+        self._malformed(out, len(idx), start + t)
+        self.t += self.dt
+        st.elapsed_s = self.t
+
+    def _send(self, out: Output, key: bytes, body: bytes) -> None:
+        out.send(key, body)
+        self.stats.messages += 1
+
+    def _malformed(self, out: Output, good: int, now: float) -> None:
+        """Mix in malformed messages so they make up `bad_fraction` of all messages."""
+        f = self.bad_fraction
+        if f <= 0 or good == 0:
+            return
+        k = int(self.bad_rng.binomial(good, f / (1.0 - f)))
+        kinds = list(malformed.KINDS)
+        ts = messages.utc(now).isoformat().replace("+00:00", "Z")
+        for _ in range(k):
+            kind = kinds[int(self.bad_rng.integers(len(kinds)))]
+            i = int(self.bad_rng.integers(self.cohort.n))
+            body = malformed.make(kind, self.bad_rng, patient_id=self.cohort.patient_ids[i],
+                                  device_id=self.cohort.device_ids[i], seq=int(self.seq[i]),
+                                  ts=ts)
+            self._send(out, self.keys[i], body)
+            self.stats.malformed[kind] += 1
+
+    def finish(self, out: Output) -> None:
+        """Deliver what the gateways still hold: partial uploads and late messages."""
+        for i, pend in enumerate(self.pending):
+            if pend:
+                body = _encoder.encode(pend[0] if len(pend) == 1 else pend)
+                self.stats.delivered_readings += len(pend)
+                self._send(out, self.keys[i], body)
+                self.pending[i] = []
+        while self.late:
+            _, _, key, body = heapq.heappop(self.late)
+            self._send(out, key, body)
+
+
+def truth_path(to: str) -> str | None:
+    """Default ground-truth file: next to a JSONL output; none for Kafka (use --truth)."""
+    if to == "kafka":
+        return None
+    return (to[:-6] if to.endswith(".jsonl") else to) + ".truth.jsonl"
 
 
 def simulate(settings: Settings, *, patients: int, rate: float, duration: float | None,
-             speed: float, seed: int, to: str, progress: bool = True) -> SimulationStats:
+             speed: float, seed: int, to: str, mix: str | None = None,
+             bad_fraction: float = 0.0, batch: int = 1, truth_file: str | None = None,
+             effects: DeviceEffects | None = None, start: float | None = None,
+             progress: bool = True) -> SimulationStats:
     """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM)."""
-    cohort = Cohort(patients, seed=seed)
-    stats = SimulationStats(patients=patients)
+    from devices.scenarios import DEFAULT_MIX
+
+    wall0 = time.time()
+    ward = Ward(patients, seed=seed, rate=rate, mix=mix or DEFAULT_MIX,
+                horizon_s=duration or 7200.0, start=wall0 if start is None else start,
+                effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch)
+    stats = ward.stats
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    producer = None
-    out: BinaryIO | None = None
-    if to == "kafka":
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(client_id="patient-twin-simulator", linger_ms=20,
-                                 retries=5, acks=1, **kafka_python_producer_config(settings))
-    else:
-        out = open(to, "wb")  # noqa: SIM115 - closed in finally
-
-    def errback(exc: BaseException) -> None:
-        stats.errors += 1
-
-    dt = 1.0 / rate
-    start_wall = time.time()
+    out: Output = KafkaOutput(settings, stats) if to == "kafka" else FileOutput(to)
     t0 = time.monotonic()
     last_report = t0
-    elapsed = 0.0
     try:
-        while not stop.requested and (duration is None or elapsed < duration):
-            for key, value in _messages(cohort, start_wall, elapsed, dt):
-                if producer is not None:
-                    producer.send(settings.topic_vitals_raw, key=key, value=value).add_errback(
-                        errback)
-                else:
-                    assert out is not None
-                    out.write(value + b"\n")
-                stats.sent += 1
-            elapsed += dt
+        while not stop.requested and (duration is None or ward.t < duration):
+            ward.step(out)
             # Simulated time runs `speed` times faster than the wall clock.
-            lag = t0 + elapsed / speed - time.monotonic()
+            lag = t0 + ward.t / speed - time.monotonic()
             if lag > 0:
                 time.sleep(lag)
             now = time.monotonic()
             if progress and now - last_report >= 2.0:
-                rate_now = stats.sent / max(now - t0, 1e-9)
-                print(f"simulate: sent={stats.sent} rate={rate_now:.0f}/s errors={stats.errors}",
-                      file=sys.stderr, flush=True)
+                print(f"simulate: t={ward.t:.0f}s sent={stats.messages} "
+                      f"rate={stats.messages / max(now - t0, 1e-9):.0f}/s "
+                      f"errors={stats.errors}", file=sys.stderr, flush=True)
                 last_report = now
+        ward.finish(out)
     finally:
         # Flush on every exit path so nothing the producer accepted is lost.
-        if producer is not None:
-            producer.flush(timeout=30)
-            producer.close(timeout=10)
-        if out is not None:
-            out.close()
+        out.close()
         for s, h in old.items():
             signal.signal(s, h)
+    stats.wall_s = time.monotonic() - t0
+    path = truth_file or truth_path(to)
+    if path:
+        truth.write(path, truth.compute(ward.cohort, ward.t, ward.delivery))
     return stats

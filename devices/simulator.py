@@ -1,7 +1,10 @@
-"""A ward of simulated wearables: one device per patient, vectorised over the cohort.
+"""A ward of simulated patients and their wearables, vectorised over the cohort.
 
-Deterministic for a seed. Each patient has a baseline, slow physiological drift and per-channel
-measurement noise; a share of the cohort deteriorates slowly so that alerts have something to see.
+The true (noise-free) signal of every patient is a pure function of time: resting baseline,
+circadian rhythm, slow individual variation, activity bouts, the patient's scenario, and the
+couplings between channels. That is what makes the ground truth exact: `devices.truth` evaluates
+the same function on a grid. Measurement adds noise, device resolution, motion artifacts and
+sensor-off zeros (`devices.faults`). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -10,70 +13,150 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin.channels import INDEX, NAMES, C
+from devices import profiles, scenarios
+from devices.faults import DeviceEffects, SensorState, corrupt
+from twin.channels import INDEX, C
 
-# Seconds between samples per channel, like real devices: HR and SpO2 about every second, RR every
-# few seconds, temperature every few minutes, cuff blood pressure every 15 minutes.
-SAMPLE_INTERVAL_S = {"hr": 1.0, "spo2": 1.0, "rr": 4.0, "temp": 300.0, "sbp": 900.0,
-                     "dbp": 900.0}
-_BASE_MEAN = {"hr": 76, "rr": 15, "spo2": 97, "sbp": 124, "dbp": 77, "temp": 36.9}
-_BASE_SD = {"hr": 9, "rr": 2, "spo2": 1.2, "sbp": 12, "dbp": 8, "temp": 0.25}
-_NOISE_SD = {"hr": 2.0, "rr": 1.0, "spo2": 0.8, "sbp": 5.0, "dbp": 4.0, "temp": 0.1}
-# Drift per hour of a deteriorating patient (sepsis-like: HR and RR up, SBP and SpO2 down, fever).
-_DETERIORATION_PER_H = {"hr": 12.0, "rr": 4.0, "spo2": -2.0, "sbp": -10.0, "dbp": -5.0,
-                        "temp": 0.6}
+# Seconds between samples of each channel, like real devices: HR and SpO2 every tick (1 s at the
+# default rate), RR every 4 ticks, temperature every 5 minutes, cuff pressure every 15-60 minutes
+# (per patient, see devices.profiles.CUFF_INTERVALS_S).
+FAST_TICKS = {"hr": 1.0, "spo2": 1.0, "rr": 4.0}
+TEMP_INTERVAL_S = 300.0
+# Measurement noise SD per channel (device accuracy at rest), product units.
+NOISE_SD = profiles.vec({"hr": 2.0, "rr": 1.5, "spo2": 1.0, "sbp": 6.0, "dbp": 5.0,
+                         "temp": 0.1})
+AF_HR_NOISE_SD = 10.0  # an irregularly irregular rhythm scatters the beat-to-beat rate
+# Resolution the devices report at: whole numbers except temperature (0.1 degC).
+RESOLUTION = profiles.vec({"hr": 1.0, "rr": 1.0, "spo2": 1.0, "sbp": 1.0, "dbp": 1.0,
+                           "temp": 0.1})
+
+# Circadian rhythm: amplitude per channel, peak in the late afternoon (17:00 UTC here), trough
+# at night; healthy adults vary about +-0.3 degC and a few beats per minute around the day.
+CIRCADIAN_AMP = profiles.vec({"hr": 4.0, "rr": 0.8, "spo2": 0.0, "sbp": 5.0, "dbp": 3.0,
+                              "temp": 0.3})
+CIRCADIAN_PEAK_H = 17.0
+# Slow individual variation: three sinusoids per patient and channel, periods 20 min to 6 h.
+DRIFT_AMP = profiles.vec({"hr": 2.0, "rr": 0.6, "spo2": 0.3, "sbp": 3.0, "dbp": 2.0,
+                          "temp": 0.05})
+# Activity bouts (walking, washing): about one every 90 minutes, 2-15 minutes long, ramping over
+# one minute; heart rate, breathing and pressure rise with intensity.
+BOUT_MEAN_GAP_S = 90 * 60.0
+BOUT_DURATION_S = (120.0, 900.0)
+BOUT_RAMP_S = 60.0
+ACTIVITY = profiles.vec({"hr": 25.0, "rr": 5.0, "spo2": 0.0, "sbp": 12.0, "dbp": 4.0,
+                         "temp": 0.0})
+# Couplings (simulation assumptions): heart rate rises about 8.5 /min per degC of fever
+# (Karjalainen & Viitasalo, Arch Intern Med 1986); falling saturation drives breathing and heart
+# rate up (chemoreflex), linear in the fall below the patient's own baseline.
+FEVER_HR_PER_C = 8.5
+HYPOXIA_RR_PER_PCT = 0.7
+HYPOXIA_HR_PER_PCT = 0.8
 
 
-def _vec(d: dict[str, float]) -> np.ndarray:
-    return np.array([d[n] for n in NAMES], dtype=float)
+@dataclass(frozen=True)
+class Tick:
+    """One tick of the cohort. values: `(N, C)` as the devices report them, NaN where no sample
+    is due; truth: `(N, C)` the noise-free signal; due, artifact, zero: `(N, C)` bool (zero: the
+    sensor is off and the device reports 0); active: `(N,)` bool, in an activity bout."""
+
+    t: float
+    values: np.ndarray
+    truth: np.ndarray
+    due: np.ndarray
+    artifact: np.ndarray
+    zero: np.ndarray
+    active: np.ndarray
 
 
-@dataclass
 class Cohort:
-    """N simulated patients. Arrays are `(N, C)` in the order of `twin.channels.NAMES`."""
+    """N simulated patients. Arrays are `(N, C)` in the order of `twin.channels.NAMES`.
 
-    n: int
-    seed: int = 0
-    deteriorating_fraction: float = 0.2
+    t is simulated seconds since the start (`start` epoch seconds). `horizon_s` bounds onset times
+    (scenario onsets fall in 10-50 % of it) and the activity schedule.
+    """
 
-    def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
-        self.patient_ids = [f"P{i + 1:05d}" for i in range(self.n)]
-        self.device_ids = [f"WR-{self.seed:04d}-{i + 1:05d}" for i in range(self.n)]
-        self.baseline = _vec(_BASE_MEAN) + self.rng.standard_normal((self.n, C)) * _vec(_BASE_SD)
-        self.baseline[:, INDEX["spo2"]] = np.minimum(self.baseline[:, INDEX["spo2"]], 99.5)
-        self.deteriorating = self.rng.random(self.n) < self.deteriorating_fraction
-        self.onset_s = self.rng.uniform(0, 600, self.n)
-        self.drift = np.zeros((self.n, C))
-        self.seq = np.zeros(self.n, dtype=np.int64)
-        self.battery = self.rng.uniform(0.6, 1.0, self.n)
-        interval = _vec(SAMPLE_INTERVAL_S)
-        # Devices are not synchronised: each channel of each patient starts at a random phase.
-        self.next_due = self.rng.uniform(0, 1, (self.n, C)) * np.minimum(interval, 5.0)
-        self.interval = interval
+    def __init__(self, n: int, *, seed: int = 0, mix: str = scenarios.DEFAULT_MIX,
+                 horizon_s: float = 7200.0, start: float = 0.0, rate: float = 1.0,
+                 effects: DeviceEffects | None = None) -> None:
+        self.n = n
+        self.seed = seed
+        self.start = start
+        self.horizon_s = horizon_s
+        self.effects = effects or DeviceEffects()
+        rng = np.random.default_rng(seed)
+        self.patient_ids = [f"P{i + 1:05d}" for i in range(n)]
+        self.device_ids = [f"WR-{seed:04d}-{i + 1:05d}" for i in range(n)]
+        self.profiles = profiles.draw(n, rng)
+        p = scenarios.parse_mix(mix)
+        self.scenario = rng.choice(len(scenarios.SCENARIOS), size=n, p=p)
+        self.onset_s = np.where(self.scenario == scenarios.STABLE, np.inf,
+                                rng.uniform(0.1, 0.5, n) * horizon_s)
+        self.severity = rng.uniform(*scenarios.SEVERITY_RANGE, n)
+        self._drift_period = rng.uniform(1200.0, 6 * 3600.0, (n, C, 3))
+        self._drift_phase = rng.uniform(0, 2 * np.pi, (n, C, 3))
+        k = int(np.ceil(max(horizon_s, 3600.0) / BOUT_MEAN_GAP_S * 2)) + 4
+        gaps = rng.exponential(BOUT_MEAN_GAP_S, (n, k))
+        self._bout_dur = rng.uniform(*BOUT_DURATION_S, (n, k))
+        self._bout_start = np.cumsum(gaps, axis=1) + np.concatenate(
+            [np.zeros((n, 1)), np.cumsum(self._bout_dur, axis=1)[:, :-1]], axis=1)
+        self._bout_intensity = rng.uniform(0.3, 1.0, (n, k))
+        # Schedule: fast channels every few ticks; temperature and the cuff on their own clocks,
+        # the first temperature and cuff reading within the first minute (taken at admission).
+        tick = 1.0 / rate
+        self.tick_s = tick
+        self.interval = np.empty((n, C))
+        for ch, ticks in FAST_TICKS.items():
+            self.interval[:, INDEX[ch]] = ticks * tick
+        self.interval[:, INDEX["temp"]] = TEMP_INTERVAL_S
+        self.interval[:, INDEX["sbp"]] = self.profiles.cuff_interval_s
+        self.interval[:, INDEX["dbp"]] = self.profiles.cuff_interval_s
+        self.next_due = rng.uniform(0, 1, (n, C)) * np.minimum(self.interval, 60.0)
+        for ch, ticks in FAST_TICKS.items():  # fast channels sample on the device's own ticks
+            self.next_due[:, INDEX[ch]] = np.floor(rng.uniform(0, ticks, n)) * tick
+        self.next_due[:, INDEX["dbp"]] = self.next_due[:, INDEX["sbp"]]  # one cuff inflation
+        self.sensors = SensorState.new(n)
+        self.rng = rng
 
-    def true_values(self, elapsed_s: float) -> np.ndarray:
-        """Noise-free signal `(N, C)` at `elapsed_s` seconds into the simulation."""
-        hours = np.maximum(elapsed_s - self.onset_s, 0.0) / 3600.0
-        trend = np.where(self.deteriorating[:, None], hours[:, None] * _vec(_DETERIORATION_PER_H),
-                         0.0)
-        v = self.baseline + self.drift + trend
-        v[:, INDEX["spo2"]] = np.clip(v[:, INDEX["spo2"]], 50, 100)
+    def activity(self, t: float) -> np.ndarray:
+        """Activity intensity `(N,)` in [0, 1] at simulated time t."""
+        rise = np.clip((t - self._bout_start) / BOUT_RAMP_S, 0.0, 1.0)
+        fall = np.clip((self._bout_start + self._bout_dur - t) / BOUT_RAMP_S, 0.0, 1.0)
+        return (self._bout_intensity * np.minimum(rise, fall)).max(axis=1)
+
+    def true_values(self, t: float) -> np.ndarray:
+        """Noise-free signal `(N, C)` at simulated time t (seconds since the start)."""
+        prof = self.profiles
+        base = prof.baseline
+        hour = ((self.start + t) / 3600.0) % 24.0
+        circ = np.cos(2 * np.pi * (hour - CIRCADIAN_PEAK_H) / 24.0) * CIRCADIAN_AMP
+        drift = (np.sin(2 * np.pi * t / self._drift_period + self._drift_phase).sum(axis=2)
+                 / np.sqrt(3.0)) * DRIFT_AMP
+        act = self.activity(t)[:, None] * ACTIVITY
+        act[:, INDEX["hr"]] *= prof.hr_gain
+        h = (t - self.onset_s) / 3600.0
+        scen = scenarios.effects(self.scenario, h, self.severity, prof.hr_gain, base)
+        v = base + circ + drift + act + scen
+        hr, rr, spo2, temp = INDEX["hr"], INDEX["rr"], INDEX["spo2"], INDEX["temp"]
+        fever = np.maximum(v[:, temp] - base[:, temp] - circ[temp], 0.0)
+        hypoxia = np.maximum(base[:, spo2] - v[:, spo2], 0.0)
+        v[:, hr] += (FEVER_HR_PER_C * fever + HYPOXIA_HR_PER_PCT * hypoxia) * prof.hr_gain
+        v[:, rr] += HYPOXIA_RR_PER_PCT * hypoxia
+        v[:, spo2] = np.minimum(v[:, spo2], 100.0)
         return v
 
-    def tick(self, elapsed_s: float, dt_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """Advance by `dt_s`; return `(values (N, C) with NaN where no sample is due, due (N,)
-        bool)` for the patients whose device sends a reading now."""
-        self.drift += self.rng.standard_normal((self.n, C)) * _vec(_NOISE_SD) * 0.02 * np.sqrt(
-            dt_s)
-        due_ch = self.next_due <= elapsed_s
-        self.next_due = np.where(due_ch, self.next_due + self.interval, self.next_due)
-        measured = self.true_values(elapsed_s) + self.rng.standard_normal((self.n, C)) * _vec(
-            _NOISE_SD)
-        measured[:, INDEX["spo2"]] = np.clip(np.round(measured[:, INDEX["spo2"]]), 0, 100)
-        measured = np.round(measured, 1)
-        values = np.where(due_ch, measured, np.nan)
-        due = due_ch.any(axis=1)
-        self.seq += due
-        self.battery = np.maximum(self.battery - 1e-6 * dt_s, 0.0)
-        return values, due
+    def tick(self, t: float) -> Tick:
+        """Sample every channel that is due at simulated time t."""
+        due = self.next_due <= t
+        self.next_due = np.where(due, self.next_due + self.interval, self.next_due)
+        truth = self.true_values(t)
+        noise = self.rng.standard_normal((self.n, C)) * NOISE_SD
+        in_af = (self.scenario == scenarios.AF) & (t >= self.onset_s)
+        noise[:, INDEX["hr"]] *= np.where(in_af, AF_HR_NOISE_SD / NOISE_SD[INDEX["hr"]], 1.0)
+        measured = np.round((truth + noise) / RESOLUTION) * RESOLUTION
+        measured[:, INDEX["spo2"]] = np.minimum(measured[:, INDEX["spo2"]], 100.0)
+        active = self.activity(t) > 0.0
+        measured, artifact, zero = corrupt(measured, due, active, t, self.tick_s, self.sensors,
+                                           self.effects, self.rng)
+        np.maximum(measured, 0.0, out=measured)
+        values = np.where(due, measured, np.nan)
+        return Tick(t, values, truth, due, artifact & due, zero & due, active)

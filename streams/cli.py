@@ -13,7 +13,6 @@ from streams.errors import PatientTwinError
 
 # Sub-commands whose issue has not landed yet: they say so in one line instead of crashing.
 PLANNED = {
-    "replay": "replays WFDB/CSV records into Kafka (devices issue)",
     "evaluate": "measures alerts against simulated ground truth (alerts issue)",
     "patients": "admits, transfers and discharges patients (dashboard issue)",
     "users": "manages clinician accounts (dashboard issue)",
@@ -42,6 +41,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction 0 <= F < 1, got {text}")
     return v
 
 
@@ -78,7 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speed", type=_positive_float, default=1.0,
                    help="simulated time runs this many times faster than real time")
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--scenarios", default=None, metavar="MIX",
+                   help="scenario mix, e.g. stable=0.6,sepsis=0.2,bleeding=0.2 (scenarios: "
+                   "stable, sepsis, respiratory, bleeding, af, fever; default: "
+                   "devices.scenarios.DEFAULT_MIX)")
+    s.add_argument("--bad-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="fraction of messages that are malformed on purpose (default 0)")
+    s.add_argument("--batch", type=_positive_int, default=1, metavar="K",
+                   help="readings per message: a gateway uploading K readings at once")
+    s.add_argument("--clean-devices", action="store_true",
+                   help="no artifacts, dropouts, duplicates, late delivery or battery drain")
     s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
+    s.add_argument("--truth", default=None, metavar="FILE.jsonl",
+                   help="ground-truth file (default: next to --to FILE; none for kafka)")
+    s.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("replay", help="replay recorded vital signs (WFDB, CSV) into Kafka")
+    r.add_argument("records", nargs="+", metavar="RECORD",
+                   help="WFDB record (.hea or path without extension) or CSV file")
+    r.add_argument("--speed", type=_positive_float, default=1.0,
+                   help="replay this many times faster than recorded")
+    r.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
+    r.add_argument("--keep-time", action="store_true",
+                   help="send the recorded timestamps (default: shifted to start now)")
+    r.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("dashboard", help="serve the clinician dashboard")
 
@@ -89,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
 
     bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
-    bn.add_argument("which", choices=["twin"], help="twin: the twin core's throughput")
+    bn.add_argument("which", choices=["twin", "devices"],
+                    help="twin: the twin core's throughput; devices: the simulator into Kafka")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     sub.add_parser("topics", help="create the project's topics on the configured Kafka")
 
@@ -111,6 +144,10 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         print(summary.line(), file=sys.stderr)
         return 0
     if args.command == "bench":
+        if args.which == "devices":
+            from bench import devices_bench
+
+            return devices_bench.main(args.args)
         from bench import twin_bench
 
         return twin_bench.main(args.args)
@@ -127,13 +164,30 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
 
         return run_worker(settings)
     if args.command == "simulate":
+        import json
+
+        from devices.faults import DeviceEffects
         from devices.run import simulate
 
         stats = simulate(settings, patients=args.patients, rate=args.rate,
-                         duration=args.duration, speed=args.speed, seed=args.seed, to=args.to)
-        print(f"simulate: done: patients={stats.patients} sent={stats.sent} "
+                         duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
+                         mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
+                         truth_file=args.truth,
+                         effects=DeviceEffects.clean() if args.clean_devices else None,
+                         progress=not args.no_progress)
+        print(f"simulate: done: patients={stats.patients} messages={stats.messages} "
+              f"readings={stats.readings} malformed={sum(stats.malformed.values())} "
               f"errors={stats.errors}", file=sys.stderr)
+        print(json.dumps(stats.summary()), flush=True)
         return 1 if stats.errors else 0
+    if args.command == "replay":
+        from devices.replay import replay
+
+        rs = replay(settings, args.records, speed=args.speed, to=args.to,
+                    keep_time=args.keep_time, progress=not args.no_progress)
+        print(f"replay: done: records={rs.records} messages={rs.messages} "
+              f"empty_rows={rs.empty_rows} errors={rs.errors}", file=sys.stderr)
+        return 1 if rs.errors else 0
     if args.command == "dashboard":
         from dashboard.app import serve
 

@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     kafka_ssl_key_password: Secret | None = None
+    kafka_compression: Literal["none", "gzip"] = "gzip"
     kafka_partitions: Positive = 4
     kafka_replication_factor: Positive = 1
     broker_port: Port = 9092
@@ -117,6 +118,8 @@ DOCS: dict[str, str] = {
     "kafka_ssl_certfile": "PEM client certificate for mutual TLS",
     "kafka_ssl_keyfile": "PEM private key of the client certificate",
     "kafka_ssl_key_password": "password of the client key (secret)",
+    "kafka_compression": "compression of produced batches: gzip or none (lz4/zstd need extra "
+    "packages)",
     "kafka_partitions": "partitions of each topic the project creates",
     "kafka_replication_factor": "replication factor of created topics (3 on a real cluster)",
     "broker_port": "loopback port of the embedded broker",
@@ -241,6 +244,7 @@ def kafka_python_config(s: Settings) -> dict[str, Any]:
 def kafka_python_producer_config(s: Settings) -> dict[str, Any]:
     """kafka-python producer settings: the connection plus what the broker needs."""
     cfg = kafka_python_config(s)
+    cfg["compression_type"] = None if s.kafka_compression == "none" else s.kafka_compression
     if s.embedded_broker:
         # The embedded Tansu broker reports a high watermark of the last record batch's base
         # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at
@@ -257,6 +261,8 @@ def faust_broker_config(s: Settings) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "broker": ";".join(f"kafka://{hp.strip()}" for hp in s.bootstrap.split(",")),
     }
+    if s.kafka_compression != "none":
+        cfg["producer_compression_type"] = s.kafka_compression
     if s.embedded_broker:
         cfg["producer_max_batch_size"] = 1  # see kafka_python_producer_config
     ctx = ssl_context(s)

@@ -23,3 +23,14 @@ def test_bench_rejects_bad_sizes_in_one_line():
     r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "twin", "--sizes", "many"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--sizes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_devices_prints_simulator_beside_bare_producer():
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "devices", "--patients",
+                        "100", "--messages", "600", "--rounds", "1"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["bare_mps"] > 0 and result["simulator_mps"] > 0
+    assert result["ratio"] == result["simulator_mps"] / result["bare_mps"]
+    assert 150 < result["message_bytes"] < 1000
