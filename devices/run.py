@@ -22,7 +22,7 @@ import numpy as np
 from devices import malformed, truth
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
-from streams import messages
+from streams import fhir, messages
 from streams.config import Settings, kafka_python_producer_config
 from twin.channels import NAMES
 
@@ -118,7 +118,7 @@ class Ward:
 
     def __init__(self, patients: int, *, seed: int, rate: float, mix: str, horizon_s: float,
                  start: float, effects: DeviceEffects, bad_fraction: float = 0.0,
-                 batch: int = 1) -> None:
+                 batch: int = 1, fmt: str = "json") -> None:
         self.cohort = Cohort(patients, seed=seed, mix=mix, horizon_s=horizon_s, start=start,
                              rate=rate, effects=effects)
         # Separate streams so that faults and malformed messages never change the physiology.
@@ -126,6 +126,7 @@ class Ward:
         self.bad_rng = np.random.default_rng([seed, 2])
         self.bad_fraction = bad_fraction
         self.batch = batch
+        self.fmt = fmt
         self.dt = 1.0 / rate
         self.seq = np.zeros(patients, dtype=np.int64)
         self.keys = [p.encode() for p in self.cohort.patient_ids]
@@ -172,7 +173,7 @@ class Ward:
             if fate.lost[i]:
                 st.lost += len(pend)
                 continue
-            body = _encoder.encode(pend[0] if len(pend) == 1 else pend)
+            body = self._encode(pend)
             st.delivered_readings += len(pend)
             if fate.delay_s[i] > 0:
                 st.late += 1
@@ -189,6 +190,19 @@ class Ward:
         self._malformed(out, len(idx), start + t)
         self.t += self.dt
         st.elapsed_s = self.t
+
+    def _encode(self, readings: list[messages.Reading]) -> bytes:
+        """One message: a reading, a gateway array, or (FHIR) one Bundle of Observations."""
+        if self.fmt == "fhir":
+            entries = []
+            for r in readings:
+                ts = r.ts.isoformat().replace("+00:00", "Z")
+                vals = {ch: q.value for ch, q in r.values.items()}
+                entries += fhir.encode_reading(r.device_id, r.patient_id, r.seq, ts, vals,
+                                               r.quality, r.battery)["entry"]
+            return _encoder.encode({"resourceType": "Bundle", "type": "collection",
+                                    "entry": entries})
+        return _encoder.encode(readings[0] if len(readings) == 1 else readings)
 
     def _send(self, out: Output, key: bytes, body: bytes) -> None:
         out.send(key, body)
@@ -215,7 +229,7 @@ class Ward:
         """Deliver what the gateways still hold: partial uploads and late messages."""
         for i, pend in enumerate(self.pending):
             if pend:
-                body = _encoder.encode(pend[0] if len(pend) == 1 else pend)
+                body = self._encode(pend)
                 self.stats.delivered_readings += len(pend)
                 self._send(out, self.keys[i], body)
                 self.pending[i] = []
@@ -233,7 +247,8 @@ def truth_path(to: str) -> str | None:
 
 def simulate(settings: Settings, *, patients: int, rate: float, duration: float | None,
              speed: float, seed: int, to: str, mix: str | None = None,
-             bad_fraction: float = 0.0, batch: int = 1, truth_file: str | None = None,
+             bad_fraction: float = 0.0, batch: int = 1, fmt: str = "json",
+             truth_file: str | None = None,
              effects: DeviceEffects | None = None, start: float | None = None,
              progress: bool = True) -> SimulationStats:
     """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM)."""
@@ -242,7 +257,8 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
     wall0 = time.time()
     ward = Ward(patients, seed=seed, rate=rate, mix=mix or DEFAULT_MIX,
                 horizon_s=duration or 7200.0, start=wall0 if start is None else start,
-                effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch)
+                effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch,
+                fmt=fmt)
     stats = ward.stats
     stop = _Stop()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}

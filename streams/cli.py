@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of messages that are malformed on purpose (default 0)")
     s.add_argument("--batch", type=_positive_int, default=1, metavar="K",
                    help="readings per message: a gateway uploading K readings at once")
+    s.add_argument("--format", choices=["json", "fhir"], default="json",
+                   help="json: the project's reading schema; fhir: FHIR R4 vital-signs "
+                   "Observations (a Bundle per message)")
     s.add_argument("--clean-devices", action="store_true",
                    help="no artifacts, dropouts, duplicates, late delivery or battery drain")
     s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
@@ -172,6 +175,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         stats = simulate(settings, patients=args.patients, rate=args.rate,
                          duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
                          mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
+                         fmt=args.format,
                          truth_file=args.truth,
                          effects=DeviceEffects.clean() if args.clean_devices else None,
                          progress=not args.no_progress)

@@ -181,13 +181,14 @@ def _check_schema(schema: str, expected: str) -> None:
                      "wrong_schema")
 
 
-def _check_ts(ts: datetime) -> None:
+def check_ts(ts: datetime) -> None:
     if ts.tzinfo is None:
         raise reject("ts has no UTC offset (expected ISO-8601 like 2026-01-01T12:00:00Z)",
                      "wrong_type")
 
 
-def _canonical(values: dict[str, Quantity]) -> dict[str, float]:
+def canonical_values(values: dict[str, Quantity]) -> dict[str, float]:
+    """Values in canonical units; InvalidMessage for an unknown unit or an impossible value."""
     out: dict[str, float] = {}
     for ch, q in values.items():
         conv = UNIT_ALIASES[ch].get(q.unit)
@@ -227,6 +228,10 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
         raise reject("empty message", "empty")
     if len(data) > MAX_MESSAGE_BYTES:
         raise reject(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", "oversized")
+    if b'"resourceType"' in data[:200]:  # FHIR R4 Observations (streams.fhir)
+        from streams import fhir
+
+        return fhir.decode(data)
     try:
         decoded = _reading_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -242,11 +247,11 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
     out = []
     for r in items:
         _check_schema(r.schema, READING_SCHEMA)
-        _check_ts(r.ts)
+        check_ts(r.ts)
         if not r.values:
             raise reject("values is empty (expected at least one channel)", "missing_field")
         out.append(ValidReading(r.device_id, r.patient_id, r.seq, r.ts.timestamp(),
-                                _canonical(r.values), r.quality, r.battery))
+                                canonical_values(r.values), r.quality, r.battery))
     return out
 
 
@@ -259,7 +264,7 @@ def decode_patient(data: bytes) -> PatientRecord:
     except msgspec.DecodeError as exc:
         raise reject(f"not JSON: {exc}", "not_json") from exc
     _check_schema(rec.schema, PATIENT_SCHEMA)
-    _check_ts(rec.ts)
+    check_ts(rec.ts)
     return rec
 
 
@@ -272,8 +277,8 @@ def decode_observation(data: bytes) -> Observation:
     except msgspec.DecodeError as exc:
         raise reject(f"not JSON: {exc}", "not_json") from exc
     _check_schema(obs.schema, OBSERVATION_SCHEMA)
-    _check_ts(obs.ts)
-    _canonical(obs.values)
+    check_ts(obs.ts)
+    canonical_values(obs.values)
     if obs.o2_flow is not None and obs.o2_flow.unit != "L/min":
         raise reject(f"o2_flow: unit {obs.o2_flow.unit!r} is not accepted (expected 'L/min')",
                      "wrong_unit")

@@ -83,7 +83,7 @@ def _doc_examples() -> dict[str, dict]:
     out = {}
     for b in blocks:
         doc = json.loads(b)
-        out[doc["schema"]] = doc
+        out[doc.get("schema") or doc["resourceType"]] = doc
     return out
 
 
@@ -91,8 +91,10 @@ def test_docs_examples_match_the_definitions():
     ex = _doc_examples()
     assert set(ex) == {messages.READING_SCHEMA, messages.PATIENT_SCHEMA,
                        messages.OBSERVATION_SCHEMA, messages.TWIN_STATE_SCHEMA,
-                       messages.ALERT_SCHEMA, "patient-twin.dead-letter/1"}
+                       messages.ALERT_SCHEMA, "patient-twin.dead-letter/1", "Bundle"}
     messages.decode_readings(enc(ex[messages.READING_SCHEMA]))
+    (fhir_reading,) = messages.decode_readings(enc(ex["Bundle"]))
+    assert fhir_reading.values == {"hr": 88.0, "sbp": 131.0, "dbp": 82.0}
     messages.decode_patient(enc(ex[messages.PATIENT_SCHEMA]))
     messages.decode_observation(enc(ex[messages.OBSERVATION_SCHEMA]))
     msgspec.json.decode(enc(ex[messages.TWIN_STATE_SCHEMA]), type=messages.TwinState)
