@@ -72,7 +72,7 @@ def analyze(paths: list[str], out_path: str, progress: bool = True) -> Summary:
                 summary.channels_seen.update(values)
                 batch.append(ValidReading(f"record:{r.patient_id}", r.patient_id, k + 1,
                                           float(r.t[k]), values, None, None))
-            res = proc.process(batch, stored)
+            res = proc.process(batch, stored, now=max(b.t for b in batch))
             stored.update(res.states)
             summary.steps += 1
             summary.artifacts += res.artifacts

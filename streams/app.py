@@ -21,28 +21,23 @@ from streams.config import Settings, faust_broker_config
 from streams.errors import ConfigError, InvalidMessage
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
+from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor
 from streams.sink import InfluxSink, alert_points, reading_points, state_points
 
 log = logging.getLogger("patient_twin.worker")
 
 
-class Counters:
-    """Totals since start, for the periodic log line and tests. No patient data."""
+def _partition(patient_id: str, partitions: int) -> int:
+    """The partition the devices' producers give this key (murmur2, like Kafka's default)."""
+    from kafka.partitioner.default import murmur2
 
-    def __init__(self) -> None:
-        self.events = 0
-        self.readings = 0
-        self.applied = 0
-        self.dead = 0
-        self.batches = 0
-        self.states_sent = 0
-        self.alerts = 0
-        self.last_batch_monotonic = time.monotonic()
+    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
-    """Build the worker's Faust app for these settings (sink: the InfluxDB sink, if any)."""
+def faust_app_config(settings: Settings) -> dict[str, Any]:
+    """faust.App keyword arguments for these settings (the worker's, and the benchmark's bare
+    agent, so the two are measured on the same footing)."""
     tuning: dict[str, Any] = {}
     if settings.embedded_broker:
         # The embedded Tansu broker holds a JoinGroup for about half the session timeout (30 s
@@ -50,8 +45,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         # real Kafka clusters keep Faust's defaults (docs/tansu.md).
         tuning["broker_rebalance_timeout"] = 10.0
         tuning["broker_session_timeout"] = 10.0
-    app = faust.App(
-        settings.app_id,
+    return dict(
         **faust_broker_config(settings),
         store="memory://",
         topic_partitions=settings.kafka_partitions,
@@ -62,6 +56,11 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         producer_linger_ms=5,
         **tuning,
     )
+
+
+def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
+    """Build the worker's Faust app for these settings (sink: the InfluxDB sink, if any)."""
+    app = faust.App(settings.app_id, **faust_app_config(settings))
     raw_topic = app.topic(settings.topic_vitals_raw, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw",
                           partitions=settings.kafka_partitions)
@@ -74,17 +73,19 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     alert_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=settings.kafka_partitions)
-    # One record per patient. use_partitioner: the changelog partition comes from the key (the
-    # patient id, murmur2 like the producers), so a batch spanning partitions writes each twin to
-    # its own patient's partition, not to the partition of the batch's last event.
-    twins = app.Table("twins", key_type=str, value_type=bytes, default=None,
+    # One record per patient. use_partitioner: the changelog partition comes from the key, so a
+    # batch spanning partitions writes each twin to its own patient's partition, not to the
+    # partition of the batch's last event. The key must be the raw patient id bytes, exactly as
+    # the devices key vitals.raw (murmur2 of the same bytes): a JSON-serialised str key ('"P1"')
+    # hashes elsewhere, and after a failover the new owner of a patient's readings would not own
+    # the changelog partition holding its twin (seen: twins recovered one reading short).
+    twins = app.Table("twins", key_type=bytes, value_type=bytes, default=None,
                       partitions=settings.kafka_partitions, use_partitioner=True)
     processor = TwinProcessor()
-    counters = Counters()
     metrics = WorkerMetrics()
     liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                         unassigned_seconds=settings.liveness_unassigned_seconds)
-    app.counters = counters  # type: ignore[attr-defined]
+    tracker = OffsetTracker()
     app.metrics = metrics  # type: ignore[attr-defined]
     app.liveness = liveness  # type: ignore[attr-defined]
     if sink is not None:
@@ -92,8 +93,10 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
 
     @app.agent(raw_topic)
     async def twin_agent(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.worker_batch_max,
-                                               within=settings.worker_batch_seconds):
+        async for batch in stream.take_events(settings.worker_batch_max,
+                                              within=settings.worker_batch_seconds):
+            keep, seeks = tracker.admit((ev.message.tp, ev.message.offset) for ev in batch)
+            events = [ev for ev, k in zip(batch, keep, strict=True) if k]
             valid: list[messages.ValidReading] = []
             for ev in events:
                 msg = ev.message
@@ -105,7 +108,6 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                             "message key must be the patient_id of every reading in it "
                             "(partitioning keeps a patient's twin on one worker)", "wrong_key")
                 except InvalidMessage as exc:
-                    counters.dead += 1
                     metrics.dead.labels(getattr(exc, "kind", "invalid")).inc()
                     dead = messages.DeadLetter(
                         reason=str(exc), kind=getattr(exc, "kind", "invalid"), topic=msg.topic,
@@ -114,41 +116,42 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                     await dlq_topic.send(key=ev.key, value=messages.encode(dead))
                     continue
                 valid.extend(readings)
-            counters.events += len(events)
-            counters.readings += len(valid)
-            counters.batches += 1
-            counters.last_batch_monotonic = time.monotonic()
+            metrics.batches.inc()
             metrics.events.inc(len(events))
             metrics.readings.inc(len(valid))
             metrics.batch_size.observe(len(events))
-            if not valid:
-                continue
-            pids = {r.patient_id for r in valid}
-            t0 = time.perf_counter()
-            result = processor.process(valid, {p: twins.get(p) for p in pids})
-            metrics.step_seconds.observe(time.perf_counter() - t0)
-            counters.applied += result.applied
-            metrics.applied.inc(result.applied)
-            metrics.duplicates.inc(result.duplicates)
-            metrics.late.inc(result.late)
-            metrics.gaps.inc(result.gaps)
-            metrics.artifacts.inc(result.artifacts)
-            metrics.missing.inc(result.missing)
-            # The twin table is written once per patient per batch, never per reading.
-            for pid, blob in result.states.items():
-                twins[pid] = blob
-            for st in result.twin_states:
-                await state_topic.send(key=st.patient_id.encode(), value=messages.encode(st))
-            for alert in result.alerts:
-                await alert_topic.send(key=alert.patient_id.encode(),
-                                       value=messages.encode(alert))
-            counters.states_sent += len(result.twin_states)
-            counters.alerts += len(result.alerts)
-            for alert in result.alerts:
-                metrics.alerts.labels(alert.priority).inc()
-            if sink is not None:
-                sink.add(reading_points(valid) + state_points(result.twin_states)
-                         + alert_points(result.alerts))
+            if valid:
+                await process(valid)
+            tracker.done((ev.message.tp, ev.message.offset) for ev in events)
+            if seeks:
+                await seek(seeks)
+
+    async def seek(seeks: dict[TP, int]) -> None:
+        log.warning("re-reading %d partition(s) from the first unprocessed offset (messages "
+                    "the consumer dropped in a rebalance)", len(seeks))
+        metrics.holes.inc(len(seeks))
+        await app.consumer.seek_wait(seeks)
+
+    async def process(valid: list[messages.ValidReading]) -> None:
+        pids = {r.patient_id for r in valid}
+        t0 = time.perf_counter()
+        result = processor.process(valid, {p: twins.get(p.encode()) for p in pids})
+        metrics.step_seconds.observe(time.perf_counter() - t0)
+        metrics.applied.inc(result.applied)
+        metrics.duplicates.inc(result.duplicates)
+        metrics.late.inc(result.late)
+        metrics.gaps.inc(result.gaps)
+        metrics.artifacts.inc(result.artifacts)
+        metrics.missing.inc(result.missing)
+        # The twin table is written once per patient per batch, never per reading.
+        for pid, blob in result.states.items():
+            twins[pid.encode()] = blob
+        for st in result.twin_states:
+            await state_topic.send(key=st.patient_id.encode(), value=messages.encode(st))
+        metrics.states.inc(len(result.twin_states))
+        if sink is not None:
+            sink.add(reading_points(valid) + state_points(result.twin_states))
+        await send_alerts(result.alerts)
 
     source_end: dict[str, int] = {}
     source_tps = [TP(settings.topic_vitals_raw, p) for p in range(settings.kafka_partitions)]
@@ -171,6 +174,10 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         source_end["total"] = total
         reason = liveness.observe(positions, {tp: h for tp, h in highwaters.items()
                                               if h is not None}, growing)
+        tracker.retain(assigned)
+        idle = tracker.idle_seeks(positions)
+        if idle:
+            await seek(idle)
         metrics.assigned.set(len(assigned))
         metrics.since_progress.set(liveness.seconds_since_progress())
         metrics.healthy.set(0 if reason else 1)
@@ -180,11 +187,33 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                 sink.close(timeout=5)
             os._exit(3)
 
+    @app.timer(interval=5.0)
+    async def alert_timers() -> None:
+        # Reminders, escalations, and "no data" for this worker's silent patients. A patient
+        # whose partition moved to another worker is that worker's business now.
+        mine = {tp.partition for tp in app.consumer.assignment()
+                if tp.topic == settings.topic_vitals_raw}
+        for pid in list(processor.last_arrival):
+            if _partition(pid, settings.kafka_partitions) not in mine:
+                del processor.last_arrival[pid]
+        cands = processor.silent_candidates(time.time())
+        events = processor.check_silent({p: twins.get(p.encode()) for p in cands})
+        await send_alerts(events)
+
+    async def send_alerts(events: list[messages.AlertEvent]) -> None:
+        for alert in events:
+            await alert_topic.send(key=alert.patient_id.encode(), value=messages.encode(alert))
+            metrics.alerts.labels(alert.priority).inc()
+        if sink is not None and events:
+            sink.add(alert_points(events))
+
     @app.timer(interval=10.0)
     async def report() -> None:
+        m = metrics
         log.info("events=%d readings=%d applied=%d dead_letters=%d batches=%d states=%d "
-                 "alerts=%d", counters.events, counters.readings, counters.applied,
-                 counters.dead, counters.batches, counters.states_sent, counters.alerts)
+                 "alerts=%d reread_holes=%d", m.total(m.events), m.total(m.readings),
+                 m.total(m.applied), m.total(m.dead), m.total(m.batches), m.total(m.states),
+                 m.total(m.alerts), m.total(m.holes))
 
     return app
 

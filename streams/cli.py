@@ -13,7 +13,6 @@ from streams.errors import PatientTwinError
 
 # Sub-commands whose issue has not landed yet: they say so in one line instead of crashing.
 PLANNED = {
-    "evaluate": "measures alerts against simulated ground truth (alerts issue)",
     "patients": "admits, transfers and discharges patients (dashboard issue)",
     "users": "manages clinician accounts (dashboard issue)",
 }
@@ -105,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ground-truth file (default: next to --to FILE; none for kafka)")
     s.add_argument("--no-progress", action="store_true")
 
+    ev = sub.add_parser("evaluate", help="the twin's alerts vs a naive threshold baseline, "
+                        "against the simulator's ground truth")
+    ev.add_argument("--patients", type=_positive_int, default=100)
+    ev.add_argument("--hours", type=_positive_float, default=24.0)
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--no-progress", action="store_true")
+
     r = sub.add_parser("replay", help="replay recorded vital signs (WFDB, CSV) into Kafka")
     r.add_argument("records", nargs="+", metavar="RECORD",
                    help="WFDB record (.hea or path without extension) or CSV file")
@@ -124,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
 
     bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
-    bn.add_argument("which", choices=["twin", "devices"],
-                    help="twin: the twin core's throughput; devices: the simulator into Kafka")
+    bn.add_argument("which", choices=["twin", "devices", "pipeline"],
+                    help="twin: the twin core's throughput; devices: the simulator into Kafka; "
+                    "pipeline: the Faust worker beside a do-nothing agent, and live latency")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     sub.add_parser("topics", help="create the project's topics on the configured Kafka")
 
@@ -151,6 +158,10 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
             from bench import devices_bench
 
             return devices_bench.main(args.args)
+        if args.which == "pipeline":
+            from bench import pipeline_bench
+
+            return pipeline_bench.main(args.args)
         from bench import twin_bench
 
         return twin_bench.main(args.args)
@@ -184,6 +195,10 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
               f"errors={stats.errors}", file=sys.stderr)
         print(json.dumps(stats.summary()), flush=True)
         return 1 if stats.errors else 0
+    if args.command == "evaluate":
+        from streams.evaluate import main as evaluate_main
+
+        return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
     if args.command == "replay":
         from devices.replay import replay
 

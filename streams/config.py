@@ -164,6 +164,22 @@ def _dec_hook(tp: type, obj: Any) -> Any:
     raise NotImplementedError
 
 
+def to_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings (secrets in
+    clear: for child processes only). `base` (default os.environ) minus any project variable."""
+    prefixes = tuple({env_name(f).split("_")[0] + "_" for f in FIELDS})
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith(prefixes)}
+    for f in FIELDS:
+        v = getattr(settings, f)
+        if v is None:
+            continue
+        env[env_name(f)] = v.get() if isinstance(v, Secret) else str(v).lower() \
+            if isinstance(v, bool) else str(v)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read `Settings` from `environ` (default: the process environment).
 

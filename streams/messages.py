@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -118,20 +118,26 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
 
 
 class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An alert event (topic alerts, key = patient id)."""
+    """An alert event (topic alerts, key = patient id). See docs/alerts.md for the lifecycle."""
 
     schema: str = ALERT_SCHEMA
-    alert_id: str
+    alert_id: str  # the same through the alert's whole lifecycle
     patient_id: str
     ts: datetime
-    event: Literal["raised", "escalated", "acknowledged", "resolved"]
+    event: Literal["raised", "updated", "reminder", "escalated", "acknowledged", "silenced",
+                   "resolved"]
     kind: str
     category: Literal["clinical", "technical"]
     priority: Literal["high", "medium", "low"]
+    state: Literal["active", "latched", "acknowledged", "resolved"] = "active"
     channels: list[str] = []
     message: str
     news2: int | None = None
-    by: str | None = None
+    by: str | None = None  # who acknowledged or silenced
+    comment: str | None = None
+    audience: str = "ward"  # "ward+rapid-response" once escalated
+    notify: bool = True  # False while the alert is silenced (subscribers skip it)
+    evidence: dict[str, Any] = {}  # the values, scores and forecast that raised it
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

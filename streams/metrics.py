@@ -35,6 +35,11 @@ class WorkerMetrics:
                                  registry=r)
         self.missing = Counter("patient_twin_missing_values",
                                "Sensor-off or out-of-range values treated as missing", registry=r)
+        self.holes = Counter("patient_twin_reread_holes",
+                             "Offset holes re-read (messages the consumer dropped in a rebalance)",
+                             registry=r)
+        self.states = Counter("patient_twin_states_sent", "Twin states published", registry=r)
+        self.batches = Counter("patient_twin_batches", "Batches processed", registry=r)
         self.alerts = Counter("patient_twin_alert_events", "Alert events published", ["priority"],
                               registry=r)
         self.batch_size = Histogram("patient_twin_batch_size", "Events per batch",
@@ -52,6 +57,11 @@ class WorkerMetrics:
                                     registry=r)
         self.healthy = Gauge("patient_twin_healthy", "1 healthy, 0 unhealthy", registry=r)
         self.healthy.set(1)
+
+    def total(self, counter: Counter) -> int:
+        """Current value of a counter, summed over its labels."""
+        return int(sum(s.value for m in counter.collect() for s in m.samples
+                       if s.name.endswith("_total")))
 
     def sink_gauges(self, stats_fn: Callable[[], object]) -> None:
         for name, doc in (("written", "Points written to InfluxDB"),

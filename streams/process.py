@@ -6,23 +6,18 @@ what comes back. That keeps the logic testable without a broker and identical in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from streams.messages import AlertEvent, Forecast, TwinState, ValidReading, utc
-from twin import bank, news2
+from twin import alerts, bank, news2
 from twin.channels import INDEX, NAMES, UNITS, C
 from twin.model import ModelParams
 
-# Response bands that raise an alert, with the IEC 60601-1-8 priority of each. NEWS2 bands are
-# from RCP 2017 Table 2: a medium score calls for an urgent response, a high one for an emergency.
-_ALERT_PRIORITY = {
-    news2.BAND_LOW_MEDIUM: "low",
-    news2.BAND_MEDIUM: "medium",
-    news2.BAND_HIGH: "high",
-}
+Z90 = 1.6448536269514722  # the twin's 90 % forecast interval is +-Z90 SD
 
 
 @dataclass
@@ -47,15 +42,58 @@ def _by_channel(row: np.ndarray) -> dict[str, float | None]:
     return {ch: _opt(row[i]) for i, ch in enumerate(NAMES)}
 
 
-class TwinProcessor:
-    """Advances the twins of the patients in a batch with one vectorised `twin.bank.step`."""
+def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
+              since_reading_s: np.ndarray, spo2_scale: np.ndarray) -> alerts.TwinView:
+    """The alert engine's view of K twins from the bank's outputs. since_reading_s: `(K,)`."""
+    return alerts.TwinView(
+        patient_ids=pids, estimate=out.estimate, sd=out.sd, forecast=out.forecast,
+        forecast_sd=(out.high90 - out.low90) / (2 * Z90), horizons_min=bank.FORECAST_MINUTES,
+        news2=out.news2, components=out.components, spo2_scale=spo2_scale,
+        since_reading_s=since_reading_s, channel_age_s=out.age_s, battery=states["battery"])
 
-    def __init__(self, params: ModelParams | None = None) -> None:
+
+def alert_event(ev: alerts.Event) -> AlertEvent:
+    """The Kafka message of an alert engine event."""
+    a = ev.alert
+    channels: list[str] = []
+    if a.kind == "news2":
+        channels = list(a.evidence.get("scoring", []))  # type: ignore[arg-type]
+    elif a.kind == "news2_forecast":
+        channels = list(a.evidence.get("p_red", {}))  # type: ignore[arg-type]
+    elif a.kind == "sensor_off":
+        channels = list(a.evidence.get("channels", []))  # type: ignore[arg-type]
+    state = "resolved" if a.state == "resolved" else a.state if a.state != "pending" \
+        else "active"
+    news = a.evidence.get("news2")
+    return AlertEvent(
+        alert_id=a.alert_id, patient_id=a.patient_id, ts=utc(ev.t), event=ev.name,
+        kind=a.kind, category=a.category, priority=a.priority, state=state,  # type: ignore[arg-type]
+        channels=channels, message=ev.message,
+        news2=int(news) if isinstance(news, int) else None, by=ev.by, comment=a.comment,
+        audience=a.audience, notify=ev.notify, evidence=a.evidence)
+
+
+class TwinProcessor:
+    """Advances the twins of the patients in a batch with one vectorised `twin.bank.step`, and
+    runs the alert engine on them.
+
+    clock: wall-clock seconds (injectable for tests); the alert lifecycle's timers run on it.
+    Readings' own timestamps drive the twin; arrival times drive "no data" detection.
+    """
+
+    def __init__(self, params: ModelParams | None = None,
+                 policy: alerts.AlertPolicy | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.params = params or ModelParams()
+        self.engine = alerts.AlertEngine(policy)
+        self.clock = clock
+        self.last_arrival: dict[str, float] = {}
 
     def process(self, readings: list[ValidReading],
-                stored: Mapping[str, bytes | None]) -> BatchResult:
-        """readings: valid readings in arrival order; stored: patient id -> record or None."""
+                stored: Mapping[str, bytes | None], now: float | None = None) -> BatchResult:
+        """readings: valid readings in arrival order; stored: patient id -> record or None;
+        now: the alert engine's clock (default `clock()`)."""
+        now = self.clock() if now is None else now
         result = BatchResult()
         if not readings:
             return result
@@ -91,31 +129,55 @@ class TwinProcessor:
         result.artifacts = int(report.artifact.sum())
         result.missing = int(report.missing.sum())
 
-        now = np.where(np.isnan(states["t"]), 0.0, states["t"])
-        out = bank.outputs(states, now, self.params)
+        at = np.where(np.isnan(states["t"]), 0.0, states["t"])
+        out = bank.outputs(states, at, self.params)
         states["band"] = np.where(np.isnan(states["t"]), old_band, out.band)
 
         blobs = bank.to_bytes(states)
+        seen = ~np.isnan(states["t"])
         for i, pid in enumerate(pids):
-            if np.isnan(states["t"][i]):
+            if not seen[i]:
                 continue  # nothing applied yet (all duplicates of an unknown twin): no state
             result.states[pid] = blobs[i]
-            ts = utc(float(states["t"][i]))
-            result.twin_states.append(self._twin_state(pid, ts, bank.take(states, [i]), out, i))
-            alert = self._band_alert(pid, ts, int(old_band[i]), int(out.band[i]),
-                                     int(out.news2[i]), out.components[i])
-            if alert is not None:
-                result.alerts.append(alert)
+            self.last_arrival[pid] = now
+            result.twin_states.append(self._twin_state(pid, utc(float(states["t"][i])), states,
+                                                       out, i))
+        # These patients just sent readings: fresh by arrival, whatever their device clocks say.
+        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan),
+                         np.ones(len(pids), dtype=np.int64))
+        result.alerts = [alert_event(ev) for ev in self.engine.update(view, now)]
         return result
 
+    def check_silent(self, stored: Mapping[str, bytes | None],
+                     now: float | None = None) -> list[AlertEvent]:
+        """Alert timers, and "no data" for twins whose devices went silent (run every few
+        seconds). stored: the records of at least the patients `silent_candidates` names."""
+        now = self.clock() if now is None else now
+        pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
+        if not pids:
+            return [alert_event(ev) for ev in self.engine.tick(now)]
+        states = bank.from_bytes([stored[p] for p in pids])  # type: ignore[misc]
+        since = np.array([now - self.last_arrival[p] for p in pids])
+        # the twin predicted forward over the silence: its uncertainty has grown
+        out = bank.outputs(states, states["t"] + since, self.params)
+        view = twin_view(pids, states, out, since, np.ones(len(pids), dtype=np.int64))
+        return [alert_event(ev) for ev in self.engine.update(view, now)]
+
+    def silent_candidates(self, now: float) -> list[str]:
+        """Patients silent for at least the no-data time without an open no-data alert."""
+        limit = self.engine.policy.no_data_s
+        return [p for p, t in self.last_arrival.items() if now - t >= limit
+                and (p, "no_data") not in self.engine.alerts]
+
     def _twin_state(self, pid: str, ts, s: bank.State, out: bank.Outputs, i: int) -> TwinState:
+        """Patient i's twin.state message (s: the batch's states, indexed directly)."""
         forecasts = []
         for j, h in enumerate(bank.FORECAST_MINUTES):
             forecasts.append(Forecast(int(h), _by_channel(out.forecast[i, j]),
                                       _by_channel(out.low90[i, j]), _by_channel(out.high90[i, j])))
         return TwinState(
             patient_id=pid, ts=ts, units=UNITS, estimate=_by_channel(out.estimate[i]),
-            sd=_by_channel(out.sd[i]), raw=_by_channel(s["raw"][0]),
+            sd=_by_channel(out.sd[i]), raw=_by_channel(s["raw"][i]),
             age_s=_by_channel(out.age_s[i]),
             forecasts=forecasts,
             derived={"map": _opt(out.map[i]), "map_sd": _opt(out.map_sd[i]),
@@ -125,30 +187,8 @@ class TwinProcessor:
             news2=int(out.news2[i]), news2_raw=int(out.news2_raw[i]),
             news2_complete=bool(out.complete[i]),
             news2_band=news2.BAND_NAMES[int(out.band[i])],
-            readings_applied=int(s["applied"][0]), artifacts=int(s["artifacts"][0]),
-            missing=int(s["missing"][0]), duplicates=int(s["duplicates"][0]),
-            late=int(s["late"][0]), sequence_gaps=int(s["gaps"][0]),
-            battery=_opt(s["battery"][0]), quality=_opt(s["quality"][0]),
+            readings_applied=int(s["applied"][i]), artifacts=int(s["artifacts"][i]),
+            missing=int(s["missing"][i]), duplicates=int(s["duplicates"][i]),
+            late=int(s["late"][i]), sequence_gaps=int(s["gaps"][i]),
+            battery=_opt(s["battery"][i]), quality=_opt(s["quality"][i]),
         )
-
-    @staticmethod
-    def _band_alert(pid: str, ts, old: int, new: int, score: int,
-                    components: np.ndarray) -> AlertEvent | None:
-        if new == old or old < 0 and new < news2.BAND_LOW_MEDIUM:
-            return None
-        kind = "news2-band"
-        alert_id = f"{pid}:{kind}"
-        contributors = [news2.COMPONENTS[j] for j in np.nonzero(components)[0]]
-        if new >= news2.BAND_LOW_MEDIUM and new > old:
-            event = "raised" if old < news2.BAND_LOW_MEDIUM else "escalated"
-            return AlertEvent(
-                alert_id=alert_id, patient_id=pid, ts=ts, event=event, kind=kind,
-                category="clinical", priority=_ALERT_PRIORITY[new], channels=contributors,
-                message=f"NEWS2 {score} ({news2.BAND_NAMES[new]} band) on the twin's estimates",
-                news2=score)
-        if new < news2.BAND_LOW_MEDIUM <= old:
-            return AlertEvent(
-                alert_id=alert_id, patient_id=pid, ts=ts, event="resolved", kind=kind,
-                category="clinical", priority=_ALERT_PRIORITY[old], channels=contributors,
-                message=f"NEWS2 {score}: back to the low band", news2=score)
-        return None

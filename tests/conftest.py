@@ -55,15 +55,7 @@ def settings_factory(broker_port: int) -> Callable[..., config.Settings]:
 
 def settings_env(settings: config.Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "TOPIC_",
-                                                                    "INFLUX_"))}
-    for f in config.FIELDS:
-        v = getattr(settings, f)
-        if v is None:
-            continue
-        env[config.env_name(f)] = v.get() if isinstance(v, config.Secret) else str(v)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return config.to_env(settings)
 
 
 class Procs:

@@ -117,3 +117,31 @@ def band(total: np.ndarray, components: np.ndarray) -> np.ndarray:
     out = np.where(red, BAND_LOW_MEDIUM, out)
     out = np.where(total >= 5, BAND_MEDIUM, out)
     return np.where(total >= 7, BAND_HIGH, out)
+
+
+# Where a single parameter scores 3 (RCP 2017, Chart 1 and Chart 2), on the continuous scale the
+# chart's whole-number scoring implies (round half up: RR <= 8 means RR < 8.5). Per channel in
+# `twin.channels` order; NaN where that side scores no 3. SpO2 depends on the scale (on air).
+_RED_LOW = {"rr": 8.5, "spo2": 91.5, "sbp": 90.5, "hr": 40.5, "temp": 35.05}
+_RED_HIGH = {"rr": 24.5, "sbp": 219.5, "hr": 130.5}
+_RED_LOW_SPO2_SCALE2 = 83.5
+
+
+def red_limits(spo2_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous limits beyond which a vital sign scores 3.
+
+    spo2_scale: `(N,)` 1 or 2. Returns `low (N, C)` (a value below scores 3) and `high (N, C)`
+    (a value at or above scores 3), NaN where there is no such limit (e.g. diastolic pressure).
+    """
+    from twin.channels import INDEX, C
+
+    scale = np.asarray(spo2_scale)
+    n = scale.shape[0]
+    low = np.full((n, C), np.nan)
+    high = np.full((n, C), np.nan)
+    for ch, v in _RED_LOW.items():
+        low[:, INDEX[ch]] = v
+    for ch, v in _RED_HIGH.items():
+        high[:, INDEX[ch]] = v
+    low[:, INDEX["spo2"]] = np.where(scale == 2, _RED_LOW_SPO2_SCALE2, _RED_LOW["spo2"])
+    return low, high

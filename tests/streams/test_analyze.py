@@ -31,7 +31,7 @@ def test_one_line_per_step_with_the_documented_fields(lines):
         assert set(r["raw"]) == set(CHANNELS) == set(r["estimate"]) == set(r["sd"])
         assert set(r["artifacts"]) <= set(CHANNELS)
         for a in r["alerts"]:
-            assert a["event"] in ("raised", "escalated", "resolved")
+            assert a["event"] in ("raised", "updated", "reminder", "escalated", "resolved")
             assert a["category"] in ("clinical", "technical")
             assert a["priority"] in ("high", "medium", "low")
     assert rows[0]["t"].startswith("2704-05-04T10:44:18")

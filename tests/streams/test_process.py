@@ -1,7 +1,7 @@
 import numpy as np
 
 from streams.messages import ValidReading
-from streams.process import TwinProcessor
+from streams.process import TwinProcessor, alert_event
 
 T0 = 1_800_000_000.0
 
@@ -27,23 +27,60 @@ def test_one_state_per_patient_and_records_round_trip():
     assert again.twin_states[0].readings_applied == 5 and again.twin_states[0].duplicates == 5
 
 
-def test_band_alert_raised_then_resolved_once():
+def test_news2_alert_raised_once_latched_then_resolved_on_acknowledgement():
     proc = TwinProcessor()
     stored: dict[str, bytes] = {}
     events = []
     seq = 0
     t = T0
     # normal, then a sustained severe tachycardia with hypotension and tachypnoea, then normal
-    for hr, sbp, rr in [(75, 125, 16)] * 30 + [(140, 85, 28)] * 60 + [(75, 125, 16)] * 60:
+    for hr, sbp, rr in [(75, 125, 16)] * 30 + [(140, 85, 28)] * 60 + [(75, 125, 16)] * 400:
         seq += 1
         t += 1.0
-        res = proc.process([rd("p", seq, t, hr=float(hr), sbp=float(sbp), rr=float(rr))], stored)
+        res = proc.process([rd("p", seq, t, hr=float(hr), sbp=float(sbp), rr=float(rr))], stored,
+                           now=t)
         stored.update(res.states)
-        events += [(a.event, a.priority) for a in res.alerts]
-    kinds = [e for e, _ in events]
-    assert kinds[0] == "raised"
-    assert kinds.count("raised") == 1 and kinds[-1] == "resolved"
-    assert ("escalated", "high") in events or ("raised", "high") in events
+        events += res.alerts
+    news = [e for e in events if e.kind == "news2"]
+    names = [e.event for e in news]
+    assert names.count("raised") == 1  # one alert, updated in place, no storm
+    raised = news[names.index("raised")]
+    assert raised.category == "clinical" and raised.priority in ("medium", "high")
+    assert raised.evidence["estimate"]["hr"] > 100 and raised.news2 >= 5
+    assert {e.alert_id for e in news} == {raised.alert_id}
+    # high priority: latched once the condition cleared, resolved only when acknowledged
+    latched = [e for e in news if e.state == "latched"]
+    assert latched and latched[0].event == "updated" and "latched" in latched[0].message
+    assert news[-1].state == "latched" and "resolved" not in names
+    (ack, resolved) = [alert_event(ev) for ev in proc.engine.acknowledge(
+        raised.alert_id, "nurse.kim", t + 1, comment="seen")]
+    assert (ack.event, ack.by, ack.comment) == ("acknowledged", "nurse.kim", "seen")
+    assert resolved.event == "resolved" and resolved.alert_id == raised.alert_id
+
+
+def test_a_silent_device_raises_no_data_and_not_a_healthy_patient():
+    clock = {"t": T0}
+    proc = TwinProcessor(clock=lambda: clock["t"])
+    stored: dict[str, bytes] = {}
+    for k in range(1, 31):
+        clock["t"] = T0 + k
+        res = proc.process([rd("p", k, T0 + k, hr=75.0, spo2=97.0, rr=16.0)], stored)
+        stored.update(res.states)
+    clock["t"] = T0 + 30 + 299
+    assert proc.check_silent(stored) == []
+    clock["t"] = T0 + 30 + 301
+    (ev,) = proc.check_silent(stored)
+    assert (ev.kind, ev.category, ev.event, ev.priority) == ("no_data", "technical", "raised",
+                                                            "medium")
+    assert proc.check_silent(stored) == []  # one open alert, not one per check
+    # data again: the alert resolves once the device has been back for the clear time
+    for k in range(31, 400):
+        clock["t"] = T0 + 301 + k
+        res = proc.process([rd("p", k, T0 + 301 + k, hr=75.0, spo2=97.0, rr=16.0)], stored)
+        stored.update(res.states)
+        if any(a.event == "resolved" for a in res.alerts):
+            break
+    assert any(a.kind == "no_data" and a.event == "resolved" for a in res.alerts)
 
 
 def test_unknown_consciousness_and_oxygen_mark_news2_incomplete():

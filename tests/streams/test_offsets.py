@@ -1,0 +1,79 @@
+"""Offset holes: which events a batch may process and where to seek to re-read dropped ones."""
+
+from streams.offsets import OffsetTracker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run(tracker: OffsetTracker, events):
+    keep, seeks = tracker.admit(events)
+    tracker.done(e for e, k in zip(events, keep, strict=True) if k)
+    return keep, seeks
+
+
+def test_contiguous_offsets_pass_and_a_hole_stops_its_partition_until_refilled():
+    tr = OffsetTracker(clock=Clock())
+    assert run(tr, [("a", 10), ("a", 11), ("b", 3)]) == ([True, True, True], {})
+    # 12 and 13 were dropped by the consumer: 14 is held back, "a" re-read from 12; "b" goes on
+    keep, seeks = run(tr, [("a", 14), ("b", 4), ("a", 15)])
+    assert keep == [False, True, False] and seeks == {"a": 12}
+    assert tr.holes == 1
+    # stale prefetched events still beyond the hole: held back, no second seek
+    assert run(tr, [("a", 16)]) == ([False], {})
+    # the re-read arrives in order; what was processed already is not processed twice
+    keep, seeks = run(tr, [("a", 12), ("a", 13), ("a", 14), ("a", 15), ("a", 11)])
+    assert keep == [True, True, True, True, False] and seeks == {}
+    assert tr.processed == {"a": 15, "b": 4}
+
+
+def test_out_of_order_events_within_a_batch_are_taken_in_offset_order():
+    tr = OffsetTracker(clock=Clock())
+    run(tr, [("a", 1)])
+    assert run(tr, [("a", 3), ("a", 2)]) == ([True, True], {})
+
+
+def test_a_hole_that_never_refills_is_accepted_after_the_give_up_time():
+    clock = Clock()
+    tr = OffsetTracker(clock=clock, give_up_seconds=30)
+    run(tr, [("a", 1)])
+    assert run(tr, [("a", 5)]) == ([False], {"a": 2})
+    clock.t = 10
+    assert run(tr, [("a", 5), ("a", 6)]) == ([False, False], {})
+    clock.t = 31  # e.g. offsets 2-4 were transaction markers: go on rather than stall
+    assert run(tr, [("a", 5), ("a", 6)]) == ([True, True], {})
+    assert tr.holes == 1 and tr.abandoned == 1 and tr.pending == {}
+
+
+def test_a_hole_at_the_end_is_found_once_the_partition_is_quiet():
+    clock = Clock()
+    tr = OffsetTracker(clock=clock, idle_seconds=5)
+    run(tr, [("a", 7), ("b", 2)])
+    # the consumer fetched up to 10 on "a" but only 7 was processed; "b" is caught up
+    assert tr.idle_seeks({"a": 10, "b": 3}) == {}  # not quiet yet: may still be buffered
+    clock.t = 6
+    assert tr.idle_seeks({"a": 10, "b": 3}) == {"a": 8}
+    assert tr.idle_seeks({"a": 10, "b": 3}) == {}  # pending
+    keep, _ = run(tr, [("a", 8), ("a", 9)])
+    assert keep == [True, True] and tr.pending == {}
+
+
+def test_partitions_moved_away_are_forgotten_but_not_during_a_rebalance():
+    clock = Clock()
+    tr = OffsetTracker(clock=clock, forget_seconds=60)
+    run(tr, [("a", 7), ("b", 2)])
+    tr.retain([])  # mid-rebalance: nothing assigned for a moment
+    clock.t = 10
+    tr.retain(["a", "b"])
+    assert tr.processed == {"a": 7, "b": 2}
+    tr.retain(["b"])
+    clock.t = 80
+    tr.retain(["b"])
+    assert tr.processed == {"b": 2}
+    # "a" comes back later at another worker's position: a new baseline, not a hole
+    assert run(tr, [("a", 100)]) == ([True], {})

@@ -1,0 +1,463 @@
+"""Clinical and technical alerts from the twins: conditions, priorities and the alert lifecycle.
+
+Pure logic with an injectable clock (every call takes `now`), used by the stream worker and by
+`patient-twin evaluate` alike. Conditions are computed for all patients at once from the twin's
+outputs (`conditions`); the lifecycle then runs per open alert (`AlertEngine`), of which there are
+few. The kinds, priorities and timings are tabled in docs/alerts.md.
+
+Kinds (one open alert per patient and kind, updated in place):
+- `news2` (clinical): the RCP 2017 clinical response triggers on the twin's estimates: a single
+  parameter scoring 3, aggregate 5-6 (urgent response), aggregate 7 or more (emergency).
+- `news2_forecast` (clinical, predictive): the probability that a vital sign is in its red (score 3)
+  range at a forecast horizon, from the twin's forecast mean and SD, reaches `p_raise`.
+- `no_data` (technical): the device has been silent for `no_data_s`; the twin's uncertainty keeps
+  growing meanwhile, and a silent twin is never shown as a healthy patient.
+- `sensor_off` (technical): readings arrive but a worn sensor's values have not been believed
+  (sensor off, zeros, repeated artifacts) for `sensor_off_s`.
+- `low_battery` (technical): state of charge at or below the device's warning level.
+
+Priorities follow IEC 60601-1-8 (high: immediate response; medium: prompt; low: awareness).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from scipy.special import ndtr
+
+from twin import news2
+from twin.channels import INDEX, NAMES, C
+
+Priority = Literal["high", "medium", "low"]
+PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
+KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery")
+CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "no_data": "technical",
+            "sensor_off": "technical", "low_battery": "technical"}
+# Worn sensors whose silence means the wearable is not measuring (not the cuff or thermometer).
+_WORN = [INDEX["hr"], INDEX["spo2"]]
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Timings and levels of the alert engine (seconds; probabilities 0-1)."""
+
+    # A condition must hold this long before an alert is raised (0: at once). Emergencies at once.
+    raise_after_s: dict[str, float] = field(default_factory=lambda: {
+        "news2": 60.0, "news2_forecast": 120.0, "no_data": 0.0, "sensor_off": 0.0,
+        "low_battery": 0.0})
+    raise_high_at_once: bool = True
+    # ...and must be clear this long before it resolves (hysteresis in time).
+    clear_after_s: float = 300.0
+    # Predictive: raise at this probability of a red score within `forecast_within_min`, clear
+    # below `p_clear` (hysteresis in probability).
+    p_raise: float = 0.8
+    p_clear: float = 0.5
+    forecast_within_min: float = 30.0
+    no_data_s: float = 300.0
+    sensor_off_s: float = 120.0
+    low_battery: float = 0.2
+    # Unacknowledged: a reminder after `remind_after_s`, escalation (priority up one level, wider
+    # audience) after `escalate_after_s`. Per priority; None: never.
+    remind_after_s: dict[str, float | None] = field(default_factory=lambda: {
+        "high": 120.0, "medium": 600.0, "low": None})
+    escalate_after_s: dict[str, float | None] = field(default_factory=lambda: {
+        "high": 300.0, "medium": 1800.0, "low": None})
+
+
+@dataclass(frozen=True)
+class TwinView:
+    """What the alert engine needs to know about N patients at time `now`.
+
+    estimate, sd: `(N, C)`; forecast, forecast_sd: `(N, H, C)` at `horizons_min (H,)`; news2: `(N,)`
+    int; components: `(N, 7)` int; spo2_scale: `(N,)` 1/2; since_reading_s: `(N,)` seconds since the
+    device's last reading (NaN: never); channel_age_s: `(N, C)` seconds since each channel was last
+    believed (NaN: never); battery: `(N,)` 0-1 (NaN: unknown).
+    """
+
+    patient_ids: list[str]
+    estimate: np.ndarray
+    sd: np.ndarray
+    forecast: np.ndarray
+    forecast_sd: np.ndarray
+    horizons_min: np.ndarray
+    news2: np.ndarray
+    components: np.ndarray
+    spo2_scale: np.ndarray
+    since_reading_s: np.ndarray
+    channel_age_s: np.ndarray
+    battery: np.ndarray
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """Per patient and kind: is the condition on, at what priority, and why.
+
+    on: `(N, K)` bool (K = len(KINDS)); priority: `(N, K)` int index into PRIORITIES;
+    p_red: `(N, C)` probability of a red score within the forecast window; red_channels: `(N, C)`
+    bool.
+    """
+
+    on: np.ndarray
+    priority: np.ndarray
+    p_red: np.ndarray
+    red_channels: np.ndarray
+    clear: np.ndarray  # (N, K) bool: definitely clear (with hysteresis), not merely "not on"
+
+
+def red_probability(view: TwinView, within_min: float) -> np.ndarray:
+    """P(value in its red range) `(N, C)`: the largest over forecast horizons <= within_min, from
+    a normal forecast (mean, SD). NaN forecasts give 0."""
+    low, high = news2.red_limits(view.spo2_scale)
+    use = view.horizons_min <= within_min + 1e-9
+    mu = view.forecast[:, use]
+    sd = np.maximum(view.forecast_sd[:, use], 1e-6)
+    p_low = np.where(np.isnan(low[:, None]), 0.0, ndtr((low[:, None] - mu) / sd))
+    p_high = np.where(np.isnan(high[:, None]), 0.0, 1.0 - ndtr((high[:, None] - mu) / sd))
+    p = np.nan_to_num(p_low + p_high, nan=0.0)
+    return p.max(axis=1) if p.shape[1] else np.zeros((mu.shape[0], C))
+
+
+def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
+    """Evaluate every kind for every patient at once."""
+    n = len(view.patient_ids)
+    K = len(KINDS)
+    on = np.zeros((n, K), dtype=bool)
+    clear = np.zeros((n, K), dtype=bool)
+    prio = np.zeros((n, K), dtype=np.int64)
+    k = {name: i for i, name in enumerate(KINDS)}
+    stale = ~(view.since_reading_s < policy.no_data_s)  # NaN (never) counts as stale
+
+    # NEWS2 response triggers (RCP 2017 Table 2) on fresh twins only: a stale twin raises no_data.
+    band = news2.band(view.news2, view.components)
+    on[:, k["news2"]] = (band >= news2.BAND_LOW_MEDIUM) & ~stale
+    clear[:, k["news2"]] = (band < news2.BAND_LOW_MEDIUM) | stale
+    prio[:, k["news2"]] = np.where(band >= news2.BAND_HIGH, 2, 1)
+
+    p_red = red_probability(view, policy.forecast_within_min)
+    # Channels already red now are the news2 alert's business; predict the ones not yet red.
+    now_red = np.zeros((n, C), dtype=bool)
+    for ch, col in (("rr", 0), ("spo2", 1), ("sbp", 3), ("hr", 4), ("temp", 6)):
+        now_red[:, INDEX[ch]] = view.components[:, col] >= 3
+    p_new = np.where(now_red, 0.0, p_red)
+    red_ch = p_new >= policy.p_raise
+    on[:, k["news2_forecast"]] = red_ch.any(axis=1) & ~stale
+    clear[:, k["news2_forecast"]] = (p_new < policy.p_clear).all(axis=1) | stale
+    prio[:, k["news2_forecast"]] = 0
+
+    on[:, k["no_data"]] = stale & ~np.isnan(view.since_reading_s)
+    clear[:, k["no_data"]] = ~stale
+    prio[:, k["no_data"]] = 1
+
+    worn_age = view.channel_age_s[:, _WORN]
+    off = (~stale) & np.any(~(worn_age < policy.sensor_off_s), axis=1)
+    on[:, k["sensor_off"]] = off
+    clear[:, k["sensor_off"]] = ~off
+    prio[:, k["sensor_off"]] = 0
+
+    low = view.battery <= policy.low_battery
+    on[:, k["low_battery"]] = low
+    clear[:, k["low_battery"]] = ~low & ~np.isnan(view.battery)
+    prio[:, k["low_battery"]] = 0
+    return Conditions(on, prio, p_red, red_ch, clear)
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+
+State = Literal["pending", "active", "latched", "acknowledged", "resolved"]
+EventName = Literal["raised", "updated", "reminder", "escalated", "acknowledged", "silenced",
+                    "resolved"]
+
+
+@dataclass
+class Alert:
+    """One alert of one patient and kind, from its first sign to its resolution."""
+
+    alert_id: str
+    patient_id: str
+    kind: str
+    priority: Priority
+    state: State = "pending"
+    first_seen: float = 0.0  # when the condition first held
+    raised_at: float | None = None
+    clear_since: float | None = None
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    comment: str | None = None
+    reminded_at: float | None = None
+    escalations: int = 0
+    audience: str = "ward"
+    resolved_at: float | None = None
+    evidence: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def category(self) -> str:
+        return CATEGORY[self.kind]
+
+    @property
+    def open(self) -> bool:
+        return self.state in ("active", "latched", "acknowledged")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to an alert; `notify` False while the alert is silenced."""
+
+    name: EventName
+    alert: Alert
+    t: float
+    message: str
+    notify: bool = True
+    by: str | None = None
+
+
+@dataclass
+class Silence:
+    patient_id: str
+    kind: str
+    reason: str
+    until: float
+    by: str
+
+
+@dataclass
+class FatigueStats:
+    """Alarm-fatigue figures over the alerts the engine raised."""
+
+    raised: int = 0
+    escalated: int = 0
+    resolved: int = 0
+    resolved_within_60s: int = 0
+    ack_seconds: list[float] = field(default_factory=list)
+
+    def summary(self, patient_days: float) -> dict[str, float | None]:
+        return {
+            "alerts_per_patient_day": self.raised / patient_days if patient_days else None,
+            "median_time_to_ack_s": float(np.median(self.ack_seconds)) if self.ack_seconds
+            else None,
+            "escalation_rate": self.escalated / self.raised if self.raised else None,
+            "auto_resolved_within_60s": (self.resolved_within_60s / self.resolved
+                                         if self.resolved else None),
+        }
+
+
+def _fmt(v: float) -> float | None:
+    return None if not math.isfinite(v) else round(float(v), 2)
+
+
+class AlertEngine:
+    """Open alerts, their lifecycle and silences, driven by `update` (conditions at `now`) and
+    `tick` (timers at `now`)."""
+
+    def __init__(self, policy: AlertPolicy | None = None) -> None:
+        self.policy = policy or AlertPolicy()
+        self.alerts: dict[tuple[str, str], Alert] = {}
+        self.silences: dict[tuple[str, str], Silence] = {}
+        self.stats = FatigueStats()
+        self._seq = 0
+
+    # -- conditions ------------------------------------------------------------------------
+    def update(self, view: TwinView, now: float) -> list[Event]:
+        """Apply the conditions of N patients at `now`. Returns the events, in order."""
+        cond = conditions(view, self.policy)
+        events: list[Event] = []
+        # Only patients with a condition on or an alert open need the per-alert logic.
+        open_pids = {pid for (pid, _), a in self.alerts.items()}
+        idx = np.nonzero(cond.on.any(axis=1))[0].tolist()
+        idx += [i for i, p in enumerate(view.patient_ids) if p in open_pids]
+        for i in sorted(set(idx)):
+            pid = view.patient_ids[i]
+            for kk, kind in enumerate(KINDS):
+                events += self._step(pid, kind, bool(cond.on[i, kk]), bool(cond.clear[i, kk]),
+                                     PRIORITIES[int(cond.priority[i, kk])], now,
+                                     lambda i=i, kind=kind: self._evidence(view, cond, i, kind))
+        return events + self.tick(now)
+
+    def _step(self, pid: str, kind: str, on: bool, clear: bool, prio: Priority, now: float,
+              evidence) -> list[Event]:
+        key = (pid, kind)
+        a = self.alerts.get(key)
+        p = self.policy
+        if a is None:
+            if not on:
+                return []
+            self._seq += 1
+            a = Alert(f"{pid}:{kind}:{self._seq}", pid, kind, prio, first_seen=now)
+            self.alerts[key] = a
+        if on:
+            a.clear_since = None
+            rank = PRIORITIES.index
+            if a.state == "pending":
+                a.priority = prio if rank(prio) > rank(a.priority) else a.priority
+                wait = p.raise_after_s.get(kind, 0.0)
+                if now - a.first_seen >= wait or (prio == "high" and p.raise_high_at_once):
+                    a.state = "active"
+                    a.raised_at = now
+                    a.evidence = evidence()
+                    self.stats.raised += 1
+                    return [self._event("raised", a, now, self._describe(a))]
+                return []
+            if a.state == "latched":
+                a.state = "active"
+            if rank(prio) > rank(a.priority):
+                a.priority = prio
+                a.evidence = evidence()
+                return [self._event("updated", a, now, self._describe(a))]
+            return []
+        # condition not on
+        if a.state == "pending":
+            if clear:
+                del self.alerts[key]
+            return []
+        if not clear:
+            return []
+        if a.clear_since is None:
+            a.clear_since = now
+        if now - a.clear_since < p.clear_after_s:
+            return []
+        if a.priority == "high" and a.state == "active":
+            # IEC 60601-1-8 latching: a high-priority alarm stays until someone acknowledges it.
+            a.state = "latched"
+            return [self._event("updated", a, now, f"{self._title(a)}: condition cleared; "
+                                "stays latched until acknowledged")]
+        if a.state == "latched":
+            return []
+        return [self._resolve(a, now, "condition cleared")]
+
+    # -- timers ----------------------------------------------------------------------------
+    def tick(self, now: float) -> list[Event]:
+        """Reminders, escalations and silence expiry at `now`."""
+        events: list[Event] = []
+        for key, s in list(self.silences.items()):
+            if now >= s.until:
+                del self.silences[key]
+                a = self.alerts.get(key)
+                if a is not None and a.open:
+                    events.append(self._event("updated", a, now,
+                                              f"{self._title(a)}: silence expired"))
+        p = self.policy
+        for a in list(self.alerts.values()):
+            if a.state not in ("active", "latched") or a.raised_at is None:
+                continue
+            since = now - a.raised_at
+            esc = p.escalate_after_s.get(a.priority)
+            rem = p.remind_after_s.get(a.priority)
+            if esc is not None and since >= esc * (a.escalations + 1):
+                a.escalations += 1
+                self.stats.escalated += a.escalations == 1
+                if a.priority != "high":
+                    a.priority = PRIORITIES[PRIORITIES.index(a.priority) + 1]
+                a.audience = "ward+rapid-response"
+                events.append(self._event("escalated", a, now,
+                                          f"{self._title(a)}: unacknowledged for "
+                                          f"{since / 60:.0f} min; escalated to {a.audience}"))
+            elif rem is not None and since >= rem and (
+                    a.reminded_at is None or now - a.reminded_at >= rem):
+                a.reminded_at = now
+                events.append(self._event("reminder", a, now,
+                                          f"{self._title(a)}: unacknowledged for "
+                                          f"{since / 60:.0f} min"))
+        return events
+
+    # -- clinician actions -----------------------------------------------------------------
+    def find(self, alert_id: str) -> Alert | None:
+        return next((a for a in self.alerts.values() if a.alert_id == alert_id), None)
+
+    def acknowledge(self, alert_id: str, by: str, now: float,
+                    comment: str | None = None) -> list[Event]:
+        """A clinician acknowledges an open alert. KeyError if there is no such open alert."""
+        a = self.find(alert_id)
+        if a is None or not a.open:
+            raise KeyError(alert_id)
+        if a.state == "acknowledged":
+            return []
+        was_latched = a.state == "latched"
+        a.state = "acknowledged"
+        a.acknowledged_at, a.acknowledged_by, a.comment = now, by, comment
+        if a.raised_at is not None:
+            self.stats.ack_seconds.append(now - a.raised_at)
+        events = [self._event("acknowledged", a, now, f"{self._title(a)}: acknowledged",
+                              by=by)]
+        if was_latched:
+            events.append(self._resolve(a, now, "condition had cleared"))
+        return events
+
+    def silence(self, patient_id: str, kind: str, reason: str, until: float, by: str,
+                now: float) -> list[Event]:
+        """Silence a patient's alerts of one kind until `until` (reason and who, required)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown alert kind {kind!r} (known: {', '.join(KINDS)})")
+        if not reason.strip():
+            raise ValueError("a silence needs a reason")
+        if until <= now:
+            raise ValueError("a silence must end in the future")
+        self.silences[(patient_id, kind)] = Silence(patient_id, kind, reason, until, by)
+        a = self.alerts.get((patient_id, kind))
+        if a is None or not a.open:
+            return []
+        return [Event("silenced", a, now, f"{self._title(a)}: silenced ({reason})", True, by)]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _resolve(self, a: Alert, now: float, why: str) -> Event:
+        a.state = "resolved"
+        a.resolved_at = now
+        self.stats.resolved += 1
+        if a.raised_at is not None and now - a.raised_at <= 60.0:
+            self.stats.resolved_within_60s += 1
+        del self.alerts[(a.patient_id, a.kind)]
+        # A silenced alert that resolves still tells its subscribers so.
+        return Event("resolved", a, now, f"{self._title(a)}: resolved ({why})", True)
+
+    def _event(self, name: EventName, a: Alert, now: float, message: str,
+               by: str | None = None) -> Event:
+        silenced = (a.patient_id, a.kind) in self.silences
+        return Event(name, a, now, message, notify=not silenced or name == "resolved", by=by)
+
+    @staticmethod
+    def _title(a: Alert) -> str:
+        return {"news2": "NEWS2", "news2_forecast": "Predicted red NEWS2 parameter",
+                "no_data": "No data", "sensor_off": "Sensor off",
+                "low_battery": "Low battery"}[a.kind]
+
+    def _describe(self, a: Alert) -> str:
+        ev = a.evidence
+        if a.kind == "news2":
+            return (f"NEWS2 {ev.get('news2')} ({ev.get('band')} band) on the twin's estimates; "
+                    f"scoring: {', '.join(ev.get('scoring', [])) or 'none'}")
+        if a.kind == "news2_forecast":
+            parts = [f"P({c} red within {self.policy.forecast_within_min:.0f} min) = {p:.2f}"
+                     for c, p in ev.get("p_red", {}).items()]
+            return "; ".join(parts)
+        if a.kind == "no_data":
+            return f"no reading for {ev.get('since_reading_s', 0) / 60:.0f} min"
+        if a.kind == "sensor_off":
+            return f"no believable value from {', '.join(ev.get('channels', []))}"
+        return f"battery at {ev.get('battery', 0) * 100:.0f} %"
+
+    def _evidence(self, view: TwinView, cond: Conditions, i: int, kind: str) -> dict[str, object]:
+        est = {ch: _fmt(view.estimate[i, j]) for j, ch in enumerate(NAMES)}
+        sd = {ch: _fmt(view.sd[i, j]) for j, ch in enumerate(NAMES)}
+        comp = view.components[i]
+        ev: dict[str, object] = {"estimate": est, "sd": sd, "news2": int(view.news2[i]),
+                                 "components": {n: int(c) for n, c in
+                                                zip(news2.COMPONENTS, comp, strict=True)}}
+        if kind == "news2":
+            band = int(news2.band(view.news2[i:i + 1], view.components[i:i + 1])[0])
+            ev["band"] = news2.BAND_NAMES[band]
+            ev["scoring"] = [n for n, c in zip(news2.COMPONENTS, comp, strict=True) if c > 0]
+        elif kind == "news2_forecast":
+            ev["p_red"] = {ch: round(float(cond.p_red[i, j]), 3) for j, ch in enumerate(NAMES)
+                           if cond.red_channels[i, j]}
+            ev["forecast"] = {f"{int(h)}min": {ch: _fmt(view.forecast[i, hj, j])
+                                                for j, ch in enumerate(NAMES)}
+                              for hj, h in enumerate(view.horizons_min)}
+        elif kind == "no_data":
+            ev["since_reading_s"] = _fmt(view.since_reading_s[i])
+        elif kind == "sensor_off":
+            ev["channels"] = [NAMES[j] for j in _WORN
+                              if not view.channel_age_s[i, j] < self.policy.sensor_off_s]
+        elif kind == "low_battery":
+            ev["battery"] = _fmt(view.battery[i])
+        return ev
