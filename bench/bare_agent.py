@@ -1,10 +1,11 @@
 """A do-nothing Faust agent, the pipeline benchmark's baseline: counts events and exits.
 
-Same broker settings and Faust tuning as the worker (`streams.app.faust_app_config`). Prints one
-JSON line `{"events": n, "first": t, "last": t}` (time.monotonic of the first and last event,
-comparable across processes on Linux) once it has seen `--events` events.
+Same broker settings and Faust tuning as the worker (`streams.app.faust_app_config`). Writes one
+JSON object `{"events": n, "first": t, "last": t}` (time.monotonic of the first and last event,
+comparable across processes on Linux) to `--out` once it has seen `--events` events (a file: Faust
+redirects stdout into its log).
 
-Run: `python -m bench.bare_agent --events N` with the worker's environment variables.
+Run: `python -m bench.bare_agent --events N --out FILE` with the worker's environment variables.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import faust
@@ -24,6 +24,7 @@ from streams.app import faust_app_config
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench.bare_agent")
     ap.add_argument("--events", type=int, required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     settings = config.load()
     app = faust.App(settings.app_id, **faust_app_config(settings))
@@ -39,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             if seen["n"] == 1:
                 seen["first"] = time.monotonic()
             if seen["n"] >= args.events:
-                print(json.dumps({"events": seen["n"], "first": seen["first"],
-                                  "last": time.monotonic()}), flush=True)
-                sys.stdout.flush()
+                result = {"events": seen["n"], "first": seen["first"], "last": time.monotonic()}
+                with open(args.out, "w") as f:
+                    json.dump(result, f)
                 os._exit(0)  # the measurement is done; skip Faust's slow shutdown
 
     from faust.worker import Worker

@@ -17,7 +17,7 @@ import faust
 from faust.types import TP
 
 from streams import messages
-from streams.config import Settings, faust_broker_config
+from streams.config import Settings, faust_broker_config, kafka_python_producer_config
 from streams.errors import ConfigError, InvalidMessage
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
@@ -26,6 +26,28 @@ from streams.process import TwinProcessor
 from streams.sink import InfluxSink, alert_points, reading_points, state_points
 
 log = logging.getLogger("patient_twin.worker")
+
+
+class StateOutput:
+    """The twin.state producer, created on first use (the worker starts before Kafka answers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+
+    def send(self, key: bytes, value: bytes) -> None:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                client_id=f"{self.settings.app_id}-twin-state", linger_ms=5, acks=1,
+                **kafka_python_producer_config(self.settings, derived=True))
+        self._producer.send(self.settings.topic_twin_state, key=key, value=value)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout)
+            self._producer.close(timeout)
 
 
 def _partition(patient_id: str, partitions: int) -> int:
@@ -67,9 +89,12 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     dlq_topic = app.topic(settings.topic_vitals_dlq, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw",
                           partitions=settings.kafka_partitions)
-    state_topic = app.topic(settings.topic_twin_state, key_type=bytes, value_type=bytes,
-                            key_serializer="raw", value_serializer="raw",
-                            partitions=settings.kafka_partitions)
+    # twin.state is a derived view (the latest state per patient, republished every batch the
+    # patient is in), read only by plain consumers: its own kafka-python producer batches normally
+    # even on the embedded broker, where Faust's producer must send one record per batch for the
+    # changelog's sake (docs/tansu.md). That is what keeps a batch of 1,000 patients cheap.
+    state_out = StateOutput(settings)
+    app.state_out = state_out  # type: ignore[attr-defined]
     alert_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=settings.kafka_partitions)
@@ -147,7 +172,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         for pid, blob in result.states.items():
             twins[pid.encode()] = blob
         for st in result.twin_states:
-            await state_topic.send(key=st.patient_id.encode(), value=messages.encode(st))
+            state_out.send(st.patient_id.encode(), messages.encode(st))
         metrics.states.inc(len(result.twin_states))
         if sink is not None:
             sink.add(reading_points(valid) + state_points(result.twin_states))
@@ -227,6 +252,7 @@ def run_worker(settings: Settings) -> int:
     if sink is not None:
         atexit.register(sink.close, 5.0)
     app = create_app(settings, sink)
+    atexit.register(app.state_out.close)  # type: ignore[attr-defined]
     if settings.worker_metrics_port:
         try:
             serve(app.metrics, lambda: app.liveness.reason,  # type: ignore[attr-defined]

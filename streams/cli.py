@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Client libraries log every connection at INFO; keep our own lines readable.
         for noisy in ("kafka", "aiokafka"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # kafka-python 3 warns whenever its I/O thread waited on the GIL for 0.1 s (busy
+        # producers do that constantly); nothing a user can act on.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
         return _run(args, settings)
     except PatientTwinError as exc:
         print(f"patient-twin {args.command}: {exc}", file=sys.stderr)

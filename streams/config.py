@@ -72,7 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_patients: TopicName = "patients"
     topic_observations: TopicName = "observations"
     # Worker batching: at most this many events per twin step, waiting at most this long.
-    worker_batch_max: Positive = 1000
+    worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.5
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
@@ -257,11 +257,15 @@ def kafka_python_config(s: Settings) -> dict[str, Any]:
     return cfg
 
 
-def kafka_python_producer_config(s: Settings) -> dict[str, Any]:
-    """kafka-python producer settings: the connection plus what the broker needs."""
+def kafka_python_producer_config(s: Settings, *, derived: bool = False) -> dict[str, Any]:
+    """kafka-python producer settings: the connection plus what the broker needs.
+
+    derived: for topics only ever read by plain consumers that do not stop at the high watermark
+    (twin.state), which may keep normal batching on the embedded broker too.
+    """
     cfg = kafka_python_config(s)
     cfg["compression_type"] = None if s.kafka_compression == "none" else s.kafka_compression
-    if s.embedded_broker:
+    if s.embedded_broker and not derived:
         # The embedded Tansu broker reports a high watermark of the last record batch's base
         # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at
         # the watermark (Faust's table recovery). One record per batch keeps it exact
