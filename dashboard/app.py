@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import dash
 from dash import Dash, Input, Output, dcc, html
 
-from dashboard import ward
+from dashboard import api, ward
 from dashboard.feed import TwinFeed
 from streams.config import Settings
+from streams.webhooks import SubscriptionView
 
 
 def ward_layout() -> html.Div:
@@ -21,9 +22,13 @@ def ward_layout() -> html.Div:
     ])
 
 
-def create_app(settings: Settings, feed: TwinFeed | None = None) -> Dash:
-    """The dashboard for these settings; `feed` defaults to a started Kafka feed."""
+def create_app(settings: Settings, feed: TwinFeed | None = None,
+               subscriptions: SubscriptionView | None = None) -> Dash:
+    """The dashboard for these settings; `feed` and `subscriptions` default to started views of
+    their Kafka topics."""
     feed = feed if feed is not None else TwinFeed(settings).start()
+    if subscriptions is None:
+        subscriptions = SubscriptionView(settings, "patient-twin-dashboard-subscriptions").start()
     app = Dash(__name__, use_pages=True, pages_folder="", title="patient-twin")
     dash.register_page("ward", path="/", layout=ward_layout, name="Ward")
     app.layout = html.Div([
@@ -31,6 +36,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None) -> Dash:
         dash.page_container,
     ])
     app.feed = feed  # type: ignore[attr-defined]
+    app.server.register_blueprint(api.blueprint(settings, feed, subscriptions))
 
     @app.callback(Output("ward-body", "children"), Output("ward-summary", "children"),
                   Input("ward-refresh", "n_intervals"))
@@ -50,4 +56,4 @@ def serve(settings: Settings) -> None:
 
     app = create_app(settings)
     waitress_serve(app.server, host=settings.dashboard_host, port=settings.dashboard_port,
-                   threads=8, _quiet=True)
+                   threads=32, _quiet=True)  # SSE clients hold a thread each

@@ -6,17 +6,15 @@ the latest state at once on start and any number of replicas can run side by sid
 
 from __future__ import annotations
 
-import logging
+import queue
 import threading
-import time
 from collections import deque
 from typing import Any
 
 import msgspec
 
-from streams.config import Settings, kafka_python_config
-
-log = logging.getLogger("patient_twin.dashboard")
+from streams.config import Settings
+from streams.follow import Follower
 
 
 class TwinFeed:
@@ -27,19 +25,23 @@ class TwinFeed:
         self._lock = threading.Lock()
         self._states: dict[str, dict[str, Any]] = {}
         self._alerts: deque[dict[str, Any]] = deque(maxlen=max_alerts)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.connected = False
+        self._listeners: list[queue.Queue[dict[str, Any]]] = []
+        self._follower: Follower | None = None
 
     def start(self) -> TwinFeed:
-        self._thread = threading.Thread(target=self._run, name="twin-feed", daemon=True)
-        self._thread.start()
+        self._follower = Follower(self.settings, (self.settings.topic_twin_state,
+                                                  self.settings.topic_alerts),
+                                  lambda topic, key, value: self.apply(topic, value or b""),
+                                  "patient-twin-dashboard").start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._follower is not None:
+            self._follower.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._follower is not None and self._follower.connected
 
     def apply(self, topic: str, value: bytes) -> None:
         """Fold one message into the view (also used by tests without Kafka)."""
@@ -54,39 +56,21 @@ class TwinFeed:
                 self._states[doc["patient_id"]] = doc
             elif topic == self.settings.topic_alerts:
                 self._alerts.append(doc)
+                for q in list(self._listeners):
+                    q.put(doc)
+
+    def listen(self) -> queue.Queue[dict[str, Any]]:
+        """A queue that receives every alert event from now on (for a live stream)."""
+        q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=10_000)
+        with self._lock:
+            self._listeners.append(q)
+        return q
+
+    def unlisten(self, q: queue.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            if q in self._listeners:
+                self._listeners.remove(q)
 
     def snapshot(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         with self._lock:
             return dict(self._states), list(self._alerts)
-
-    def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.errors import KafkaError
-
-        topics = (self.settings.topic_twin_state, self.settings.topic_alerts)
-        while not self._stop.is_set():
-            try:
-                consumer = KafkaConsumer(client_id="patient-twin-dashboard", group_id=None,
-                                         enable_auto_commit=False,
-                                         **kafka_python_config(self.settings))
-                parts = []
-                for t in topics:
-                    for p in sorted(consumer.partitions_for_topic(t) or ()):
-                        parts.append(TopicPartition(t, p))
-                if len(parts) < len(topics):
-                    consumer.close()
-                    time.sleep(1.0)  # topics not created yet
-                    continue
-                consumer.assign(parts)
-                consumer.seek_to_beginning(*parts)
-                self.connected = True
-                while not self._stop.is_set():
-                    batch = consumer.poll(timeout_ms=200, max_records=5000)
-                    for tp, records in batch.items():
-                        for rec in records:
-                            self.apply(tp.topic, rec.value)
-                consumer.close()
-            except KafkaError as exc:
-                self.connected = False
-                log.warning("dashboard feed lost Kafka (%s); retrying", type(exc).__name__)
-                time.sleep(1.0)

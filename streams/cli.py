@@ -121,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the recorded timestamps (default: shifted to start now)")
     r.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("dashboard", help="serve the clinician dashboard")
+    sub.add_parser("dashboard", help="serve the clinician dashboard and the HTTP API")
+    sub.add_parser("dispatcher", help="deliver alert events to webhook subscribers")
+    tk = sub.add_parser("tokens", help="API tokens for machine clients")
+    tk_sub = tk.add_subparsers(dest="tokens_command", metavar="ACTION", parser_class=_Parser,
+                               required=True)
+    tka = tk_sub.add_parser("add", help="create a token (printed once; stored hashed)")
+    tka.add_argument("name")
 
     a = sub.add_parser("analyze", help="run the twin and alert logic over recorded data offline")
     a.add_argument("records", nargs="+", metavar="RECORD",
@@ -207,6 +213,24 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"replay: done: records={rs.records} messages={rs.messages} "
               f"empty_rows={rs.empty_rows} errors={rs.errors}", file=sys.stderr)
         return 1 if rs.errors else 0
+    if args.command == "tokens":
+        from dashboard.auth import add_token
+
+        if settings.api_tokens_file is None:
+            raise config.ConfigError("API_TOKENS_FILE is not set: say where token hashes live")
+        print(add_token(settings.api_tokens_file, args.name))
+        return 0
+    if args.command == "dispatcher":
+        from streams.webhooks import Dispatcher
+
+        d = Dispatcher(settings)
+        signal.signal(signal.SIGTERM, lambda *_: d.stop())
+        signal.signal(signal.SIGINT, lambda *_: d.stop())
+        print("dispatcher: delivering alert events to webhook subscribers", flush=True)
+        d.run()
+        print(f"dispatcher: stopped (delivered {d.delivered}, dead-lettered {d.dead})",
+              flush=True)
+        return 0
     if args.command == "dashboard":
         from dashboard.app import serve
 

@@ -71,6 +71,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_alerts: TopicName = "alerts"
     topic_patients: TopicName = "patients"
     topic_observations: TopicName = "observations"
+    topic_subscriptions: TopicName = "alert.subscriptions"
+    topic_webhook_dlq: TopicName = "alert.webhook-dlq"
     # Worker batching: at most this many events per twin step, waiting at most this long.
     worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.5
@@ -88,6 +90,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_ca_cert: str | None = None
     influx_verify_ssl: bool = True
     influx_max_buffer: Positive = 100_000
+    # Alert subscribers: webhooks and the HTTP API.
+    api_tokens_file: str | None = None
+    webhook_max_attempts: Positive = 5
+    webhook_backoff_seconds: PositiveFloat = 1.0
+    webhook_timeout_seconds: PositiveFloat = 5.0
     # Dashboard.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Port = 8050
@@ -130,6 +137,8 @@ DOCS: dict[str, str] = {
     "topic_alerts": "alert events",
     "topic_patients": "patient registry (compacted)",
     "topic_observations": "clinicians' manual observations",
+    "topic_subscriptions": "webhook subscriptions (compacted, key = subscription id)",
+    "topic_webhook_dlq": "webhook deliveries that failed every attempt, with their log",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
     "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
@@ -146,6 +155,11 @@ DOCS: dict[str, str] = {
     "influx_verify_ssl": "verify InfluxDB's TLS certificate (true/false)",
     "influx_max_buffer": "points buffered while InfluxDB is down; beyond it the oldest are "
     "dropped and counted",
+    "api_tokens_file": "file of API token hashes (`patient-twin tokens add NAME`); unset: the "
+    "HTTP API refuses every request",
+    "webhook_max_attempts": "delivery attempts per webhook before its dead letter",
+    "webhook_backoff_seconds": "first retry delay; doubles per attempt",
+    "webhook_timeout_seconds": "HTTP timeout of one webhook delivery",
     "dashboard_host": "dashboard bind address",
     "dashboard_port": "dashboard port",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

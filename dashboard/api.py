@@ -1,0 +1,139 @@
+"""The HTTP API of alert subscribers, on the dashboard's web server (one origin for clinicians and
+machines): webhook subscriptions and a live Server-Sent Events stream of alert events.
+
+Every route needs `Authorization: Bearer <token>` (tokens from `patient-twin tokens add`, stored
+hashed in API_TOKENS_FILE); nothing is served anonymously.
+
+- `POST /api/subscriptions` `{"url", "secret"?, "wards"?, "patients"?, "min_priority"?, "kinds"?}`
+  -> 201 with the subscription and its secret (shown once here; `GET` never shows it)
+- `GET /api/subscriptions` -> the subscriptions, without secrets
+- `DELETE /api/subscriptions/<id>` -> 204, or 404
+- `GET /api/alerts/stream?patient=&ward=&min_priority=&kind=` -> `text/event-stream`: one event
+  per alert event from now on (`id:` the alert id, `event:` raised/updated/.../resolved, `data:`
+  the alert JSON), a comment every 15 s to keep proxies from closing it.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from flask import Blueprint, Response, g, jsonify, request
+
+from dashboard.auth import TokenStore
+from dashboard.feed import TwinFeed
+from streams.config import Settings, kafka_python_producer_config
+from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
+
+KEEPALIVE_S = 15.0
+
+
+class SubscriptionWriter:
+    """Writes subscription records to their compacted topic (producer created on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: Any = None
+
+    def put(self, key: str, value: bytes | None) -> None:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(client_id="patient-twin-api", acks="all",
+                                           **kafka_python_producer_config(self.settings))
+        self._producer.send(self.settings.topic_subscriptions, key=key.encode(),
+                            value=value).get(timeout=30)
+
+
+def _error(status: int, message: str) -> tuple[Response, int]:
+    resp = jsonify({"error": message})
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="patient-twin"'
+    return resp, status
+
+
+def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
+              tokens: TokenStore | None = None,
+              writer: SubscriptionWriter | None = None) -> Blueprint:
+    bp = Blueprint("api", __name__, url_prefix="/api")
+    tokens = tokens or TokenStore(settings.api_tokens_file)
+    writer = writer or SubscriptionWriter(settings)
+
+    @bp.before_request
+    def authenticate() -> tuple[Response, int] | None:
+        name = tokens.check(request.headers.get("Authorization"))
+        if name is None:
+            return _error(401, "a valid API token is required (Authorization: Bearer <token>)")
+        g.client = name
+        return None
+
+    @bp.post("/subscriptions")
+    def create() -> tuple[Response, int]:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "url" not in body:
+            return _error(400, "expected a JSON object with at least \"url\"")
+        allowed = {"url", "secret", "wards", "patients", "min_priority", "kinds"}
+        extra = set(body) - allowed
+        if extra:
+            return _error(400, f"unknown fields {sorted(extra)} (allowed: {sorted(allowed)})")
+        try:
+            sub = new_subscription(created_by=g.client, **body)
+        except (ValueError, TypeError) as exc:
+            return _error(400, str(exc))
+        writer.put(sub.id, msgspec.json.encode(sub))
+        view.apply(settings.topic_subscriptions, sub.id.encode(), msgspec.json.encode(sub))
+        return jsonify({**sub.public(), "secret": sub.secret}), 201
+
+    @bp.get("/subscriptions")
+    def list_() -> Response:
+        subs, _ = view.snapshot()
+        return jsonify([s.public() for s in sorted(subs, key=lambda s: s.created_at)])
+
+    @bp.delete("/subscriptions/<sub_id>")
+    def delete(sub_id: str) -> tuple[Response | str, int]:
+        subs, _ = view.snapshot()
+        if sub_id not in {s.id for s in subs}:
+            return _error(404, f"no subscription {sub_id}")
+        writer.put(sub_id, None)
+        view.apply(settings.topic_subscriptions, sub_id.encode(), None)
+        return "", 204
+
+    @bp.get("/alerts/stream")
+    def stream() -> Response | tuple[Response, int]:
+        args = request.args
+        try:
+            flt = msgspec.convert({
+                "id": "sse", "url": "http://sse", "secret": "-", "created_by": g.client,
+                "created_at": datetime.now(UTC).isoformat(),
+                "patients": args.getlist("patient"), "wards": args.getlist("ward"),
+                "kinds": args.getlist("kind"),
+                "min_priority": args.get("min_priority", "low")}, Subscription)
+        except msgspec.ValidationError as exc:
+            return _error(400, str(exc))
+        q = feed.listen()
+
+        def events() -> Iterator[str]:
+            try:
+                yield ": connected\n\n"
+                while True:
+                    try:
+                        ev = q.get(timeout=KEEPALIVE_S)
+                    except queue.Empty:
+                        yield ": keepalive\n\n"
+                        continue
+                    _, wards = view.snapshot()
+                    if not matches(flt, ev, wards.get(ev.get("patient_id", ""))):
+                        continue
+                    yield (f"id: {ev.get('alert_id', '')}\nevent: {ev.get('event', 'alert')}\n"
+                           f"data: {json.dumps(ev, separators=(',', ':'))}\n\n")
+            finally:
+                feed.unlisten(q)
+
+        return Response(events(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return bp

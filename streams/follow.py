@@ -1,0 +1,77 @@
+"""Follow topics from the beginning without a consumer group: the read side of derived views.
+
+Every dashboard replica and every webhook dispatcher keeps its own view of small compacted or
+recent topics (twin states, alerts, subscriptions, the patient registry) this way, so any number
+of them can run side by side and each shows the latest state at once on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from streams.config import Settings, kafka_python_config
+
+log = logging.getLogger("patient_twin.follow")
+
+
+class Follower:
+    """A thread that feeds every record of `topics` (key, value) to `apply`, reconnecting on
+    Kafka errors. `connected` says whether it currently reads."""
+
+    def __init__(self, settings: Settings, topics: Sequence[str],
+                 apply: Callable[[str, bytes | None, bytes | None], None],
+                 client_id: str) -> None:
+        self.settings = settings
+        self.topics = tuple(topics)
+        self.apply = apply
+        self.client_id = client_id
+        self.connected = False
+        self.caught_up = threading.Event()  # set once everything present at start was applied
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Follower:
+        self._thread = threading.Thread(target=self._run, name=self.client_id, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        while not self._stop.is_set():
+            try:
+                consumer = KafkaConsumer(client_id=self.client_id, group_id=None,
+                                         enable_auto_commit=False,
+                                         **kafka_python_config(self.settings))
+                parts = [TopicPartition(t, p) for t in self.topics
+                         for p in sorted(consumer.partitions_for_topic(t) or ())]
+                if len({tp.topic for tp in parts}) < len(self.topics):
+                    consumer.close()
+                    time.sleep(1.0)  # topics not created yet
+                    continue
+                consumer.assign(parts)
+                consumer.seek_to_beginning(*parts)
+                ends = consumer.end_offsets(parts)
+                self.connected = True
+                while not self._stop.is_set():
+                    batch = consumer.poll(timeout_ms=200, max_records=5000)
+                    for tp, records in batch.items():
+                        for rec in records:
+                            self.apply(tp.topic, rec.key, rec.value)
+                    if not self.caught_up.is_set() and all(
+                            consumer.position(tp) >= ends[tp] for tp in parts):
+                        self.caught_up.set()
+                consumer.close()
+            except KafkaError as exc:
+                self.connected = False
+                log.warning("%s lost Kafka (%s); retrying", self.client_id, type(exc).__name__)
+                time.sleep(1.0)

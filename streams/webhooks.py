@@ -1,0 +1,299 @@
+"""Webhook subscribers of alert events: subscriptions, signed deliveries, retries, dead letters.
+
+Subscriptions live on a compacted topic (key = subscription id, a null value deletes), written by
+the HTTP API (`dashboard/api.py`) and read by every dispatcher and dashboard replica. The
+dispatcher (`patient-twin dispatcher`) reads the alerts topic in its own consumer group and, for
+each event, delivers it to every matching subscription: an HTTP POST of the event's JSON, signed
+`X-PatientTwin-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body with the secret>`,
+with `X-PatientTwin-Delivery` (stable across retries and restarts: receivers dedupe on it).
+A failed delivery (network error or a non-2xx answer) is retried with exponential backoff; after
+`WEBHOOK_MAX_ATTEMPTS` it goes to the webhook dead-letter topic with its delivery log. The alert's
+offset is committed only once every delivery of it has succeeded or been dead-lettered, so a
+restarted dispatcher delivers what was pending (at least once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from streams.config import Settings, kafka_python_config, kafka_python_producer_config
+from streams.follow import Follower
+from twin.alerts import KINDS, PRIORITIES
+
+log = logging.getLogger("patient_twin.webhooks")
+
+SIGNATURE_HEADER = "X-PatientTwin-Signature"
+DELIVERY_HEADER = "X-PatientTwin-Delivery"
+SUBSCRIPTION_SCHEMA = "patient-twin.subscription/1"
+TOLERANCE_S = 300  # receivers reject signatures older than this (replay protection)
+
+
+class Subscription(msgspec.Struct, frozen=True, kw_only=True):
+    """A webhook subscription (compacted topic, key = id)."""
+
+    schema: str = SUBSCRIPTION_SCHEMA
+    id: str
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=2000)]
+    secret: str  # shared HMAC key; needed to sign, so kept (the topic is access-controlled)
+    wards: list[str] = []  # empty: any ward
+    patients: list[str] = []  # empty: any patient
+    min_priority: Literal["low", "medium", "high"] = "low"
+    kinds: list[str] = []  # empty: any kind
+    created_by: str
+    created_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        """As shown by the API: everything but the secret."""
+        d = msgspec.to_builtins(self)
+        d.pop("secret")
+        return d
+
+
+def new_subscription(*, url: str, created_by: str, secret: str | None = None,
+                     wards: list[str] | None = None, patients: list[str] | None = None,
+                     min_priority: str = "low", kinds: list[str] | None = None
+                     ) -> Subscription:
+    """Validated subscription; ValueError with what to fix."""
+    if min_priority not in PRIORITIES:
+        raise ValueError(f"min_priority must be one of {', '.join(PRIORITIES)}")
+    unknown = [k for k in kinds or [] if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown kinds {unknown} (known: {', '.join(KINDS)})")
+    try:
+        return msgspec.convert({
+            "id": uuid.uuid4().hex, "url": url, "secret": secret or secrets.token_urlsafe(32),
+            "wards": wards or [], "patients": patients or [], "min_priority": min_priority,
+            "kinds": kinds or [], "created_by": created_by,
+            "created_at": datetime.now(UTC).isoformat()}, Subscription)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def matches(sub: Subscription, event: dict[str, Any], ward: str | None) -> bool:
+    """Does this alert event go to this subscription? (Silenced events never do.)"""
+    if not event.get("notify", True):
+        return False
+    if sub.patients and event.get("patient_id") not in sub.patients:
+        return False
+    if sub.wards and ward not in sub.wards:
+        return False
+    if sub.kinds and event.get("kind") not in sub.kinds:
+        return False
+    prio = event.get("priority", "low")
+    return PRIORITIES.index(prio) >= PRIORITIES.index(sub.min_priority)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp` (unix seconds)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, header: str, body: bytes, now: float | None = None,
+           tolerance: float = TOLERANCE_S) -> bool:
+    """What a receiver does: the signature matches and is recent."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        ts = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    now = time.time() if now is None else now
+    if abs(now - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), header)
+
+
+class SubscriptionView:
+    """Current subscriptions and the ward of every patient, from their topics."""
+
+    def __init__(self, settings: Settings, client_id: str = "patient-twin-subscriptions"
+                 ) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self.subscriptions: dict[str, Subscription] = {}
+        self.wards: dict[str, str | None] = {}
+        self._decoder = msgspec.json.Decoder(Subscription)
+        self.follower = Follower(settings, (settings.topic_subscriptions,
+                                            settings.topic_patients), self.apply, client_id)
+
+    def start(self) -> SubscriptionView:
+        self.follower.start()
+        return self
+
+    def stop(self) -> None:
+        self.follower.stop()
+
+    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if topic == self.settings.topic_subscriptions and key is not None:
+            with self._lock:
+                if value is None:
+                    self.subscriptions.pop(key.decode(), None)
+                    return
+                try:
+                    self.subscriptions[key.decode()] = self._decoder.decode(value)
+                except msgspec.DecodeError:
+                    log.warning("ignoring an undecodable subscription record")
+        elif topic == self.settings.topic_patients and value is not None:
+            try:
+                doc = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                return
+            if isinstance(doc, dict) and "patient_id" in doc:
+                with self._lock:
+                    self.wards[doc["patient_id"]] = doc.get("ward")
+
+    def snapshot(self) -> tuple[list[Subscription], dict[str, str | None]]:
+        with self._lock:
+            return list(self.subscriptions.values()), dict(self.wards)
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True):
+    at: datetime
+    status: int | None  # HTTP status, None: no answer
+    error: str | None
+
+
+class WebhookDeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A delivery that failed every attempt (topic alert.webhook-dlq)."""
+
+    schema: str = "patient-twin.webhook-dead-letter/1"
+    subscription_id: str
+    url: str
+    delivery_id: str
+    event: dict[str, Any]
+    attempts: list[DeliveryAttempt]
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float
+         ) -> tuple[int | None, str | None]:
+    """POST; returns (status, error). Never raises for network trouble."""
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          "User-Agent": "patient-twin-webhooks/1", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return None, type(exc).__name__
+
+
+class Dispatcher:
+    """Delivers alert events to matching webhooks; run by `patient-twin dispatcher`."""
+
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.view = SubscriptionView(settings, "patient-twin-dispatcher-subscriptions")
+        self.sleep = sleep
+        self.clock = clock
+        self.delivered = 0
+        self.dead = 0
+        self._stop = threading.Event()
+
+    def deliver(self, sub: Subscription, event_body: bytes, delivery_id: str
+                ) -> list[DeliveryAttempt]:
+        """Try up to WEBHOOK_MAX_ATTEMPTS times; returns the attempts (the last one succeeded
+        if its status is 2xx)."""
+        s = self.settings
+        attempts: list[DeliveryAttempt] = []
+        delay = s.webhook_backoff_seconds
+        for n in range(s.webhook_max_attempts):
+            ts = int(self.clock())
+            status, err = post(sub.url, event_body,
+                               {SIGNATURE_HEADER: sign(sub.secret, ts, event_body),
+                                DELIVERY_HEADER: delivery_id},
+                               s.webhook_timeout_seconds)
+            attempts.append(DeliveryAttempt(datetime.now(UTC), status, err))
+            if status is not None and 200 <= status < 300:
+                return attempts
+            if n + 1 < s.webhook_max_attempts and not self._stop.is_set():
+                self.sleep(delay)
+                delay *= 2
+        return attempts
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Until stop(): consume alerts, deliver, dead-letter, commit."""
+        from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+
+        s = self.settings
+        self.view.start()
+        # Know every subscription before the first alert is matched.
+        if not self.view.follower.caught_up.wait(timeout=60):
+            log.warning("subscriptions not fully read after 60 s; starting anyway")
+        consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhooks",
+                                 client_id="patient-twin-dispatcher", enable_auto_commit=False,
+                                 auto_offset_reset="latest", **kafka_python_config(s))
+        producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
+                                 **kafka_python_producer_config(s))
+        decoder = msgspec.json.Decoder(dict[str, Any])
+        encoder = msgspec.json.Encoder()
+        announced = False
+        try:
+            while not self._stop.is_set():
+                batch = consumer.poll(timeout_ms=300, max_records=100)
+                if not announced and consumer.assignment():
+                    announced = True
+                    # A new group starts at the end (no flood of old alerts), and pins that
+                    # position at once so a restart delivers whatever arrived meanwhile.
+                    start = {}
+                    for tp in consumer.assignment():
+                        if consumer.committed(tp) is None:
+                            start[tp] = OffsetAndMetadata(consumer.position(tp), "", -1)
+                    if start:
+                        consumer.commit(start)
+                    if ready is not None:
+                        ready()
+                for tp, records in batch.items():
+                    for rec in records:
+                        self._handle(rec, decoder, encoder, producer)
+                        if self._stop.is_set():
+                            break
+                        consumer.commit({TopicPartition(tp.topic, tp.partition):
+                                         OffsetAndMetadata(rec.offset + 1, "", -1)})
+        finally:
+            producer.flush(10)
+            producer.close(5)
+            consumer.close()
+            self.view.stop()
+
+    def _handle(self, rec: Any, decoder: Any, encoder: Any, producer: Any) -> None:
+        try:
+            event = decoder.decode(rec.value)
+        except msgspec.DecodeError:
+            log.warning("skipping an undecodable alert event at offset %d", rec.offset)
+            return
+        subs, wards = self.view.snapshot()
+        for sub in subs:
+            if not matches(sub, event, wards.get(event.get("patient_id", ""))):
+                continue
+            delivery_id = hashlib.sha256(
+                f"{sub.id}:{rec.topic}:{rec.partition}:{rec.offset}".encode()).hexdigest()[:32]
+            attempts = self.deliver(sub, rec.value, delivery_id)
+            last = attempts[-1]
+            if last.status is not None and 200 <= last.status < 300:
+                self.delivered += 1
+                continue
+            self.dead += 1
+            log.warning("webhook %s failed %d times; dead-lettered", sub.id, len(attempts))
+            dead = WebhookDeadLetter(subscription_id=sub.id, url=sub.url,
+                                     delivery_id=delivery_id, event=event, attempts=attempts)
+            producer.send(self.settings.topic_webhook_dlq, key=sub.id.encode(),
+                          value=encoder.encode(dead)).get(timeout=30)

@@ -1,0 +1,288 @@
+"""Webhook subscribers: signatures, filters, delivery to a real local HTTP server with retries and
+dead letters, a dispatcher restart, and the authenticated API with its live SSE stream."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from dashboard.api import SubscriptionWriter, blueprint
+from dashboard.auth import TokenStore, add_token
+from dashboard.feed import TwinFeed
+from streams import messages, supervise, topics
+from streams.config import kafka_python_config, kafka_python_producer_config
+from streams.webhooks import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    Dispatcher,
+    SubscriptionView,
+    matches,
+    new_subscription,
+    sign,
+    verify,
+)
+from tests.conftest import wait_until
+
+
+class Receiver:
+    """A real HTTP server on loopback recording deliveries; answers from a script of statuses."""
+
+    def __init__(self, statuses: list[int] | None = None, default: int = 200) -> None:
+        self.statuses = list(statuses or [])
+        self.default = default
+        self.got: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = outer.statuses.pop(0) if outer.statuses else outer.default
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _alert(pid: str = "P1", priority: str = "high", kind: str = "news2", event: str = "raised",
+           notify: bool = True) -> dict:
+    return msgspec.to_builtins(messages.AlertEvent(
+        alert_id=f"{pid}:{kind}:1", patient_id=pid, ts=messages.utc(time.time()), event=event,
+        kind=kind, category="clinical", priority=priority, message="NEWS2 7", news2=7,
+        notify=notify))
+
+
+def test_signature_verifies_and_rejects_tampering_and_replays():
+    body = b'{"a":1}'
+    header = sign("s3cret", 1_800_000_000, body)
+    assert verify("s3cret", header, body, now=1_800_000_010)
+    assert not verify("s3cret", header, b'{"a":2}', now=1_800_000_010)  # tampered body
+    assert not verify("other", header, body, now=1_800_000_010)  # wrong secret
+    assert not verify("s3cret", header, body, now=1_800_000_000 + 301)  # too old: replay
+    assert not verify("s3cret", "garbage", body)
+
+
+def test_filters_by_patient_ward_priority_kind_and_silence():
+    sub = new_subscription(url="http://x/", created_by="t", wards=["W1"], min_priority="medium",
+                           kinds=["news2"])
+    assert matches(sub, _alert(priority="high"), "W1")
+    assert not matches(sub, _alert(priority="low"), "W1")
+    assert not matches(sub, _alert(), "W2")
+    assert not matches(sub, _alert(kind="no_data"), "W1")
+    assert not matches(sub, _alert(notify=False), "W1")
+    only = new_subscription(url="http://x/", created_by="t", patients=["P2"])
+    assert matches(only, _alert(pid="P2", priority="low"), None)
+    assert not matches(only, _alert(pid="P1"), None)
+    with pytest.raises(ValueError, match="min_priority"):
+        new_subscription(url="http://x/", created_by="t", min_priority="urgent")
+    with pytest.raises(ValueError, match="unknown kinds"):
+        new_subscription(url="http://x/", created_by="t", kinds=["flu"])
+    with pytest.raises(ValueError):
+        new_subscription(url="ftp://x/", created_by="t")
+
+
+def test_delivery_is_signed_and_retried_after_a_500(settings_factory):
+    s = settings_factory(webhook_backoff_seconds=0.01, webhook_max_attempts=3)
+    r = Receiver(statuses=[500])
+    try:
+        sub = new_subscription(url=r.url, created_by="t")
+        body = json.dumps(_alert()).encode()
+        attempts = Dispatcher(s).deliver(sub, body, "d-1")
+        assert [a.status for a in attempts] == [500, 200]
+        assert len(r.got) == 2
+        for headers, got in r.got:
+            assert got == body and headers[DELIVERY_HEADER.lower()] == "d-1"
+            assert verify(sub.secret, headers[SIGNATURE_HEADER.lower()], got)
+    finally:
+        r.close()
+
+
+def _consume(s, topic: str, n: int, timeout: float = 30) -> list:
+    c = KafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False,
+                      **kafka_python_config(s))
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(out) < n:
+        for recs in c.poll(timeout_ms=300).values():
+            out.extend(recs)
+    c.close()
+    return out
+
+
+def _run_dispatcher(s) -> tuple[Dispatcher, threading.Thread]:
+    d = Dispatcher(s)
+    ready = threading.Event()
+    th = threading.Thread(target=d.run, kwargs={"ready": ready.set}, daemon=True)
+    th.start()
+    assert ready.wait(60), "the dispatcher did not join its group"
+    return d, th
+
+
+def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factory, receiver):
+    s = settings_factory(webhook_backoff_seconds=0.01, webhook_max_attempts=3)
+    topics.ensure(s)
+    failing = Receiver(default=500)
+    writer = SubscriptionWriter(s)
+    good = new_subscription(url=receiver.url, created_by="t", min_priority="medium")
+    bad = new_subscription(url=failing.url, created_by="t", patients=["P9"])
+    writer.put(good.id, msgspec.json.encode(good))
+    writer.put(bad.id, msgspec.json.encode(bad))
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+
+    def send(ev: dict) -> None:
+        producer.send(s.topic_alerts, key=ev["patient_id"].encode(),
+                      value=json.dumps(ev).encode()).get(timeout=10)
+
+    try:
+        d, th = _run_dispatcher(s)
+        send(_alert("P1", "high"))
+        send(_alert("P2", "low"))  # below the good subscription's minimum priority
+        send(_alert("P9", "medium"))  # to both; the failing receiver always answers 500
+        assert wait_until(lambda: len(receiver.got) == 2 and d.dead == 1, timeout=30)
+        pids = sorted(json.loads(b)["patient_id"] for _, b in receiver.got)
+        assert pids == ["P1", "P9"]  # alerts of different patients may arrive in any order
+        assert all(verify(good.secret, h[SIGNATURE_HEADER.lower()], b) for h, b in receiver.got)
+        (dead,) = _consume(s, s.topic_webhook_dlq, 1)
+        letter = json.loads(dead.value)
+        assert letter["subscription_id"] == bad.id and letter["event"]["patient_id"] == "P9"
+        assert [a["status"] for a in letter["attempts"]] == [500, 500, 500]
+        assert len(failing.got) == 3
+
+        # stopped, an alert arrives, a new dispatcher delivers it (and nothing twice)
+        d.stop()
+        th.join(30)
+        send(_alert("P3", "high"))
+        d2, th2 = _run_dispatcher(s)
+        assert wait_until(lambda: len(receiver.got) == 3, timeout=30)
+        time.sleep(1)
+        assert sorted(json.loads(b)["patient_id"] for _, b in receiver.got) == ["P1", "P3", "P9"]
+        d2.stop()
+        th2.join(30)
+    finally:
+        failing.close()
+        producer.close()
+
+
+@pytest.fixture
+def api(settings_factory, tmp_path):
+    """The API blueprint on a real waitress server (loopback), with one token."""
+    from flask import Flask
+    from waitress.server import create_server
+
+    tokens = tmp_path / "tokens.jsonl"
+    s = settings_factory(api_tokens_file=str(tokens))
+    topics.ensure(s)
+    token = add_token(str(tokens), "integration-1")
+    assert token not in tokens.read_text()  # hashed at rest
+    feed = TwinFeed(s).start()
+    view = SubscriptionView(s).start()
+    app = Flask("t")
+    app.register_blueprint(blueprint(s, feed, view, TokenStore(str(tokens))))
+    server = create_server(app, host="127.0.0.1", port=supervise.free_port(), threads=8)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError, ValueError):  # the socket closed at teardown
+            server.run()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    yield s, server.effective_port, token
+    server.task_dispatcher.shutdown(timeout=5)
+    server.close()
+    th.join(5)
+    feed.stop()
+    view.stop()
+
+
+def _req(port: int, method: str, path: str, token: str | None = None, body: dict | None = None
+         ) -> tuple[int, dict | list | None]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, json.loads(data) if data else None
+
+
+def test_api_refuses_anonymous_and_wrong_tokens(api):
+    _, port, token = api
+    for method, path in [("GET", "/api/subscriptions"), ("POST", "/api/subscriptions"),
+                         ("DELETE", "/api/subscriptions/x"), ("GET", "/api/alerts/stream")]:
+        for bad in (None, "not-a-token", token + "x"):
+            status, body = _req(port, method, path, bad, {} if method == "POST" else None)
+            assert status == 401, (method, path, bad)
+            assert "token" in body["error"]
+
+
+def test_api_creates_lists_and_deletes_subscriptions(api):
+    s, port, token = api
+    status, created = _req(port, "POST", "/api/subscriptions", token,
+                           {"url": "http://127.0.0.1:9/hook", "min_priority": "high"})
+    assert status == 201 and created["secret"] and created["created_by"] == "integration-1"
+    status, listed = _req(port, "GET", "/api/subscriptions", token)
+    assert status == 200 and [x["id"] for x in listed] == [created["id"]]
+    assert "secret" not in listed[0]
+    assert _req(port, "POST", "/api/subscriptions", token, {"url": "x"})[0] == 400
+    assert _req(port, "POST", "/api/subscriptions", token,
+                {"url": "http://a/", "colour": "red"})[0] == 400
+    assert _req(port, "DELETE", f"/api/subscriptions/{created['id']}", token)[0] == 204
+    assert _req(port, "DELETE", f"/api/subscriptions/{created['id']}", token)[0] == 404
+    assert _req(port, "GET", "/api/subscriptions", token)[1] == []
+    # a second view (another replica, the dispatcher) sees the same through the topic
+    other = SubscriptionView(s).start()
+    try:
+        assert other.follower.caught_up.wait(30)
+        assert other.snapshot()[0] == []
+    finally:
+        other.stop()
+
+
+def test_sse_stream_delivers_matching_alert_events_to_a_real_client(api):
+    s, port, token = api
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/api/alerts/stream?min_priority=medium&patient=P1",
+              headers={"Authorization": f"Bearer {token}"})
+    r = c.getresponse()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/event-stream")
+    assert r.readline() == b": connected\n"
+    r.readline()
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    for ev in (_alert("P1", "low"), _alert("P2", "high"), _alert("P1", "high", event="raised")):
+        producer.send(s.topic_alerts, key=ev["patient_id"].encode(),
+                      value=json.dumps(ev).encode())
+    producer.flush()
+    producer.close()
+    lines = [r.readline() for _ in range(4)]
+    assert lines[0] == b"id: P1:news2:1\n" and lines[1] == b"event: raised\n"
+    data = json.loads(lines[2][len(b"data: "):])
+    assert data["patient_id"] == "P1" and data["priority"] == "high"
+    assert lines[3] == b"\n"
+    c.close()
