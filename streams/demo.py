@@ -125,6 +125,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         env["WORKER_METRICS_PORT"] = str(metrics_port)
         children.start("worker", supervise.python_argv("worker"), env)
         children.start("dashboard", supervise.python_argv("dashboard"), env)
+        children.start("dispatcher", supervise.python_argv("dispatcher"), env)
         children.start("simulator", supervise.python_argv(
             "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed)),
             env)

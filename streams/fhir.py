@@ -18,7 +18,14 @@ from typing import Any
 
 import msgspec
 
-from streams.messages import Quantity, ValidReading, canonical_values, check_ts, reject
+from streams.messages import (
+    Quantity,
+    ValidReading,
+    canonical_values,
+    check_ts,
+    decode_with,
+    reject,
+)
 from twin.channels import CHANNELS, SPO2_PULSE_OX_LOINC
 
 SEQ_SYSTEM = "urn:patient-twin:device-seq"
@@ -159,12 +166,7 @@ def _ref_id(ref: _Ref, kind: str) -> str:
 def decode(data: bytes) -> list[ValidReading]:
     """FHIR message -> readings, one per (device, seq); InvalidMessage with the reason
     otherwise. Every Observation of one reading must agree on patient, device and time."""
-    try:
-        doc = _decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise reject(f"FHIR: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise reject(f"not JSON: {exc}", "not_json") from exc
+    doc = decode_with(_decoder, data, "FHIR: ")
     obs = [e.resource for e in doc.entry] if isinstance(doc, _Bundle) else [doc]
     if not obs:
         raise reject("FHIR Bundle has no Observation", "empty")

@@ -238,12 +238,7 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
         from streams import fhir
 
         return fhir.decode(data)
-    try:
-        decoded = _reading_decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise reject(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise reject(f"not JSON: {exc}", "not_json") from exc
+    decoded = decode_with(_reading_decoder, data)
     items = decoded if isinstance(decoded, list) else [decoded]
     if not items:
         raise reject("empty list of readings", "empty")
@@ -261,14 +256,19 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
     return out
 
 
-def decode_patient(data: bytes) -> PatientRecord:
-    """Decode a registry record; InvalidMessage with the reason otherwise."""
+def decode_with(decoder: msgspec.json.Decoder, data: bytes, prefix: str = "") -> Any:
+    """Decode with a msgspec decoder; InvalidMessage with the reason (and kind) otherwise."""
     try:
-        rec = _patient_decoder.decode(data)
+        return decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise reject(str(exc)) from exc
+        raise reject(f"{prefix}{exc}") from exc
     except msgspec.DecodeError as exc:
         raise reject(f"not JSON: {exc}", "not_json") from exc
+
+
+def decode_patient(data: bytes) -> PatientRecord:
+    """Decode a registry record; InvalidMessage with the reason otherwise."""
+    rec = decode_with(_patient_decoder, data)
     _check_schema(rec.schema, PATIENT_SCHEMA)
     check_ts(rec.ts)
     return rec
@@ -276,12 +276,7 @@ def decode_patient(data: bytes) -> PatientRecord:
 
 def decode_observation(data: bytes) -> Observation:
     """Decode a manual observation; InvalidMessage with the reason otherwise."""
-    try:
-        obs = _observation_decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise reject(str(exc)) from exc
-    except msgspec.DecodeError as exc:
-        raise reject(f"not JSON: {exc}", "not_json") from exc
+    obs = decode_with(_observation_decoder, data)
     _check_schema(obs.schema, OBSERVATION_SCHEMA)
     check_ts(obs.ts)
     canonical_values(obs.values)

@@ -43,13 +43,19 @@ def _simulate(env: dict[str, str], *args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def test_every_malformed_kind_is_dead_lettered_with_its_reason(settings_factory, procs):
+def _worker(settings_factory, procs):
+    """Settings, their environment and metrics port, with a worker holding every partition."""
     port = supervise.free_port()
     s = settings_factory(worker_metrics_port=port)
     topics.ensure(s)
     env = settings_env(s)
     procs.start("worker", "worker", env=env)
     wait_for_stable_assignment(port, s.kafka_partitions, "")
+    return s, env, port
+
+
+def test_every_malformed_kind_is_dead_lettered_with_its_reason(settings_factory, procs):
+    s, env, port = _worker(settings_factory, procs)
     summary = _simulate(env, "--patients", "6", "--duration", "40", "--speed", "20",
                         "--bad-fraction", "0.25", "--clean-devices", "--seed", "5")
     sent = Counter(summary["malformed"])
@@ -89,12 +95,7 @@ def test_every_malformed_kind_is_dead_lettered_with_its_reason(settings_factory,
 
 
 def test_fhir_observations_become_twins(settings_factory, procs):
-    port = supervise.free_port()
-    s = settings_factory(worker_metrics_port=port)
-    topics.ensure(s)
-    env = settings_env(s)
-    procs.start("worker", "worker", env=env)
-    wait_for_stable_assignment(port, s.kafka_partitions, "")
+    s, env, _ = _worker(settings_factory, procs)
     summary = _simulate(env, "--patients", "4", "--duration", "20", "--speed", "10",
                         "--clean-devices", "--format", "fhir", "--seed", "2")
     expected = summary["readings"] // 4

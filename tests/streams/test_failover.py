@@ -104,13 +104,18 @@ def test_sigkill_of_one_of_two_workers_loses_nothing_and_applies_nothing_twice(
     a = procs.start("worker-a", "worker", env=env["a"])
     Sender(s, range(1, 2), 0).run()
     assert len(_wait_for_counts(s, 1, timeout=60)) == len(PATIENTS), procs.log("worker-a")[-2500:]
-    procs.start("worker-b", "worker", env=env["b"])
-    if not wait_until(lambda: all(worker_assigned(p) > 0 for p in ports.values())
-                      and sum(worker_assigned(p) for p in ports.values()) == s.kafka_partitions,
-                      timeout=90):
-        # Seen about once in twenty runs: the embedded broker leaves the group half-formed.
-        pytest.xfail("the embedded broker did not split the partitions between the two workers "
-                     f"within 90 s (assigned: {[worker_assigned(p) for p in ports.values()]})")
+    def split() -> bool:
+        return (all(worker_assigned(p) > 0 for p in ports.values())
+                and sum(worker_assigned(p) for p in ports.values()) == s.kafka_partitions)
+
+    # Seen about once in twenty runs: the embedded broker leaves the two-worker group
+    # half-formed. A supervisor would restart the worker that got nothing; so does the test.
+    for attempt in range(3):
+        b = procs.start(f"worker-b{attempt}", "worker", env=env["b"])
+        if wait_until(split, timeout=60):
+            break
+        supervise.stop(b)
+    assert split(), f"partitions never split: {[worker_assigned(p) for p in ports.values()]}"
 
     rounds = 200
     sender = Sender(s, range(2, rounds + 1), 0.05)
@@ -135,7 +140,7 @@ def test_sigkill_of_one_of_two_workers_loses_nothing_and_applies_nothing_twice(
     short = {p: (a, g) for p, (a, g) in accounts.items() if a != rounds}
     assert not short, (f"{sum(rounds - a for a, _ in short.values())} of "
                        f"{rounds * len(PATIENTS)} readings never applied, (applied, gaps): "
-                       f"{short}\n{procs.log('worker-b')[-3000:]}")
+                       f"{short}\n{procs.log(f'worker-b{attempt}')[-3000:]}")
 
 
 def test_restarted_worker_continues_every_twin_where_it_was(settings_factory, procs):

@@ -6,7 +6,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from streams import messages
+from streams import messages, webhooks
 from streams.errors import InvalidMessage
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "messages.md"
@@ -91,7 +91,11 @@ def test_docs_examples_match_the_definitions():
     ex = _doc_examples()
     assert set(ex) == {messages.READING_SCHEMA, messages.PATIENT_SCHEMA,
                        messages.OBSERVATION_SCHEMA, messages.TWIN_STATE_SCHEMA,
-                       messages.ALERT_SCHEMA, "patient-twin.dead-letter/1", "Bundle"}
+                       messages.ALERT_SCHEMA, "patient-twin.dead-letter/1", "Bundle",
+                       webhooks.SUBSCRIPTION_SCHEMA, "patient-twin.webhook-dead-letter/1"}
+    msgspec.json.decode(enc(ex[webhooks.SUBSCRIPTION_SCHEMA]), type=webhooks.Subscription)
+    msgspec.json.decode(enc(ex["patient-twin.webhook-dead-letter/1"]),
+                        type=webhooks.WebhookDeadLetter)
     messages.decode_readings(enc(ex[messages.READING_SCHEMA]))
     (fhir_reading,) = messages.decode_readings(enc(ex["Bundle"]))
     assert fhir_reading.values == {"hr": 88.0, "sbp": 131.0, "dbp": 82.0}
