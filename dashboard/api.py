@@ -8,6 +8,9 @@ hashed in API_TOKENS_FILE); nothing is served anonymously.
   -> 201 with the subscription and its secret (shown once here; `GET` never shows it)
 - `GET /api/subscriptions` -> the subscriptions, without secrets
 - `DELETE /api/subscriptions/<id>` -> 204, or 404
+- `POST /api/alerts/<alert id>/acknowledge` `{"comment"?}` and `POST /api/silences`
+  `{"patient_id", "kind", "reason", "minutes"}` -> 202: the action goes to the alert.actions topic
+  and the worker that owns the patient applies it (the alert event then shows who and why)
 - `GET /api/alerts/stream?patient=&ward=&min_priority=&kind=` -> `text/event-stream`: one event
   per alert event from now on (`id:` the alert id, `event:` raised/updated/.../resolved, `data:`
   the alert JSON), a comment every 15 s to keep proxies from closing it.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -27,16 +30,19 @@ from flask import Blueprint, Response, g, jsonify, request
 from dashboard.auth import TokenStore
 from dashboard.feed import TwinFeed
 from streams.config import Settings, kafka_python_producer_config
+from streams.messages import AlertAction
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
+from twin.alerts import KINDS
 
 KEEPALIVE_S = 15.0
 
 
-class SubscriptionWriter:
-    """Writes subscription records to their compacted topic (producer created on first use)."""
+class TopicWriter:
+    """Writes records to one topic and waits for each (producer created on first use)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         self.settings = settings
+        self.topic = topic
         self._producer: Any = None
 
     def put(self, key: str, value: bytes | None) -> None:
@@ -45,8 +51,11 @@ class SubscriptionWriter:
 
             self._producer = KafkaProducer(client_id="patient-twin-api", acks="all",
                                            **kafka_python_producer_config(self.settings))
-        self._producer.send(self.settings.topic_subscriptions, key=key.encode(),
-                            value=value).get(timeout=30)
+        self._producer.send(self.topic, key=key.encode(), value=value).get(timeout=30)
+
+
+def SubscriptionWriter(settings: Settings) -> TopicWriter:  # noqa: N802 - a named constructor
+    return TopicWriter(settings, settings.topic_subscriptions)
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -62,6 +71,7 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
     bp = Blueprint("api", __name__, url_prefix="/api")
     tokens = tokens or TokenStore(settings.api_tokens_file)
     writer = writer or SubscriptionWriter(settings)
+    actions = TopicWriter(settings, settings.topic_alert_actions)
 
     @bp.before_request
     def authenticate() -> tuple[Response, int] | None:
@@ -101,6 +111,39 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         writer.put(sub_id, None)
         view.apply(settings.topic_subscriptions, sub_id.encode(), None)
         return "", 204
+
+    @bp.post("/alerts/<alert_id>/acknowledge")
+    def acknowledge(alert_id: str) -> tuple[Response, int]:
+        body = request.get_json(silent=True) or {}
+        pid = alert_id.rsplit(":", 2)[0]
+        action = AlertAction(action="acknowledge", patient_id=pid, by=g.client,
+                             ts=datetime.now(UTC), alert_id=alert_id,
+                             comment=body.get("comment"))
+        actions.put(pid, msgspec.json.encode(action))
+        return jsonify({"accepted": True, "alert_id": alert_id, "by": g.client}), 202
+
+    @bp.post("/silences")
+    def silence() -> tuple[Response, int]:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _error(400, "expected a JSON object with patient_id, kind, reason, minutes")
+        try:
+            minutes = float(body["minutes"])
+            if not 0 < minutes <= 24 * 60:
+                raise ValueError
+            action = msgspec.convert({
+                "action": "silence", "patient_id": body["patient_id"], "by": g.client,
+                "ts": datetime.now(UTC).isoformat(), "kind": body["kind"],
+                "reason": body["reason"],
+                "until": (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()},
+                AlertAction)
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError):
+            return _error(400, "patient_id, kind, reason and minutes (0-1440) are required")
+        if action.kind not in KINDS or not (action.reason or "").strip():
+            return _error(400, f"kind must be one of {', '.join(KINDS)}, with a reason")
+        actions.put(action.patient_id, msgspec.json.encode(action))
+        return jsonify({"accepted": True, "until": action.until.isoformat()
+                        if action.until else None}), 202
 
     @bp.get("/alerts/stream")
     def stream() -> Response | tuple[Response, int]:

@@ -98,6 +98,9 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     alert_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=settings.kafka_partitions)
+    action_topic = app.topic(settings.topic_alert_actions, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw",
+                             partitions=settings.kafka_partitions)
     # One record per patient. use_partitioner: the changelog partition comes from the key, so a
     # batch spanning partitions writes each twin to its own patient's partition, not to the
     # partition of the batch's last event. The key must be the raw patient id bytes, exactly as
@@ -225,10 +228,32 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         events = processor.check_silent({p: twins.get(p.encode()) for p in cands})
         await send_alerts(events)
 
+    @app.agent(action_topic)
+    async def alert_actions(stream: faust.StreamT) -> None:
+        # Keyed by patient id like the readings: the worker that owns the patient's twin owns
+        # its alerts, so the action reaches the engine that holds the alert.
+        async for ev in stream.events():
+            try:
+                action = messages.decode_action(ev.value or b"")
+                events = processor.act(action)
+            except InvalidMessage as exc:
+                log.warning("alert action rejected: %s", getattr(exc, "kind", "invalid"))
+                metrics.actions.labels("rejected").inc()
+                continue
+            metrics.actions.labels(action.action).inc()
+            await send_alerts(events)
+
     async def send_alerts(events: list[messages.AlertEvent]) -> None:
         for alert in events:
             await alert_topic.send(key=alert.patient_id.encode(), value=messages.encode(alert))
             metrics.alerts.labels(alert.priority).inc()
+            metrics.alert_events.labels(alert.event, alert.kind).inc()
+            if alert.raised_at is not None:
+                since = (alert.ts - alert.raised_at).total_seconds()
+                if alert.event == "acknowledged":
+                    metrics.ack_seconds.observe(since)
+                elif alert.event == "resolved" and since <= 60:
+                    metrics.quick_resolves.inc()
         if sink is not None and events:
             sink.add(alert_points(events))
 

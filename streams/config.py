@@ -71,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_alerts: TopicName = "alerts"
     topic_patients: TopicName = "patients"
     topic_observations: TopicName = "observations"
+    topic_alert_actions: TopicName = "alert.actions"
     topic_subscriptions: TopicName = "alert.subscriptions"
     topic_webhook_dlq: TopicName = "alert.webhook-dlq"
     # Worker batching: at most this many events per twin step, waiting at most this long.
@@ -137,6 +138,7 @@ DOCS: dict[str, str] = {
     "topic_alerts": "alert events",
     "topic_patients": "patient registry (compacted)",
     "topic_observations": "clinicians' manual observations",
+    "topic_alert_actions": "acknowledge and silence requests, keyed by patient id",
     "topic_subscriptions": "webhook subscriptions (compacted, key = subscription id)",
     "topic_webhook_dlq": "webhook deliveries that failed every attempt, with their log",
     "worker_batch_max": "most events per vectorised twin step",

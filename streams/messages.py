@@ -136,8 +136,43 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     by: str | None = None  # who acknowledged or silenced
     comment: str | None = None
     audience: str = "ward"  # "ward+rapid-response" once escalated
+    raised_at: datetime | None = None
     notify: bool = True  # False while the alert is silenced (subscribers skip it)
     evidence: dict[str, Any] = {}  # the values, scores and forecast that raised it
+
+
+ALERT_ACTION_SCHEMA = "patient-twin.alert-action/1"
+
+
+class AlertAction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A clinician's action on alerts (topic alert.actions, key = patient id): acknowledge one
+    alert, or silence a patient's alerts of one kind until a time, with a reason."""
+
+    schema: str = ALERT_ACTION_SCHEMA
+    action: Literal["acknowledge", "silence"]
+    patient_id: Id
+    by: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    ts: datetime
+    alert_id: str | None = None  # acknowledge
+    comment: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    kind: str | None = None  # silence
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    until: datetime | None = None
+
+
+_action_decoder = msgspec.json.Decoder(AlertAction)
+
+
+def decode_action(data: bytes) -> AlertAction:
+    """Decode an alert action; InvalidMessage with the reason otherwise."""
+    a = decode_with(_action_decoder, data)
+    _check_schema(a.schema, ALERT_ACTION_SCHEMA)
+    check_ts(a.ts)
+    if a.action == "acknowledge" and not a.alert_id:
+        raise reject("acknowledge needs alert_id", "missing_field")
+    if a.action == "silence" and (not a.kind or not a.reason or a.until is None):
+        raise reject("silence needs kind, reason and until", "missing_field")
+    return a
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

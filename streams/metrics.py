@@ -42,6 +42,19 @@ class WorkerMetrics:
         self.batches = Counter("patient_twin_batches", "Batches processed", registry=r)
         self.alerts = Counter("patient_twin_alert_events", "Alert events published", ["priority"],
                               registry=r)
+        # Alarm-fatigue figures (docs/alerts.md): raised, escalated, resolved by kind; time to
+        # acknowledge; alerts per patient-day follow from raised over the patients twinned.
+        self.alert_events = Counter("patient_twin_alert_lifecycle_events",
+                                    "Alert lifecycle events by event and kind", ["event", "kind"],
+                                    registry=r)
+        self.ack_seconds = Histogram("patient_twin_alert_ack_seconds",
+                                     "Seconds from raise to acknowledgement",
+                                     buckets=(30, 60, 120, 300, 600, 1800, 3600), registry=r)
+        self.quick_resolves = Counter("patient_twin_alerts_resolved_within_60s",
+                                      "Alerts resolved within a minute of being raised (noise)",
+                                      registry=r)
+        self.actions = Counter("patient_twin_alert_actions", "Clinician actions on alerts",
+                               ["action"], registry=r)
         self.batch_size = Histogram("patient_twin_batch_size", "Events per batch",
                                     buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
                                     registry=r)

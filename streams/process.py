@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streams.messages import AlertEvent, Forecast, TwinState, ValidReading, utc
+from streams.messages import (
+    AlertAction,
+    AlertEvent,
+    Forecast,
+    TwinState,
+    ValidReading,
+    reject,
+    utc,
+)
 from twin import alerts, bank, news2
 from twin.channels import INDEX, NAMES, UNITS, C
 from twin.model import ModelParams
@@ -70,7 +78,8 @@ def alert_event(ev: alerts.Event) -> AlertEvent:
         kind=a.kind, category=a.category, priority=a.priority, state=state,  # type: ignore[arg-type]
         channels=channels, message=ev.message,
         news2=int(news) if isinstance(news, int) else None, by=ev.by, comment=a.comment,
-        audience=a.audience, notify=ev.notify, evidence=a.evidence)
+        audience=a.audience, notify=ev.notify, evidence=a.evidence,
+        raised_at=None if a.raised_at is None else utc(a.raised_at))
 
 
 class TwinProcessor:
@@ -162,6 +171,24 @@ class TwinProcessor:
         out = bank.outputs(states, states["t"] + since, self.params)
         view = twin_view(pids, states, out, since, np.ones(len(pids), dtype=np.int64))
         return [alert_event(ev) for ev in self.engine.update(view, now)]
+
+    def act(self, action: AlertAction, now: float | None = None) -> list[AlertEvent]:
+        """Apply a clinician's acknowledge or silence. InvalidMessage if it cannot apply (an
+        alert that is not open, a silence that is not valid)."""
+        now = self.clock() if now is None else now
+        try:
+            if action.action == "acknowledge":
+                events = self.engine.acknowledge(action.alert_id or "", action.by, now,
+                                                 action.comment)
+            else:
+                assert action.until is not None and action.kind and action.reason
+                events = self.engine.silence(action.patient_id, action.kind, action.reason,
+                                             action.until.timestamp(), action.by, now)
+        except KeyError:
+            raise reject(f"no open alert {action.alert_id}", "not_open") from None
+        except ValueError as exc:
+            raise reject(str(exc), "invalid_silence") from None
+        return [alert_event(ev) for ev in events]
 
     def silent_candidates(self, now: float) -> list[str]:
         """Patients silent for at least the no-data time without an open no-data alert."""

@@ -28,6 +28,7 @@ def specs(s: Settings) -> list[NewTopic]:
         NewTopic(s.topic_alerts, p, r),
         NewTopic(s.topic_patients, p, r, topic_configs=_COMPACT),
         NewTopic(s.topic_observations, p, r),
+        NewTopic(s.topic_alert_actions, p, r),
         NewTopic(s.topic_subscriptions, 1, r, topic_configs=_COMPACT),
         NewTopic(s.topic_webhook_dlq, 1, r),
     ]

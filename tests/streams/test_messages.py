@@ -124,3 +124,16 @@ def test_observation_rejects_wrong_flow_unit_and_acvpu():
         messages.decode_observation(enc({**base, "o2_flow": {"value": 2, "unit": "mL/s"}}))
     with pytest.raises(InvalidMessage, match=re.escape("$.acvpu")):
         messages.decode_observation(enc({**base, "acvpu": "X"}))
+
+
+@pytest.mark.parametrize("doc, fragment", [
+    ({"action": "acknowledge", "patient_id": "P1", "by": "x", "ts": "2026-01-01T00:00:00Z"},
+     "alert_id"),
+    ({"action": "silence", "patient_id": "P1", "by": "x", "ts": "2026-01-01T00:00:00Z",
+      "kind": "news2", "until": "2026-01-01T01:00:00Z"}, "reason"),
+    ({"action": "snooze", "patient_id": "P1", "by": "x", "ts": "2026-01-01T00:00:00Z"},
+     "$.action"),
+])
+def test_alert_action_rejections(doc, fragment):
+    with pytest.raises(InvalidMessage, match=re.escape(fragment)):
+        messages.decode_action(enc({"schema": messages.ALERT_ACTION_SCHEMA, **doc}))

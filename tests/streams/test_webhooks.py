@@ -30,7 +30,7 @@ from streams.webhooks import (
     sign,
     verify,
 )
-from tests.conftest import wait_until
+from tests.conftest import settings_env, wait_for_stable_assignment, wait_until
 
 
 class Receiver:
@@ -286,3 +286,44 @@ def test_sse_stream_delivers_matching_alert_events_to_a_real_client(api):
     assert data["patient_id"] == "P1" and data["priority"] == "high"
     assert lines[3] == b"\n"
     c.close()
+
+
+def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api, procs):
+    s, port, token = api
+    mport = supervise.free_port()
+    env = {**settings_env(s), "WORKER_METRICS_PORT": str(mport)}
+    procs.start("worker", "worker", env=env)
+    wait_for_stable_assignment(mport, s.kafka_partitions, "")
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    t0 = time.time() - 60
+    for k in range(1, 41):  # a patient in the NEWS2 emergency band: raised at once, high
+        msg = messages.reading("d-A1", "A1", k, messages.utc(t0 + k),
+                               {"hr": 140.0, "rr": 29.0, "sbp": 85.0})
+        producer.send(s.topic_vitals_raw, key=b"A1", value=messages.encode(msg))
+    producer.flush()
+    producer.close()
+
+    def events() -> list[dict]:
+        return [json.loads(r.value) for r in _consume(s, s.topic_alerts, 10_000, timeout=2)]
+
+    assert wait_until(lambda: any(e["event"] == "raised" and e["kind"] == "news2"
+                                  for e in events()), timeout=60), procs.log("worker")[-3000:]
+    raised = next(e for e in events() if e["event"] == "raised" and e["kind"] == "news2")
+    assert raised["priority"] == "high" and raised["evidence"]["estimate"]["hr"] > 120
+    status, body = _req(port, "POST", f"/api/alerts/{raised['alert_id']}/acknowledge", token,
+                        {"comment": "rapid response called"})
+    assert status == 202 and body["by"] == "integration-1"
+    assert wait_until(lambda: any(e["event"] == "acknowledged" for e in events()), timeout=30)
+    ack = next(e for e in events() if e["event"] == "acknowledged")
+    assert (ack["alert_id"], ack["by"], ack["comment"]) == (
+        raised["alert_id"], "integration-1", "rapid response called")
+    assert ack["state"] == "acknowledged"
+    status, _ = _req(port, "POST", "/api/silences", token,
+                     {"patient_id": "A1", "kind": "news2", "reason": "end-of-life care plan",
+                      "minutes": 60})
+    assert status == 202
+    assert wait_until(lambda: any(e["event"] == "silenced" for e in events()), timeout=30)
+    silenced = next(e for e in events() if e["event"] == "silenced")
+    assert "end-of-life care plan" in silenced["message"] and silenced["by"] == "integration-1"
+    assert _req(port, "POST", "/api/silences", token,
+                {"patient_id": "A1", "kind": "flu", "reason": "x", "minutes": 5})[0] == 400
