@@ -299,8 +299,6 @@ def faust_broker_config(s: Settings) -> dict[str, Any]:
     }
     if s.kafka_compression != "none":
         cfg["producer_compression_type"] = s.kafka_compression
-    if s.embedded_broker:
-        cfg["producer_max_batch_size"] = 1  # see kafka_python_producer_config
     ctx = ssl_context(s)
     if s.kafka_security_protocol.startswith("SASL"):
         cfg["broker_credentials"] = faust.SASLCredentials(
