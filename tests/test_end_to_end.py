@@ -140,5 +140,5 @@ def test_worker_writes_readings_twins_and_alerts_to_influxdb(settings_factory, p
     assert count('vitals_raw_hr{patient_id="V2"}') == 60
     assert wait_until(lambda: count('twin_hr_est{patient_id="V1"}') >= 1, timeout=20)
     assert wait_until(lambda: count('{__name__=~"alert_.*",patient_id="V1"}') >= 1, timeout=20)
-    alert = victoria.export('alert_news2{patient_id="V1"}')[0]["metric"]
+    alert = victoria.export('alert_news2{patient_id="V1",kind="news2"}')[0]["metric"]
     assert alert["category"] == "clinical" and alert["event"] in ("raised", "escalated")

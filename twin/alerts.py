@@ -151,8 +151,10 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
     clear[:, k["no_data"]] = ~stale
     prio[:, k["no_data"]] = 1
 
+    # A worn sensor that has given values before and none believable for a while; a channel
+    # the device never measured (NaN age) is not "off", just not there.
     worn_age = view.channel_age_s[:, _WORN]
-    off = (~stale) & np.any(~(worn_age < policy.sensor_off_s), axis=1)
+    off = (~stale) & np.any(worn_age >= policy.sensor_off_s, axis=1)
     on[:, k["sensor_off"]] = off
     clear[:, k["sensor_off"]] = ~off
     prio[:, k["sensor_off"]] = 0
@@ -457,7 +459,7 @@ class AlertEngine:
             ev["since_reading_s"] = _fmt(view.since_reading_s[i])
         elif kind == "sensor_off":
             ev["channels"] = [NAMES[j] for j in _WORN
-                              if not view.channel_age_s[i, j] < self.policy.sensor_off_s]
+                              if view.channel_age_s[i, j] >= self.policy.sensor_off_s]
         elif kind == "low_battery":
             ev["battery"] = _fmt(view.battery[i])
         return ev

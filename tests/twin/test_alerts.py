@@ -58,6 +58,10 @@ def test_sensor_off_and_low_battery():
     p = AlertPolicy(sensor_off_s=120, low_battery=0.2)
     assert conditions(view(age=121), p).on[0, K["sensor_off"]]
     assert not conditions(view(age=100), p).on[0, K["sensor_off"]]
+    # a device without an SpO2 sensor: that channel was never seen, which is not "sensor off"
+    no_spo2 = view(age=10)
+    no_spo2.channel_age_s[0, INDEX["spo2"]] = np.nan
+    assert not conditions(no_spo2, p).on[0, K["sensor_off"]]
     assert conditions(view(battery=0.2), p).on[0, K["low_battery"]]
     c = conditions(view(battery=np.nan), p)
     assert not c.on[0, K["low_battery"]] and not c.clear[0, K["low_battery"]]
