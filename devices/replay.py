@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from devices.records import read
-from devices.run import FileOutput, KafkaOutput, Output, SimulationStats
+from devices.run import FileOutput, KafkaOutput, Output, SimulationStats, StopFlag
 from streams import messages
 from streams.config import Settings
 from twin.channels import NAMES
@@ -43,12 +43,8 @@ def replay(settings: Settings, paths: list[str], *, speed: float, to: str = "kaf
     # Merge the records' rows by time: (t, record index, row index).
     rows = heapq.merge(*[((float(t), k, j) for j, t in enumerate(r.t))
                          for k, r in enumerate(recs)])
-    stop = {"requested": False}
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop["requested"] = True
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopFlag()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     out: Output = KafkaOutput(settings, sim_stats, client_id="patient-twin-replay") \
         if to == "kafka" else FileOutput(to)
     t0 = time.monotonic()
@@ -56,7 +52,7 @@ def replay(settings: Settings, paths: list[str], *, speed: float, to: str = "kaf
     seq = [0] * len(recs)
     try:
         for t, k, j in rows:
-            if stop["requested"]:
+            if stop.requested:
                 break
             rec = recs[k]
             z = rec.z[j]

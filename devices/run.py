@@ -102,7 +102,9 @@ class KafkaOutput:
         self.producer.close(timeout=10)
 
 
-class _Stop:
+class StopFlag:
+    """A signal handler that only records that a stop was asked for."""
+
     def __init__(self) -> None:
         self.requested = False
 
@@ -260,7 +262,7 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
                 effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch,
                 fmt=fmt)
     stats = ward.stats
-    stop = _Stop()
+    stop = StopFlag()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     out: Output = KafkaOutput(settings, stats) if to == "kafka" else FileOutput(to)
     t0 = time.monotonic()

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from faust.types import TP
+from kafka.partitioner.default import murmur2
 
 from streams import messages
 from streams.config import Settings, faust_broker_config, kafka_python_producer_config
@@ -52,8 +53,6 @@ class StateOutput:
 
 def _partition(patient_id: str, partitions: int) -> int:
     """The partition the devices' producers give this key (murmur2, like Kafka's default)."""
-    from kafka.partitioner.default import murmur2
-
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import msgspec
 
 from streams import broker, supervise, topics
-from streams.config import Settings, kafka_python_config
+from streams.config import Settings
+from streams.follow import Follower
 
 
 @dataclass
@@ -36,39 +37,26 @@ class StatusFeed:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.status = Status()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="demo-status", daemon=True)
+        self._follower = Follower(settings, (settings.topic_vitals_raw,
+                                             settings.topic_twin_state, settings.topic_alerts),
+                                  self._apply, "patient-twin-demo")
 
     def start(self) -> StatusFeed:
-        self._thread.start()
+        self._follower.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self._follower.stop()
 
-    def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        s = self.settings
-        consumer = KafkaConsumer(client_id="patient-twin-demo", group_id=None,
-                                 enable_auto_commit=False, **kafka_python_config(s))
-        wanted = (s.topic_vitals_raw, s.topic_twin_state, s.topic_alerts)
-        parts = [TopicPartition(t, p) for t in wanted
-                 for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        while not self._stop.is_set():
-            for tp, recs in consumer.poll(timeout_ms=200, max_records=10000).items():
-                if tp.topic == s.topic_vitals_raw:
-                    self.status.readings += len(recs)
-                elif tp.topic == s.topic_twin_state:
-                    self.status.states += len(recs)
-                    for r in recs:
-                        self.status.patients.add(r.key.decode())
-                else:
-                    self.status.alerts += len(recs)
-        consumer.close()
+    def _apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if topic == self.settings.topic_vitals_raw:
+            self.status.readings += 1
+        elif topic == self.settings.topic_twin_state:
+            self.status.states += 1
+            if key is not None:
+                self.status.patients.add(key.decode())
+        else:
+            self.status.alerts += 1
 
 
 class _Children:
