@@ -22,36 +22,19 @@ import json
 import queue
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 from flask import Blueprint, Response, g, jsonify, request
 
 from dashboard.auth import TokenStore
 from dashboard.feed import TwinFeed
-from streams.config import Settings, kafka_python_producer_config
+from streams.config import Settings
+from streams.follow import TopicWriter
 from streams.messages import AlertAction
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
 from twin.alerts import KINDS
 
 KEEPALIVE_S = 15.0
-
-
-class TopicWriter:
-    """Writes records to one topic and waits for each (producer created on first use)."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.settings = settings
-        self.topic = topic
-        self._producer: Any = None
-
-    def put(self, key: str, value: bytes | None) -> None:
-        if self._producer is None:
-            from kafka import KafkaProducer
-
-            self._producer = KafkaProducer(client_id="patient-twin-api", acks="all",
-                                           **kafka_python_producer_config(self.settings))
-        self._producer.send(self.topic, key=key.encode(), value=value).get(timeout=30)
 
 
 def SubscriptionWriter(settings: Settings) -> TopicWriter:  # noqa: N802 - a named constructor

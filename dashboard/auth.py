@@ -1,9 +1,19 @@
-"""API tokens for machine clients (webhook subscribers, integrations): hashed at rest.
+"""Who may use the dashboard: API tokens for machine clients and accounts for people.
 
-A token is 32 random bytes (URL-safe base64), shown once by `patient-twin tokens add NAME`; the
+API tokens (webhook subscribers, integrations) are hashed at rest. A token is 32 random bytes
+(URL-safe base64), shown once by `patient-twin tokens add NAME`; the
 file named by API_TOKENS_FILE keeps one JSON line per token with its name and the SHA-256 of the
 token, never the token. (A fast hash is right here: the token has 256 bits of entropy, unlike a
 password, so there is nothing to brute-force.)
+
+Accounts (`patient-twin users add NAME --role R --wards W1,W2`) live in USERS_FILE, one JSON line
+per user with the role, the wards and the password hashed by Werkzeug's scrypt (a memory-hard
+password hash: passwords have little entropy, so the hash must be slow). Roles:
+
+- viewer: sees the patients of the assigned wards, changes nothing;
+- clinician: sees the assigned wards; acknowledges and silences alerts, sets the SpO2 scale,
+  transfers and discharges there;
+- admin: every ward, everything.
 """
 
 from __future__ import annotations
@@ -14,9 +24,18 @@ import json
 import os
 import secrets
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from streams.errors import ConfigError
+
+ROLES = ("viewer", "clinician", "admin")
+Role = Literal["viewer", "clinician", "admin"]
+MIN_PASSWORD = 10
+ALL_WARDS = "*"
 
 
 def hash_token(token: str) -> str:
@@ -40,37 +59,118 @@ class TokenStore:
     """The token hashes of API_TOKENS_FILE, re-read when the file changes."""
 
     def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._mtime: float | None = None
-        self._hashes: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def _load(self) -> None:
-        if self.path is None:
-            return
-        try:
-            mtime = os.stat(self.path).st_mtime
-        except FileNotFoundError:
-            self._hashes = {}
-            return
-        if mtime == self._mtime:
-            return
-        hashes = {}
-        with open(self.path) as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    hashes[rec["sha256"]] = rec["name"]
-        self._hashes, self._mtime = hashes, mtime
+        self._file = _WatchedLines(path)
 
     def check(self, authorization: str | None) -> str | None:
         """The token's name for a valid `Authorization: Bearer <token>` header, else None."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         digest = hash_token(authorization[len("Bearer "):].strip())
-        with self._lock:
-            self._load()
-            for known, name in self._hashes.items():
-                if hmac.compare_digest(known, digest):
-                    return name
+        with self._file.lock:
+            for rec in self._file.load():
+                if hmac.compare_digest(rec["sha256"], digest):
+                    return rec["name"]
         return None
+
+
+class _WatchedLines:
+    """The JSON lines of a file, re-read when its modification time changes."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._mtime: float | None = None
+        self.lines: list[dict] = []
+        self.lock = threading.Lock()
+
+    def load(self) -> list[dict]:
+        """Call with `lock` held."""
+        if self.path is None:
+            return []
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            self.lines, self._mtime = [], None
+            return self.lines
+        if mtime != self._mtime:
+            with open(self.path) as f:
+                self.lines = [json.loads(line) for line in f if line.strip()]
+            self._mtime = mtime
+        return self.lines
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: Role
+    wards: tuple[str, ...]  # ("*",): every ward
+    password_hash: str
+
+    def sees_ward(self, ward: str | None) -> bool:
+        """Admins and users assigned "*" see every ward, unassigned patients included."""
+        return ALL_WARDS in self.wards or (ward is not None and ward in self.wards)
+
+    @property
+    def can_act(self) -> bool:
+        return self.role in ("clinician", "admin")
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or any(c.isspace() or c in ":/" for c in name):
+        raise ConfigError("a user name must be 1-64 characters without spaces, ':' or '/'")
+
+
+def add_user(path: str, name: str, role: str, wards: list[str], password: str) -> User:
+    """Create or replace the account `name` (a new password ends the user's sessions)."""
+    _check_name(name)
+    if role not in ROLES:
+        raise ConfigError(f"role must be one of {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(f"the password must have at least {MIN_PASSWORD} characters")
+    wards = [ALL_WARDS] if role == "admin" else [w for w in wards if w]
+    if not wards:
+        raise ConfigError("a viewer or clinician needs --wards (comma-separated, or '*' for all)")
+    user = User(name, role, tuple(wards), generate_password_hash(password))  # type: ignore[arg-type]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if p.exists():
+        kept = [line for line in p.read_text().splitlines()
+                if line.strip() and json.loads(line)["name"] != name]
+    kept.append(json.dumps({"name": name, "role": role, "wards": list(user.wards),
+                            "password": user.password_hash}))
+    tmp = p.with_name(p.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(kept) + "\n")
+    os.replace(tmp, p)  # atomic: a dashboard reading the file sees the old or the new one
+    return user
+
+
+class UserStore:
+    """The accounts of USERS_FILE, re-read when the file changes."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = _WatchedLines(path)
+
+    def get(self, name: str) -> User | None:
+        with self._file.lock:
+            for rec in self._file.load():
+                if rec["name"] == name:
+                    return User(rec["name"], rec["role"], tuple(rec["wards"]), rec["password"])
+        return None
+
+    def users(self) -> list[User]:
+        with self._file.lock:
+            return [User(r["name"], r["role"], tuple(r["wards"]), r["password"])
+                    for r in self._file.load()]
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        user = self.get(name)
+        if user is None:
+            # hash anyway so a wrong name takes as long as a wrong password
+            check_password_hash(_DUMMY_HASH, password)
+            return None
+        return user if check_password_hash(user.password_hash, password) else None
+
+
+_DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))

@@ -23,6 +23,7 @@ from devices import malformed, truth
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from streams import fhir, messages
+from streams.messages import PATIENT_SCHEMA, PatientRecord, utc
 from streams.config import Settings, kafka_python_producer_config
 from twin.channels import NAMES
 
@@ -247,10 +248,38 @@ def truth_path(to: str) -> str | None:
     return (to[:-6] if to.endswith(".jsonl") else to) + ".truth.jsonl"
 
 
+def admission_records(cohort: Cohort, wards: list[str], now: float) -> list[PatientRecord]:
+    """Admit the cohort round-robin to `wards` (beds numbered per ward), each patient with their
+    device, on the NEWS2 SpO2 scale their profile prescribes (scale 2 for hypercapnic COPD)."""
+    out = []
+    for i, pid in enumerate(cohort.patient_ids):
+        out.append(PatientRecord(
+            schema=PATIENT_SCHEMA, patient_id=pid, event="admit", ts=utc(now),
+            ward=wards[i % len(wards)], bed=str(i // len(wards) + 1),
+            devices=[cohort.device_ids[i]], spo2_scale=int(cohort.profiles.spo2_scale[i]),
+            spo2_scale_set_by="simulator", by="simulator"))
+    return out
+
+
+def admit(settings: Settings, cohort: Cohort, wards: list[str]) -> None:
+    """Write the cohort's admissions to the registry topic and wait until the broker has them."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(client_id="patient-twin-simulator-admit", acks="all",
+                             **kafka_python_producer_config(settings))
+    try:
+        for rec in admission_records(cohort, wards, time.time()):
+            producer.send(settings.topic_patients, key=rec.patient_id.encode(),
+                          value=_encoder.encode(rec))
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=10)
+
+
 def simulate(settings: Settings, *, patients: int, rate: float, duration: float | None,
              speed: float, seed: int, to: str, mix: str | None = None,
              bad_fraction: float = 0.0, batch: int = 1, fmt: str = "json",
-             truth_file: str | None = None,
+             truth_file: str | None = None, wards: list[str] | None = None,
              effects: DeviceEffects | None = None, start: float | None = None,
              progress: bool = True) -> SimulationStats:
     """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM)."""
@@ -265,6 +294,8 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
     stop = StopFlag()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     out: Output = KafkaOutput(settings, stats) if to == "kafka" else FileOutput(to)
+    if wards and to == "kafka":
+        admit(settings, ward.cohort, wards)
     t0 = time.monotonic()
     last_report = t0
     try:

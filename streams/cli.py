@@ -53,6 +53,15 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _wards(text: str) -> list[str] | None:
+    if text.strip().lower() == "none":
+        return None
+    wards = [w.strip() for w in text.split(",") if w.strip()]
+    if not wards:
+        raise config.ConfigError("--wards: give ward names separated by commas, or none")
+    return wards
+
+
 def _port(text: str) -> int:
     v = _positive_int(text)
     if v > 65535:
@@ -100,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clean-devices", action="store_true",
                    help="no artifacts, dropouts, duplicates, late delivery or battery drain")
     s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
+    s.add_argument("--wards", default="A", metavar="W1,W2",
+                   help="admit the patients round-robin to these wards in the registry (Kafka "
+                   "output only; default A); 'none' admits nobody")
     s.add_argument("--truth", default=None, metavar="FILE.jsonl",
                    help="ground-truth file (default: next to --to FILE; none for kafka)")
     s.add_argument("--no-progress", action="store_true")
@@ -193,7 +205,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
                          duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
                          mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
                          fmt=args.format,
-                         truth_file=args.truth,
+                         truth_file=args.truth, wards=_wards(args.wards),
                          effects=DeviceEffects.clean() if args.clean_devices else None,
                          progress=not args.no_progress)
         print(f"simulate: done: patients={stats.patients} messages={stats.messages} "

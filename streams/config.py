@@ -74,6 +74,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_alert_actions: TopicName = "alert.actions"
     topic_subscriptions: TopicName = "alert.subscriptions"
     topic_webhook_dlq: TopicName = "alert.webhook-dlq"
+    topic_audit: TopicName = "audit"
     # Worker batching: at most this many events per twin step, waiting at most this long.
     worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.5
@@ -99,6 +100,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Dashboard.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Port = 8050
+    users_file: str | None = None
+    dashboard_secret_key: Secret | None = None
+    dashboard_tls_dir: str = "~/.patient-twin/tls"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
@@ -141,6 +145,7 @@ DOCS: dict[str, str] = {
     "topic_alert_actions": "acknowledge and silence requests, keyed by patient id",
     "topic_subscriptions": "webhook subscriptions (compacted, key = subscription id)",
     "topic_webhook_dlq": "webhook deliveries that failed every attempt, with their log",
+    "topic_audit": "who viewed which patient, who acknowledged or silenced what (append-only)",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
     "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
@@ -164,10 +169,15 @@ DOCS: dict[str, str] = {
     "webhook_timeout_seconds": "HTTP timeout of one webhook delivery",
     "dashboard_host": "dashboard bind address",
     "dashboard_port": "dashboard port",
+    "users_file": "clinician accounts (`patient-twin users add NAME`), passwords hashed with "
+    "scrypt; the dashboard needs it (no anonymous access)",
+    "dashboard_secret_key": "key that signs session cookies (secret); set the same value on "
+    "every replica; unset: a random key per process (sessions end on restart)",
+    "dashboard_tls_dir": "where `dashboard --https` keeps its generated self-signed certificate",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
-SECRETS = frozenset(f for f in FIELDS if "password" in f or "token" in f)
+SECRETS = frozenset(f for f in FIELDS if "password" in f or "token" in f or "secret" in f)
 
 
 def env_name(field: str) -> str:

@@ -1,4 +1,5 @@
-"""Follow topics from the beginning without a consumer group: the read side of derived views.
+"""Follow topics from the beginning without a consumer group (the read side of derived views),
+and write single records to a topic (`TopicWriter`, the write side of clinicians' actions).
 
 Every dashboard replica and every webhook dispatcher keeps its own view of small compacted or
 recent topics (twin states, alerts, subscriptions, the patient registry) this way, so any number
@@ -11,8 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from streams.config import Settings, kafka_python_config
+from streams.config import Settings, kafka_python_config, kafka_python_producer_config
 
 log = logging.getLogger("patient_twin.follow")
 
@@ -75,3 +77,28 @@ class Follower:
                 self.connected = False
                 log.warning("%s lost Kafka (%s); retrying", self.client_id, type(exc).__name__)
                 time.sleep(1.0)
+
+
+class TopicWriter:
+    """Writes records to one topic and waits for each (producer created on first use)."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self._producer: Any = None
+
+    def put(self, key: str, value: bytes | None, wait: bool = True) -> None:
+        """Send one record; with `wait`, return only once the broker has it (KafkaError if not).
+        """
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(client_id="patient-twin-api", acks="all",
+                                           **kafka_python_producer_config(self.settings))
+        future = self._producer.send(self.topic, key=key.encode(), value=value)
+        if wait:
+            future.get(timeout=30)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=10)

@@ -107,6 +107,9 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     news2_raw: int
     news2_complete: bool  # False until consciousness and oxygen are known and all vitals seen
     news2_band: str
+    # NEWS2 component scores on the estimates, by parameter (RCP 2017 chart order)
+    news2_components: dict[str, int] = {}
+    rejected: list[str] = []  # channels whose latest value the innovation gate rejected (artifact)
     readings_applied: int
     artifacts: int
     missing: int

@@ -31,6 +31,7 @@ def specs(s: Settings) -> list[NewTopic]:
         NewTopic(s.topic_alert_actions, p, r),
         NewTopic(s.topic_subscriptions, 1, r, topic_configs=_COMPACT),
         NewTopic(s.topic_webhook_dlq, 1, r),
+        NewTopic(s.topic_audit, 1, r),
     ]
 
 

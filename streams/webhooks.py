@@ -31,6 +31,7 @@ import msgspec
 
 from streams.config import Settings, kafka_python_config, kafka_python_producer_config
 from streams.follow import Follower
+from streams.registry import Registry
 from twin.alerts import KINDS, PRIORITIES
 
 log = logging.getLogger("patient_twin.webhooks")
@@ -124,7 +125,7 @@ class SubscriptionView:
         self.settings = settings
         self._lock = threading.Lock()
         self.subscriptions: dict[str, Subscription] = {}
-        self.wards: dict[str, str | None] = {}
+        self.registry = Registry(settings)  # fed by this view's follower, not its own
         self._decoder = msgspec.json.Decoder(Subscription)
         self.follower = Follower(settings, (settings.topic_subscriptions,
                                             settings.topic_patients), self.apply, client_id)
@@ -146,18 +147,13 @@ class SubscriptionView:
                     self.subscriptions[key.decode()] = self._decoder.decode(value)
                 except msgspec.DecodeError:
                     log.warning("ignoring an undecodable subscription record")
-        elif topic == self.settings.topic_patients and value is not None:
-            try:
-                doc = msgspec.json.decode(value)
-            except msgspec.DecodeError:
-                return
-            if isinstance(doc, dict) and "patient_id" in doc:
-                with self._lock:
-                    self.wards[doc["patient_id"]] = doc.get("ward")
+        elif topic == self.settings.topic_patients:
+            self.registry.apply(topic, key, value)
 
     def snapshot(self) -> tuple[list[Subscription], dict[str, str | None]]:
         with self._lock:
-            return list(self.subscriptions.values()), dict(self.wards)
+            subs = list(self.subscriptions.values())
+        return subs, self.registry.wards()
 
 
 class DeliveryAttempt(msgspec.Struct, frozen=True):

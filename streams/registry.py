@@ -1,0 +1,138 @@
+"""The patient registry: who is admitted to which ward and bed, with which devices and which NEWS2
+SpO2 scale. It lives on the compacted `patients` topic (key = patient id, value = the patient's
+whole current record), so every view (dashboard, dispatcher, worker) rebuilds it by reading the
+topic, and every change writes the full record again.
+
+`change` is the one place that turns a clinician's request into the next record; the CLI
+(`patient-twin patients`) and the dashboard both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from streams.config import Settings
+from streams.errors import PatientTwinError
+from streams.follow import Follower, TopicWriter
+from streams.messages import PATIENT_SCHEMA, InvalidMessage, PatientRecord, decode_patient
+
+log = logging.getLogger("patient_twin.registry")
+
+EVENTS = ("admit", "transfer", "discharge", "update")
+
+
+class RegistryError(PatientTwinError):
+    """A registry change that cannot apply (e.g. transferring a patient who is not admitted)."""
+
+
+def change(current: PatientRecord | None, patient_id: str, event: str, by: str,
+           *, ward: str | None = None, bed: str | None = None,
+           devices: list[str] | None = None, spo2_scale: int | None = None,
+           now: datetime | None = None) -> PatientRecord:
+    """The record after `event` on `current` (None: unknown patient). RegistryError if the
+    event does not apply. `devices` adds devices (pairing); `spo2_scale` is recorded with `by`."""
+    admitted = current is not None and current.event != "discharge"
+    if event == "admit":
+        if admitted:
+            raise RegistryError(f"{patient_id} is already admitted (ward {current.ward}); "
+                                "use transfer")
+        if not ward:
+            raise RegistryError("admit needs a ward")
+    elif not admitted:
+        raise RegistryError(f"{patient_id} is not admitted")
+    elif event == "transfer" and not ward:
+        raise RegistryError("transfer needs the new ward")
+    elif event not in EVENTS:
+        raise RegistryError(f"unknown registry event {event!r} (one of {', '.join(EVENTS)})")
+    base: dict[str, Any] = {} if current is None or event == "admit" else \
+        msgspec.structs.asdict(current)
+    rec = {**base, "schema": PATIENT_SCHEMA, "patient_id": patient_id, "event": event,
+           "ts": (now or datetime.now(UTC)), "by": by}
+    if ward is not None:
+        rec["ward"] = ward
+    if bed is not None or event == "transfer":
+        rec["bed"] = bed
+    if devices:
+        rec["devices"] = list(dict.fromkeys([*rec.get("devices", []), *devices]))
+    if event == "discharge":
+        rec["devices"] = []  # devices are unpaired on discharge so they can go to the next patient
+    if spo2_scale is not None:
+        if spo2_scale not in (1, 2):
+            raise RegistryError("the SpO2 scale is 1 or 2 (NEWS2, RCP 2017)")
+        rec["spo2_scale"] = spo2_scale
+        rec["spo2_scale_set_by"] = by
+    try:
+        return msgspec.convert(rec, PatientRecord)
+    except msgspec.ValidationError as exc:
+        raise RegistryError(f"invalid registry record: {exc}") from None
+
+
+class Registry:
+    """The current record of every patient, kept from the `patients` topic by `Follower` (or fed
+    by hand through `apply` in tests and by views that follow more topics)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._records: dict[str, PatientRecord] = {}
+        self.follower: Follower | None = None
+
+    def start(self, client_id: str = "patient-twin-registry") -> Registry:
+        self.follower = Follower(self.settings, (self.settings.topic_patients,),
+                                 self.apply, client_id).start()
+        return self
+
+    def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+
+    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if value is None:  # a tombstone erases the patient's record
+            if key is not None:
+                with self._lock:
+                    self._records.pop(key.decode(), None)
+            return
+        try:
+            rec = decode_patient(value)
+        except InvalidMessage as exc:
+            log.warning("ignoring an invalid registry record: %s", exc.kind)
+            return
+        with self._lock:
+            self._records[rec.patient_id] = rec
+
+    def get(self, patient_id: str) -> PatientRecord | None:
+        with self._lock:
+            return self._records.get(patient_id)
+
+    def admitted(self) -> dict[str, PatientRecord]:
+        """Patients currently admitted (not discharged)."""
+        with self._lock:
+            return {p: r for p, r in self._records.items() if r.event != "discharge"}
+
+    def wards(self) -> dict[str, str | None]:
+        """patient id -> ward of every admitted patient."""
+        return {p: r.ward for p, r in self.admitted().items()}
+
+    def spo2_scale(self, patient_ids: list[str]) -> list[int]:
+        with self._lock:
+            return [r.spo2_scale if (r := self._records.get(p)) else 1 for p in patient_ids]
+
+
+class RegistryWriter:
+    """Applies changes: reads the current record from a caught-up registry, writes the next."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.registry = registry
+        self.writer = TopicWriter(settings, settings.topic_patients)
+
+    def apply(self, patient_id: str, event: str, by: str, **fields: Any) -> PatientRecord:
+        rec = change(self.registry.get(patient_id), patient_id, event, by, **fields)
+        value = msgspec.json.encode(rec)
+        self.writer.put(patient_id, value)
+        self.registry.apply(self.registry.settings.topic_patients, patient_id.encode(), value)
+        return rec
