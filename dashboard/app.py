@@ -1,59 +1,351 @@
-"""The Dash app: `create_app(settings)` builds it around its own Kafka feed."""
+"""The Dash app: `create_app(settings)` builds it around its own Kafka feed; `serve` runs it.
+
+Pages: `/` ward overview, `/ward3d` the ward in 3D, `/patient/<id>` the patient's twin, `/vr`
+the WebXR ward (dashboard/vr.py), `/api/*` the subscribers' API (dashboard/api.py). Every page
+needs a logged-in user (dashboard/login.py); what a user sees is limited to their wards.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dash
-from dash import Dash, Input, Output, dcc, html
+import msgspec
+from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from flask import request
 
-from dashboard import api, ward
+from dashboard import api, body, login, patient, vr, ward
+from dashboard.audit import AuditLog
+from dashboard.auth import User, UserStore
 from dashboard.feed import TwinFeed
 from streams.config import Settings
+from streams.errors import ConfigError
+from streams.follow import TopicWriter
+from streams.messages import AlertAction
+from streams.registry import RegistryError, change
 from streams.webhooks import SubscriptionView
+from twin.alerts import KINDS
+
+log = logging.getLogger("patient_twin.dashboard")
+
+REFRESH_MS = 1000  # live updates reach the screen within 2 s: 1 s poll + the worker's batch
+ANIMATE_MS = 120
 
 
-def ward_layout() -> html.Div:
+def _nav() -> html.Nav:
+    return html.Nav([dcc.Link("Ward", href="/"), " · ", dcc.Link("3D ward", href="/ward3d"),
+                     " · ", html.A("VR ward", href="/vr"), " · ",
+                     html.Span(id="whoami"), " · ", html.A("Log out", href="/logout")],
+                    className="nav")
+
+
+def ward_layout(**_: Any) -> html.Div:
     return html.Div([
         html.H2("Ward overview"),
         html.Div(id="ward-summary"),
         html.Table([html.Thead(ward.header()), html.Tbody(id="ward-body")], id="ward-table"),
-        dcc.Interval(id="ward-refresh", interval=1000),
+        dcc.Interval(id="ward-refresh", interval=REFRESH_MS),
+    ])
+
+
+def ward3d_layout(**_: Any) -> html.Div:
+    return html.Div([
+        html.H2("Ward in 3D"),
+        html.P("Each column is a bed: height NEWS2, colour the response band, a diamond marks "
+               "open alerts, blue-grey means stale or no data. Click a bed to open the patient."),
+        dcc.Graph(id="ward3d-graph", figure=ward.figure_3d([])),
+        dcc.Location(id="ward3d-nav", refresh="callback-nav"),
+        dcc.Interval(id="ward3d-refresh", interval=2 * REFRESH_MS),
+    ])
+
+
+class Context:
+    """What the pages and callbacks share."""
+
+    def __init__(self, settings: Settings, feed: TwinFeed, audit: AuditLog) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.audit = audit
+        self.actions = TopicWriter(settings, settings.topic_alert_actions)
+        self.registry_writer = TopicWriter(settings, settings.topic_patients)
+
+    def user(self) -> User:
+        u = login.user()
+        if u is None:  # the guard in front of every route makes this unreachable
+            raise PermissionError("not logged in")
+        return u
+
+    def may_see(self, u: User, patient_id: str) -> bool:
+        rec = self.feed.registry.get(patient_id)
+        ward_ = rec.ward if rec and rec.event != "discharge" else None
+        return u.sees_ward(ward_)
+
+
+def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.Div:
+    u = c.user()
+    if not patient_id or not c.may_see(u, patient_id):
+        c.audit.record(u.name, "denied", role=u.role, patient_id=patient_id,
+                       remote_addr=request.remote_addr)
+        return html.Div([html.H2("Patient not found"),
+                         html.P("No such patient on your wards."), dcc.Link("Ward", href="/")])
+    c.audit.record(u.name, "view_patient", role=u.role, patient_id=patient_id,
+                   remote_addr=request.remote_addr)
+    rec = c.feed.registry.get(patient_id)
+    disabled = not u.can_act
+    return html.Div([
+        dcc.Store(id="patient-id", data=patient_id),
+        html.Div(id="patient-header"),
+        html.Div([
+            html.Div([dcc.Graph(id="body3d", config={"displaylogo": False}),
+                      dcc.Store(id="body-anim")], className="col body-col"),
+            html.Div([html.H3("NEWS2"), html.Div(id="news2-breakdown"),
+                      html.H3("Open alerts"), html.Div(id="patient-alerts"),
+                      dcc.Store(id="patient-alerts-seen"),
+                      html.Div(id="action-status", role="status")], className="col"),
+        ], className="row"),
+        html.Details([
+            html.Summary("Silence, SpO2 scale, transfer, discharge"),
+            html.Div([
+                html.H4("Silence alerts"),
+                dcc.Dropdown(list(KINDS), id="silence-kind", placeholder="kind",
+                             disabled=disabled),
+                dcc.Input(id="silence-reason", placeholder="reason (required)",
+                          disabled=disabled),
+                dcc.Dropdown([{"label": f"{m} min", "value": m} for m in patient.SILENCE_MINUTES],
+                             value=60, id="silence-minutes", clearable=False,
+                             disabled=disabled),
+                html.Button("Silence", id="silence-submit", disabled=disabled),
+            ], className="form"),
+            html.Div([
+                html.H4("NEWS2 SpO2 scale (a clinical decision: recorded with your name)"),
+                dcc.RadioItems([{"label": "Scale 1", "value": 1},
+                                {"label": "Scale 2 (target 88-92 %, hypercapnic failure)",
+                                 "value": 2}], value=rec.spo2_scale if rec else 1,
+                               id="spo2-scale", inline=True),
+                html.Button("Set scale", id="spo2-scale-submit", disabled=disabled),
+            ], className="form"),
+            html.Div([
+                html.H4("Transfer or discharge"),
+                dcc.Input(id="transfer-ward", placeholder="new ward", disabled=disabled),
+                dcc.Input(id="transfer-bed", placeholder="bed", disabled=disabled),
+                html.Button("Transfer", id="transfer-submit", disabled=disabled),
+                html.Button("Discharge", id="discharge-submit", disabled=disabled),
+            ], className="form"),
+        ]),
+        html.H3("Trends"),
+        dcc.Graph(id="trends", config={"displaylogo": False}),
+        dcc.Interval(id="patient-refresh", interval=REFRESH_MS),
+        dcc.Interval(id="trends-refresh", interval=5 * REFRESH_MS),
+        dcc.Interval(id="animate", interval=ANIMATE_MS),
     ])
 
 
 def create_app(settings: Settings, feed: TwinFeed | None = None,
-               subscriptions: SubscriptionView | None = None) -> Dash:
+               subscriptions: SubscriptionView | None = None,
+               users: UserStore | None = None, audit: AuditLog | None = None,
+               secure_cookies: bool = False) -> Dash:
     """The dashboard for these settings; `feed` and `subscriptions` default to started views of
-    their Kafka topics."""
+    their Kafka topics, `users` to USERS_FILE."""
+    if users is None:
+        if settings.users_file is None:
+            raise ConfigError("USERS_FILE is not set: the dashboard has no anonymous access; "
+                              "create an account with `patient-twin users add NAME --role admin`"
+                              " and set USERS_FILE to its file")
+        users = UserStore(settings.users_file)
     feed = feed if feed is not None else TwinFeed(settings).start()
     if subscriptions is None:
         subscriptions = SubscriptionView(settings, "patient-twin-dashboard-subscriptions").start()
-    app = Dash(__name__, use_pages=True, pages_folder="", title="patient-twin")
+    audit = audit or AuditLog(settings)
+    c = Context(settings, feed, audit)
+    app = Dash(__name__, use_pages=True, pages_folder="", title="patient-twin",
+               suppress_callback_exceptions=True)
     dash.register_page("ward", path="/", layout=ward_layout, name="Ward")
-    app.layout = html.Div([
-        html.Header(html.H1("patient-twin")),
-        dash.page_container,
-    ])
+    dash.register_page("ward3d", path="/ward3d", layout=ward3d_layout, name="3D ward")
+    dash.register_page("patient", path_template="/patient/<patient_id>",
+                       layout=lambda **kw: patient_layout(c, **kw), name="Patient")
+    app.layout = html.Div([html.Header([html.H1("patient-twin"), _nav()]),
+                           dash.page_container])
     app.feed = feed  # type: ignore[attr-defined]
+    login.install(app.server, settings, users, audit, secure_cookies)
     app.server.register_blueprint(api.blueprint(settings, feed, subscriptions))
-
-    @app.callback(Output("ward-body", "children"), Output("ward-summary", "children"),
-                  Input("ward-refresh", "n_intervals"))
-    def refresh(_n: int | None) -> tuple[list[html.Tr], str]:
-        states, alerts = feed.snapshot()
-        now = datetime.now(UTC)
-        summary = (f"{len(states)} patients · {len(alerts)} recent alert events"
-                   if feed.connected or states else "waiting for Kafka…")
-        return ward.rows(states, now), summary
-
+    app.server.register_blueprint(vr.blueprint(c))
+    _callbacks(app, c)
     return app
 
 
-def serve(settings: Settings) -> None:
-    """Serve the dashboard with waitress until interrupted."""
-    from waitress import serve as waitress_serve
+def _callbacks(app: Dash, c: Context) -> None:
+    feed = c.feed
 
-    app = create_app(settings)
-    waitress_serve(app.server, host=settings.dashboard_host, port=settings.dashboard_port,
-                   threads=32, _quiet=True)  # SSE clients hold a thread each
+    @app.callback(Output("whoami", "children"), Input("whoami", "id"))
+    def whoami(_: str) -> str:
+        u = c.user()
+        wards = "all wards" if "*" in u.wards else "wards " + ", ".join(u.wards)
+        return f"{u.name} ({u.role}, {wards})"
+
+    def visible_beds() -> list[ward.Bed]:
+        states, _ = feed.snapshot()
+        return ward.beds(c.user(), states, feed.registry.admitted(), feed.open_alerts(),
+                         datetime.now(UTC))
+
+    @app.callback(Output("ward-body", "children"), Output("ward-summary", "children"),
+                  Input("ward-refresh", "n_intervals"))
+    def refresh(_n: int | None) -> tuple[list[Any], str]:
+        beds = visible_beds()
+        with_data = sum(b.state is not None for b in beds)
+        stale = sum(b.stale for b in beds)
+        alerts = sum(len(b.alerts) for b in beds)
+        summary = (f"{len(beds)} patients · {with_data} with data · {stale} stale or no data · "
+                   f"{alerts} open alerts" if feed.connected or beds else "waiting for Kafka…")
+        return ward.rows(beds), summary
+
+    @app.callback(Output("ward3d-graph", "figure"), Input("ward3d-refresh", "n_intervals"))
+    def refresh3d(_n: int | None) -> Any:
+        return ward.figure_3d(visible_beds())
+
+    @app.callback(Output("ward3d-nav", "href"), Input("ward3d-graph", "clickData"),
+                  prevent_initial_call=True)
+    def open_bed(click: dict[str, Any] | None) -> str:
+        points = (click or {}).get("points") or []
+        pid = points[0].get("customdata") if points else None
+        return f"/patient/{pid}" if pid else dash.no_update
+
+    @app.callback(Output("patient-header", "children"), Output("body3d", "figure"),
+                  Output("body-anim", "data"), Output("news2-breakdown", "children"),
+                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"))
+    def refresh_patient(_n: int | None, pid: str) -> tuple[Any, ...]:
+        u = c.user()
+        if not c.may_see(u, pid):
+            raise dash.exceptions.PreventUpdate
+        st = feed.state(pid)
+        fig, anim = body.figure(st)
+        return (patient.header(pid, feed.registry.get(pid), st), fig, anim,
+                patient.news2_table(st))
+
+    @app.callback(Output("patient-alerts", "children"), Output("patient-alerts-seen", "data"),
+                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"),
+                  State("patient-alerts-seen", "data"))
+    def refresh_alerts(_n: int | None, pid: str, seen: list[str] | None) -> tuple[Any, Any]:
+        u = c.user()
+        if not c.may_see(u, pid):
+            raise dash.exceptions.PreventUpdate
+        alerts = feed.open_alerts(pid)
+        # re-render only when an alert changed, or a comment being typed would be wiped out
+        sig = [f"{a['alert_id']}|{a.get('state')}|{a.get('priority')}|{a.get('by')}"
+               for a in alerts]
+        if sig == seen:
+            raise dash.exceptions.PreventUpdate
+        return patient.alert_rows(alerts, u.can_act), sig
+
+    @app.callback(Output("trends", "figure"), Input("trends-refresh", "n_intervals"),
+                  State("patient-id", "data"))
+    def refresh_trends(_n: int | None, pid: str) -> Any:
+        if not c.may_see(c.user(), pid):
+            raise dash.exceptions.PreventUpdate
+        return patient.trends(feed.history(pid), feed.state(pid))
+
+    app.clientside_callback(body.ANIMATE_JS, Output("body3d", "figure", allow_duplicate=True),
+                            Input("animate", "n_intervals"), State("body3d", "figure"),
+                            State("body-anim", "data"), prevent_initial_call=True)
+
+    def act(u: User, pid: str, action: AlertAction, audit_action: str, detail: str) -> None:
+        # the audit record is safe before the change is requested
+        c.audit.record(u.name, audit_action, role=u.role, patient_id=pid,
+                       alert_id=action.alert_id, detail=detail, wait=True)
+        c.actions.put(pid, msgspec.json.encode(action))
+
+    @app.callback(Output("action-status", "children"),
+                  Input({"type": "ack", "alert": ALL}, "n_clicks"),
+                  State({"type": "ack-comment", "alert": ALL}, "value"),
+                  State("patient-id", "data"), prevent_initial_call=True)
+    def acknowledge(clicks: list[int | None], comments: list[str | None], pid: str) -> str:
+        trig = ctx.triggered_id
+        if not isinstance(trig, dict) or not any(clicks):
+            raise dash.exceptions.PreventUpdate
+        u = c.user()
+        if not u.can_act or not c.may_see(u, pid):
+            c.audit.record(u.name, "denied", role=u.role, patient_id=pid,
+                           alert_id=trig["alert"], detail="acknowledge")
+            return "Your role cannot acknowledge alerts."
+        ids = [i["id"]["alert"] for i in ctx.states_list[0]]
+        comment = comments[ids.index(trig["alert"])] if trig["alert"] in ids else None
+        action = AlertAction(action="acknowledge", patient_id=pid, by=u.name,
+                             ts=datetime.now(UTC), alert_id=trig["alert"],
+                             comment=(comment or None))
+        act(u, pid, action, "acknowledge", comment or "")
+        return f"Acknowledgement of {trig['alert']} sent as {u.name}."
+
+    @app.callback(Output("action-status", "children", allow_duplicate=True),
+                  Input("silence-submit", "n_clicks"), State("silence-kind", "value"),
+                  State("silence-reason", "value"), State("silence-minutes", "value"),
+                  State("patient-id", "data"), prevent_initial_call=True)
+    def silence(n: int | None, kind: str | None, reason: str | None, minutes: int,
+                pid: str) -> str:
+        if not n:
+            raise dash.exceptions.PreventUpdate
+        u = c.user()
+        if not u.can_act or not c.may_see(u, pid):
+            return "Your role cannot silence alerts."
+        if kind not in KINDS or not (reason or "").strip():
+            return "Choose a kind and give a reason to silence."
+        now = datetime.now(UTC)
+        action = AlertAction(action="silence", patient_id=pid, by=u.name, ts=now, kind=kind,
+                             reason=reason.strip()[:500],  # type: ignore[union-attr]
+                             until=now + timedelta(minutes=int(minutes)))
+        act(u, pid, action, "silence", f"{kind} for {minutes} min: {reason}")
+        return f"{kind} alerts silenced for {minutes} min by {u.name}."
+
+    @app.callback(Output("action-status", "children", allow_duplicate=True),
+                  Input("spo2-scale-submit", "n_clicks"), Input("transfer-submit", "n_clicks"),
+                  Input("discharge-submit", "n_clicks"), State("spo2-scale", "value"),
+                  State("transfer-ward", "value"), State("transfer-bed", "value"),
+                  State("patient-id", "data"), prevent_initial_call=True)
+    def registry_change(n1: int | None, n2: int | None, n3: int | None, scale: int,
+                        new_ward: str | None, new_bed: str | None, pid: str) -> str:
+        if not ctx.triggered_id or not (n1 or n2 or n3):
+            raise dash.exceptions.PreventUpdate
+        u = c.user()
+        if not u.can_act or not c.may_see(u, pid):
+            return "Your role cannot change the registry."
+        current = feed.registry.get(pid)
+        try:
+            if ctx.triggered_id == "spo2-scale-submit":
+                event, fields = "update", {"spo2_scale": int(scale)}
+            elif ctx.triggered_id == "transfer-submit":
+                if new_ward and not u.sees_ward(new_ward):
+                    return f"You cannot transfer to ward {new_ward} (not one of yours)."
+                event, fields = "transfer", {"ward": new_ward or None, "bed": new_bed or None}
+            else:
+                event, fields = "discharge", {}
+            rec = change(current, pid, event, u.name, **fields)
+        except RegistryError as exc:
+            return str(exc)
+        c.audit.record(u.name, event, role=u.role, patient_id=pid,  # type: ignore[arg-type]
+                       detail=", ".join(f"{k}={v}" for k, v in fields.items()), wait=True)
+        value = msgspec.json.encode(rec)
+        c.registry_writer.put(pid, value)
+        feed.registry.apply(c.settings.topic_patients, pid.encode(), value)
+        return f"{event} recorded by {u.name}."
+
+
+def serve(settings: Settings, https: bool = False, cert: str | None = None,
+          key: str | None = None) -> None:
+    """Serve the dashboard with cheroot (threads for long-lived SSE and VR clients) until
+    interrupted; over TLS with `https` (the given certificate, or a generated self-signed one)."""
+    from cheroot import wsgi
+
+    from dashboard import tls
+
+    app = create_app(settings, secure_cookies=https)
+    server = wsgi.Server((settings.dashboard_host, settings.dashboard_port), app.server,
+                         numthreads=32, server_name="patient-twin")
+    if https:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        cert, key = tls.certificate(settings, cert, key)
+        server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+    try:
+        server.start()
+    finally:
+        server.stop()

@@ -1,7 +1,11 @@
-"""The dashboard's own view of the twins: a Kafka consumer of twin.state and alerts.
+"""The dashboard's own view of the twins: a Kafka consumer of twin.state, alerts and the registry.
 
 Each dashboard replica reads the topics from the beginning without a consumer group, so it shows
 the latest state at once on start and any number of replicas can run side by side.
+
+Besides the latest state per patient it keeps a short history per patient for the trend plots
+(`History`: one sample per `HISTORY_STEP_S`, `HISTORY_POINTS` samples, fixed-size numpy arrays so
+memory is bounded: about 150 KB per patient) and the open alerts (raised and not yet resolved).
 """
 
 from __future__ import annotations
@@ -9,30 +13,78 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from datetime import datetime
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from streams.config import Settings
 from streams.follow import Follower
+from streams.registry import Registry
+from twin.channels import NAMES
+
+HISTORY_STEP_S = 10.0
+HISTORY_POINTS = 720  # two hours at one sample per 10 s
+C = len(NAMES)
+
+
+class History:
+    """A ring of one patient's recent twin states: `ts (L,)` epoch s, `estimate`, `sd`, `raw`
+    `(L, C)` float (NaN: unknown), `rejected (L, C)` bool, `news2 (L,)` int."""
+
+    def __init__(self, points: int = HISTORY_POINTS) -> None:
+        self.ts = np.full(points, np.nan)
+        self.estimate = np.full((points, C), np.nan)
+        self.sd = np.full((points, C), np.nan)
+        self.raw = np.full((points, C), np.nan)
+        self.rejected = np.zeros((points, C), dtype=bool)
+        self.news2 = np.zeros(points, dtype=np.int16)
+        self.n = 0  # samples written in all
+
+    def add(self, doc: dict[str, Any], t: float) -> None:
+        last = self.ts[(self.n - 1) % len(self.ts)] if self.n else -np.inf
+        rejected = doc.get("rejected") or []
+        # a rejected artifact is kept even between samples: the trend shows it was ignored
+        if t - last < HISTORY_STEP_S and not rejected:
+            return
+        i = self.n % len(self.ts)
+        self.ts[i] = t
+        for arr, key in ((self.estimate, "estimate"), (self.sd, "sd"), (self.raw, "raw")):
+            vals = doc.get(key) or {}
+            arr[i] = [np.nan if vals.get(ch) is None else vals[ch] for ch in NAMES]
+        self.rejected[i] = [ch in rejected for ch in NAMES]
+        self.news2[i] = int(doc.get("news2", 0))
+        self.n += 1
+
+    def series(self) -> dict[str, np.ndarray]:
+        """The samples in time order (copies)."""
+        L = len(self.ts)
+        order = np.arange(self.n - min(self.n, L), self.n) % L
+        return {"ts": self.ts[order], "estimate": self.estimate[order], "sd": self.sd[order],
+                "raw": self.raw[order], "rejected": self.rejected[order],
+                "news2": self.news2[order]}
 
 
 class TwinFeed:
-    """Latest twin state per patient and recent alert events, kept current by a thread."""
+    """Latest twin state, history and open alerts per patient, and the patient registry, kept
+    current by a thread."""
 
     def __init__(self, settings: Settings, max_alerts: int = 500) -> None:
         self.settings = settings
         self._lock = threading.Lock()
         self._states: dict[str, dict[str, Any]] = {}
+        self._history: dict[str, History] = {}
         self._alerts: deque[dict[str, Any]] = deque(maxlen=max_alerts)
+        self._open: dict[str, dict[str, Any]] = {}  # alert id -> latest event of an open alert
         self._listeners: list[queue.Queue[dict[str, Any]]] = []
+        self.registry = Registry(settings)
         self._follower: Follower | None = None
 
     def start(self) -> TwinFeed:
-        self._follower = Follower(self.settings, (self.settings.topic_twin_state,
-                                                  self.settings.topic_alerts),
-                                  lambda topic, key, value: self.apply(topic, value or b""),
-                                  "patient-twin-dashboard").start()
+        s = self.settings
+        self._follower = Follower(s, (s.topic_twin_state, s.topic_alerts, s.topic_patients),
+                                  self.apply, "patient-twin-dashboard").start()
         return self
 
     def stop(self) -> None:
@@ -43,19 +95,36 @@ class TwinFeed:
     def connected(self) -> bool:
         return self._follower is not None and self._follower.connected
 
-    def apply(self, topic: str, value: bytes) -> None:
-        """Fold one message into the view (also used by tests without Kafka)."""
+    @property
+    def caught_up(self) -> bool:
+        return self._follower is not None and self._follower.caught_up.is_set()
+
+    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """Fold one record into the view (also used by tests and benchmarks without Kafka)."""
+        if topic == self.settings.topic_patients:
+            self.registry.apply(topic, key, value)
+            return
         try:
-            doc = msgspec.json.decode(value)
+            doc = msgspec.json.decode(value or b"")
         except msgspec.DecodeError:
             return
         if not isinstance(doc, dict) or "patient_id" not in doc:
             return
+        pid = doc["patient_id"]
         with self._lock:
             if topic == self.settings.topic_twin_state:
-                self._states[doc["patient_id"]] = doc
+                self._states[pid] = doc
+                try:
+                    t = datetime.fromisoformat(doc["ts"]).timestamp()
+                except (KeyError, TypeError, ValueError):
+                    return
+                self._history.setdefault(pid, History()).add(doc, t)
             elif topic == self.settings.topic_alerts:
                 self._alerts.append(doc)
+                if doc.get("event") == "resolved":
+                    self._open.pop(doc.get("alert_id", ""), None)
+                else:
+                    self._open[doc.get("alert_id", "")] = doc
                 for q in list(self._listeners):
                     q.put(doc)
 
@@ -74,3 +143,20 @@ class TwinFeed:
     def snapshot(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         with self._lock:
             return dict(self._states), list(self._alerts)
+
+    def state(self, patient_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._states.get(patient_id)
+
+    def history(self, patient_id: str) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            h = self._history.get(patient_id)
+            return None if h is None else h.series()
+
+    def open_alerts(self, patient_id: str | None = None) -> list[dict[str, Any]]:
+        """Open alerts (latest event of each), of one patient or all, highest priority first."""
+        rank = {"high": 0, "medium": 1, "low": 2}
+        with self._lock:
+            alerts = [a for a in self._open.values()
+                      if patient_id is None or a["patient_id"] == patient_id]
+        return sorted(alerts, key=lambda a: (rank.get(a.get("priority"), 3), a.get("ts", "")))

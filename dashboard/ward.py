@@ -1,27 +1,80 @@
-"""Pure builders of the ward overview: twin states in, Dash components out."""
+"""Pure builders of the ward views: twin states, registry records and open alerts in, Dash
+components and plotly figures out.
+
+Risk order: the NEWS2 clinical response band of the twin's estimates (RCP 2017), then the score,
+then open alerts. A patient whose data is stale or missing is never shown as healthy: it ranks
+just below the high band (we do not know how they are) and its row says why.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dash import html
+import plotly.graph_objects as go
+from dash import dcc, html
 
+from dashboard.auth import User
+from streams.messages import PatientRecord
 from twin.channels import CHANNELS
 
 BAND_COLOURS = {"none": "#d0d0d0", "low": "#cfe8cf", "low-medium": "#fff3a0",
-                "medium": "#ffc27a", "high": "#ff8a80"}
+                "medium": "#ffc27a", "high": "#ff8a80", "unknown": "#b7c4d6"}
 _BAND_RANK = {"none": 0, "low": 1, "low-medium": 2, "medium": 3, "high": 4}
+_UNKNOWN_RANK = 3.5
+PRIORITY_RANK = {"high": 3, "medium": 2, "low": 1}
 STALE_AFTER_S = 60.0  # no reading for a minute from a 1 Hz wearable means the data stopped
 
 
-def _age_s(state: dict[str, Any], now: datetime) -> float:
-    return (now - datetime.fromisoformat(state["ts"])).total_seconds()
+@dataclass(frozen=True)
+class Bed:
+    """One patient as the ward views show them."""
+
+    patient_id: str
+    ward: str | None
+    bed: str | None
+    state: dict[str, Any] | None  # latest twin state; None: no data yet
+    alerts: list[dict[str, Any]]  # open alerts, highest priority first
+    age_s: float | None  # seconds since the latest applied reading
+
+    @property
+    def stale(self) -> bool:
+        return self.age_s is None or self.age_s > STALE_AFTER_S
+
+    @property
+    def band(self) -> str:
+        if self.state is None:
+            return "unknown"
+        return str(self.state.get("news2_band", "none"))
+
+    @property
+    def risk(self) -> tuple[float, int, int]:
+        rank: float = _BAND_RANK.get(self.band, 0)
+        if self.stale:
+            rank = max(rank, _UNKNOWN_RANK)
+        top = max((PRIORITY_RANK.get(a.get("priority"), 0) for a in self.alerts), default=0)
+        return rank, int(self.state.get("news2", 0)) if self.state else 0, top
 
 
-def sort_key(state: dict[str, Any]) -> tuple[int, int, str]:
-    return (-_BAND_RANK.get(state.get("news2_band", "none"), 0), -int(state.get("news2", 0)),
-            state["patient_id"])
+def beds(user: User, states: dict[str, dict[str, Any]], records: dict[str, PatientRecord],
+         alerts: list[dict[str, Any]], now: datetime) -> list[Bed]:
+    """The patients `user` may see, highest risk first: admitted patients of the user's wards
+    (with or without data), and for users of every ward also twins without a registry record."""
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for a in alerts:
+        by_patient.setdefault(a["patient_id"], []).append(a)
+    out = []
+    for pid in set(records) | set(states):
+        rec = records.get(pid)
+        ward = rec.ward if rec else None
+        if not user.sees_ward(ward):
+            continue
+        st = states.get(pid)
+        age = None if st is None else (now - datetime.fromisoformat(st["ts"])).total_seconds()
+        out.append(Bed(pid, ward, rec.bed if rec else None, st, by_patient.get(pid, []), age))
+    out.sort(key=lambda b: (tuple(-v for v in b.risk), b.ward or "", b.patient_id))
+    return out
 
 
 def _value(state: dict[str, Any], ch: str) -> str:
@@ -39,27 +92,98 @@ def _value(state: dict[str, Any], ch: str) -> str:
 
 
 def header() -> html.Tr:
-    cells = ["Patient", "NEWS2", *[f"{c.display} ({c.unit})" for c in CHANNELS], "Last data",
-             "Readings"]
+    cells = ["Ward / bed", "Patient", "NEWS2", *[f"{c.display} ({c.unit})" for c in CHANNELS],
+             "Open alerts", "Last data"]
     return html.Tr([html.Th(c) for c in cells])
 
 
-def rows(states: dict[str, dict[str, Any]], now: datetime) -> list[html.Tr]:
-    """One row per patient, highest risk first; stale data marked, never shown as healthy."""
+def _alerts_cell(alerts: list[dict[str, Any]]) -> html.Td:
+    if not alerts:
+        return html.Td("—", className="alerts")
+    top = alerts[0]
+    colour = {"high": "#ff8a80", "medium": "#ffc27a", "low": "#fff3a0"}.get(top["priority"])
+    text = f"{len(alerts)}: {top['kind']} ({top['priority']})"
+    return html.Td(text, className="alerts", style={"background": colour})
+
+
+def rows(beds_: list[Bed]) -> list[html.Tr]:
+    """One row per patient in the order given."""
     out = []
-    for st in sorted(states.values(), key=sort_key):
-        age = _age_s(st, now)
-        stale = age > STALE_AFTER_S
-        band = st.get("news2_band", "none")
-        score = f"{st['news2']}" + ("" if st.get("news2_complete") else " (partial)")
-        cells = [
-            html.Td(st["patient_id"], className="patient-id"),
-            html.Td(score, className="news2", style={"background": BAND_COLOURS.get(band)}),
-            *[html.Td(_value(st, c.name), className=f"v-{c.name}") for c in CHANNELS],
-            html.Td(f"STALE {age:.0f} s ago" if stale else f"{age:.0f} s ago",
-                    className="stale" if stale else "fresh"),
-            html.Td(str(st.get("readings_applied", 0))),
-        ]
-        out.append(html.Tr(cells, id={"type": "ward-row", "patient": st["patient_id"]},
-                           className="ward-row stale-row" if stale else "ward-row"))
+    for b in beds_:
+        where = f"{b.ward or '—'} / {b.bed or '—'}"
+        link = dcc.Link(b.patient_id, href=f"/patient/{b.patient_id}")
+        st = b.state
+        if st is None:
+            cells = [html.Td(where), html.Td(link, className="patient-id"),
+                     html.Td("no data", className="news2",
+                             style={"background": BAND_COLOURS["unknown"]}),
+                     *[html.Td("—", className=f"v-{c.name}") for c in CHANNELS],
+                     _alerts_cell(b.alerts), html.Td("NO DATA", className="stale")]
+        else:
+            score = f"{st['news2']}" + ("" if st.get("news2_complete") else " (partial)")
+            age = f"{max(b.age_s or 0.0, 0.0):.0f} s ago"  # device clocks can run ahead
+            cells = [html.Td(where), html.Td(link, className="patient-id"),
+                     html.Td(score, className="news2",
+                             style={"background": BAND_COLOURS.get(b.band)}),
+                     *[html.Td(_value(st, c.name), className=f"v-{c.name}") for c in CHANNELS],
+                     _alerts_cell(b.alerts),
+                     html.Td(f"STALE {age}" if b.stale else age,
+                             className="stale" if b.stale else "fresh")]
+        out.append(html.Tr(cells, id={"type": "ward-row", "patient": b.patient_id},
+                           className="ward-row stale-row" if b.stale else "ward-row"))
     return out
+
+
+def positions(beds_: list[Bed]) -> dict[str, tuple[float, float]]:
+    """Floor positions of the beds: one row of beds per ward, beds in bed-number order, wards
+    side by side (metres; 2.5 m between beds, 8 m between wards)."""
+    wards = sorted({b.ward or "—" for b in beds_})
+    pos = {}
+    for w_i, w in enumerate(wards):
+        members = sorted((b for b in beds_ if (b.ward or "—") == w),
+                         key=lambda b: (int(b.bed) if (b.bed or "").isdigit() else 10**6,
+                                        b.bed or "", b.patient_id))
+        for j, b in enumerate(members):
+            pos[b.patient_id] = (w_i * 8.0 + (j % 2) * 4.0, (j // 2) * 2.5)
+    return pos
+
+
+def figure_3d(beds_: list[Bed]) -> go.Figure:
+    """Beds on the ward floor in 3D: a column per bed as tall as its NEWS2 score, coloured by the
+    response band; click a bed to open the patient (customdata = patient id)."""
+    pos = positions(beds_)
+    xs = [pos[b.patient_id][0] for b in beds_]
+    ys = [pos[b.patient_id][1] for b in beds_]
+    heights = [0.3 + (b.state["news2"] if b.state else 0) * 0.3 for b in beds_]
+    colours = [BAND_COLOURS.get("unknown" if b.stale else b.band, "#ccc") for b in beds_]
+    text = [f"{b.patient_id} · {b.ward or '—'}/{b.bed or '—'} · "
+            + (f"NEWS2 {b.state['news2']}" if b.state else "no data")
+            + (" · STALE" if b.stale else "")
+            + (f" · {len(b.alerts)} open alerts" if b.alerts else "") for b in beds_]
+    fig = go.Figure()
+    # beds: a flat marker on the floor; risk: a vertical bar above it
+    fig.add_trace(go.Scatter3d(
+        x=xs, y=ys, z=[0.0] * len(beds_), mode="markers", name="beds",
+        marker={"symbol": "square", "size": 14, "color": "#8fa3b8"},
+        customdata=[b.patient_id for b in beds_], hovertext=text, hoverinfo="text"))
+    bx, by, bz = [], [], []
+    for x, y, h in zip(xs, ys, heights, strict=True):
+        bx += [x, x, None]
+        by += [y, y, None]
+        bz += [0.0, h, None]
+    fig.add_trace(go.Scatter3d(x=bx, y=by, z=bz, mode="lines", hoverinfo="skip",
+                               line={"width": 12, "color": "#999"}, name="NEWS2",
+                               showlegend=False))
+    fig.add_trace(go.Scatter3d(
+        x=xs, y=ys, z=heights, mode="markers+text", name="risk",
+        marker={"size": 9, "color": colours, "line": {"width": 1, "color": "#333"},
+                "symbol": ["diamond" if b.alerts else "circle" for b in beds_]},
+        text=[b.patient_id for b in beds_], textposition="top center",
+        customdata=[b.patient_id for b in beds_], hovertext=text, hoverinfo="text"))
+    fig.update_layout(
+        uirevision="ward3d", showlegend=False, margin={"l": 0, "r": 0, "t": 0, "b": 0},
+        height=600, scene={"xaxis": {"title": "", "showticklabels": False},
+                           "yaxis": {"title": "", "showticklabels": False},
+                           "zaxis": {"title": "NEWS2", "range": [0, 6.5]},
+                           "aspectmode": "data"})
+    return fig

@@ -23,8 +23,8 @@ from devices import malformed, truth
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from streams import fhir, messages
-from streams.messages import PATIENT_SCHEMA, PatientRecord, utc
 from streams.config import Settings, kafka_python_producer_config
+from streams.messages import PATIENT_SCHEMA, PatientRecord, utc
 from twin.channels import NAMES
 
 

@@ -11,12 +11,6 @@ from collections.abc import Sequence
 from streams import config
 from streams.errors import PatientTwinError
 
-# Sub-commands whose issue has not landed yet: they say so in one line instead of crashing.
-PLANNED = {
-    "patients": "admits, transfers and discharges patients (dashboard issue)",
-    "users": "manages clinician accounts (dashboard issue)",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
@@ -133,7 +127,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the recorded timestamps (default: shifted to start now)")
     r.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("dashboard", help="serve the clinician dashboard and the HTTP API")
+    db = sub.add_parser("dashboard", help="serve the clinician dashboard and the HTTP API")
+    db.add_argument("--https", action="store_true",
+                    help="serve TLS (WebXR needs a secure context away from localhost)")
+    db.add_argument("--cert", default=None, help="PEM certificate (default: self-signed)")
+    db.add_argument("--key", default=None, help="PEM private key of --cert")
+    sub.add_parser("fetch-assets", help="fetch the VR scene's A-Frame from the npm registry "
+                   "(once; the dashboard then serves it offline)")
+
+    us = sub.add_parser("users", help="clinician accounts (USERS_FILE)")
+    us_sub = us.add_subparsers(dest="users_command", metavar="ACTION", parser_class=_Parser,
+                               required=True)
+    usa = us_sub.add_parser("add", help="create an account, or reset its password and role")
+    usa.add_argument("name")
+    usa.add_argument("--role", choices=["viewer", "clinician", "admin"], required=True)
+    usa.add_argument("--wards", default="", metavar="W1,W2",
+                     help="wards the user sees ('*': all; admins always see all)")
+    usa.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (default: prompt twice)")
+    us_sub.add_parser("list", help="the accounts, without password hashes")
+
+    pt = sub.add_parser("patients", help="the patient registry: admit, transfer, discharge, "
+                        "pair devices, set the NEWS2 SpO2 scale")
+    pt_sub = pt.add_subparsers(dest="patients_command", metavar="ACTION", parser_class=_Parser,
+                               required=True)
+    pt_sub.add_parser("list", help="admitted patients")
+    for action, what in (("admit", "admit a patient to a ward"),
+                         ("transfer", "move a patient to another ward or bed"),
+                         ("discharge", "discharge (devices are unpaired)"),
+                         ("pair", "pair a device with an admitted patient"),
+                         ("scale", "set the NEWS2 SpO2 scale (a clinician's decision)")):
+        pa = pt_sub.add_parser(action, help=what)
+        pa.add_argument("patient_id")
+        if action in ("admit", "transfer"):
+            pa.add_argument("--ward", required=True)
+            pa.add_argument("--bed", default=None)
+        if action in ("admit", "pair"):
+            pa.add_argument("--device", action="append", default=[],
+                            required=action == "pair", help="device id (repeatable)")
+        if action == "scale":
+            pa.add_argument("scale", type=int, choices=[1, 2])
+        pa.add_argument("--by", required=True, help="who makes the change (recorded)")
     sub.add_parser("dispatcher", help="deliver alert events to webhook subscribers")
     tk = sub.add_parser("tokens", help="API tokens for machine clients")
     tk_sub = tk.add_subparsers(dest="tokens_command", metavar="ACTION", parser_class=_Parser,
@@ -153,18 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "pipeline: the Faust worker beside a do-nothing agent, and live latency")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     sub.add_parser("topics", help="create the project's topics on the configured Kafka")
-
-    for name, what in PLANNED.items():
-        sp = sub.add_parser(name, help=f"(not available yet) {what}")
-        sp.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    if args.command in PLANNED:
-        print(f"patient-twin {args.command}: not available yet: it {PLANNED[args.command]}.",
-              file=sys.stderr)
-        return 2
     if args.command == "analyze":
         from streams.analyze import analyze
 
@@ -244,18 +270,93 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
               flush=True)
         return 0
     if args.command == "dashboard":
-        from dashboard.app import serve
+        return _dashboard(settings, args)
+    if args.command == "fetch-assets":
+        from dashboard.vr import fetch_aframe
 
-        print(f"dashboard: http://{settings.dashboard_host}:{settings.dashboard_port}/",
-              flush=True)
-        serve(settings)
+        print(f"fetch-assets: {fetch_aframe()}")
         return 0
+    if args.command == "users":
+        return _users(settings, args)
+    if args.command == "patients":
+        return _patients(settings, args)
     if args.command == "demo":
         from streams.demo import run_demo
 
         return run_demo(settings, patients=args.patients, duration=args.duration,
                         rate=args.rate, seed=args.seed)
     raise AssertionError(args.command)
+
+
+def _dashboard(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dashboard import tls, vr
+    from dashboard.app import serve
+
+    try:
+        vr.fetch_aframe()
+    except vr.AssetError as exc:
+        print(f"dashboard: the VR scene is unavailable: {exc}", file=sys.stderr)
+    scheme = "https" if args.https else "http"
+    if args.https:
+        cert, key = tls.certificate(settings, args.cert, args.key)
+        print(f"dashboard: TLS certificate SHA-256 {tls.fingerprint(cert)}", flush=True)
+    else:
+        cert = key = None
+    print(f"dashboard: {scheme}://{settings.dashboard_host}:{settings.dashboard_port}/",
+          flush=True)
+    serve(settings, https=args.https, cert=cert, key=key)
+    return 0
+
+
+def _users(settings: config.Settings, args: argparse.Namespace) -> int:
+    from dashboard.auth import UserStore, add_user
+
+    if settings.users_file is None:
+        raise config.ConfigError("USERS_FILE is not set: say where the accounts live")
+    if args.users_command == "list":
+        for u in UserStore(settings.users_file).users():
+            print(f"{u.name}\t{u.role}\t{','.join(u.wards)}")
+        return 0
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise config.ConfigError("the two passwords differ")
+    wards = [w.strip() for w in args.wards.split(",") if w.strip()]
+    u = add_user(settings.users_file, args.name, args.role, wards, password)
+    print(f"users: {u.name} ({u.role}, wards {','.join(u.wards)}) saved")
+    return 0
+
+
+def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
+    import msgspec
+
+    from streams.registry import RegistryWriter, caught_up, listing
+
+    reg = caught_up(settings)
+    try:
+        if args.patients_command == "list":
+            print("\n".join(listing(reg.admitted())))
+            return 0
+        cmd = args.patients_command
+        event = {"pair": "update", "scale": "update"}.get(cmd, cmd)
+        fields: dict[str, object] = {}
+        if cmd in ("admit", "transfer"):
+            fields.update(ward=args.ward, bed=args.bed)
+        if cmd in ("admit", "pair"):
+            fields["devices"] = args.device
+        if cmd == "scale":
+            fields["spo2_scale"] = args.scale
+        writer = RegistryWriter(settings, reg)
+        rec = writer.apply(args.patient_id, event, args.by, **fields)
+        writer.writer.close()
+        print(msgspec.json.encode(rec).decode())
+        return 0
+    finally:
+        reg.stop()
 
 
 def _broker(settings: config.Settings, port: int) -> int:

@@ -7,6 +7,7 @@ reverse order on Ctrl-C, SIGTERM, `--duration`, or when any child fails.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -111,15 +112,28 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         if metrics_port and not supervise.port_free(metrics_port, settings.worker_metrics_host):
             metrics_port = supervise.free_port(settings.worker_metrics_host)
         env["WORKER_METRICS_PORT"] = str(metrics_port)
+        login_line = None
+        if settings.users_file is None:
+            # a throwaway admin account for this demo only, in its temporary directory
+            from dashboard.auth import add_user
+
+            password = secrets.token_urlsafe(12)
+            env["USERS_FILE"] = str(log_dir / "users.jsonl")
+            add_user(env["USERS_FILE"], "demo", "admin", [], password)
+            login_line = f"demo: log in as demo with password {password}"
         children.start("worker", supervise.python_argv("worker"), env)
         children.start("dashboard", supervise.python_argv("dashboard"), env)
         children.start("dispatcher", supervise.python_argv("dispatcher"), env)
         children.start("simulator", supervise.python_argv(
-            "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed)),
+            "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed),
+            "--wards", "A,B"),
             env)
         print(f"demo: Kafka at {settings.bootstrap}"
               f"{' (embedded broker)' if settings.embedded_broker else ''}")
-        print(f"demo: dashboard at http://{settings.dashboard_host}:{dash_port}/")
+        print(f"demo: dashboard at http://{settings.dashboard_host}:{dash_port}/ "
+              f"(VR ward at /vr)")
+        if login_line:
+            print(login_line)
         if metrics_port:
             print(f"demo: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
                   "/metrics")

@@ -178,6 +178,26 @@ def decode_action(data: bytes) -> AlertAction:
     return a
 
 
+AUDIT_SCHEMA = "patient-twin.audit/1"
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who did what in the dashboard (topic audit, key = user name): logins, patient views,
+    alert acknowledgements and silences, registry changes. Patient ids, never patient values."""
+
+    schema: str = AUDIT_SCHEMA
+    ts: datetime
+    user: str
+    role: str | None = None
+    action: Literal["login", "login_failed", "logout", "view_ward", "view_patient", "view_vr",
+                    "acknowledge", "silence", "admit", "transfer", "discharge", "update",
+                    "denied"]
+    patient_id: str | None = None
+    alert_id: str | None = None
+    detail: str | None = None
+    remote_addr: str | None = None
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """A rejected input message (topic vitals.dlq): the reason and the original bytes."""
 

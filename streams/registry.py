@@ -136,3 +136,27 @@ class RegistryWriter:
         self.writer.put(patient_id, value)
         self.registry.apply(self.registry.settings.topic_patients, patient_id.encode(), value)
         return rec
+
+
+def caught_up(settings: Settings, timeout: float = 30.0) -> Registry:
+    """A registry that has read everything on the topic (BrokerError if Kafka does not answer)."""
+    from streams.errors import BrokerError
+
+    reg = Registry(settings).start("patient-twin-patients-cli")
+    assert reg.follower is not None
+    if not reg.follower.caught_up.wait(timeout):
+        reg.stop()
+        raise BrokerError(f"could not read the registry topic {settings.topic_patients} from "
+                          f"{settings.bootstrap} within {timeout:g} s (is Kafka up and are the "
+                          "topics created?)")
+    return reg
+
+
+def listing(records: dict[str, PatientRecord]) -> list[str]:
+    """The registry as aligned text lines (for `patient-twin patients list`)."""
+    lines = [f"{'patient':<12} {'ward':<10} {'bed':<6} {'scale':<5} {'devices'}"]
+    for pid in sorted(records):
+        r = records[pid]
+        lines.append(f"{pid:<12} {r.ward or '-':<10} {r.bed or '-':<6} {r.spo2_scale:<5} "
+                     f"{','.join(r.devices) or '-'}")
+    return lines

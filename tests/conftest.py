@@ -34,23 +34,22 @@ def broker_port() -> Iterator[int]:
         supervise.stop(proc)
 
 
-@pytest.fixture
-def settings_factory(broker_port: int) -> Callable[..., config.Settings]:
+def make_settings(broker_port: int, **overrides: object) -> config.Settings:
     """Settings pointing at the session broker, with topics and group unique to each call so
     tests sharing the memory-only broker never see each other's messages."""
+    n = next(_ids)
+    tag = f"t{os.getpid()}x{n}"
+    base = config.load({"BROKER_PORT": str(broker_port)})
+    fields = {f: f"{tag}.{getattr(base, f)}" for f in config.FIELDS if f.startswith("topic_")}
+    fields["app_id"] = f"patient-twin-{tag}"
+    fields["worker_metrics_port"] = 0
+    fields.update(overrides)
+    return msgspec.structs.replace(base, **fields)
 
-    def make(**overrides: object) -> config.Settings:
-        n = next(_ids)
-        tag = f"t{os.getpid()}x{n}"
-        base = config.load({"BROKER_PORT": str(broker_port)})
-        fields = {f: f"{tag}.{getattr(base, f)}" for f in config.FIELDS
-                  if f.startswith("topic_")}
-        fields["app_id"] = f"patient-twin-{tag}"
-        fields["worker_metrics_port"] = 0
-        fields.update(overrides)
-        return msgspec.structs.replace(base, **fields)
 
-    return make
+@pytest.fixture
+def settings_factory(broker_port: int) -> Callable[..., config.Settings]:
+    return lambda **overrides: make_settings(broker_port, **overrides)
 
 
 def settings_env(settings: config.Settings) -> dict[str, str]:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from streams import cli, supervise
+from streams import supervise
 
 
 def run(*args, env=None, timeout=60):
@@ -19,16 +19,9 @@ def run(*args, env=None, timeout=60):
 
 def test_help_lists_the_subcommands():
     out = run("--help").stdout
-    for name in ("demo", "broker", "worker", "simulate", "dashboard", *cli.PLANNED):
+    for name in ("demo", "broker", "worker", "simulate", "dashboard", "users", "patients",
+                 "fetch-assets"):
         assert name in out
-
-
-@pytest.mark.parametrize("name", sorted(cli.PLANNED))
-def test_planned_subcommand_says_so_in_one_line(name):
-    r = run(name)
-    assert r.returncode == 2
-    assert r.stderr.count("\n") == 1 and "not available yet" in r.stderr
-    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -1,0 +1,131 @@
+"""`/vr`: the ward as a WebXR scene (A-Frame), for a headset's browser or a desktop browser.
+
+Each patient is a bed with a floating panel of vitals coloured by the NEWS2 response band, a
+heart that beats at the twin's heart rate and a chest that breathes at its respiration rate, and
+a red beacon over the bed while an alert is open (a soft tone for new high-priority alerts once
+the user turns sound on). The page polls `/vr/state.json` every second (same session as the
+dashboard, same ward restrictions).
+
+A-Frame comes from the npm registry (`npm pack aframe@AFRAME_VERSION`, integrity pinned below),
+fetched once by `patient-twin fetch-assets` or by the dashboard's first start, and served by the
+dashboard itself: hospital networks are often offline, so nothing is loaded from a CDN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, jsonify, request, send_file
+
+from dashboard import login, ward
+from streams.errors import PatientTwinError
+
+if TYPE_CHECKING:
+    from dashboard.app import Context
+
+log = logging.getLogger("patient_twin.vr")
+
+AFRAME_VERSION = "1.8.0"
+AFRAME_INTEGRITY = ("sha512-z+6TfUCEPQ2plWMyL6CAFS6+b6XWp6t8zrU9ZNdz4qBwks98tX/lhGrfUX0QFuwPZ7BNu"
+                    "sB3u5o+q6q/P2CkKA==")
+VENDOR_DIR = Path(__file__).parent / "vr" / "vendor"
+AFRAME_FILE = VENDOR_DIR / f"aframe-v{AFRAME_VERSION}.min.js"
+
+
+class AssetError(PatientTwinError):
+    """The VR front-end package could not be fetched."""
+
+
+def fetch_aframe(npm: str | None = None, timeout: float = 180.0) -> Path:
+    """Fetch A-Frame's browser bundle from the npm registry once; return its path."""
+    if AFRAME_FILE.exists():
+        return AFRAME_FILE
+    npm = npm or shutil.which("npm")
+    if npm is None:
+        raise AssetError("npm is not installed: install Node.js/npm (Debian: apt-get install "
+                         "npm) and run `patient-twin fetch-assets`")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run([npm, "pack", f"aframe@{AFRAME_VERSION}", "--pack-destination", tmp,
+                            "--silent"], check=True, capture_output=True, timeout=timeout)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            err = getattr(exc, "stderr", b"") or b""
+            raise AssetError(f"npm pack aframe@{AFRAME_VERSION} failed: "
+                             f"{err.decode(errors='replace').strip()[:200] or exc}") from None
+        tgz = Path(tmp) / f"aframe-{AFRAME_VERSION}.tgz"
+        digest = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
+        if digest != AFRAME_INTEGRITY:
+            raise AssetError(f"aframe-{AFRAME_VERSION}.tgz does not match its pinned integrity")
+        member = f"package/dist/aframe-v{AFRAME_VERSION}.min.js"
+        with tarfile.open(tgz) as tar:
+            data = tar.extractfile(member)
+            if data is None:
+                raise AssetError(f"{member} missing from the package")
+            VENDOR_DIR.mkdir(parents=True, exist_ok=True)
+            part = AFRAME_FILE.with_suffix(".part")
+            part.write_bytes(data.read())
+            part.replace(AFRAME_FILE)
+    return AFRAME_FILE
+
+
+def scene_state(beds: list[ward.Bed]) -> list[dict[str, Any]]:
+    """What the scene shows per bed (positions in metres, centred on the ward)."""
+    pos = ward.positions(beds)
+    if pos:
+        cx = (min(p[0] for p in pos.values()) + max(p[0] for p in pos.values())) / 2
+    else:
+        cx = 0.0
+    out = []
+    for b in beds:
+        est = (b.state or {}).get("estimate") or {}
+        out.append({
+            "patient_id": b.patient_id, "ward": b.ward, "bed": b.bed,
+            "x": round(pos[b.patient_id][0] - cx, 2), "z": round(-pos[b.patient_id][1], 2),
+            "colour": ward.BAND_COLOURS.get("unknown" if b.stale else b.band, "#ccc"),
+            "band": b.band, "stale": b.stale,
+            "news2": b.state.get("news2") if b.state else None,
+            "vitals": {ch: est.get(ch) for ch in ("hr", "rr", "spo2", "sbp", "temp")},
+            "alerts": [{"kind": a["kind"], "priority": a["priority"],
+                        "alert_id": a["alert_id"]} for a in b.alerts],
+        })
+    return out
+
+
+def blueprint(c: Context) -> Blueprint:
+    bp = Blueprint("vr", __name__)
+
+    @bp.get("/vr")
+    def page() -> Response:
+        u = login.user()
+        if u is not None:
+            c.audit.record(u.name, "view_vr", role=u.role, remote_addr=request.remote_addr)
+        if not AFRAME_FILE.exists():
+            return Response(
+                "<p>The VR scene needs A-Frame, which is not installed yet: run "
+                "<code>patient-twin fetch-assets</code> (needs npm and the npm registry once) "
+                "and reload.</p>", status=503, mimetype="text/html")
+        html_ = (Path(__file__).parent / "vr" / "index.html").read_text()
+        return Response(html_.replace("{{AFRAME}}", f"/vr/aframe-v{AFRAME_VERSION}.min.js"),
+                        mimetype="text/html")
+
+    @bp.get(f"/vr/aframe-v{AFRAME_VERSION}.min.js")
+    def aframe() -> Response:
+        return send_file(AFRAME_FILE, mimetype="text/javascript", max_age=86400)
+
+    @bp.get("/vr/state.json")
+    def state() -> Response:
+        states, _ = c.feed.snapshot()
+        beds = ward.beds(c.user(), states, c.feed.registry.admitted(), c.feed.open_alerts(),
+                         datetime.now(UTC))
+        return jsonify({"ts": datetime.now(UTC).isoformat(), "beds": scene_state(beds)})
+
+    return bp

@@ -1,0 +1,275 @@
+"""The dashboard in a real browser (Debian's headless Chromium driven by Playwright) against the
+real stack: broker, worker, simulated patients in two wards, dashboard process, accounts.
+
+Screenshots go to test-artifacts/ (or $TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from kafka import KafkaProducer
+
+from dashboard.auth import add_user
+from streams import messages, supervise, topics
+from streams.config import Settings, kafka_python_producer_config
+from streams.registry import change
+from tests.conftest import ROOT, Procs, make_settings, settings_env, wait_until
+from tests.test_end_to_end import _consume_all
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium on a machine with no GPU and no outside network: software WebGL for the 3D views, and
+# no background connections (they are refused here, many at a time).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+PASSWORD = "correct horse battery"
+SIMULATED = 16
+SICK = "P90001"  # a patient the test makes very unwell: a high-priority NEWS2 alert
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+class Stack:
+    def __init__(self, settings: Settings, url: str, procs: Procs) -> None:
+        self.settings = settings
+        self.url = url
+        self.procs = procs
+
+    def wards(self) -> dict[str, str]:
+        return {f"P{i:05d}": "AB"[(i - 1) % 2] for i in range(1, SIMULATED + 1)} | {SICK: "A"}
+
+
+def _send_sick_patient(s: Settings) -> None:
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    rec = change(None, SICK, "admit", "test", ward="A", bed="99", devices=["WR-SICK"])
+    producer.send(s.topic_patients, key=SICK.encode(), value=msgspec.json.encode(rec))
+    # NEWS2 (RCP 2017): RR 30 -> 3, SpO2 84 -> 3, SBP 85 -> 3, HR 140 -> 3, temp 39.5 -> 2
+    now = time.time()
+    for k in range(5):
+        r = messages.reading("WR-SICK", SICK, k + 1, messages.utc(now - 5 + k),
+                             {"hr": 140, "rr": 30, "spo2": 84, "sbp": 85, "dbp": 50,
+                              "temp": 39.5})
+        producer.send(s.topic_vitals_raw, key=SICK.encode(), value=messages.encode(r))
+    producer.flush()
+    producer.close()
+
+
+@pytest.fixture(scope="module")
+def stack(broker_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} missing: run `bash .ci/deps` (as root)"
+    tmp = tmp_path_factory.mktemp("browser")
+    users = str(tmp / "users.jsonl")
+    add_user(users, "alice", "clinician", ["A"], PASSWORD)
+    add_user(users, "vic", "viewer", ["B"], PASSWORD)
+    add_user(users, "root", "admin", [], PASSWORD)
+    port = supervise.free_port()
+    s = make_settings(broker_port, users_file=users, dashboard_port=port,
+                      dashboard_tls_dir=str(tmp / "tls"))
+    topics.ensure(s)
+    env = settings_env(s)
+    procs = Procs(tmp)
+    try:
+        procs.start("worker", "worker", env=env)
+        procs.start("simulator", "simulate", "--patients", str(SIMULATED), "--rate", "1",
+                    "--seed", "5", "--wards", "A,B", "--scenarios", "stable=1",
+                    "--no-progress", env=env)
+        procs.start("dashboard", "dashboard", env=env)
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/login", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        assert wait_until(up, timeout=90), procs.log("dashboard")[-2000:]
+        _send_sick_patient(s)
+        yield Stack(s, url, procs)
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _login(browser, stack: Stack, name: str, path: str = "/"):  # noqa: ANN001, ANN202
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(stack.url + path)
+    assert "/login" in page.url  # nothing without a login
+    page.fill("#username", name)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(lambda u: "/login" not in u, timeout=15_000)
+    return page
+
+
+def _shot(page, name: str) -> None:  # noqa: ANN001
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _ward_ids(page) -> set[str]:  # noqa: ANN001
+    return set(page.locator("tr.ward-row td.patient-id").all_inner_texts())
+
+
+def test_login_is_required_and_enforced(stack: Stack, browser) -> None:  # noqa: ANN001
+    # no session: the callback endpoint, the VR state and the pages all refuse
+    req = urllib.request.Request(f"{stack.url}/_dash-update-component", data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{stack.url}/vr/state.json", timeout=5)
+    assert err.value.code == 401
+    page = browser.new_page()
+    page.goto(stack.url + "/patient/P00001")
+    assert "/login" in page.url
+    page.fill("#username", "alice")
+    page.fill("#password", "wrong password!")
+    page.click("#login")
+    assert "Wrong user name or password" in page.content()
+    assert "/login" in page.url
+    page.close()
+    # a viewer of ward B sees ward B only and cannot acknowledge
+    page = _login(browser, stack, "vic")
+    want_b = {p for p, w in stack.wards().items() if w == "B"}
+    assert wait_until(lambda: _ward_ids(page) == want_b, timeout=30), _ward_ids(page)
+    page.goto(stack.url + f"/patient/{SICK}")  # ward A: not vic's
+    page.wait_for_selector("text=Patient not found")
+    page.close()
+
+
+def test_ward_shows_exactly_the_simulated_patients(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "root")
+    assert wait_until(lambda: _ward_ids(page) == set(stack.wards()), timeout=45), (
+        _ward_ids(page), stack.procs.log("worker")[-2000:])
+    # every simulated patient's row is fresh; the sick patient is first (highest risk)
+    def stale() -> list[str]:
+        return [r.locator("td.patient-id").inner_text()
+                for r in page.locator("tr.ward-row.stale-row").all()]
+
+    assert wait_until(lambda: set(stale()) <= {SICK}, timeout=20), stale()
+    first = page.locator("tr.ward-row td.patient-id").first.inner_text()
+    assert first == SICK
+    _shot(page, "ward")
+    page.close()
+    page = _login(browser, stack, "alice")
+    want_a = {p for p, w in stack.wards().items() if w == "A"}
+    assert wait_until(lambda: _ward_ids(page) == want_a, timeout=30), _ward_ids(page)
+    page.close()
+
+
+def test_patient_page_renders_the_3d_twin_and_trends(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "alice", "/patient/P00001")
+    page.wait_for_selector("#body3d .gl-container canvas", timeout=30_000)
+    traces = page.evaluate("document.getElementById('body3d').querySelector('.js-plotly-plot')"
+                           ".data.map(t => t.type + ':' + t.name)")
+    assert "mesh3d:heart" in traces and "mesh3d:left lung" in traces
+    page.wait_for_function(
+        "() => { const g = document.querySelector('#trends .js-plotly-plot');"
+        " return g && g.data && g.data.some(t => t.name === 'twin estimate'); }",
+        timeout=30_000)
+    panels = page.locator("#trends .subplot").count()
+    assert panels == 6
+    assert page.locator(".news2-table tr").count() == 9  # header, 7 parameters, total
+    # the heart beats: its vertices move between two animation frames
+    z1 = page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
+                       ".find(t => t.name === 'heart').z[0]")
+    time.sleep(0.35)
+    z2 = page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
+                       ".find(t => t.name === 'heart').z[0]")
+    assert z1 != z2
+    _shot(page, "patient")
+    page.close()
+
+
+def test_acknowledging_an_alert_changes_its_state_end_to_end(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "alice", f"/patient/{SICK}")
+    card = page.locator(".alert-card", has_text="· news2 ·").first
+    card.wait_for(timeout=45_000)
+    alert_id = card.get_attribute("data-alert-id")
+    assert alert_id and alert_id.startswith(SICK)
+    card.locator("input").fill("seen, doctor called")
+    card.locator("button.ack-button").click()
+    page.wait_for_selector("text=Acknowledgement of", timeout=10_000)
+    s = stack.settings
+
+    def acked(seen) -> bool:  # noqa: ANN001
+        return any(json.loads(r.value).get("event") == "acknowledged" for r in seen)
+
+    events = [json.loads(r.value) for r in _consume_all(s, s.topic_alerts, acked, timeout=30)]
+    ack = [e for e in events if e["event"] == "acknowledged"]
+    assert ack, [e["event"] for e in events]
+    assert ack[0]["alert_id"] == alert_id and ack[0]["by"] == "alice"
+    assert ack[0]["comment"] == "seen, doctor called" and ack[0]["state"] == "acknowledged"
+    # the page shows the new state, and the audit trail has who viewed and who acknowledged
+    page.locator(".alert-card", has_text="acknowledged by alice").first.wait_for(timeout=15_000)
+    _shot(page, "patient-acknowledged")
+    audit = [json.loads(r.value) for r in _consume_all(
+        s, s.topic_audit, lambda seen: any(b'"acknowledge"' in r.value for r in seen), 15)]
+    assert {"user": "alice", "action": "view_patient", "patient_id": SICK} in [
+        {k: a.get(k) for k in ("user", "action", "patient_id")} for a in audit]
+    assert any(a["action"] == "acknowledge" and a["alert_id"] == alert_id for a in audit)
+    page.close()
+
+
+def test_ward3d_shows_every_bed(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "root", "/ward3d")
+    page.wait_for_function(
+        f"() => {{ const g = document.querySelector('#ward3d-graph .js-plotly-plot');"
+        f" return g && g.data && g.data[0].customdata && g.data[0].customdata.length "
+        f"== {len(stack.wards())}; }}", timeout=30_000)
+    ids = page.evaluate("document.querySelector('#ward3d-graph .js-plotly-plot')"
+                        ".data[0].customdata")
+    assert set(ids) == set(stack.wards())
+    _shot(page, "ward3d")
+    page.close()
+
+
+def test_vr_scene_has_one_entity_per_patient_and_live_values(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "root", "/vr")
+    n = len(stack.wards())
+    page.wait_for_function(f"() => document.querySelectorAll('a-entity.patient').length == {n}",
+                           timeout=30_000)
+    ids = page.evaluate("[...document.querySelectorAll('a-entity.patient')]"
+                        ".map(e => e.dataset.patientId)")
+    assert set(ids) == set(stack.wards())
+    assert page.evaluate("document.querySelector('a-scene').renderer !== undefined")
+    beacon = page.evaluate(f"document.getElementById('bed-{SICK}').dataset.alerts")
+    assert int(beacon) >= 1
+
+    def vitals() -> dict[str, str]:
+        return page.evaluate("Object.fromEntries([...document.querySelectorAll("
+                             "'a-entity.patient')].map(e => [e.dataset.patientId, "
+                             "e.dataset.vitals]))")
+
+    first = vitals()
+    assert all("HR" in v for v in first.values())
+    assert wait_until(lambda: any(vitals()[p] != first[p] for p in first if p != SICK),
+                      timeout=30, interval=1.0)
+    heart = page.evaluate("document.querySelector('#bed-P00001 .heart')"
+                          ".getAttribute('beat').rate")
+    assert 30 < heart < 200
+    _shot(page, "vr")
+    page.close()
