@@ -398,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # kafka-python 3 warns whenever its I/O thread waited on the GIL for 0.1 s (busy
         # producers do that constantly); nothing a user can act on.
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+        # ...and logs a metadata refresh it cancelled itself while a client closes normally.
+        logging.getLogger("kafka.cluster").addFilter(
+            lambda rec: "failed Cancelled" not in rec.getMessage())
         return _run(args, settings)
     except PatientTwinError as exc:
         print(f"patient-twin {args.command}: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from dashboard.app import create_app
+from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from streams import config, messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
@@ -39,9 +40,11 @@ def _consume_all(settings, topic, stop, timeout):
 
 
 def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
-        settings_factory, procs):
+        settings_factory, procs, tmp_path):
     metrics_port = supervise.free_port()
-    s = settings_factory(worker_metrics_port=metrics_port)
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "nurse", "clinician", ["A"], "a long enough password")
+    s = settings_factory(worker_metrics_port=metrics_port, users_file=users)
     topics.ensure(s)
     env = settings_env(s)
     t0 = time.monotonic()
@@ -91,6 +94,10 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         assert wait_until(lambda: len(feed.snapshot()[0]) == 20, timeout=20)
         app = create_app(s, feed=feed)
         client = app.server.test_client()
+        assert client.get("/").status_code == 302  # to the login page
+        resp = client.post("/login", data={"username": "nurse",
+                                           "password": "a long enough password"})
+        assert resp.status_code == 302 and resp.headers["Location"] == "/"
         assert client.get("/").status_code == 200
         payload = {
             "output": "..ward-body.children...ward-summary.children..",
@@ -105,8 +112,8 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         rows = body["ward-body"]["children"]
         assert len(rows) == 20
         assert body["ward-summary"]["children"].startswith("20 patients")
-        ids = {r["props"]["children"][0]["props"]["children"] for r in rows}
-        assert ids == patients
+        ids = {r["props"]["id"]["patient"] for r in rows}
+        assert ids == patients  # the simulator admitted them all to ward A, the nurse's ward
     finally:
         feed.stop()
 

@@ -11,10 +11,10 @@ import pytest
 from streams import supervise
 
 
-def run(*args, env=None, timeout=60):
+def run(*args, env=None, timeout=60, stdin=None):
     e = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
-                          text=True, env=e, timeout=timeout)
+                          text=True, env=e, timeout=timeout, input=stdin)
 
 
 def test_help_lists_the_subcommands():

@@ -3,7 +3,6 @@ dead letters, a dispatcher restart, and the authenticated API with its live SSE 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import http.server
 import json
@@ -190,9 +189,9 @@ def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factor
 
 @pytest.fixture
 def api(settings_factory, tmp_path):
-    """The API blueprint on a real waitress server (loopback), with one token."""
+    """The API blueprint on a real cheroot server (loopback), with one token."""
+    from cheroot import wsgi
     from flask import Flask
-    from waitress.server import create_server
 
     tokens = tmp_path / "tokens.jsonl"
     s = settings_factory(api_tokens_file=str(tokens))
@@ -203,17 +202,13 @@ def api(settings_factory, tmp_path):
     view = SubscriptionView(s).start()
     app = Flask("t")
     app.register_blueprint(blueprint(s, feed, view, TokenStore(str(tokens))))
-    server = create_server(app, host="127.0.0.1", port=supervise.free_port(), threads=8)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError, ValueError):  # the socket closed at teardown
-            server.run()
-
-    th = threading.Thread(target=serve, daemon=True)
+    port = supervise.free_port()
+    server = wsgi.Server(("127.0.0.1", port), app, numthreads=8)
+    server.prepare()
+    th = threading.Thread(target=server.serve, daemon=True)
     th.start()
-    yield s, server.effective_port, token
-    server.task_dispatcher.shutdown(timeout=5)
-    server.close()
+    yield s, port, token
+    server.stop()
     th.join(5)
     feed.stop()
     view.stop()

@@ -1,0 +1,145 @@
+"""The dashboard's web server without a browser: sessions, lockout, redirects, roles, the audit
+trail, and TLS, on the real broker (the feed is filled by hand, so no worker is needed)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+
+import msgspec
+import pytest
+
+from dashboard import tls
+from dashboard.app import create_app
+from dashboard.auth import add_user
+from dashboard.feed import TwinFeed
+from dashboard.login import FAILURES_ALLOWED
+from streams import supervise, topics
+from streams.registry import change
+from tests.test_end_to_end import _consume_all
+
+pytestmark = [pytest.mark.broker]
+PW = "long enough password"
+
+
+@pytest.fixture
+def app_and_settings(settings_factory, tmp_path):
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "ann", "clinician", ["A"], PW)
+    add_user(users, "vic", "viewer", ["A"], PW)
+    s = settings_factory(users_file=users, dashboard_tls_dir=str(tmp_path / "tls"))
+    topics.ensure(s)
+    feed = TwinFeed(s)  # not started: filled by hand
+    for pid, w in (("P1", "A"), ("P2", "B")):
+        feed.apply(s.topic_patients, pid.encode(),
+                   msgspec.json.encode(change(None, pid, "admit", "t", ward=w)))
+    app = create_app(s, feed=feed)
+    return app, s, users
+
+
+def _login(client, name, pw=PW, next_=None):
+    data = {"username": name, "password": pw}
+    if next_ is not None:
+        data["next"] = next_
+    return client.post("/login", data=data)
+
+
+def test_sessions_lockout_and_safe_redirects(app_and_settings):
+    app, s, users = app_and_settings
+    c = app.server.test_client()
+    r = c.get("/patient/P1")
+    assert r.status_code == 302 and r.headers["Location"] == "/login?next=/patient/P1"
+    for _ in range(FAILURES_ALLOWED):
+        assert _login(c, "ann", "wrong").status_code == 401
+    # locked out now, even with the right password
+    assert _login(c, "ann").status_code == 429
+    c2 = app.server.test_client()
+    r = _login(c2, "vic", next_="//evil.example/steal")
+    assert r.status_code == 302 and r.headers["Location"] == "/"  # never off-site
+    assert c2.get("/").status_code == 200
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    # a password reset ends the user's open sessions
+    add_user(users, "vic", "viewer", ["A"], "a brand new password")
+    assert c2.get("/").status_code == 302
+    audit = [json.loads(r.value) for r in _consume_all(
+        s, s.topic_audit, lambda seen: len(seen) >= FAILURES_ALLOWED + 2, 15)]
+    actions = Counter_of(audit)
+    assert actions[("ann", "login_failed")] == FAILURES_ALLOWED + 1
+    assert actions[("vic", "login")] == 1
+    assert all("password" not in json.dumps(a) for a in audit)
+
+
+def Counter_of(audit):  # noqa: N802
+    from collections import Counter
+
+    return Counter((a["user"], a["action"]) for a in audit)
+
+
+def _ack_payload(alert_id: str, pid: str) -> dict:
+    aid = {"type": "ack", "alert": alert_id}
+    cid = {"type": "ack-comment", "alert": alert_id}
+    return {
+        "output": "action-status.children", "outputs": {"id": "action-status",
+                                                        "property": "children"},
+        "inputs": [[{"id": aid, "property": "n_clicks", "value": 1}]],
+        "changedPropIds": [json.dumps(aid, separators=(",", ":")) + ".n_clicks"],
+        "state": [[{"id": cid, "property": "value", "value": "x"}],
+                  {"id": "patient-id", "property": "data", "value": pid}],
+    }
+
+
+def test_roles_and_wards_are_enforced_on_the_server(app_and_settings):
+    app, s, _ = app_and_settings
+    viewer = app.server.test_client()
+    _login(viewer, "vic")
+    r = viewer.post("/_dash-update-component", json=_ack_payload("P1:news2:1", "P1"))
+    assert r.status_code == 200
+    assert "cannot acknowledge" in r.get_json()["response"]["action-status"]["children"]
+    nurse = app.server.test_client()
+    _login(nurse, "ann")
+    r = nurse.post("/_dash-update-component", json=_ack_payload("P1:news2:1", "P1"))
+    assert "sent as ann" in r.get_json()["response"]["action-status"]["children"]
+    # ward B is not ann's: not in the VR state, and the page says not found
+    beds = nurse.get("/vr/state.json").get_json()["beds"]
+    assert [b["patient_id"] for b in beds] == ["P1"]
+    actions = _consume_all(s, s.topic_alert_actions, lambda seen: len(seen) >= 1, 15)
+    assert len(actions) == 1  # the viewer's attempt never reached the worker
+    act = json.loads(actions[0].value)
+    assert (act["action"], act["by"], act["alert_id"]) == ("acknowledge", "ann", "P1:news2:1")
+    audit = [json.loads(r.value) for r in _consume_all(
+        s, s.topic_audit, lambda seen: any(b'"denied"' in r.value for r in seen), 15)]
+    assert any(a["action"] == "denied" and a["user"] == "vic" for a in audit)
+
+
+def test_https_serves_the_dashboard_with_a_generated_certificate(app_and_settings):
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    app, s, _ = app_and_settings
+    cert, key = tls.certificate(s, None, None)
+    assert tls.certificate(s, None, None) == (cert, key)  # generated once, then reused
+    port = supervise.free_port()
+    server = wsgi.Server(("127.0.0.1", port), app.server, numthreads=4)
+    server.ssl_adapter = BuiltinSSLAdapter(cert, key)
+    server.prepare()
+    th = threading.Thread(target=server.serve, daemon=True)
+    th.start()
+    try:
+        ctx = ssl.create_default_context(cafile=cert)  # trusts exactly this certificate
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+        conn.request("GET", "/login")
+        r = conn.getresponse()
+        assert r.status == 200 and b'name="password"' in r.read()
+        conn.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            plain = http.client.HTTPSConnection("127.0.0.1", port,
+                                                context=ssl.create_default_context(),
+                                                timeout=10)
+            plain.request("GET", "/login")
+    finally:
+        server.stop()
+        th.join(5)
+    assert len(tls.fingerprint(cert).split(":")) == 32

@@ -1,0 +1,153 @@
+"""Pure parts of the dashboard: registry changes, accounts, ward ordering, history, the 3D body."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from dashboard import body, vr, ward
+from dashboard.auth import User, UserStore, add_user
+from dashboard.feed import HISTORY_STEP_S, History
+from streams.errors import ConfigError
+from streams.registry import RegistryError, change
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def test_registry_lifecycle_and_its_refusals():
+    rec = change(None, "P1", "admit", "ann", ward="A", bed="3", devices=["D1"], now=NOW)
+    assert (rec.event, rec.ward, rec.bed, rec.devices, rec.by) == ("admit", "A", "3", ["D1"],
+                                                                   "ann")
+    with pytest.raises(RegistryError, match="already admitted"):
+        change(rec, "P1", "admit", "ann", ward="B")
+    paired = change(rec, "P1", "update", "bob", devices=["D2", "D1"])
+    assert paired.devices == ["D1", "D2"]  # added, not duplicated
+    scaled = change(paired, "P1", "update", "dr-c", spo2_scale=2)
+    assert (scaled.spo2_scale, scaled.spo2_scale_set_by, scaled.ward) == (2, "dr-c", "A")
+    moved = change(scaled, "P1", "transfer", "ann", ward="B")
+    assert (moved.ward, moved.bed, moved.spo2_scale) == ("B", None, 2)  # the bed is not carried
+    out = change(moved, "P1", "discharge", "ann")
+    assert out.event == "discharge" and out.devices == []  # devices free for the next patient
+    with pytest.raises(RegistryError, match="not admitted"):
+        change(out, "P1", "transfer", "ann", ward="C")
+    with pytest.raises(RegistryError, match="not admitted"):
+        change(None, "P2", "update", "ann", spo2_scale=2)
+    with pytest.raises(RegistryError, match="1 or 2"):
+        change(rec, "P1", "update", "ann", spo2_scale=3)
+    again = change(out, "P1", "admit", "ann", ward="C")  # readmission starts a fresh record
+    assert again.spo2_scale == 1 and again.ward == "C"
+
+
+def test_accounts_are_hashed_and_checked(tmp_path):
+    path = str(tmp_path / "users.jsonl")
+    add_user(path, "ann", "clinician", ["A", "B"], "a long password")
+    text = (tmp_path / "users.jsonl").read_text()
+    assert "a long password" not in text and '"password": "scrypt:' in text
+    store = UserStore(path)
+    u = store.authenticate("ann", "a long password")
+    assert u is not None and u.wards == ("A", "B") and u.can_act
+    assert store.authenticate("ann", "a long passworD") is None
+    assert store.authenticate("nobody", "a long password") is None
+    old_hash = u.password_hash
+    add_user(path, "ann", "viewer", ["A"], "another long one")  # reset: replaces, not appends
+    assert len((tmp_path / "users.jsonl").read_text().splitlines()) == 1
+    u2 = store.get("ann")
+    assert u2 is not None and u2.role == "viewer" and not u2.can_act
+    assert u2.password_hash != old_hash
+    admin = add_user(path, "root", "admin", [], "long enough!")
+    assert admin.wards == ("*",) and admin.sees_ward(None) and admin.sees_ward("Z")
+    with pytest.raises(ConfigError, match="at least 10"):
+        add_user(path, "x", "viewer", ["A"], "short")
+    with pytest.raises(ConfigError, match="needs --wards"):
+        add_user(path, "x", "viewer", [], "long enough!")
+    with pytest.raises(ConfigError, match="role"):
+        add_user(path, "x", "nurse", ["A"], "long enough!")
+
+
+def _state(pid: str, band: str, news2: int, age_s: float) -> dict:
+    return {"patient_id": pid, "ts": (NOW - timedelta(seconds=age_s)).isoformat(),
+            "news2_band": band, "news2": news2, "estimate": {}, "sd": {}}
+
+
+def test_ward_order_and_visibility():
+    recs = {p: change(None, p, "admit", "t", ward=w, bed=b)
+            for p, w, b in (("P1", "A", "1"), ("P2", "A", "2"), ("P3", "B", "1"),
+                            ("P4", "A", "3"), ("P5", "A", "4"))}
+    states = {"P1": _state("P1", "low", 1, 5), "P2": _state("P2", "medium", 5, 5),
+              "P3": _state("P3", "high", 9, 5), "P4": _state("P4", "low", 0, 600),
+              "P9": _state("P9", "low", 0, 5)}  # P5: admitted, no data; P9: not in the registry
+    alerts = [{"patient_id": "P1", "priority": "low", "kind": "low_battery",
+               "alert_id": "P1:low_battery:1"}]
+    nurse = User("n", "clinician", ("A",), "-")
+    beds = ward.beds(nurse, states, recs, alerts, NOW)
+    # stale and no-data patients rank just under the high band: unknown is not healthy
+    assert [b.patient_id for b in beds] == ["P4", "P5", "P2", "P1"]
+    assert [b.stale for b in beds] == [True, True, False, False]
+    assert beds[3].alerts == alerts
+    admin = User("r", "admin", ("*",), "-")
+    assert [b.patient_id for b in ward.beds(admin, states, recs, [], NOW)][:1] == ["P3"]
+    assert {b.patient_id for b in ward.beds(admin, states, recs, [], NOW)} == {
+        "P1", "P2", "P3", "P4", "P5", "P9"}
+    pos = ward.positions(beds)
+    assert len(set(pos.values())) == len(beds)  # no two beds in one place
+    scene = vr.scene_state(beds)
+    assert [s["patient_id"] for s in scene] == ["P4", "P5", "P2", "P1"]
+    assert scene[1]["news2"] is None and scene[1]["colour"] == ward.BAND_COLOURS["unknown"]
+
+
+def test_history_keeps_a_bounded_ordered_ring_and_every_artifact():
+    h = History(points=5)
+    t0 = 1_000_000.0
+    for k in range(20):  # one state per second: one sample per HISTORY_STEP_S kept
+        h.add({"estimate": {"hr": 60.0 + k}, "sd": {"hr": 1.0}, "raw": {"hr": 60.0 + k},
+               "news2": k}, t0 + k)
+    s = h.series()
+    assert np.all(np.diff(s["ts"]) >= HISTORY_STEP_S)
+    h.add({"estimate": {"hr": 70.0}, "raw": {"rr": 80.0}, "rejected": ["rr"]}, t0 + 20.5)
+    s = h.series()
+    assert s["rejected"][-1, 1] and np.isnan(s["estimate"][-1, 1])
+    for k in range(40):
+        h.add({"estimate": {"hr": 1.0 * k}}, t0 + 100 + k * HISTORY_STEP_S)
+    s = h.series()
+    assert len(s["ts"]) == 5 and np.all(np.diff(s["ts"]) > 0)
+    assert s["estimate"][-1, 0] == 39.0
+
+
+def test_body_meshes_are_closed_and_organs_take_their_score_colour():
+    m = body.ellipsoid((0, 0, 0), (1, 2, 3))
+    edges = Counter()
+    for tri in zip(m["i"], m["j"], m["k"], strict=True):
+        for a, b in ((tri[0], tri[1]), (tri[1], tri[2]), (tri[2], tri[0])):
+            edges[tuple(sorted((int(a), int(b))))] += 1
+    assert set(edges.values()) == {2}  # watertight: every edge between exactly two triangles
+    assert np.allclose((m["x"] / 1) ** 2 + (m["y"] / 2) ** 2 + (m["z"] / 3) ** 2, 1.0)
+    st = {"estimate": {"hr": 135.0, "rr": 14.0, "spo2": None},
+          "news2_components": {"pulse": 3, "respiration_rate": 0, "spo2": 0, "temperature": 0,
+                               "systolic_bp": 0}, "derived": {"shock_index": 1.2}}
+    fig, anim = body.figure(st)
+    colours = {t.name: t.color for t in fig.data}
+    assert colours["heart"] == body.SCORE_COLOURS[3]
+    assert colours["left lung"] == body.SCORE_COLOURS[0]  # RR known (0); SpO2 unknown
+    assert colours["head"] == body.UNKNOWN  # no temperature estimate: unknown, not green
+    assert anim["hr"] == 135.0 and {p["kind"] for p in anim["parts"]} == {"heart", "lung"}
+    assert "shock index 1.20 (high)" in fig.layout.title.text
+    _, none = body.figure(None)
+    assert none["hr"] is None
+
+
+def test_aframe_fetch_refuses_a_package_that_does_not_match_its_integrity(tmp_path, monkeypatch):
+    # a registry or mirror serving different bytes under the same version is a fault we cannot
+    # otherwise cause: a stand-in npm writes a tarball with other contents
+    fake = tmp_path / "npm"
+    fake.write_text("#!/bin/sh\ncd \"$4\" && mkdir -p package/dist && echo x > "
+                    "package/dist/aframe-v1.8.0.min.js && tar czf aframe-1.8.0.tgz package\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(vr, "AFRAME_FILE", tmp_path / "vendor" / "aframe.min.js")
+    with pytest.raises(vr.AssetError, match="integrity"):
+        vr.fetch_aframe(npm=str(fake))
+    assert not (tmp_path / "vendor" / "aframe.min.js").exists()
+    json.dumps(vr.scene_state([]))  # an empty ward is a valid scene
