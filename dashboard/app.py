@@ -21,9 +21,9 @@ from dashboard.audit import AuditLog
 from dashboard.auth import User, UserStore
 from dashboard.feed import TwinFeed
 from streams.config import Settings
-from streams.errors import ConfigError
+from streams.errors import ConfigError, InvalidMessage
 from streams.follow import TopicWriter
-from streams.messages import AlertAction
+from streams.messages import OBSERVATION_SCHEMA, AlertAction, decode_observation
 from streams.registry import RegistryError, change
 from streams.webhooks import SubscriptionView
 from twin.alerts import KINDS
@@ -70,6 +70,7 @@ class Context:
         self.audit = audit
         self.actions = TopicWriter(settings, settings.topic_alert_actions)
         self.registry_writer = TopicWriter(settings, settings.topic_patients)
+        self.observations = TopicWriter(settings, settings.topic_observations)
 
     def user(self) -> User:
         u = login.user()
@@ -106,7 +107,7 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
                       html.Div(id="action-status", role="status")], className="col"),
         ], className="row"),
         html.Details([
-            html.Summary("Silence, SpO2 scale, transfer, discharge"),
+            html.Summary("Observation, silence, SpO2 scale, transfer, discharge"),
             html.Div([
                 html.H4("Silence alerts"),
                 dcc.Dropdown(list(KINDS), id="silence-kind", placeholder="kind",
@@ -118,6 +119,7 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
                              disabled=disabled),
                 html.Button("Silence", id="silence-submit", disabled=disabled),
             ], className="form"),
+            patient.observation_form(disabled),
             html.Div([
                 html.H4("NEWS2 SpO2 scale (a clinical decision: recorded with your name)"),
                 dcc.RadioItems([{"label": "Scale 1", "value": 1},
@@ -295,6 +297,35 @@ def _callbacks(app: Dash, c: Context) -> None:
                              until=now + timedelta(minutes=int(minutes)))
         act(u, pid, action, "silence", f"{kind} for {minutes} min: {reason}")
         return f"{kind} alerts silenced for {minutes} min by {u.name}."
+
+    @app.callback(Output("action-status", "children", allow_duplicate=True),
+                  Input("obs-submit", "n_clicks"), State("obs-acvpu", "value"),
+                  State("obs-o2", "value"),
+                  *[State(f"obs-{ch}", "value") for ch, _, _ in patient.MANUAL_CHANNELS],
+                  State("patient-id", "data"), prevent_initial_call=True)
+    def observe(n: int | None, acvpu: str | None, o2: str | None, *rest: Any) -> str:
+        if not n:
+            raise dash.exceptions.PreventUpdate
+        *vals, pid = rest
+        u = c.user()
+        if not u.can_act or not c.may_see(u, pid):
+            return "Your role cannot record observations."
+        values = {ch: {"value": float(v), "unit": unit}
+                  for (ch, _, unit), v in zip(patient.MANUAL_CHANNELS, vals, strict=True)
+                  if v is not None and v != ""}
+        if acvpu is None and o2 is None and not values:
+            return "Nothing to record: choose ACVPU, air/oxygen or enter a value."
+        doc = {"schema": OBSERVATION_SCHEMA, "patient_id": pid, "observer": u.name,
+               "ts": datetime.now(UTC).isoformat(), "acvpu": acvpu,
+               "supplemental_o2": None if o2 is None else o2 == "oxygen", "values": values}
+        body_ = msgspec.json.encode(doc)
+        try:
+            decode_observation(body_)  # the worker's own check, before anything is written
+        except InvalidMessage as exc:
+            return f"Not recorded: {exc}"
+        c.audit.record(u.name, "observation", role=u.role, patient_id=pid, wait=True)
+        c.observations.put(pid, body_)
+        return f"Observation recorded by {u.name}."
 
     @app.callback(Output("action-status", "children", allow_duplicate=True),
                   Input("spo2-scale-submit", "n_clicks"), Input("transfer-submit", "n_clicks"),

@@ -94,9 +94,19 @@ def news2_table(state: dict[str, Any] | None) -> html.Table:
         label, ch = _PARAM[name]
         score = comps.get(name)
         if ch is None:
-            # not measured by wearables: scored 0 by the chart's arithmetic, but unknown
-            score = None
-            est = raw = age = "not recorded"
+            recorded = state.get("consciousness_alert" if name == "consciousness"
+                                 else "on_oxygen")
+            if recorded is None:
+                # not measured by wearables: scored 0 by the chart's arithmetic, but unknown
+                score = None
+                est = raw = age = "not recorded"
+            else:
+                if name == "consciousness":
+                    est = "Alert" if recorded else "new confusion, V, P or U"
+                else:
+                    est = "supplemental oxygen" if recorded else "air"
+                raw = f"observation at {state.get('observed_at', '')[:19].replace('T', ' ')}"
+                age = "manual observation"
         else:
             e, rw = state["estimate"].get(ch), state["raw"].get(ch)
             unit = units.get(ch, "")
@@ -151,3 +161,26 @@ def header(patient_id: str, record: Any, state: dict[str, Any] | None) -> html.D
     fresh = "no data yet" if state is None else f"latest reading {state['ts']}"
     return html.Div([html.H2(f"Patient {patient_id}"),
                      html.Div(f"{where} · {scale} · {fresh}", id="patient-meta")])
+
+
+ACVPU = (("A", "Alert"), ("C", "new Confusion"), ("V", "responds to Voice"),
+         ("P", "responds to Pain"), ("U", "Unresponsive"))
+# Hand-taken vitals a clinician may enter, with their UCUM units (as on the device schema).
+MANUAL_CHANNELS = (("rr", "RR", "/min"), ("spo2", "SpO2", "%"), ("sbp", "SBP", "mm[Hg]"),
+                   ("hr", "HR", "/min"), ("temp", "Temp", "Cel"))
+
+
+def observation_form(disabled: bool) -> html.Div:
+    """Manual observation: ACVPU, air or oxygen, and optional hand-taken vitals."""
+    return html.Div([
+        html.H4("Manual observation (scored by NEWS2 like device readings)"),
+        dcc.Dropdown([{"label": f"{k}: {v}", "value": k} for k, v in ACVPU], id="obs-acvpu",
+                     placeholder="consciousness (ACVPU)", disabled=disabled),
+        dcc.RadioItems([{"label": "air", "value": "air"},
+                        {"label": "supplemental oxygen", "value": "oxygen"}],
+                       id="obs-o2", inline=True),
+        *[dcc.Input(id=f"obs-{ch}", type="number", placeholder=f"{label} ({unit})",
+                    disabled=disabled, style={"width": "8em"})
+          for ch, label, unit in MANUAL_CHANNELS],
+        html.Button("Record observation", id="obs-submit", disabled=disabled),
+    ], className="form")

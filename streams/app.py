@@ -24,6 +24,7 @@ from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor
+from streams.registry import Registry
 from streams.sink import InfluxSink, alert_points, reading_points, state_points
 
 log = logging.getLogger("patient_twin.worker")
@@ -94,7 +95,10 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     """Build the worker's Faust app for these settings (sink: the InfluxDB sink, if any)."""
     app = faust.App(settings.app_id, **faust_app_config(settings))
-    raw_topic = app.topic(settings.topic_vitals_raw, key_type=bytes, value_type=bytes,
+    # Device readings and clinicians' manual observations feed the same agent: both are keyed by
+    # patient id with the same partition count, so a patient's twin sees both in one batch.
+    raw_topic = app.topic(settings.topic_vitals_raw, settings.topic_observations,
+                          key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw",
                           partitions=settings.kafka_partitions)
     dlq_topic = app.topic(settings.topic_vitals_dlq, key_type=bytes, value_type=bytes,
@@ -126,7 +130,9 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     # after writing a batch's twins the worker flushes and writes one tiny marker record per
     # touched changelog partition, alone in its batch, which makes the mark exact (docs/tansu.md).
     markers = _marker_keys(settings.kafka_partitions) if settings.embedded_broker else None
-    processor = TwinProcessor()
+    registry = Registry(settings)
+    app.registry = registry  # type: ignore[attr-defined]
+    processor = TwinProcessor(spo2_scale=registry.spo2_scale)
     metrics = WorkerMetrics()
     liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                         unassigned_seconds=settings.liveness_unassigned_seconds)
@@ -146,7 +152,11 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
             for ev in events:
                 msg = ev.message
                 try:
-                    readings = messages.decode_readings(ev.value)
+                    if msg.topic == settings.topic_observations:
+                        readings = [messages.observation_reading(
+                            messages.decode_observation(ev.value or b""))]
+                    else:
+                        readings = messages.decode_readings(ev.value)
                     key = ev.key.decode("utf-8", "replace") if ev.key else None
                     if any(r.patient_id != key for r in readings):
                         raise messages.reject(
@@ -300,6 +310,11 @@ def run_worker(settings: Settings) -> int:
         atexit.register(sink.close, 5.0)
     app = create_app(settings, sink)
     atexit.register(app.state_out.close)  # type: ignore[attr-defined]
+    # the registry (SpO2 scales) is read before the first batch, so no twin is scored on the
+    # wrong scale after a restart
+    registry = app.registry.start("patient-twin-worker-registry")  # type: ignore[attr-defined]
+    if not registry.follower.caught_up.wait(30):
+        log.warning("the patient registry was not read within 30 s; SpO2 scale 1 until it is")
     if settings.worker_metrics_port:
         try:
             serve(app.metrics, lambda: app.liveness.reason,  # type: ignore[attr-defined]

@@ -110,6 +110,11 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     # NEWS2 component scores on the estimates, by parameter (RCP 2017 chart order)
     news2_components: dict[str, int] = {}
     rejected: list[str] = []  # channels whose latest value the innovation gate rejected (artifact)
+    # From the latest manual observation (None: never recorded) and the registry
+    consciousness_alert: bool | None = None  # ACVPU: True = Alert
+    on_oxygen: bool | None = None
+    observed_at: datetime | None = None
+    spo2_scale: int = 1
     readings_applied: int
     artifacts: int
     missing: int
@@ -191,7 +196,7 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     role: str | None = None
     action: Literal["login", "login_failed", "logout", "view_ward", "view_patient", "view_vr",
                     "acknowledge", "silence", "admit", "transfer", "discharge", "update",
-                    "denied"]
+                    "observation", "denied"]
     patient_id: str | None = None
     alert_id: str | None = None
     detail: str | None = None
@@ -280,6 +285,9 @@ class ValidReading(msgspec.Struct, frozen=True):
     values: dict[str, float]
     quality: float | None
     battery: float | None
+    alert: float | None = None  # manual observation: ACVPU Alert 1, C/V/P/U 0
+    on_oxygen: float | None = None  # manual observation: supplemental oxygen 1, air 0
+    manual: bool = False
 
 
 def decode_readings(data: bytes | None) -> list[ValidReading]:
@@ -342,6 +350,21 @@ def decode_observation(data: bytes) -> Observation:
         raise reject(f"o2_flow: unit {obs.o2_flow.unit!r} is not accepted (expected 'L/min')",
                      "wrong_unit")
     return obs
+
+
+MANUAL_DEVICE = "manual-observation"
+
+
+def observation_reading(obs: Observation) -> ValidReading:
+    """A manual observation as the twin applies it: hand-taken values like a device's, plus
+    consciousness and oxygen. One pseudo-device for all observers, numbered by time (ms), so a
+    redelivered observation is recognised as a duplicate."""
+    t = obs.ts.timestamp()
+    return ValidReading(
+        MANUAL_DEVICE, obs.patient_id, int(t * 1000), t, canonical_values(obs.values), None,
+        None, alert=None if obs.acvpu is None else float(obs.acvpu == "A"),
+        on_oxygen=None if obs.supplemental_o2 is None else float(obs.supplemental_o2),
+        manual=True)
 
 
 def reading(device_id: str, patient_id: str, seq: int, ts: datetime,

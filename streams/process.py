@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,6 +48,10 @@ def _opt(v: float) -> float | None:
 
 def _by_channel(row: np.ndarray) -> dict[str, float | None]:
     return {ch: _opt(row[i]) for i, ch in enumerate(NAMES)}
+
+
+def _scale(states: bank.State) -> np.ndarray:
+    return np.where(states["spo2_scale"] == 2, 2, 1)
 
 
 def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
@@ -92,8 +96,11 @@ class TwinProcessor:
 
     def __init__(self, params: ModelParams | None = None,
                  policy: alerts.AlertPolicy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 spo2_scale: Callable[[list[str]], list[int]] | None = None) -> None:
         self.params = params or ModelParams()
+        # the registry's NEWS2 SpO2 scale per patient (None: scale 1 unless the twin has one)
+        self.spo2_scale = spo2_scale
         self.engine = alerts.AlertEngine(policy)
         self.clock = clock
         self.last_arrival: dict[str, float] = {}
@@ -113,6 +120,8 @@ class TwinProcessor:
         if known:
             bank.put(states, np.asarray(known),
                      bank.from_bytes([stored[pids[i]] for i in known]))  # type: ignore[misc]
+        if self.spo2_scale is not None:
+            states["spo2_scale"][:] = self.spo2_scale(pids)
 
         K = len(readings)
         z = np.full((K, C), np.nan)
@@ -128,6 +137,13 @@ class TwinProcessor:
             device=bank.device_hash([r.device_id for r in readings]),
             seq=np.fromiter((r.seq for r in readings), np.int64, K),
         )
+        if any(r.manual for r in readings):
+            batch = replace(
+                batch,
+                alert=np.array([np.nan if r.alert is None else r.alert for r in readings]),
+                oxygen=np.array([np.nan if r.on_oxygen is None else r.on_oxygen
+                                 for r in readings]),
+                manual=np.array([r.manual for r in readings]))
         old_band = states["band"].copy()
         report = bank.step(states, batch, self.params)
         result.report = report
@@ -152,8 +168,7 @@ class TwinProcessor:
             result.twin_states.append(self._twin_state(pid, utc(float(states["t"][i])), states,
                                                        out, i))
         # These patients just sent readings: fresh by arrival, whatever their device clocks say.
-        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan),
-                         np.ones(len(pids), dtype=np.int64))
+        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), _scale(states))
         result.alerts = [alert_event(ev) for ev in self.engine.update(view, now)]
         return result
 
@@ -166,10 +181,12 @@ class TwinProcessor:
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
         states = bank.from_bytes([stored[p] for p in pids])  # type: ignore[misc]
+        if self.spo2_scale is not None:
+            states["spo2_scale"][:] = self.spo2_scale(pids)
         since = np.array([now - self.last_arrival[p] for p in pids])
         # the twin predicted forward over the silence: its uncertainty has grown
         out = bank.outputs(states, states["t"] + since, self.params)
-        view = twin_view(pids, states, out, since, np.ones(len(pids), dtype=np.int64))
+        view = twin_view(pids, states, out, since, _scale(states))
         return [alert_event(ev) for ev in self.engine.update(view, now)]
 
     def act(self, action: AlertAction, now: float | None = None) -> list[AlertEvent]:
@@ -217,6 +234,10 @@ class TwinProcessor:
             news2_components=dict(zip(news2.COMPONENTS, map(int, out.components[i]),
                                       strict=True)),
             rejected=[ch for ch, n in zip(NAMES, s["rejects"][i], strict=True) if n],
+            consciousness_alert=None if np.isnan(s["obs_alert"][i]) else bool(s["obs_alert"][i]),
+            on_oxygen=None if np.isnan(s["obs_oxygen"][i]) else bool(s["obs_oxygen"][i]),
+            observed_at=None if np.isnan(s["obs_t"][i]) else utc(float(s["obs_t"][i])),
+            spo2_scale=2 if s["spo2_scale"][i] == 2 else 1,
             readings_applied=int(s["applied"][i]), artifacts=int(s["artifacts"][i]),
             missing=int(s["missing"][i]), duplicates=int(s["duplicates"][i]),
             late=int(s["late"][i]), sequence_gaps=int(s["gaps"][i]),

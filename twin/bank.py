@@ -26,7 +26,7 @@ from twin.model import (
     transition,
 )
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 DEVICE_SLOTS = 4
 
 STATE_DTYPE = np.dtype(
@@ -45,6 +45,12 @@ STATE_DTYPE = np.dtype(
         ("raw", "f8", (C,)),  # last value received per channel, as recorded
         ("quality", "f4"),
         ("battery", "f4"),
+        # From clinicians' manual observations (NaN: never recorded): ACVPU Alert = 1, new
+        # confusion/V/P/U = 0; supplemental oxygen 1, air 0; when they were last recorded.
+        ("obs_alert", "f4"),
+        ("obs_oxygen", "f4"),
+        ("obs_t", "f8"),
+        ("spo2_scale", "u1"),  # NEWS2 SpO2 scale from the registry (a clinician's decision)
         ("device", "u8", (DEVICE_SLOTS,)),  # 64-bit hash of the device id (0: free slot)
         ("seq", "i8", (DEVICE_SLOTS,)),  # last applied sequence number of that device
         ("x", "f8", (C, 2)),  # level, trend per channel (spo2: latent PaO2)
@@ -95,8 +101,9 @@ def new_states(n: int, params: ModelParams) -> State:
     x0, p0 = _prior(params)
     s["version"][:] = STATE_VERSION
     s["band"][:] = -1
-    for f in ("t", "last_obs", "raw", "quality", "battery"):
+    for f in ("t", "last_obs", "raw", "quality", "battery", "obs_alert", "obs_oxygen", "obs_t"):
         s[f][:] = np.nan
+    s["spo2_scale"][:] = 1
     s["x"][:] = x0
     s["P"][:] = p0
     return s
@@ -147,7 +154,9 @@ class Readings:
     row: `(K,)` int index of the patient's state; t: `(K,)` epoch seconds; z: `(K, C)` values in
     canonical units, NaN where the reading has no such channel; quality: `(K,)` in [0, 1] (NaN:
     unknown); battery: `(K,)` in [0, 1] (NaN: unknown); device: `(K,) uint64` from `device_hash`;
-    seq: `(K,) int64` per-device sequence numbers.
+    seq: `(K,) int64` per-device sequence numbers; alert, oxygen: `(K,)` float from manual
+    observations (NaN: not recorded); manual: `(K,)` bool, a clinician's observation (applied
+    even if older than the twin's latest reading: it is entered after the fact).
     """
 
     row: np.ndarray
@@ -157,6 +166,9 @@ class Readings:
     battery: np.ndarray
     device: np.ndarray
     seq: np.ndarray
+    alert: np.ndarray | None = None
+    oxygen: np.ndarray | None = None
+    manual: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +251,9 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         whole = len(r) == len(states["t"]) and bool((r == np.arange(len(r))).all())
         s = states if whole else take(states, r)
         t = readings.t[sel]
+        if readings.manual is not None:
+            # an observation entered after the fact is applied at the twin's current time
+            t = np.where(readings.manual[sel] & (t < s["t"]), s["t"], t)
         z = readings.z[sel]
         idx = np.arange(len(r))
 
@@ -293,6 +308,12 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         q, b = readings.quality[sel], readings.battery[sel]
         s["quality"][...] = np.where(move & ~np.isnan(q), q, s["quality"])
         s["battery"][...] = np.where(move & ~np.isnan(b), b, s["battery"])
+        for field_, given in (("obs_alert", readings.alert), ("obs_oxygen", readings.oxygen)):
+            if given is not None:
+                g = given[sel]
+                rec = ok & ~np.isnan(g)
+                s[field_][...] = np.where(rec, g, s[field_])
+                s["obs_t"][...] = np.where(rec, t, s["obs_t"])
         s["device"][idx[ok], slot[ok]] = dev[ok]
         s["seq"][idx[ok], slot[ok]] = seq[ok]
         applied[sel] = move
@@ -396,11 +417,13 @@ def outputs(
     params: ModelParams,
     on_oxygen: np.ndarray | None = None,
     alert: np.ndarray | None = None,
-    spo2_scale: np.ndarray | int = 1,
+    spo2_scale: np.ndarray | int | None = None,
 ) -> Outputs:
     """Estimates, forecasts and NEWS2 for K twins at times `now (K,)` epoch s.
 
-    on_oxygen, alert: `(K,)` float (NaN: no manual observation yet, so NEWS2 is incomplete).
+    on_oxygen, alert: `(K,)` float (NaN: no manual observation yet, so NEWS2 is incomplete);
+    default: the twins' latest manual observations. spo2_scale: 1, 2 or `(K,)`; default: the
+    twins' scale from the registry.
     """
     K = states["t"].shape[0]
     never = np.isnan(states["last_obs"])
@@ -418,9 +441,10 @@ def outputs(
     for arr in (fc, lo, hi):
         arr[np.broadcast_to(never[:, None, :], arr.shape)] = np.nan
 
-    nan = np.full(K, np.nan)
-    oxy = nan if on_oxygen is None else on_oxygen
-    alrt = nan if alert is None else alert
+    oxy = states["obs_oxygen"].astype(float) if on_oxygen is None else on_oxygen
+    alrt = states["obs_alert"].astype(float) if alert is None else alert
+    if spo2_scale is None:
+        spo2_scale = np.where(states["spo2_scale"] == 2, 2, 1)
 
     def score(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return news2.news2(v[:, INDEX["rr"]], v[:, INDEX["spo2"]], v[:, INDEX["temp"]],

@@ -200,6 +200,18 @@ def test_patient_page_renders_the_3d_twin_and_trends(stack: Stack, browser) -> N
     z2 = page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
                        ".find(t => t.name === 'heart').z[0]")
     assert z1 != z2
+    # a manual observation flows through Kafka and the worker into the twin's NEWS2
+    assert "not recorded" in page.locator("tr.news2-consciousness").inner_text()
+    page.click("details summary")
+    page.click("#obs-acvpu")
+    page.click("text=A: Alert")
+    page.click("text=supplemental oxygen")
+    page.click("#obs-submit")
+    page.wait_for_selector("text=Observation recorded by alice", timeout=10_000)
+    row = page.locator("tr.news2-consciousness")
+    assert wait_until(lambda: "Alert" in row.inner_text(), timeout=30), row.inner_text()
+    oxygen = page.locator("tr.news2-air_or_oxygen").inner_text()
+    assert "supplemental oxygen" in oxygen and "\t2\t" in oxygen  # RCP 2017: oxygen scores 2
     _shot(page, "patient")
     page.close()
 

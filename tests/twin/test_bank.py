@@ -170,3 +170,38 @@ def test_sequence_gaps_are_counted():
                                 seq=[1, 2, 5, 6]), PARAMS)
     assert rep.gap.tolist() == [0, 0, 2, 0]
     assert s["gaps"][0] == 2 and s["applied"][0] == 4
+
+
+def test_manual_observations_complete_news2_even_when_entered_after_the_fact():
+    s = bank.new_states(2, PARAMS)
+    vitals = {"hr": 80, "rr": 16, "spo2": 96, "sbp": 120, "dbp": 70, "temp": 37.0}
+    bank.step(s, readings([0, 1], [T0 + 60] * 2, [vitals, vitals]), PARAMS)
+    out = bank.outputs(s, np.array([T0 + 60] * 2), PARAMS)
+    assert not out.complete.any()  # consciousness and oxygen unknown: partial, never "0"
+    # patient 0: new confusion on supplemental oxygen, observed a minute BEFORE the twin's
+    # latest reading (entered late); patient 1: nothing recorded
+    obs = readings([0], [T0], [{}], device=["manual-observation"], seq=[int(T0 * 1000)])
+    obs = bank.Readings(**{**obs.__dict__, "alert": np.array([0.0]),
+                           "oxygen": np.array([1.0]), "manual": np.array([True])})
+    rep = bank.step(s, obs, PARAMS)
+    assert rep.applied.tolist() == [True] and not rep.late.any()
+    assert s["t"][0] == T0 + 60  # the twin's clock does not go back
+    out = bank.outputs(s, np.array([T0 + 60] * 2), PARAMS)
+    assert out.complete.tolist() == [True, False]
+    comps = dict(zip(("rr", "spo2", "o2", "sbp", "hr", "acvpu", "temp"), out.components[0],
+                     strict=True))
+    # NEWS2 (RCP 2017): new confusion scores 3, supplemental oxygen 2; the vitals score 0
+    assert (comps["acvpu"], comps["o2"], out.news2[0]) == (3, 2, 5)
+    assert out.news2[1] == 0
+    # the observation survives serialisation (the worker keeps twins as bytes)
+    back = bank.from_bytes(bank.to_bytes(s))
+    assert back["obs_alert"][0] == 0.0 and back["obs_oxygen"][0] == 1.0
+
+
+def test_spo2_scale_from_the_registry_changes_the_spo2_score():
+    s = bank.new_states(2, PARAMS)
+    bank.step(s, readings([0, 1], [T0] * 2, [{"spo2": 89}, {"spo2": 89}]), PARAMS)
+    s["spo2_scale"][:] = [1, 2]
+    out = bank.outputs(s, np.array([T0] * 2), PARAMS)
+    # SpO2 89 % on air: scale 1 scores 3; scale 2 (target 88-92 %) scores 0 (RCP 2017)
+    assert out.components[:, 1].tolist() == [3, 0]
