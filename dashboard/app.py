@@ -8,12 +8,15 @@ needs a logged-in user (dashboard/login.py); what a user sees is limited to thei
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dash
 import msgspec
-from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
+from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
 from flask import request
 
 from dashboard import api, body, login, patient, vr, ward
@@ -45,7 +48,13 @@ def ward_layout(**_: Any) -> html.Div:
     return html.Div([
         html.H2("Ward overview"),
         html.Div(id="ward-summary"),
-        html.Table([html.Thead(ward.header()), html.Tbody(id="ward-body")], id="ward-table"),
+        dash_table.DataTable(id="ward-table", columns=ward.COLUMNS, data=[],
+                             markdown_options={"link_target": "_self"},
+                             page_action="native", page_size=100, sort_action="none",
+                             style_data_conditional=ward.STYLES, style_as_list_view=True,
+                             style_cell={"textAlign": "left", "padding": "4px 8px",
+                                         "fontFamily": "system-ui, sans-serif"},
+                             style_header={"fontWeight": "bold", "whiteSpace": "normal"}),
         dcc.Interval(id="ward-refresh", interval=REFRESH_MS),
     ])
 
@@ -177,6 +186,35 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     return app
 
 
+def _ward_view(beds: list[ward.Bed], connected: bool) -> tuple[list[dict[str, Any]], str]:
+    with_data = sum(b.state is not None for b in beds)
+    stale = sum(b.stale for b in beds)
+    alerts = sum(len(b.alerts) for b in beds)
+    summary = (f"{len(beds)} patients · {with_data} with data · {stale} stale or no data · "
+               f"{alerts} open alerts" if connected or beds else "waiting for Kafka…")
+    return ward.rows(beds), summary
+
+
+class WardCache:
+    """The ward view per set of wards, recomputed at most every `ttl_s` (live updates reach the
+    screen within REFRESH_MS + ttl_s)."""
+
+    def __init__(self, ttl_s: float = 0.5) -> None:
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, ...], tuple[float, Any]] = {}
+
+    def get(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                return hit[1]
+            value = compute()  # under the lock: concurrent viewers wait for one computation
+            self._items[key] = (now, value)
+            return value
+
+
 def _callbacks(app: Dash, c: Context) -> None:
     feed = c.feed
 
@@ -191,16 +229,13 @@ def _callbacks(app: Dash, c: Context) -> None:
         return ward.beds(c.user(), states, feed.registry.admitted(), feed.open_alerts(),
                          datetime.now(UTC))
 
-    @app.callback(Output("ward-body", "children"), Output("ward-summary", "children"),
+    cache = WardCache()
+
+    @app.callback(Output("ward-table", "data"), Output("ward-summary", "children"),
                   Input("ward-refresh", "n_intervals"))
-    def refresh(_n: int | None) -> tuple[list[Any], str]:
-        beds = visible_beds()
-        with_data = sum(b.state is not None for b in beds)
-        stale = sum(b.stale for b in beds)
-        alerts = sum(len(b.alerts) for b in beds)
-        summary = (f"{len(beds)} patients · {with_data} with data · {stale} stale or no data · "
-                   f"{alerts} open alerts" if feed.connected or beds else "waiting for Kafka…")
-        return ward.rows(beds), summary
+    def refresh(_n: int | None) -> tuple[list[dict[str, Any]], str]:
+        # every viewer of the same wards within CACHE_S shares one computation
+        return cache.get(c.user().wards, lambda: _ward_view(visible_beds(), feed.connected))
 
     @app.callback(Output("ward3d-graph", "figure"), Input("ward3d-refresh", "n_intervals"))
     def refresh3d(_n: int | None) -> Any:

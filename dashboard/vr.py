@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import tarfile
@@ -71,7 +72,7 @@ def fetch_aframe(npm: str | None = None, timeout: float = 180.0) -> Path:
             if data is None:
                 raise AssetError(f"{member} missing from the package")
             VENDOR_DIR.mkdir(parents=True, exist_ok=True)
-            part = AFRAME_FILE.with_suffix(".part")
+            part = AFRAME_FILE.with_suffix(f".{os.getpid()}.part")  # concurrent first starts
             part.write_bytes(data.read())
             part.replace(AFRAME_FILE)
     return AFRAME_FILE

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import plotly.graph_objects as go
-from dash import dcc, html
 
 from dashboard.auth import User
 from streams.messages import PatientRecord
@@ -91,46 +90,50 @@ def _value(state: dict[str, Any], ch: str) -> str:
     return f"{est:.{digits}f}{trend}"
 
 
-def header() -> html.Tr:
-    cells = ["Ward / bed", "Patient", "NEWS2", *[f"{c.display} ({c.unit})" for c in CHANNELS],
-             "Open alerts", "Last data"]
-    return html.Tr([html.Th(c) for c in cells])
+COLUMNS = [
+    {"id": "where", "name": "Ward / bed"},
+    {"id": "patient", "name": "Patient", "presentation": "markdown"},
+    {"id": "news2", "name": "NEWS2"},
+    *[{"id": f"v_{c.name}", "name": f"{c.display} ({c.unit})"} for c in CHANNELS],
+    {"id": "alerts", "name": "Open alerts"},
+    {"id": "last", "name": "Last data"},
+]
+# Colours by hidden fields of each row (band, top alert priority, stale).
+STYLES = [
+    *[{"if": {"filter_query": f'{{band}} = "{b}"', "column_id": "news2"}, "backgroundColor": c}
+      for b, c in BAND_COLOURS.items()],
+    *[{"if": {"filter_query": f'{{alert_priority}} = "{p}"', "column_id": "alerts"},
+       "backgroundColor": c}
+      for p, c in (("high", "#ff8a80"), ("medium", "#ffc27a"), ("low", "#fff3a0"))],
+    {"if": {"filter_query": '{stale} = "yes"', "column_id": "last"}, "color": "#b00020",
+     "fontWeight": "bold"},
+]
 
 
-def _alerts_cell(alerts: list[dict[str, Any]]) -> html.Td:
-    if not alerts:
-        return html.Td("—", className="alerts")
-    top = alerts[0]
-    colour = {"high": "#ff8a80", "medium": "#ffc27a", "low": "#fff3a0"}.get(top["priority"])
-    text = f"{len(alerts)}: {top['kind']} ({top['priority']})"
-    return html.Td(text, className="alerts", style={"background": colour})
-
-
-def rows(beds_: list[Bed]) -> list[html.Tr]:
-    """One row per patient in the order given."""
+def rows(beds_: list[Bed]) -> list[dict[str, Any]]:
+    """One table row per patient in the order given (`id` = patient id)."""
     out = []
     for b in beds_:
-        where = f"{b.ward or '—'} / {b.bed or '—'}"
-        link = dcc.Link(b.patient_id, href=f"/patient/{b.patient_id}")
         st = b.state
+        row: dict[str, Any] = {
+            "id": b.patient_id, "where": f"{b.ward or '—'} / {b.bed or '—'}",
+            "patient": f"[{b.patient_id}](/patient/{b.patient_id})",
+            "band": b.band if st is not None else "unknown",
+            "stale": "yes" if b.stale else "no",
+            "alerts": (f"{len(b.alerts)}: {b.alerts[0]['kind']} ({b.alerts[0]['priority']})"
+                       if b.alerts else "—"),
+            "alert_priority": b.alerts[0]["priority"] if b.alerts else "",
+        }
         if st is None:
-            cells = [html.Td(where), html.Td(link, className="patient-id"),
-                     html.Td("no data", className="news2",
-                             style={"background": BAND_COLOURS["unknown"]}),
-                     *[html.Td("—", className=f"v-{c.name}") for c in CHANNELS],
-                     _alerts_cell(b.alerts), html.Td("NO DATA", className="stale")]
+            row.update({"news2": "no data", "last": "NO DATA",
+                        **{f"v_{c.name}": "—" for c in CHANNELS}})
         else:
-            score = f"{st['news2']}" + ("" if st.get("news2_complete") else " (partial)")
             age = f"{max(b.age_s or 0.0, 0.0):.0f} s ago"  # device clocks can run ahead
-            cells = [html.Td(where), html.Td(link, className="patient-id"),
-                     html.Td(score, className="news2",
-                             style={"background": BAND_COLOURS.get(b.band)}),
-                     *[html.Td(_value(st, c.name), className=f"v-{c.name}") for c in CHANNELS],
-                     _alerts_cell(b.alerts),
-                     html.Td(f"STALE {age}" if b.stale else age,
-                             className="stale" if b.stale else "fresh")]
-        out.append(html.Tr(cells, id={"type": "ward-row", "patient": b.patient_id},
-                           className="ward-row stale-row" if b.stale else "ward-row"))
+            row.update({
+                "news2": f"{st['news2']}" + ("" if st.get("news2_complete") else " (partial)"),
+                "last": f"STALE {age}" if b.stale else age,
+                **{f"v_{c.name}": _value(st, c.name) for c in CHANNELS}})
+        out.append(row)
     return out
 
 

@@ -182,9 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
 
     bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
-    bn.add_argument("which", choices=["twin", "devices", "pipeline"],
+    bn.add_argument("which", choices=["twin", "devices", "pipeline", "dashboard"],
                     help="twin: the twin core's throughput; devices: the simulator into Kafka; "
-                    "pipeline: the Faust worker beside a do-nothing agent, and live latency")
+                    "pipeline: the Faust worker beside a do-nothing agent, and live latency; "
+                    "dashboard: callback latency under many viewers")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     sub.add_parser("topics", help="create the project's topics on the configured Kafka")
     return p
@@ -206,6 +207,10 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
             from bench import pipeline_bench
 
             return pipeline_bench.main(args.args)
+        if args.which == "dashboard":
+            from bench import dashboard_bench
+
+            return dashboard_bench.main(args.args)
         from bench import twin_bench
 
         return twin_bench.main(args.args)

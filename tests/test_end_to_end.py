@@ -100,8 +100,8 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         assert resp.status_code == 302 and resp.headers["Location"] == "/"
         assert client.get("/").status_code == 200
         payload = {
-            "output": "..ward-body.children...ward-summary.children..",
-            "outputs": [{"id": "ward-body", "property": "children"},
+            "output": "..ward-table.data...ward-summary.children..",
+            "outputs": [{"id": "ward-table", "property": "data"},
                         {"id": "ward-summary", "property": "children"}],
             "inputs": [{"id": "ward-refresh", "property": "n_intervals", "value": 1}],
             "changedPropIds": ["ward-refresh.n_intervals"], "state": [],
@@ -109,10 +109,10 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         resp = client.post("/_dash-update-component", json=payload)
         assert resp.status_code == 200, resp.data[:500]
         body = resp.get_json()["response"]
-        rows = body["ward-body"]["children"]
+        rows = body["ward-table"]["data"]
         assert len(rows) == 20
         assert body["ward-summary"]["children"].startswith("20 patients")
-        ids = {r["props"]["id"]["patient"] for r in rows}
+        ids = {r["id"] for r in rows}
         assert ids == patients  # the simulator admitted them all to ward A, the nurse's ward
     finally:
         feed.stop()

@@ -128,8 +128,12 @@ def _shot(page, name: str) -> None:  # noqa: ANN001
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def _column(page, name: str) -> list[str]:  # noqa: ANN001
+    return page.locator(f"#ward-table td[data-dash-column={name}]").all_inner_texts()
+
+
 def _ward_ids(page) -> set[str]:  # noqa: ANN001
-    return set(page.locator("tr.ward-row td.patient-id").all_inner_texts())
+    return {t.strip() for t in _column(page, "patient")}
 
 
 def test_login_is_required_and_enforced(stack: Stack, browser) -> None:  # noqa: ANN001
@@ -166,12 +170,12 @@ def test_ward_shows_exactly_the_simulated_patients(stack: Stack, browser) -> Non
         _ward_ids(page), stack.procs.log("worker")[-2000:])
     # every simulated patient's row is fresh; the sick patient is first (highest risk)
     def stale() -> list[str]:
-        return [r.locator("td.patient-id").inner_text()
-                for r in page.locator("tr.ward-row.stale-row").all()]
+        return [p.strip() for p, last in zip(_column(page, "patient"), _column(page, "last"),
+                                             strict=True) if "STALE" in last]
 
     assert wait_until(lambda: set(stale()) <= {SICK}, timeout=20), stale()
-    first = page.locator("tr.ward-row td.patient-id").first.inner_text()
-    assert first == SICK
+    assert wait_until(lambda: _column(page, "patient")[0].strip() == SICK, timeout=20), (
+        _column(page, "patient"), _column(page, "news2"))
     _shot(page, "ward")
     page.close()
     page = _login(browser, stack, "alice")

@@ -92,7 +92,9 @@ def test_docs_examples_match_the_definitions():
     assert set(ex) == {messages.READING_SCHEMA, messages.PATIENT_SCHEMA,
                        messages.OBSERVATION_SCHEMA, messages.TWIN_STATE_SCHEMA,
                        messages.ALERT_SCHEMA, "patient-twin.dead-letter/1", "Bundle",
-                       webhooks.SUBSCRIPTION_SCHEMA, "patient-twin.webhook-dead-letter/1"}
+                       webhooks.SUBSCRIPTION_SCHEMA, "patient-twin.webhook-dead-letter/1",
+                       messages.AUDIT_SCHEMA}
+    msgspec.json.decode(enc(ex[messages.AUDIT_SCHEMA]), type=messages.AuditRecord)
     msgspec.json.decode(enc(ex[webhooks.SUBSCRIPTION_SCHEMA]), type=webhooks.Subscription)
     msgspec.json.decode(enc(ex["patient-twin.webhook-dead-letter/1"]),
                         type=webhooks.WebhookDeadLetter)
