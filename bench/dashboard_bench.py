@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--viewers", type=int, default=50)
     ap.add_argument("--patients", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--minutes", type=float, default=30.0,
+    ap.add_argument("--minutes", type=float, default=10.0,
                     help="simulated history of the ward before the viewers arrive")
     args = ap.parse_args(argv)
 

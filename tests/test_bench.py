@@ -50,3 +50,16 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["patients"] == 50 and result["readings"] == 3000
     assert result["live_readings"] >= 50 * 4  # at least four 1 Hz ticks of 50 patients
+
+
+def test_bench_dashboard_prints_ward_beside_baseline_latency():
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "dashboard", "--viewers",
+                        "4", "--patients", "30", "--seconds", "3", "--minutes", "1"],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (result["viewers"], result["patients"], result["errors"]) == (4, 30, 0)
+    # every viewer polled both callbacks once a second for 3 s
+    assert result["requests"] >= 2 * 4 * 2
+    assert 0 < result["baseline_p50_ms"] and 0 < result["p50_ms"] <= result["p95_ms"]
+    assert "ward overview" in r.stdout and "baseline" in r.stdout
