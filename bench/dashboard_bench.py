@@ -145,7 +145,7 @@ def phase(port: int, cookies: list[str], payload: bytes, seconds: float
 def main(argv: list[str] | None = None) -> int:
     from cheroot import wsgi
 
-    from dashboard.app import create_app
+    from dashboard.app import close, create_app
     from dashboard.audit import AuditLog
     from dashboard.auth import add_user
     from dashboard.feed import TwinFeed
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ward_ms, ward_err = phase(http_port, cookies, WARD, args.seconds)
         errors = base_err + ward_err
         server.stop()
+        close(app)
         subs.stop()
         audit.close()
         res = {

@@ -55,6 +55,7 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
     tokens = tokens or TokenStore(settings.api_tokens_file)
     writer = writer or SubscriptionWriter(settings)
     actions = TopicWriter(settings, settings.topic_alert_actions)
+    bp.writers = (writer, actions)  # type: ignore[attr-defined]  # closed by dashboard.app.close
 
     @bp.before_request
     def authenticate() -> tuple[Response, int] | None:

@@ -81,6 +81,10 @@ class Context:
         self.registry_writer = TopicWriter(settings, settings.topic_patients)
         self.observations = TopicWriter(settings, settings.topic_observations)
 
+    def close(self) -> None:
+        for w in (self.actions, self.registry_writer, self.observations):
+            w.close()
+
     def user(self) -> User:
         u = login.user()
         if u is None:  # the guard in front of every route makes this unreachable
@@ -165,10 +169,16 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
                               "create an account with `patient-twin users add NAME --role admin`"
                               " and set USERS_FILE to its file")
         users = UserStore(settings.users_file)
-    feed = feed if feed is not None else TwinFeed(settings).start()
+    started: list[Any] = []  # what this function started, stopped by `close`
+    if feed is None:
+        feed = TwinFeed(settings).start()
+        started.append(feed)
     if subscriptions is None:
         subscriptions = SubscriptionView(settings, "patient-twin-dashboard-subscriptions").start()
-    audit = audit or AuditLog(settings)
+        started.append(subscriptions)
+    if audit is None:
+        audit = AuditLog(settings)
+        started.append(audit)
     c = Context(settings, feed, audit)
     app = Dash(__name__, use_pages=True, pages_folder="", title="patient-twin",
                suppress_callback_exceptions=True)
@@ -179,8 +189,11 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     app.layout = html.Div([html.Header([html.H1("patient-twin"), _nav()]),
                            dash.page_container])
     app.feed = feed  # type: ignore[attr-defined]
+    app.closers = [*started, c]  # type: ignore[attr-defined]
     login.install(app.server, settings, users, audit, secure_cookies)
-    app.server.register_blueprint(api.blueprint(settings, feed, subscriptions))
+    api_bp = api.blueprint(settings, feed, subscriptions)
+    app.server.register_blueprint(api_bp)
+    app.closers += list(api_bp.writers)  # type: ignore[attr-defined]
     app.server.register_blueprint(vr.blueprint(c))
     _callbacks(app, c)
     return app
@@ -393,6 +406,12 @@ def _callbacks(app: Dash, c: Context) -> None:
         c.registry_writer.put(pid, value)
         feed.registry.apply(c.settings.topic_patients, pid.encode(), value)
         return f"{event} recorded by {u.name}."
+
+
+def close(app: Dash) -> None:
+    """Stop the Kafka views and writers `create_app` started (tests, benchmarks)."""
+    for item in getattr(app, "closers", []):
+        (item.stop if hasattr(item, "stop") else item.close)()
 
 
 def serve(settings: Settings, https: bool = False, cert: str | None = None,

@@ -199,19 +199,42 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.artifacts.inc(result.artifacts)
         metrics.missing.inc(result.missing)
         # The twin table is written once per patient per batch, never per reading.
-        for pid, blob in result.states.items():
-            twins[pid.encode()] = blob
-        if markers is not None and result.states:
-            await app.producer.flush()
-            for part in {_partition(pid, settings.kafka_partitions) for pid in result.states}:
-                twins[markers[part]] = b""
-            await app.producer.flush()
+        records = dict(result.states)
+        if result.other_alert_patients:
+            records.update(processor.records(
+                result.other_alert_patients,
+                {p: twins.get(p.encode()) for p in result.other_alert_patients}))
+        await write_records(records)
         for st in result.twin_states:
             state_out.send(st.patient_id.encode(), messages.encode(st))
         metrics.states.inc(len(result.twin_states))
         if sink is not None:
             sink.add(reading_points(valid) + state_points(result.twin_states))
         await send_alerts(result.alerts)
+
+    async def write_records(records: dict[str, bytes]) -> None:
+        for pid, blob in records.items():
+            twins[pid.encode()] = blob
+        if markers is not None and records:
+            await app.producer.flush()
+            for part in {_partition(pid, settings.kafka_partitions) for pid in records}:
+                twins[markers[part]] = b""
+            await app.producer.flush()
+
+    async def write_alerts_of(events: list[messages.AlertEvent]) -> None:
+        """Keep the alerts of these events' patients in their twin records."""
+        pids = {ev.patient_id for ev in events}
+        if pids:
+            await write_records(processor.records(pids, {p: twins.get(p.encode())
+                                                         for p in pids}))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        # Another worker may own these patients now: forget their alerts; if the partitions
+        # come back, the alerts are restored from the table, which the new owner kept current.
+        lost = {tp.partition for tp in revoked if tp.topic == settings.topic_vitals_raw}
+        processor.release({p for p in processor.owned | set(processor.last_arrival)
+                           if _partition(p, settings.kafka_partitions) in lost})
 
     source_end: dict[str, int] = {}
     source_tps = [TP(settings.topic_vitals_raw, p) for p in range(settings.kafka_partitions)]
@@ -253,11 +276,11 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         # whose partition moved to another worker is that worker's business now.
         mine = {tp.partition for tp in app.consumer.assignment()
                 if tp.topic == settings.topic_vitals_raw}
-        for pid in list(processor.last_arrival):
-            if _partition(pid, settings.kafka_partitions) not in mine:
-                del processor.last_arrival[pid]
+        processor.release({p for p in processor.owned | set(processor.last_arrival)
+                           if _partition(p, settings.kafka_partitions) not in mine})
         cands = processor.silent_candidates(time.time())
         events = processor.check_silent({p: twins.get(p.encode()) for p in cands})
+        await write_alerts_of(events)
         await send_alerts(events)
 
     @app.agent(action_topic)
@@ -267,12 +290,13 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         async for ev in stream.events():
             try:
                 action = messages.decode_action(ev.value or b"")
-                events = processor.act(action)
+                events = processor.act(action, stored=twins.get(action.patient_id.encode()))
             except InvalidMessage as exc:
                 log.warning("alert action rejected: %s", getattr(exc, "kind", "invalid"))
                 metrics.actions.labels("rejected").inc()
                 continue
             metrics.actions.labels(action.action).inc()
+            await write_alerts_of(events)
             await send_alerts(events)
 
     async def send_alerts(events: list[messages.AlertEvent]) -> None:

@@ -40,6 +40,8 @@ class BatchResult:
     artifacts: int = 0
     missing: int = 0
     report: bank.StepReport | None = None  # per reading, in the order given
+    # patients outside the batch whose alerts changed (timers): write `records` for them
+    other_alert_patients: set[str] = field(default_factory=set)
 
 
 def _opt(v: float) -> float | None:
@@ -48,6 +50,11 @@ def _opt(v: float) -> float | None:
 
 def _by_channel(row: np.ndarray) -> dict[str, float | None]:
     return {ch: _opt(row[i]) for i, ch in enumerate(NAMES)}
+
+
+def split(record: bytes) -> tuple[bytes, bytes]:
+    """A twin table record -> (the twin's fixed-size state, the patient's alerts or b"")."""
+    return record[:bank.STATE_BYTES], record[bank.STATE_BYTES:]
 
 
 def _scale(states: bank.State) -> np.ndarray:
@@ -104,6 +111,29 @@ class TwinProcessor:
         self.engine = alerts.AlertEngine(policy)
         self.clock = clock
         self.last_arrival: dict[str, float] = {}
+        # Patients whose alerts this engine holds (restored from their records, or new here).
+        self.owned: set[str] = set()
+
+    def _own(self, pids: list[str], stored: Mapping[str, bytes | None]) -> None:
+        """Take over the alerts of patients new to this worker from their stored records."""
+        for p in pids:
+            if p not in self.owned:
+                rec = stored.get(p)
+                self.engine.restore(p, split(rec)[1] if rec is not None else b"")
+                self.owned.add(p)
+
+    def release(self, pids: set[str]) -> None:
+        """Forget patients another worker now owns (their partition moved)."""
+        self.engine.forget(pids)
+        self.owned -= pids
+        for p in pids:
+            self.last_arrival.pop(p, None)
+
+    def records(self, pids: set[str], stored: Mapping[str, bytes | None]) -> dict[str, bytes]:
+        """The table records of patients whose alerts changed outside a reading batch: their
+        stored twin with their current alerts."""
+        return {p: split(rec)[0] + self.engine.export(p) for p in pids
+                if (rec := stored.get(p)) is not None}
 
     def process(self, readings: list[ValidReading],
                 stored: Mapping[str, bytes | None], now: float | None = None) -> BatchResult:
@@ -118,8 +148,9 @@ class TwinProcessor:
         states = bank.new_states(len(pids), self.params)
         known = [i for i, p in enumerate(pids) if stored.get(p) is not None]
         if known:
-            bank.put(states, np.asarray(known),
-                     bank.from_bytes([stored[pids[i]] for i in known]))  # type: ignore[misc]
+            bank.put(states, np.asarray(known), bank.from_bytes(
+                [split(stored[pids[i]])[0] for i in known]))  # type: ignore[arg-type]
+        self._own(pids, stored)
         if self.spo2_scale is not None:
             states["spo2_scale"][:] = self.spo2_scale(pids)
 
@@ -163,13 +194,20 @@ class TwinProcessor:
         for i, pid in enumerate(pids):
             if not seen[i]:
                 continue  # nothing applied yet (all duplicates of an unknown twin): no state
-            result.states[pid] = blobs[i]
+            result.states[pid] = blobs[i]  # + the patient's alerts, once the engine has run
             self.last_arrival[pid] = now
             result.twin_states.append(self._twin_state(pid, utc(float(states["t"][i])), states,
                                                        out, i))
         # These patients just sent readings: fresh by arrival, whatever their device clocks say.
         view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), _scale(states))
-        result.alerts = [alert_event(ev) for ev in self.engine.update(view, now)]
+        events = self.engine.update(view, now)
+        result.alerts = [alert_event(ev) for ev in events]
+        # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
+        # the patient over (restart, failover) continues the same alerts instead of raising new
+        # ones. Timers can change alerts of patients outside the batch: those records too.
+        for pid in result.states:
+            result.states[pid] += self.engine.export(pid)
+        result.other_alert_patients = {ev.alert.patient_id for ev in events} - set(result.states)
         return result
 
     def check_silent(self, stored: Mapping[str, bytes | None],
@@ -180,7 +218,8 @@ class TwinProcessor:
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
-        states = bank.from_bytes([stored[p] for p in pids])  # type: ignore[misc]
+        self._own(pids, stored)
+        states = bank.from_bytes([split(stored[p])[0] for p in pids])  # type: ignore[arg-type]
         if self.spo2_scale is not None:
             states["spo2_scale"][:] = self.spo2_scale(pids)
         since = np.array([now - self.last_arrival[p] for p in pids])
@@ -189,10 +228,13 @@ class TwinProcessor:
         view = twin_view(pids, states, out, since, _scale(states))
         return [alert_event(ev) for ev in self.engine.update(view, now)]
 
-    def act(self, action: AlertAction, now: float | None = None) -> list[AlertEvent]:
-        """Apply a clinician's acknowledge or silence. InvalidMessage if it cannot apply (an
-        alert that is not open, a silence that is not valid)."""
+    def act(self, action: AlertAction, now: float | None = None,
+            stored: bytes | None = None) -> list[AlertEvent]:
+        """Apply a clinician's acknowledge or silence (stored: the patient's record, for a
+        patient this worker has not seen yet). InvalidMessage if it cannot apply (an alert that
+        is not open, a silence that is not valid)."""
         now = self.clock() if now is None else now
+        self._own([action.patient_id], {action.patient_id: stored})
         try:
             if action.action == "acknowledge":
                 events = self.engine.acknowledge(action.alert_id or "", action.by, now,

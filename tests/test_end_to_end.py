@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from dashboard.app import create_app
+from dashboard.app import close, create_app
 from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from streams import config, messages, supervise, topics
@@ -90,9 +90,11 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
 
     # The dashboard's own consumer sees every patient, and its HTTP callback renders 20 rows.
     feed = TwinFeed(s).start()
+    stop: list = []
     try:
         assert wait_until(lambda: len(feed.snapshot()[0]) == 20, timeout=20)
         app = create_app(s, feed=feed)
+        stop.append(app)
         client = app.server.test_client()
         assert client.get("/").status_code == 302  # to the login page
         resp = client.post("/login", data={"username": "nurse",
@@ -115,6 +117,8 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         ids = {r["id"] for r in rows}
         assert ids == patients  # the simulator admitted them all to ward A, the nurse's ward
     finally:
+        for app in stop:
+            close(app)
         feed.stop()
 
 

@@ -21,8 +21,9 @@ Priorities follow IEC 60601-1-8 (high: immediate response; medium: prompt; low: 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -258,7 +259,6 @@ class AlertEngine:
         self.alerts: dict[tuple[str, str], Alert] = {}
         self.silences: dict[tuple[str, str], Silence] = {}
         self.stats = FatigueStats()
-        self._seq = 0
 
     # -- conditions ------------------------------------------------------------------------
     def update(self, view: TwinView, now: float) -> list[Event]:
@@ -285,8 +285,9 @@ class AlertEngine:
         if a is None:
             if not on:
                 return []
-            self._seq += 1
-            a = Alert(f"{pid}:{kind}:{self._seq}", pid, kind, prio, first_seen=now)
+            # unique across restarts and workers: one open alert per patient and kind, and a new
+            # one cannot begin in the same millisecond as the last
+            a = Alert(f"{pid}:{kind}:{int(now * 1000)}", pid, kind, prio, first_seen=now)
             self.alerts[key] = a
         if on:
             a.clear_since = None
@@ -400,6 +401,35 @@ class AlertEngine:
         if a is None or not a.open:
             return []
         return [Event("silenced", a, now, f"{self._title(a)}: silenced ({reason})", True, by)]
+
+    # -- persistence -----------------------------------------------------------------------
+    def export(self, patient_id: str) -> bytes:
+        """The patient's open alerts and silences as bytes (b"" when there are none), for the
+        worker to keep beside the twin so another worker can take over exactly."""
+        alerts = [a for k in KINDS if (a := self.alerts.get((patient_id, k))) is not None]
+        silences = [s for k in KINDS if (s := self.silences.get((patient_id, k))) is not None]
+        if not alerts and not silences:
+            return b""
+        return json.dumps({"alerts": [asdict(a) for a in alerts],
+                           "silences": [asdict(s) for s in silences]},
+                          separators=(",", ":")).encode()
+
+    def restore(self, patient_id: str, blob: bytes) -> None:
+        """Replace what the engine holds for the patient by `blob` (from `export`)."""
+        self.forget({patient_id})
+        if not blob:
+            return
+        doc = json.loads(blob)
+        for a in doc["alerts"]:
+            self.alerts[(patient_id, a["kind"])] = Alert(**a)
+        for s in doc["silences"]:
+            self.silences[(patient_id, s["kind"])] = Silence(**s)
+
+    def forget(self, patient_ids: set[str]) -> None:
+        """Drop what the engine holds for these patients (their worker changed)."""
+        for store in (self.alerts, self.silences):
+            for key in [k for k in store if k[0] in patient_ids]:
+                del store[key]
 
     # -- helpers ---------------------------------------------------------------------------
     def _resolve(self, a: Alert, now: float, why: str) -> Event:

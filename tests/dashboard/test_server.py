@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from dashboard import tls
-from dashboard.app import create_app
+from dashboard.app import close, create_app
 from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from dashboard.login import FAILURES_ALLOWED
@@ -36,7 +36,8 @@ def app_and_settings(settings_factory, tmp_path):
         feed.apply(s.topic_patients, pid.encode(),
                    msgspec.json.encode(change(None, pid, "admit", "t", ward=w)))
     app = create_app(s, feed=feed)
-    return app, s, users
+    yield app, s, users
+    close(app)
 
 
 def _login(client, name, pw=PW, next_=None):

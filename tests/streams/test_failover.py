@@ -85,7 +85,7 @@ def _wait_for_counts(settings, expected: int, timeout: float) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     states: dict[str, messages.TwinState] = {}
     while time.monotonic() < deadline:
-        states = _latest_states(settings)
+        states = {p: st for p, st in _latest_states(settings).items() if p in PATIENTS}
         if len(states) == len(PATIENTS) and all(
                 st.readings_applied + st.sequence_gaps >= expected for st in states.values()):
             break
@@ -143,6 +143,38 @@ def test_sigkill_of_one_of_two_workers_loses_nothing_and_applies_nothing_twice(
                        f"{short}\n{procs.log(f'worker-b{attempt}')[-3000:]}")
 
 
+SICK = "S001"
+
+
+def _send_sick(settings, seqs: range) -> None:
+    """Readings of a patient whose NEWS2 is high from the first one (RCP 2017: RR 30, SpO2 84,
+    SBP 85, HR 140 each score 3)."""
+    p = KafkaProducer(**kafka_python_producer_config(settings))
+    t0 = time.time() - 60
+    for k in seqs:
+        r = messages.reading("dev-sick", SICK, k, messages.utc(t0 + k),
+                             {"hr": 140.0, "rr": 30.0, "spo2": 84.0, "sbp": 85.0})
+        p.send(settings.topic_vitals_raw, key=SICK.encode(), value=messages.encode(r))
+    p.flush()
+    p.close()
+
+
+def _news2_events(settings) -> list[messages.AlertEvent]:
+    c = KafkaConsumer(group_id=None, enable_auto_commit=False, **kafka_python_config(settings))
+    parts = [TopicPartition(settings.topic_alerts, p)
+             for p in sorted(c.partitions_for_topic(settings.topic_alerts) or ())]
+    c.assign(parts)
+    c.seek_to_beginning(*parts)
+    out, idle = [], 0
+    while idle < 2:
+        batch = c.poll(timeout_ms=300)
+        idle = 0 if batch else idle + 1
+        for recs in batch.values():
+            out += [msgspec.json.decode(r.value, type=messages.AlertEvent) for r in recs]
+    c.close()
+    return [e for e in out if e.patient_id == SICK and e.kind == "news2"]
+
+
 def test_restarted_worker_continues_every_twin_where_it_was(settings_factory, procs):
     s = settings_factory()
     topics.ensure(s)
@@ -153,7 +185,9 @@ def test_restarted_worker_continues_every_twin_where_it_was(settings_factory, pr
     w = procs.start("worker-1", "worker", env=env)
     wait_for_stable_assignment(port, s.kafka_partitions, "")
     Sender(s, range(1, 51), 0).run()
+    _send_sick(s, range(1, 4))
     assert _wait_for_counts(s, 50, timeout=60) == {p: 50 for p in PATIENTS}
+    assert wait_until(lambda: _news2_events(s), timeout=30)
     w.send_signal(signal.SIGTERM)
     assert w.wait(30) == 0
     before = _latest_states(s)
@@ -162,6 +196,13 @@ def test_restarted_worker_continues_every_twin_where_it_was(settings_factory, pr
     Sender(s, range(51, 81), 0).run()
     counts = _wait_for_counts(s, 80, timeout=60)
     assert counts == {p: 80 for p in PATIENTS}, procs.log("worker-2")[-3000:]
+    # the sick patient's open alert continues on the new worker: no second "raised"
+    _send_sick(s, range(4, 10))
+    assert wait_until(lambda: _latest_states(s)[SICK].readings_applied == 9, timeout=30)
+    events = _news2_events(s)
+    assert [e.event for e in events].count("raised") == 1, [(e.event, e.alert_id)
+                                                            for e in events]
+    assert len({e.alert_id for e in events}) == 1
     after = _latest_states(s)
     for p in PATIENTS:
         # the estimate continued from the recovered twin, not from a fresh prior

@@ -89,3 +89,38 @@ def test_unknown_consciousness_and_oxygen_mark_news2_incomplete():
     st = res.twin_states[0]
     assert st.news2_complete is False and st.news2 == 0
     assert np.isclose(st.estimate["temp"], 37.0, atol=0.2)
+
+
+def test_a_worker_taking_over_continues_the_patients_open_alerts():
+    from datetime import UTC, datetime
+
+    from streams.messages import AlertAction
+
+    sick = dict(hr=140.0, sbp=85.0, rr=30.0, spo2=84.0)
+    a = TwinProcessor()
+    res = a.process([rd("p", 1, T0, **sick)], {}, now=T0)
+    (raised,) = [e for e in res.alerts if e.kind == "news2"]
+    assert raised.event == "raised" and raised.priority == "high"
+    stored = dict(res.states)
+    assert len(stored["p"]) > 1000  # the twin (fixed size) and its open alert
+
+    # another worker (a restart or a failover) continues from the table: same alert, no new one
+    b = TwinProcessor()
+    res2 = b.process([rd("p", 2, T0 + 1, **sick)], stored, now=T0 + 1)
+    assert [e.event for e in res2.alerts if e.kind == "news2"] == []
+    assert b.engine.alerts[("p", "news2")].alert_id == raised.alert_id
+    ack = AlertAction(action="acknowledge", patient_id="p", by="dr", ts=datetime.now(UTC),
+                      alert_id=raised.alert_id)
+    (acked,) = b.act(ack, now=T0 + 2)
+    assert acked.event == "acknowledged" and acked.raised_at == raised.raised_at
+    # without the stored alerts the new worker would raise a duplicate: what the table prevents
+    c = TwinProcessor()
+    fresh = {"p": stored["p"][:len(stored["p"]) - len(a.engine.export("p"))]}
+    res3 = c.process([rd("p", 2, T0 + 1, **sick)], fresh, now=T0 + 1)
+    assert [e.event for e in res3.alerts if e.kind == "news2"] == ["raised"]
+
+    # a worker that loses the patient forgets its alerts and no longer times them
+    b.release({"p"})
+    assert b.engine.alerts == {} and "p" not in b.last_arrival
+    records = b.records({"p"}, {"p": res2.states["p"]})
+    assert records["p"] == res2.states["p"][:len(records["p"])]

@@ -185,6 +185,7 @@ def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factor
     finally:
         failing.close()
         producer.close()
+        writer.close()
 
 
 @pytest.fixture
@@ -201,7 +202,8 @@ def api(settings_factory, tmp_path):
     feed = TwinFeed(s).start()
     view = SubscriptionView(s).start()
     app = Flask("t")
-    app.register_blueprint(blueprint(s, feed, view, TokenStore(str(tokens))))
+    bp = blueprint(s, feed, view, TokenStore(str(tokens)))
+    app.register_blueprint(bp)
     port = supervise.free_port()
     server = wsgi.Server(("127.0.0.1", port), app, numthreads=8)
     server.prepare()
@@ -212,6 +214,8 @@ def api(settings_factory, tmp_path):
     th.join(5)
     feed.stop()
     view.stop()
+    for w in bp.writers:
+        w.close()
 
 
 def _req(port: int, method: str, path: str, token: str | None = None, body: dict | None = None
