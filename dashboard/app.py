@@ -114,7 +114,7 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
         html.Div([
             html.Div([dcc.Graph(id="body3d", config={"displaylogo": False}),
                       dcc.Store(id="body-anim")], className="col body-col"),
-            html.Div([html.H3("NEWS2"), html.Div(id="news2-breakdown"),
+            html.Div([html.H3("NEWS2", id="news2"), html.Div(id="news2-breakdown"),
                       html.H3("Open alerts"), html.Div(id="patient-alerts"),
                       dcc.Store(id="patient-alerts-seen"),
                       html.Div(id="action-status", role="status")], className="col"),
@@ -212,7 +212,7 @@ class WardCache:
     """The ward view per set of wards, recomputed at most every `ttl_s` (live updates reach the
     screen within REFRESH_MS + ttl_s)."""
 
-    def __init__(self, ttl_s: float = 0.5) -> None:
+    def __init__(self, ttl_s: float = 0.25) -> None:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._items: dict[tuple[str, ...], tuple[float, Any]] = {}
@@ -247,7 +247,7 @@ def _callbacks(app: Dash, c: Context) -> None:
     @app.callback(Output("ward-table", "data"), Output("ward-summary", "children"),
                   Input("ward-refresh", "n_intervals"))
     def refresh(_n: int | None) -> tuple[list[dict[str, Any]], str]:
-        # every viewer of the same wards within CACHE_S shares one computation
+        # every viewer of the same wards within the cache's ttl shares one computation
         return cache.get(c.user().wards, lambda: _ward_view(visible_beds(), feed.connected))
 
     @app.callback(Output("ward3d-graph", "figure"), Input("ward3d-refresh", "n_intervals"))

@@ -93,7 +93,7 @@ def _value(state: dict[str, Any], ch: str) -> str:
 COLUMNS = [
     {"id": "where", "name": "Ward / bed"},
     {"id": "patient", "name": "Patient", "presentation": "markdown"},
-    {"id": "news2", "name": "NEWS2"},
+    {"id": "news2", "name": "NEWS2", "presentation": "markdown"},
     *[{"id": f"v_{c.name}", "name": f"{c.display} ({c.unit})"} for c in CHANNELS],
     {"id": "alerts", "name": "Open alerts"},
     {"id": "last", "name": "Last data"},
@@ -125,12 +125,14 @@ def rows(beds_: list[Bed]) -> list[dict[str, Any]]:
             "alert_priority": b.alerts[0]["priority"] if b.alerts else "",
         }
         if st is None:
-            row.update({"news2": "no data", "last": "NO DATA",
+            row.update({"news2": f"[no data](/patient/{b.patient_id}#news2)", "last": "NO DATA",
                         **{f"v_{c.name}": "—" for c in CHANNELS}})
         else:
             age = f"{max(b.age_s or 0.0, 0.0):.0f} s ago"  # device clocks can run ahead
             row.update({
-                "news2": f"{st['news2']}" + ("" if st.get("news2_complete") else " (partial)"),
+                # the score links to its breakdown: the readings and observations behind it
+                "news2": f"[{st['news2']}{'' if st.get('news2_complete') else ' (partial)'}]"
+                         f"(/patient/{b.patient_id}#news2)",
                 "last": f"STALE {age}" if b.stale else age,
                 **{f"v_{c.name}": _value(st, c.name) for c in CHANNELS}})
         out.append(row)

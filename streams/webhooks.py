@@ -7,8 +7,8 @@ each event, delivers it to every matching subscription: an HTTP POST of the even
 `X-PatientTwin-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body with the secret>`,
 with `X-PatientTwin-Delivery` (stable across retries and restarts: receivers dedupe on it).
 A failed delivery (network error or a non-2xx answer) is retried with exponential backoff; after
-`WEBHOOK_MAX_ATTEMPTS` it goes to the webhook dead-letter topic with its delivery log. The alert's
-offset is committed only once every delivery of it has succeeded or been dead-lettered, so a
+`WEBHOOK_MAX_ATTEMPTS` it goes to the webhook dead-letter topic with its delivery log. A queue
+commits an alert's offset only once its delivery has succeeded or been dead-lettered, so a
 restarted dispatcher delivers what was pending (at least once).
 """
 
@@ -199,7 +199,9 @@ class Dispatcher:
         self.clock = clock
         self.delivered = 0
         self.dead = 0
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._producer: Any = None
 
     def deliver(self, sub: Subscription, event_body: bytes, delivery_id: str
                 ) -> list[DeliveryAttempt]:
@@ -226,70 +228,136 @@ class Dispatcher:
         self._stop.set()
 
     def run(self, ready: Callable[[], None] | None = None) -> None:
-        """Until stop(): consume alerts, deliver, dead-letter, commit."""
-        from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+        """Until stop(): one delivery queue per subscription, started and stopped as
+        subscriptions come and go. `ready` is called once every queue holds its partitions."""
+        from kafka import KafkaProducer
 
-        s = self.settings
         self.view.start()
         # Know every subscription before the first alert is matched.
         if not self.view.follower.caught_up.wait(timeout=60):
             log.warning("subscriptions not fully read after 60 s; starting anyway")
-        consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhooks",
-                                 client_id="patient-twin-dispatcher", enable_auto_commit=False,
-                                 auto_offset_reset="latest", **kafka_python_config(s))
-        producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
-                                 **kafka_python_producer_config(s))
-        decoder = msgspec.json.Decoder(dict[str, Any])
-        encoder = msgspec.json.Encoder()
+        self._producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
+                                       **kafka_python_producer_config(self.settings))
+        queues: dict[str, SubscriberQueue] = {}
         announced = False
         try:
             while not self._stop.is_set():
-                batch = consumer.poll(timeout_ms=300, max_records=100)
-                if not announced and consumer.assignment():
+                subs = {sub.id: sub for sub in self.view.snapshot()[0]}
+                for sid in [q for q in queues if q not in subs]:
+                    queues.pop(sid).stop()  # deleted: its pending deliveries are dropped
+                for sid, sub in subs.items():
+                    if sid not in queues:
+                        queues[sid] = SubscriberQueue(self, sub)
+                        queues[sid].start()
+                if not announced and all(q.joined.is_set() for q in queues.values()):
                     announced = True
-                    # A new group starts at the end (no flood of old alerts), and pins that
-                    # position at once so a restart delivers whatever arrived meanwhile.
-                    start = {}
-                    for tp in consumer.assignment():
-                        if consumer.committed(tp) is None:
-                            start[tp] = OffsetAndMetadata(consumer.position(tp), "", -1)
-                    if start:
-                        consumer.commit(start)
                     if ready is not None:
                         ready()
+                self._stop.wait(0.3)
+        finally:
+            for q in queues.values():
+                q.stop()
+            for q in queues.values():
+                q.join(timeout=30)
+            self._producer.flush(10)
+            self._producer.close(5)
+            self.view.stop()
+
+    def handle(self, sub: Subscription, rec: Any, event: dict[str, Any]) -> None:
+        """Deliver one alert event to one subscription, or dead-letter it with its log."""
+        _, wards = self.view.snapshot()
+        if not matches(sub, event, wards.get(event.get("patient_id", ""))):
+            return
+        delivery_id = hashlib.sha256(
+            f"{sub.id}:{rec.topic}:{rec.partition}:{rec.offset}".encode()).hexdigest()[:32]
+        attempts = self.deliver(sub, rec.value, delivery_id)
+        last = attempts[-1]
+        ok = last.status is not None and 200 <= last.status < 300
+        if not ok and self._stop.is_set() and len(attempts) < self.settings.webhook_max_attempts:
+            raise _Stopped  # retries cut short by a stop: not dead, pending for the restart
+        with self._lock:
+            if ok:
+                self.delivered += 1
+                return
+            self.dead += 1
+        log.warning("webhook %s failed %d times; dead-lettered", sub.id, len(attempts))
+        dead = WebhookDeadLetter(subscription_id=sub.id, url=sub.url,
+                                 delivery_id=delivery_id, event=event, attempts=attempts)
+        self._producer.send(self.settings.topic_webhook_dlq, key=sub.id.encode(),
+                            value=msgspec.json.encode(dead)).get(timeout=30)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class SubscriberQueue(threading.Thread):
+    """One subscription's deliveries, in its own consumer group on the alerts topic: a failing or
+    slow subscriber (retries, backoff, timeouts) never delays another, and each resumes from its
+    own committed offset after a restart. A new subscription's group starts at the first alert
+    produced after the subscription was created, whenever the dispatcher gets to it."""
+
+    def __init__(self, dispatcher: Dispatcher, sub: Subscription) -> None:
+        super().__init__(name=f"webhook-{sub.id}", daemon=True)
+        self.d = dispatcher
+        self.sub = sub
+        self.joined = threading.Event()
+        self._halt = threading.Event()  # not _stop: Thread uses that name
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _start_positions(self, consumer: Any) -> None:
+        """Seek every assigned partition to where this subscription's deliveries continue: the
+        committed offset, or for a partition never committed the first alert after the
+        subscription was created (committed at once, so a restart starts there too)."""
+        from kafka import OffsetAndMetadata
+
+        assigned = list(consumer.assignment())
+        committed = {tp: consumer.committed(tp) for tp in assigned}
+        new = [tp for tp in assigned if committed[tp] is None]
+        start: dict[Any, int] = {tp: committed[tp] for tp in assigned if committed[tp] is not None}
+        if new:
+            since = int(self.sub.created_at.timestamp() * 1000)
+            found = consumer.offsets_for_times({tp: since for tp in new})
+            ends = consumer.end_offsets(new)
+            for tp in new:
+                start[tp] = found[tp].offset if found.get(tp) is not None else ends[tp]
+            consumer.commit({tp: OffsetAndMetadata(start[tp], "", -1) for tp in new})
+        for tp, off in start.items():
+            consumer.seek(tp, off)
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+
+        s = self.d.settings
+        consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhook-{self.sub.id}",
+                                 client_id=f"patient-twin-webhook-{self.sub.id}",
+                                 enable_auto_commit=False, auto_offset_reset="latest",
+                                 **kafka_python_config(s))
+        decoder = msgspec.json.Decoder(dict[str, Any])
+        try:
+            while not self._halt.is_set() and not self.d._stop.is_set():
+                batch = consumer.poll(timeout_ms=300, max_records=100)
+                if not self.joined.is_set() and consumer.assignment():
+                    self._start_positions(consumer)
+                    self.joined.set()
+                    continue  # this batch was read from before the positions were set
                 for tp, records in batch.items():
                     for rec in records:
-                        self._handle(rec, decoder, encoder, producer)
-                        if self._stop.is_set():
-                            break
+                        if self._halt.is_set():
+                            return
+                        try:
+                            event = decoder.decode(rec.value)
+                        except msgspec.DecodeError:
+                            log.warning("skipping an undecodable alert event at offset %d",
+                                        rec.offset)
+                        else:
+                            try:
+                                self.d.handle(self.sub, rec, event)
+                            except _Stopped:
+                                return  # uncommitted: delivered after the restart
                         consumer.commit({TopicPartition(tp.topic, tp.partition):
                                          OffsetAndMetadata(rec.offset + 1, "", -1)})
         finally:
-            producer.flush(10)
-            producer.close(5)
             consumer.close()
-            self.view.stop()
-
-    def _handle(self, rec: Any, decoder: Any, encoder: Any, producer: Any) -> None:
-        try:
-            event = decoder.decode(rec.value)
-        except msgspec.DecodeError:
-            log.warning("skipping an undecodable alert event at offset %d", rec.offset)
-            return
-        subs, wards = self.view.snapshot()
-        for sub in subs:
-            if not matches(sub, event, wards.get(event.get("patient_id", ""))):
-                continue
-            delivery_id = hashlib.sha256(
-                f"{sub.id}:{rec.topic}:{rec.partition}:{rec.offset}".encode()).hexdigest()[:32]
-            attempts = self.deliver(sub, rec.value, delivery_id)
-            last = attempts[-1]
-            if last.status is not None and 200 <= last.status < 300:
-                self.delivered += 1
-                continue
-            self.dead += 1
-            log.warning("webhook %s failed %d times; dead-lettered", sub.id, len(attempts))
-            dead = WebhookDeadLetter(subscription_id=sub.id, url=sub.url,
-                                     delivery_id=delivery_id, event=event, attempts=attempts)
-            producer.send(self.settings.topic_webhook_dlq, key=sub.id.encode(),
-                          value=encoder.encode(dead)).get(timeout=30)

@@ -188,6 +188,45 @@ def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factor
         writer.close()
 
 
+def test_a_failing_subscriber_never_delays_another(settings_factory, receiver):
+    # the failing one retries for 1 + 2 + 4 = 7 s per alert before its dead letter
+    s = settings_factory(webhook_backoff_seconds=1.0, webhook_max_attempts=4)
+    topics.ensure(s)
+    failing = Receiver(default=503)
+    writer = SubscriptionWriter(s)
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+
+    def send(ev: dict) -> None:
+        producer.send(s.topic_alerts, key=ev["patient_id"].encode(),
+                      value=json.dumps(ev).encode()).get(timeout=10)
+
+    try:
+        for url in (failing.url, receiver.url):
+            sub = new_subscription(url=url, created_by="t")
+            writer.put(sub.id, msgspec.json.encode(sub))
+        time.sleep(0.05)
+        # an alert raised after the subscriptions exist but before any dispatcher runs is
+        # delivered all the same: a new subscription's queue starts at its creation time
+        send(_alert("P1"))
+        d, th = _run_dispatcher(s)
+        t0 = time.monotonic()
+        send(_alert("P2"))
+        send(_alert("P3"))
+        assert wait_until(lambda: len(receiver.got) == 3, timeout=6)
+        good_s = time.monotonic() - t0
+        # meanwhile the failing subscriber is still on its first alert's retries
+        assert len(failing.got) < 4 and d.dead == 0
+        assert sorted(json.loads(b)["patient_id"] for _, b in receiver.got) == ["P1", "P2", "P3"]
+        assert good_s < 5.0
+        assert wait_until(lambda: d.dead >= 1, timeout=20)
+        d.stop()
+        th.join(30)
+    finally:
+        failing.close()
+        producer.close()
+        writer.close()
+
+
 @pytest.fixture
 def api(settings_factory, tmp_path):
     """The API blueprint on a real cheroot server (loopback), with one token."""
