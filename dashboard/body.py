@@ -121,7 +121,7 @@ function(n, fig, anim) {
     if (rate === null || rate === undefined) { continue; }
     const phase = (t * rate / 60) % 1;
     const s = p.kind === 'heart'
-      ? 1 + 0.18 * Math.exp(-Math.pow((phase - 0.1) / 0.07, 2))
+      ? 1 + 0.18 * Math.exp(-Math.pow((phase - 0.15) / 0.1, 2))
       : 1 + 0.12 * Math.sin(2 * Math.PI * phase);
     const c = p.centre;
     data[p.index] = Object.assign({}, data[p.index], {

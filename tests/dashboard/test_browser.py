@@ -197,13 +197,17 @@ def test_patient_page_renders_the_3d_twin_and_trends(stack: Stack, browser) -> N
     panels = page.locator("#trends .subplot").count()
     assert panels == 6
     assert page.locator(".news2-table tr").count() == 9  # header, 7 parameters, total
-    # the heart beats: its vertices move between two animation frames
-    z1 = page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
-                       ".find(t => t.name === 'heart').z[0]")
-    time.sleep(0.35)
-    z2 = page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
-                       ".find(t => t.name === 'heart').z[0]")
-    assert z1 != z2
+    # the lungs breathe and the heart beats: their vertices move between animation frames
+    def z0(organ: str) -> float:
+        return page.evaluate("document.querySelector('#body3d .js-plotly-plot').data"
+                             f".find(t => t.name === '{organ}').z[0]")
+
+    lung, heart = set(), set()
+    for _ in range(40):  # 2 s: at least one beat at any heart rate the twin can have (> 30/min)
+        lung.add(z0("left lung"))
+        heart.add(z0("heart"))
+        time.sleep(0.05)
+    assert len(lung) > 3 and len(heart) > 1, (lung, heart)
     # a manual observation flows through Kafka and the worker into the twin's NEWS2
     assert "not recorded" in page.locator("tr.news2-consciousness").inner_text()
     page.click("details summary")
