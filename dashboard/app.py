@@ -45,8 +45,22 @@ def _nav() -> html.Nav:
 
 
 def ward_layout(**_: Any) -> html.Div:
+    u = login.user()
+    disabled = u is None or not u.can_act
     return html.Div([
         html.H2("Ward overview"),
+        html.Details([
+            html.Summary("Admit a patient"),
+            html.Div([
+                dcc.Input(id="admit-patient", placeholder="patient id", disabled=disabled),
+                dcc.Input(id="admit-ward", placeholder="ward", disabled=disabled),
+                dcc.Input(id="admit-bed", placeholder="bed", disabled=disabled),
+                dcc.Input(id="admit-device", placeholder="device id (optional)",
+                          disabled=disabled),
+                html.Button("Admit", id="admit-submit", disabled=disabled),
+                html.Span(id="admit-status", role="status"),
+            ], className="form"),
+        ]),
         html.Div(id="ward-summary"),
         dash_table.DataTable(id="ward-table", columns=ward.COLUMNS, data=[],
                              markdown_options={"link_target": "_self"},
@@ -84,6 +98,15 @@ class Context:
     def close(self) -> None:
         for w in (self.actions, self.registry_writer, self.observations):
             w.close()
+
+    def register(self, u: User, rec: Any, fields: dict[str, Any]) -> str:
+        """Write a registry change (audited first) and show it at once in this replica."""
+        self.audit.record(u.name, rec.event, role=u.role, patient_id=rec.patient_id,
+                          detail=", ".join(f"{k}={v}" for k, v in fields.items()), wait=True)
+        value = msgspec.json.encode(rec)
+        self.registry_writer.put(rec.patient_id, value)
+        self.feed.registry.apply(self.settings.topic_patients, rec.patient_id.encode(), value)
+        return f"{rec.event} of {rec.patient_id} recorded by {u.name}."
 
     def user(self) -> User:
         u = login.user()
@@ -147,6 +170,11 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
                 dcc.Input(id="transfer-bed", placeholder="bed", disabled=disabled),
                 html.Button("Transfer", id="transfer-submit", disabled=disabled),
                 html.Button("Discharge", id="discharge-submit", disabled=disabled),
+            ], className="form"),
+            html.Div([
+                html.H4("Pair a device"),
+                dcc.Input(id="pair-device", placeholder="device id", disabled=disabled),
+                html.Button("Pair", id="pair-submit", disabled=disabled),
             ], className="form"),
         ]),
         html.H3("Trends"),
@@ -377,12 +405,14 @@ def _callbacks(app: Dash, c: Context) -> None:
 
     @app.callback(Output("action-status", "children", allow_duplicate=True),
                   Input("spo2-scale-submit", "n_clicks"), Input("transfer-submit", "n_clicks"),
-                  Input("discharge-submit", "n_clicks"), State("spo2-scale", "value"),
-                  State("transfer-ward", "value"), State("transfer-bed", "value"),
+                  Input("discharge-submit", "n_clicks"), Input("pair-submit", "n_clicks"),
+                  State("spo2-scale", "value"), State("transfer-ward", "value"),
+                  State("transfer-bed", "value"), State("pair-device", "value"),
                   State("patient-id", "data"), prevent_initial_call=True)
-    def registry_change(n1: int | None, n2: int | None, n3: int | None, scale: int,
-                        new_ward: str | None, new_bed: str | None, pid: str) -> str:
-        if not ctx.triggered_id or not (n1 or n2 or n3):
+    def registry_change(n1: int | None, n2: int | None, n3: int | None, n4: int | None,
+                        scale: int, new_ward: str | None, new_bed: str | None,
+                        device: str | None, pid: str) -> str:
+        if not ctx.triggered_id or not (n1 or n2 or n3 or n4):
             raise dash.exceptions.PreventUpdate
         u = c.user()
         if not u.can_act or not c.may_see(u, pid):
@@ -391,21 +421,43 @@ def _callbacks(app: Dash, c: Context) -> None:
         try:
             if ctx.triggered_id == "spo2-scale-submit":
                 event, fields = "update", {"spo2_scale": int(scale)}
+            elif ctx.triggered_id == "pair-submit":
+                if not (device or "").strip():
+                    return "Give the device id to pair."
+                event, fields = "update", {"devices": [device.strip()]}  # type: ignore[union-attr]
             elif ctx.triggered_id == "transfer-submit":
                 if new_ward and not u.sees_ward(new_ward):
                     return f"You cannot transfer to ward {new_ward} (not one of yours)."
                 event, fields = "transfer", {"ward": new_ward or None, "bed": new_bed or None}
             else:
                 event, fields = "discharge", {}
-            rec = change(current, pid, event, u.name, **fields)
+            return c.register(u, change(current, pid, event, u.name, **fields), fields)
         except RegistryError as exc:
             return str(exc)
-        c.audit.record(u.name, event, role=u.role, patient_id=pid,  # type: ignore[arg-type]
-                       detail=", ".join(f"{k}={v}" for k, v in fields.items()), wait=True)
-        value = msgspec.json.encode(rec)
-        c.registry_writer.put(pid, value)
-        feed.registry.apply(c.settings.topic_patients, pid.encode(), value)
-        return f"{event} recorded by {u.name}."
+
+    @app.callback(Output("admit-status", "children"), Input("admit-submit", "n_clicks"),
+                  State("admit-patient", "value"), State("admit-ward", "value"),
+                  State("admit-bed", "value"), State("admit-device", "value"),
+                  prevent_initial_call=True)
+    def admit(n: int | None, pid: str | None, ward_: str | None, bed: str | None,
+              device: str | None) -> str:
+        if not n:
+            raise dash.exceptions.PreventUpdate
+        u = c.user()
+        pid, ward_ = (pid or "").strip(), (ward_ or "").strip()
+        if not u.can_act:
+            return "Your role cannot admit patients."
+        if not pid or not ward_:
+            return "Give the patient id and the ward."
+        if not u.sees_ward(ward_):
+            return f"Ward {ward_} is not one of yours."
+        fields = {"ward": ward_, "bed": (bed or "").strip() or None,
+                  "devices": [device.strip()] if (device or "").strip() else None}
+        try:
+            return c.register(u, change(feed.registry.get(pid), pid, "admit", u.name, **fields),
+                              fields)
+        except RegistryError as exc:
+            return str(exc)
 
 
 def close(app: Dash) -> None:

@@ -144,3 +144,56 @@ def test_https_serves_the_dashboard_with_a_generated_certificate(app_and_setting
         server.stop()
         th.join(5)
     assert len(tls.fingerprint(cert).split(":")) == 32
+
+
+def _post(client, outputs, inputs, state, changed):
+    out = (outputs[0] if len(outputs) == 1 else None)
+    payload = {
+        "output": f"{out['id']}.{out['property']}" if out else
+        "..".join(f"{o['id']}.{o['property']}" for o in outputs),
+        "outputs": out or outputs, "inputs": inputs, "state": state,
+        "changedPropIds": [changed],
+    }
+    r = client.post("/_dash-update-component", json=payload)
+    assert r.status_code == 200, r.data[:300]
+    return r.get_json()["response"]
+
+
+def _admit(client, pid, ward, device):
+    vals = {"admit-patient": pid, "admit-ward": ward, "admit-bed": "4", "admit-device": device}
+    return _post(client, [{"id": "admit-status", "property": "children"}],
+                 [{"id": "admit-submit", "property": "n_clicks", "value": 1}],
+                 [{"id": k, "property": "value", "value": v} for k, v in vals.items()],
+                 "admit-submit.n_clicks")["admit-status"]["children"]
+
+
+def test_admit_and_pair_from_the_dashboard_write_the_registry(app_and_settings):
+    app, s, _ = app_and_settings
+    viewer = app.server.test_client()
+    _login(viewer, "vic")
+    assert "cannot admit" in _admit(viewer, "P7", "A", "D7")
+    nurse = app.server.test_client()
+    _login(nurse, "ann")
+    assert "not one of yours" in _admit(nurse, "P7", "B", "D7")
+    assert _admit(nurse, "P7", "A", "D7") == "admit of P7 recorded by ann."
+    assert "already admitted" in _admit(nurse, "P7", "A", "D7")
+    # pair a second device from the patient page
+    inputs = [{"id": i, "property": "n_clicks", "value": 1 if i == "pair-submit" else None}
+              for i in ("spo2-scale-submit", "transfer-submit", "discharge-submit",
+                        "pair-submit")]
+    state = [{"id": "spo2-scale", "property": "value", "value": 1},
+             {"id": "transfer-ward", "property": "value", "value": None},
+             {"id": "transfer-bed", "property": "value", "value": None},
+             {"id": "pair-device", "property": "value", "value": "D8"},
+             {"id": "patient-id", "property": "data", "value": "P7"}]
+    # several callbacks write the status line: Dash tells them apart by a suffix on the output
+    (key,) = [k for k in app.callback_map if k.startswith("action-status.children@")
+              and any(i["id"] == "pair-submit" for i in app.callback_map[k]["inputs"])]
+    resp = _post(nurse, [{"id": "action-status", "property": key.split(".", 1)[1]}], inputs,
+                 state, "pair-submit.n_clicks")
+    assert resp["action-status"] == {"children": "update of P7 recorded by ann."}
+    recs = [json.loads(r.value) for r in _consume_all(
+        s, s.topic_patients, lambda seen: sum(r.key == b"P7" for r in seen) >= 2, 15)]
+    p7 = [r for r in recs if r["patient_id"] == "P7"]
+    assert (p7[-1]["ward"], p7[-1]["bed"], p7[-1]["devices"], p7[-1]["by"]) == (
+        "A", "4", ["D7", "D8"], "ann")
