@@ -136,7 +136,8 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
         html.Div(id="patient-header"),
         html.Div([
             html.Div([dcc.Graph(id="body3d", config={"displaylogo": False}),
-                      dcc.Store(id="body-anim")], className="col body-col"),
+                      dcc.Store(id="body-anim"), dcc.Store(id="body-seen")],
+                     className="col body-col"),
             html.Div([html.H3("NEWS2", id="news2"), html.Div(id="news2-breakdown"),
                       html.H3("Open alerts"), html.Div(id="patient-alerts"),
                       dcc.Store(id="patient-alerts-seen"),
@@ -291,15 +292,23 @@ def _callbacks(app: Dash, c: Context) -> None:
 
     @app.callback(Output("patient-header", "children"), Output("body3d", "figure"),
                   Output("body-anim", "data"), Output("news2-breakdown", "children"),
-                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"))
-    def refresh_patient(_n: int | None, pid: str) -> tuple[Any, ...]:
+                  Output("body-seen", "data"),
+                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"),
+                  State("body-seen", "data"))
+    def refresh_patient(_n: int | None, pid: str, seen: str | None) -> tuple[Any, ...]:
         u = c.user()
         if not c.may_see(u, pid):
             raise dash.exceptions.PreventUpdate
         st = feed.state(pid)
-        fig, anim = body.figure(st)
+        # the 3D body (tens of KB, re-rendered in WebGL) is sent only when what it shows
+        # changes: organ scores, or heart or breathing rate to the whole beat per minute
+        sig = body.signature(st)
+        if sig == seen:
+            fig = anim = dash.no_update
+        else:
+            fig, anim = body.figure(st)
         return (patient.header(pid, feed.registry.get(pid), st), fig, anim,
-                patient.news2_table(st))
+                patient.news2_table(st), sig)
 
     @app.callback(Output("patient-alerts", "children"), Output("patient-alerts-seen", "data"),
                   Input("patient-refresh", "n_intervals"), State("patient-id", "data"),

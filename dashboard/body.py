@@ -72,6 +72,18 @@ _CHANNEL_OF = {"respiration_rate": "rr", "spo2": "spo2", "systolic_bp": "sbp", "
                "temperature": "temp"}
 
 
+def signature(state: dict[str, Any] | None) -> str:
+    """What the figure shows, as a string: equal signatures, equal figures (to the beat)."""
+    if state is None:
+        return "none"
+    est = state.get("estimate") or {}
+    si = (state.get("derived") or {}).get("shock_index")
+    comps = sorted((state.get("news2_components") or {}).items())
+    return "|".join([_num(est.get("hr")), _num(est.get("rr")),
+                     "-" if si is None else f"{si:.2f}", *(f"{k}={v}" for k, v in comps),
+                     *(ch for ch in ("hr", "rr", "spo2", "sbp", "temp") if est.get(ch) is None)])
+
+
 def figure(state: dict[str, Any] | None) -> tuple[go.Figure, dict[str, Any]]:
     """The body figure for a twin state (None: no data) and what the browser animation needs:
     heart and lung trace indices, their centres and base vertices, HR and RR per minute."""

@@ -1,0 +1,91 @@
+"""From a reading to the clinician's screen: `patient-twin demo` with `--patients` simulated
+patients, a logged-in headless Chromium (Debian's, Playwright) on one patient's page, and a probe
+patient whose readings carry a new heart rate every ~1.3 s; latency = time from sending a reading
+to the page's NEWS2 breakdown showing that value as the latest reading. Everything (broker,
+worker, dashboard, simulator, browser with software WebGL) shares this machine.
+
+Run: `python -m bench.screen_latency [--patients 200] [--samples 20]`; prints p50 and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from kafka import KafkaProducer
+
+from streams import messages, supervise
+
+PROBE = "PLAT"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from playwright.sync_api import sync_playwright
+
+    ap = argparse.ArgumentParser(prog="python -m bench.screen_latency")
+    ap.add_argument("--patients", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=20)
+    args = ap.parse_args(argv)
+    broker, web = supervise.free_port(), supervise.free_port()
+    env = {**os.environ, "BROKER_PORT": str(broker), "DASHBOARD_PORT": str(web),
+           "WORKER_METRICS_PORT": str(supervise.free_port())}
+    demo = subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", "--patients",
+                             str(args.patients)], stdout=subprocess.PIPE, text=True, env=env)
+    password = None
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if m := re.search(r"password (\S+)", line):
+            password = m.group(1)
+            break
+    # keep reading the demo's status lines so it never blocks on a full pipe
+    threading.Thread(target=lambda: [None for _ in demo.stdout], daemon=True).start()
+    time.sleep(20)  # the worker joins its group and the simulated ward is flowing
+    producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{broker}")
+
+    def send(seq: int, hr: float) -> None:
+        r = messages.reading("WR-PROBE", PROBE, seq, messages.utc(time.time()),
+                             {"hr": hr, "spo2": 97.0})
+        producer.send("vitals.raw", key=PROBE.encode(), value=messages.encode(r))
+        producer.flush()
+
+    send(1, 70.0)
+    lat = []
+    try:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+                "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader", "--disable-background-networking"])
+            page = b.new_page()
+            page.goto(f"http://127.0.0.1:{web}/patient/{PROBE}")
+            page.fill("#username", "demo")
+            page.fill("#password", password or "")
+            page.click("#login")
+            page.wait_for_selector("tr.news2-pulse", timeout=60_000)
+            for k in range(2, 2 + args.samples):
+                hr = 100.0 + k
+                t0 = time.monotonic()
+                send(k, hr)
+                while f"{hr:g} /min" not in page.locator("tr.news2-pulse").inner_text():
+                    if time.monotonic() - t0 > 30:
+                        break
+                    time.sleep(0.02)
+                lat.append(time.monotonic() - t0)
+                time.sleep(1.3)
+            b.close()
+    finally:
+        producer.close()
+        demo.terminate()
+        demo.wait(60)
+    print(f"reading -> screen, {args.patients} patients, {len(lat)} samples: "
+          f"p50 {statistics.median(lat):.2f} s, max {max(lat):.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
