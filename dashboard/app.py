@@ -27,7 +27,7 @@ from streams.config import Settings
 from streams.errors import ConfigError, InvalidMessage
 from streams.follow import TopicWriter
 from streams.messages import OBSERVATION_SCHEMA, AlertAction, decode_observation
-from streams.registry import RegistryError, change
+from streams.registry import RegistryError, RegistryWriter, change
 from streams.webhooks import SubscriptionView
 from twin.alerts import KINDS
 
@@ -92,7 +92,7 @@ class Context:
         self.feed = feed
         self.audit = audit
         self.actions = TopicWriter(settings, settings.topic_alert_actions)
-        self.registry_writer = TopicWriter(settings, settings.topic_patients)
+        self.registry_writer = RegistryWriter(settings, feed.registry)
         self.observations = TopicWriter(settings, settings.topic_observations)
 
     def close(self) -> None:
@@ -103,9 +103,7 @@ class Context:
         """Write a registry change (audited first) and show it at once in this replica."""
         self.audit.record(u.name, rec.event, role=u.role, patient_id=rec.patient_id,
                           detail=", ".join(f"{k}={v}" for k, v in fields.items()), wait=True)
-        value = msgspec.json.encode(rec)
-        self.registry_writer.put(rec.patient_id, value)
-        self.feed.registry.apply(self.settings.topic_patients, rec.patient_id.encode(), value)
+        self.registry_writer.write(rec)
         return f"{rec.event} of {rec.patient_id} recorded by {u.name}."
 
     def user(self) -> User:

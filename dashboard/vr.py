@@ -103,6 +103,8 @@ def scene_state(beds: list[ward.Bed]) -> list[dict[str, Any]]:
 
 def blueprint(c: Context) -> Blueprint:
     bp = Blueprint("vr", __name__)
+    page_html = (Path(__file__).parent / "vr" / "index.html").read_text().replace(
+        "{{AFRAME}}", f"/vr/aframe-v{AFRAME_VERSION}.min.js")
 
     @bp.get("/vr")
     def page() -> Response:
@@ -114,9 +116,7 @@ def blueprint(c: Context) -> Blueprint:
                 "<p>The VR scene needs A-Frame, which is not installed yet: run "
                 "<code>patient-twin fetch-assets</code> (needs npm and the npm registry once) "
                 "and reload.</p>", status=503, mimetype="text/html")
-        html_ = (Path(__file__).parent / "vr" / "index.html").read_text()
-        return Response(html_.replace("{{AFRAME}}", f"/vr/aframe-v{AFRAME_VERSION}.min.js"),
-                        mimetype="text/html")
+        return Response(page_html, mimetype="text/html")
 
     @bp.get(f"/vr/aframe-v{AFRAME_VERSION}.min.js")
     def aframe() -> Response:

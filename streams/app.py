@@ -10,6 +10,7 @@ import atexit
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,12 +200,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.artifacts.inc(result.artifacts)
         metrics.missing.inc(result.missing)
         # The twin table is written once per patient per batch, never per reading.
-        records = dict(result.states)
-        if result.other_alert_patients:
-            records.update(processor.records(
-                result.other_alert_patients,
-                {p: twins.get(p.encode()) for p in result.other_alert_patients}))
-        await write_records(records)
+        await write_records({**result.states, **alert_records(result.other_alert_patients)})
         for st in result.twin_states:
             state_out.send(st.patient_id.encode(), messages.encode(st))
         metrics.states.inc(len(result.twin_states))
@@ -221,20 +217,25 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                 twins[markers[part]] = b""
             await app.producer.flush()
 
+    def alert_records(pids: set[str]) -> dict[str, bytes]:
+        """Stored twins with their patients' current alerts (alerts changed outside a batch)."""
+        return processor.records(pids, {p: twins.get(p.encode()) for p in pids}) if pids else {}
+
     async def write_alerts_of(events: list[messages.AlertEvent]) -> None:
         """Keep the alerts of these events' patients in their twin records."""
-        pids = {ev.patient_id for ev in events}
-        if pids:
-            await write_records(processor.records(pids, {p: twins.get(p.encode())
-                                                         for p in pids}))
+        await write_records(alert_records({ev.patient_id for ev in events}))
+
+    def release_unless(owned_partition: Callable[[int], bool]) -> None:
+        """Forget the patients of partitions this worker no longer owns: another worker may own
+        them now; if they come back, their alerts are restored from the table, which the new
+        owner kept current."""
+        processor.release({p for p in processor.owned | set(processor.last_arrival)
+                           if not owned_partition(_partition(p, settings.kafka_partitions))})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
-        # Another worker may own these patients now: forget their alerts; if the partitions
-        # come back, the alerts are restored from the table, which the new owner kept current.
         lost = {tp.partition for tp in revoked if tp.topic == settings.topic_vitals_raw}
-        processor.release({p for p in processor.owned | set(processor.last_arrival)
-                           if _partition(p, settings.kafka_partitions) in lost})
+        release_unless(lambda part: part not in lost)
 
     source_end: dict[str, int] = {}
     source_tps = [TP(settings.topic_vitals_raw, p) for p in range(settings.kafka_partitions)]
@@ -276,8 +277,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         # whose partition moved to another worker is that worker's business now.
         mine = {tp.partition for tp in app.consumer.assignment()
                 if tp.topic == settings.topic_vitals_raw}
-        processor.release({p for p in processor.owned | set(processor.last_arrival)
-                           if _partition(p, settings.kafka_partitions) not in mine})
+        release_unless(lambda part: part in mine)
         cands = processor.silent_candidates(time.time())
         events = processor.check_silent({p: twins.get(p.encode()) for p in cands})
         await write_alerts_of(events)

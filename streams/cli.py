@@ -357,7 +357,7 @@ def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
             fields["spo2_scale"] = args.scale
         writer = RegistryWriter(settings, reg)
         rec = writer.apply(args.patient_id, event, args.by, **fields)
-        writer.writer.close()
+        writer.close()
         print(msgspec.json.encode(rec).decode())
         return 0
     finally:

@@ -57,10 +57,6 @@ def split(record: bytes) -> tuple[bytes, bytes]:
     return record[:bank.STATE_BYTES], record[bank.STATE_BYTES:]
 
 
-def _scale(states: bank.State) -> np.ndarray:
-    return np.where(states["spo2_scale"] == 2, 2, 1)
-
-
 def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
               since_reading_s: np.ndarray, spo2_scale: np.ndarray) -> alerts.TwinView:
     """The alert engine's view of K twins from the bank's outputs. since_reading_s: `(K,)`."""
@@ -129,6 +125,19 @@ class TwinProcessor:
         for p in pids:
             self.last_arrival.pop(p, None)
 
+    def _states(self, pids: list[str], stored: Mapping[str, bytes | None]) -> bank.State:
+        """The twins of `pids` from their stored records (new twins where there is none), on
+        the registry's SpO2 scale; takes over their alerts if they are new to this worker."""
+        states = bank.new_states(len(pids), self.params)
+        known = [i for i, p in enumerate(pids) if stored.get(p) is not None]
+        if known:
+            bank.put(states, np.asarray(known), bank.from_bytes(
+                [split(stored[pids[i]])[0] for i in known]))  # type: ignore[arg-type]
+        self._own(pids, stored)
+        if self.spo2_scale is not None:
+            states["spo2_scale"][:] = self.spo2_scale(pids)
+        return states
+
     def records(self, pids: set[str], stored: Mapping[str, bytes | None]) -> dict[str, bytes]:
         """The table records of patients whose alerts changed outside a reading batch: their
         stored twin with their current alerts."""
@@ -145,14 +154,7 @@ class TwinProcessor:
             return result
         pids = list(dict.fromkeys(r.patient_id for r in readings))
         row_of = {p: i for i, p in enumerate(pids)}
-        states = bank.new_states(len(pids), self.params)
-        known = [i for i, p in enumerate(pids) if stored.get(p) is not None]
-        if known:
-            bank.put(states, np.asarray(known), bank.from_bytes(
-                [split(stored[pids[i]])[0] for i in known]))  # type: ignore[arg-type]
-        self._own(pids, stored)
-        if self.spo2_scale is not None:
-            states["spo2_scale"][:] = self.spo2_scale(pids)
+        states = self._states(pids, stored)
 
         K = len(readings)
         z = np.full((K, C), np.nan)
@@ -199,7 +201,7 @@ class TwinProcessor:
             result.twin_states.append(self._twin_state(pid, utc(float(states["t"][i])), states,
                                                        out, i))
         # These patients just sent readings: fresh by arrival, whatever their device clocks say.
-        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), _scale(states))
+        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), states["spo2_scale"])
         events = self.engine.update(view, now)
         result.alerts = [alert_event(ev) for ev in events]
         # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
@@ -218,14 +220,11 @@ class TwinProcessor:
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
-        self._own(pids, stored)
-        states = bank.from_bytes([split(stored[p])[0] for p in pids])  # type: ignore[arg-type]
-        if self.spo2_scale is not None:
-            states["spo2_scale"][:] = self.spo2_scale(pids)
+        states = self._states(pids, stored)
         since = np.array([now - self.last_arrival[p] for p in pids])
         # the twin predicted forward over the silence: its uncertainty has grown
         out = bank.outputs(states, states["t"] + since, self.params)
-        view = twin_view(pids, states, out, since, _scale(states))
+        view = twin_view(pids, states, out, since, states["spo2_scale"])
         return [alert_event(ev) for ev in self.engine.update(view, now)]
 
     def act(self, action: AlertAction, now: float | None = None,
@@ -279,7 +278,7 @@ class TwinProcessor:
             consciousness_alert=None if np.isnan(s["obs_alert"][i]) else bool(s["obs_alert"][i]),
             on_oxygen=None if np.isnan(s["obs_oxygen"][i]) else bool(s["obs_oxygen"][i]),
             observed_at=None if np.isnan(s["obs_t"][i]) else utc(float(s["obs_t"][i])),
-            spo2_scale=2 if s["spo2_scale"][i] == 2 else 1,
+            spo2_scale=int(s["spo2_scale"][i]),
             readings_applied=int(s["applied"][i]), artifacts=int(s["artifacts"][i]),
             missing=int(s["missing"][i]), duplicates=int(s["duplicates"][i]),
             late=int(s["late"][i]), sequence_gaps=int(s["gaps"][i]),

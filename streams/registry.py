@@ -132,10 +132,17 @@ class RegistryWriter:
 
     def apply(self, patient_id: str, event: str, by: str, **fields: Any) -> PatientRecord:
         rec = change(self.registry.get(patient_id), patient_id, event, by, **fields)
-        value = msgspec.json.encode(rec)
-        self.writer.put(patient_id, value)
-        self.registry.apply(self.registry.settings.topic_patients, patient_id.encode(), value)
+        self.write(rec)
         return rec
+
+    def write(self, rec: PatientRecord) -> None:
+        """Write a record (from `change`) and show it in this process's registry at once."""
+        value = msgspec.json.encode(rec)
+        self.writer.put(rec.patient_id, value)
+        self.registry.apply(self.registry.settings.topic_patients, rec.patient_id.encode(), value)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def caught_up(settings: Settings, timeout: float = 30.0) -> Registry:

@@ -227,6 +227,10 @@ class Dispatcher:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def run(self, ready: Callable[[], None] | None = None) -> None:
         """Until stop(): one delivery queue per subscription, started and stopped as
         subscriptions come and go. `ready` is called once every queue holds its partitions."""
@@ -337,7 +341,7 @@ class SubscriberQueue(threading.Thread):
                                  **kafka_python_config(s))
         decoder = msgspec.json.Decoder(dict[str, Any])
         try:
-            while not self._halt.is_set() and not self.d._stop.is_set():
+            while not self._halt.is_set() and not self.d.stopping:
                 batch = consumer.poll(timeout_ms=300, max_records=100)
                 if not self.joined.is_set() and consumer.assignment():
                     self._start_positions(consumer)

@@ -50,7 +50,7 @@ STATE_DTYPE = np.dtype(
         ("obs_alert", "f4"),
         ("obs_oxygen", "f4"),
         ("obs_t", "f8"),
-        ("spo2_scale", "u1"),  # NEWS2 SpO2 scale from the registry (a clinician's decision)
+        ("spo2_scale", "u1"),  # NEWS2 SpO2 scale 1 or 2 from the registry (a clinician's call)
         ("device", "u8", (DEVICE_SLOTS,)),  # 64-bit hash of the device id (0: free slot)
         ("seq", "i8", (DEVICE_SLOTS,)),  # last applied sequence number of that device
         ("x", "f8", (C, 2)),  # level, trend per channel (spo2: latent PaO2)
@@ -444,7 +444,7 @@ def outputs(
     oxy = states["obs_oxygen"].astype(float) if on_oxygen is None else on_oxygen
     alrt = states["obs_alert"].astype(float) if alert is None else alert
     if spo2_scale is None:
-        spo2_scale = np.where(states["spo2_scale"] == 2, 2, 1)
+        spo2_scale = states["spo2_scale"]
 
     def score(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return news2.news2(v[:, INDEX["rr"]], v[:, INDEX["spo2"]], v[:, INDEX["temp"]],
