@@ -90,7 +90,7 @@ class KafkaOutput:
         self.stats = stats
         self.producer = KafkaProducer(client_id=client_id, acks="all", retries=10,
                                       retry_backoff_ms=200, linger_ms=20,
-                                      **kafka_python_producer_config(settings))
+                                      **kafka_python_producer_config(settings, streamed=True))
 
     def _errback(self, exc: BaseException) -> None:
         self.stats.errors += 1

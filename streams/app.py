@@ -19,7 +19,8 @@ from faust.types import TP
 from kafka.partitioner.default import murmur2
 
 from streams import messages
-from streams.config import Settings, faust_broker_config, kafka_python_producer_config
+from streams.changelog import ChangelogWriter
+from streams.config import Settings, faust_broker_config
 from streams.errors import ConfigError, InvalidMessage
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
@@ -31,43 +32,9 @@ from streams.sink import InfluxSink, alert_points, reading_points, state_points
 log = logging.getLogger("patient_twin.worker")
 
 
-class StateOutput:
-    """The twin.state producer, created on first use (the worker starts before Kafka answers)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._producer: Any = None
-
-    def send(self, key: bytes, value: bytes) -> None:
-        if self._producer is None:
-            from kafka import KafkaProducer
-
-            self._producer = KafkaProducer(
-                client_id=f"{self.settings.app_id}-twin-state", linger_ms=5, acks=1,
-                **kafka_python_producer_config(self.settings, derived=True))
-        self._producer.send(self.settings.topic_twin_state, key=key, value=value)
-
-    def close(self, timeout: float = 5.0) -> None:
-        if self._producer is not None:
-            self._producer.flush(timeout)
-            self._producer.close(timeout)
-
-
 def _partition(patient_id: str, partitions: int) -> int:
     """The partition the devices' producers give this key (murmur2, like Kafka's default)."""
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
-
-
-def _marker_keys(partitions: int) -> dict[int, bytes]:
-    """One table key per changelog partition for the end-of-batch markers (never a patient id:
-    ids cannot contain '#')."""
-    keys: dict[int, bytes] = {}
-    k = 0
-    while len(keys) < partitions:
-        key = f"#end-{k}"
-        keys.setdefault(_partition(key, partitions), key.encode())
-        k += 1
-    return keys
 
 
 def faust_app_config(settings: Settings) -> dict[str, Any]:
@@ -89,6 +56,10 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         broker_max_poll_interval=300.0,
         web_enabled=False,
         producer_linger_ms=5,
+        # aiokafka holds one open batch per partition and makes a send wait while it is full and
+        # in flight: 16 KB (the default) is eight twin states. A batch of a thousand patients'
+        # twins and states is ~2.5 MB, so let each request carry up to 256 KB.
+        producer_max_batch_size=262_144,
         **tuning,
     )
 
@@ -105,12 +76,6 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     dlq_topic = app.topic(settings.topic_vitals_dlq, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw",
                           partitions=settings.kafka_partitions)
-    # twin.state is a derived view (the latest state per patient, republished every batch the
-    # patient is in), read only by plain consumers: its own kafka-python producer batches normally
-    # even on the embedded broker, where Faust's producer must send one record per batch for the
-    # changelog's sake (docs/tansu.md). That is what keeps a batch of 1,000 patients cheap.
-    state_out = StateOutput(settings)
-    app.state_out = state_out  # type: ignore[attr-defined]
     alert_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=settings.kafka_partitions)
@@ -125,12 +90,13 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     # the changelog partition holding its twin (seen: twins recovered one reading short).
     twins = app.Table("twins", key_type=bytes, value_type=bytes, default=None,
                       partitions=settings.kafka_partitions, use_partitioner=True)
-    # The embedded Tansu broker reports a partition's high watermark as its last record batch's
-    # base offset + 1, and Faust's table recovery reads a changelog partition up to that mark:
-    # records after the first of the last batch would be lost on recovery. So on Tansu only,
-    # after writing a batch's twins the worker flushes and writes one tiny marker record per
-    # touched changelog partition, alone in its batch, which makes the mark exact (docs/tansu.md).
-    markers = _marker_keys(settings.kafka_partitions) if settings.embedded_broker else None
+    # Written once per batch through its store and changelog (streams.changelog: the table's
+    # per-key path costs more than the twin step); on the embedded broker each changelog
+    # partition's last record goes alone in its Kafka batch, which keeps the high watermark
+    # exact for recovery (docs/tansu.md).
+    table_writer = ChangelogWriter(
+        app, twins, lambda key: _partition(key.decode(), settings.kafka_partitions),
+        lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
     processor = TwinProcessor(spo2_scale=registry.spo2_scale)
@@ -201,21 +167,18 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.missing.inc(result.missing)
         # The twin table is written once per patient per batch, never per reading.
         await write_records({**result.states, **alert_records(result.other_alert_patients)})
+        # Straight into Faust's producer: a topic.send costs several times more per message, and
+        # a batch can hold a thousand patients.
         for st in result.twin_states:
-            state_out.send(st.patient_id.encode(), messages.encode(st))
+            await app.producer.send(settings.topic_twin_state, st.patient_id.encode(),
+                                    messages.encode(st), None, None, None)
         metrics.states.inc(len(result.twin_states))
         if sink is not None:
             sink.add(reading_points(valid) + state_points(result.twin_states))
         await send_alerts(result.alerts)
 
     async def write_records(records: dict[str, bytes]) -> None:
-        for pid, blob in records.items():
-            twins[pid.encode()] = blob
-        if markers is not None and records:
-            await app.producer.flush()
-            for part in {_partition(pid, settings.kafka_partitions) for pid in records}:
-                twins[markers[part]] = b""
-            await app.producer.flush()
+        await table_writer.write({pid.encode(): blob for pid, blob in records.items()})
 
     def alert_records(pids: set[str]) -> dict[str, bytes]:
         """Stored twins with their patients' current alerts (alerts changed outside a batch)."""
@@ -333,7 +296,6 @@ def run_worker(settings: Settings) -> int:
     if sink is not None:
         atexit.register(sink.close, 5.0)
     app = create_app(settings, sink)
-    atexit.register(app.state_out.close)  # type: ignore[attr-defined]
     # the registry (SpO2 scales) is read before the first batch, so no twin is scored on the
     # wrong scale after a restart
     registry = app.registry.start("patient-twin-worker-registry")  # type: ignore[attr-defined]

@@ -283,15 +283,16 @@ def kafka_python_config(s: Settings) -> dict[str, Any]:
     return cfg
 
 
-def kafka_python_producer_config(s: Settings, *, derived: bool = False) -> dict[str, Any]:
+def kafka_python_producer_config(s: Settings, *, streamed: bool = False) -> dict[str, Any]:
     """kafka-python producer settings: the connection plus what the broker needs.
 
-    derived: for topics only ever read by plain consumers that do not stop at the high watermark
-    (twin.state), which may keep normal batching on the embedded broker too.
+    streamed: for topics read only by stream consumers, which take every record they fetch and
+    never stop at the high watermark (vitals.raw, observations: the worker's agent), which keep
+    normal batching on the embedded broker too.
     """
     cfg = kafka_python_config(s)
     cfg["compression_type"] = None if s.kafka_compression == "none" else s.kafka_compression
-    if s.embedded_broker and not derived:
+    if s.embedded_broker and not streamed:
         # The embedded Tansu broker reports a high watermark of the last record batch's base
         # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at
         # the watermark (Faust's table recovery). One record per batch keeps it exact

@@ -76,11 +76,12 @@ _EDGE_CHANNELS = [INDEX[ch] for ch in _BAND_EDGES]
 
 def device_hash(device_ids: list[str]) -> np.ndarray:
     """64-bit non-zero hashes of device ids, `(K,) uint64`."""
-    out = np.empty(len(device_ids), dtype=np.uint64)
-    for i, d in enumerate(device_ids):
+    # A batch holds few distinct devices (one per patient), so hash each once.
+    unique = dict.fromkeys(device_ids)
+    for d in unique:
         h = int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little")
-        out[i] = h or 1
-    return out
+        unique[d] = h or 1
+    return np.fromiter((unique[d] for d in device_ids), np.uint64, len(device_ids))
 
 
 def _prior(params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
