@@ -157,7 +157,7 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
             time.sleep(0.5)
         time.sleep(5)  # let the group settle (the embedded broker rebalances slowly)
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
-                                 **config.kafka_python_config(s))
+                                 **config.kafka_python_consumer_config(s))
         parts = [TopicPartition(s.topic_twin_state, p) for p in range(s.kafka_partitions)]
         consumer.assign(parts)
         consumer.seek_to_end(*parts)

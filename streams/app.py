@@ -19,8 +19,8 @@ from faust.types import TP
 from kafka.partitioner.default import murmur2
 
 from streams import messages
-from streams.changelog import ChangelogWriter
-from streams.config import Settings, faust_broker_config
+from streams.changelog import BatchWriter
+from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
 from streams.errors import ConfigError, InvalidMessage
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
@@ -37,6 +37,24 @@ def _partition(patient_id: str, partitions: int) -> int:
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
+def _embedded_fetch_wait() -> None:
+    """Faust hard-codes a 1,500 ms fetch max wait for its worker consumer, which the embedded
+    broker always waits out (streams.config.EMBEDDED_FETCH_MAX_WAIT_MS): shorten it there."""
+    from faust.transport.drivers import aiokafka as driver
+
+    create = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(create, "embedded_wait", False):
+        return
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+    create_worker_consumer.embedded_wait = True  # type: ignore[attr-defined]
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
 def faust_app_config(settings: Settings) -> dict[str, Any]:
     """faust.App keyword arguments for these settings (the worker's, and the benchmark's bare
     agent, so the two are measured on the same footing)."""
@@ -47,6 +65,7 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         # real Kafka clusters keep Faust's defaults (docs/tansu.md).
         tuning["broker_rebalance_timeout"] = 10.0
         tuning["broker_session_timeout"] = 10.0
+        _embedded_fetch_wait()
     return dict(
         **faust_broker_config(settings),
         store="memory://",
@@ -90,13 +109,12 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     # the changelog partition holding its twin (seen: twins recovered one reading short).
     twins = app.Table("twins", key_type=bytes, value_type=bytes, default=None,
                       partitions=settings.kafka_partitions, use_partitioner=True)
-    # Written once per batch through its store and changelog (streams.changelog: the table's
-    # per-key path costs more than the twin step); on the embedded broker each changelog
-    # partition's last record goes alone in its Kafka batch, which keeps the high watermark
-    # exact for recovery (docs/tansu.md).
-    table_writer = ChangelogWriter(
-        app, twins, lambda key: _partition(key.decode(), settings.kafka_partitions),
-        lone_last=settings.embedded_broker)
+    # Written once per batch through its store and changelog, one record batch per partition
+    # (streams.changelog: the table's per-key path costs more than the twin step); on the
+    # embedded broker each changelog partition's last record goes alone in its Kafka batch,
+    # which keeps the high watermark exact for recovery (docs/tansu.md). twin.state likewise.
+    writer = BatchWriter(app, lambda key: _partition(key.decode(), settings.kafka_partitions),
+                         lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
     processor = TwinProcessor(spo2_scale=registry.spo2_scale)
@@ -167,18 +185,15 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.missing.inc(result.missing)
         # The twin table is written once per patient per batch, never per reading.
         await write_records({**result.states, **alert_records(result.other_alert_patients)})
-        # Straight into Faust's producer: a topic.send costs several times more per message, and
-        # a batch can hold a thousand patients.
-        for st in result.twin_states:
-            await app.producer.send(settings.topic_twin_state, st.patient_id.encode(),
-                                    messages.encode(st), None, None, None)
+        await writer.send(settings.topic_twin_state, [
+            (st.patient_id.encode(), messages.encode(st)) for st in result.twin_states])
         metrics.states.inc(len(result.twin_states))
         if sink is not None:
             sink.add(reading_points(valid) + state_points(result.twin_states))
         await send_alerts(result.alerts)
 
     async def write_records(records: dict[str, bytes]) -> None:
-        await table_writer.write({pid.encode(): blob for pid, blob in records.items()})
+        await writer.write_table(twins, {pid.encode(): blob for pid, blob in records.items()})
 
     def alert_records(pids: set[str]) -> dict[str, bytes]:
         """Stored twins with their patients' current alerts (alerts changed outside a batch)."""

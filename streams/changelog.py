@@ -1,70 +1,84 @@
-"""Writing a batch of twin records to the Faust table: its local store and its changelog topic.
+"""Sending a batch's records at once: the twin table (store + changelog) and twin.state.
 
 A Faust Table sends one changelog message per key through its producer buffer, a `FutureMessage`
-with callbacks each: measured at about 230 us per record in the worker, a quarter of a batch of a
-thousand patients. The twin table is written once per batch, so the worker writes the store and
-the changelog itself: the same key, value and partition the table would have used (the raw
-patient id, murmur2 over the changelog's partitions, as `use_partitioner=True` does), straight
-into the producer. Recovery is Faust's own, from the same changelog topic.
+with callbacks each: about 230 us per record in the worker, more than the twin step of the same
+batch. Even a plain producer `send` builds a future per message. The worker writes a thousand
+patients per batch, so it builds one Kafka record batch per partition itself (aiokafka's
+`create_batch`/`send_batch`, the producer Faust already runs) with the same key, value and
+partition the table would have used (the raw patient id, murmur2 over the partitions, as
+`use_partitioner=True` does). Recovery is Faust's own, from the same changelog topic.
 
 On the embedded Tansu broker a partition's high watermark is its last record batch's base offset
-+ 1, and Faust's recovery stops at the watermark, so the last record of each partition written
-here goes in a Kafka batch of its own: the mark is then exact (docs/tansu.md).
++ 1, and Faust's recovery stops at the watermark, so there the last changelog record of each
+partition goes in a Kafka batch of its own: the mark is then exact (docs/tansu.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
-class ChangelogWriter:
-    """Writes records to `table` (a Faust Table of bytes -> bytes) once per batch.
+class BatchWriter:
+    """Keyed records -> one record batch per partition (more when a batch fills).
 
-    partition: key -> changelog partition (the producers' murmur2). lone_last: put each
-    partition's last record in a Kafka batch of its own (the embedded broker).
+    app: the Faust app (its started producer is used); partition: key -> partition, the same for
+    every topic written here (they share the partition count); lone_last: end each partition of
+    a table write with a batch holding only its last record (the embedded broker).
     """
 
-    def __init__(self, app: Any, table: Any, partition: Callable[[bytes], int],
-                 lone_last: bool) -> None:
+    def __init__(self, app: Any, partition: Callable[[bytes], int], lone_last: bool) -> None:
         self.app = app
-        self.table = table
         self.partition = partition
         self.lone_last = lone_last
-        # One writer at a time: another coroutine's record must not join a partition's lone
-        # last batch before this write is done (after it, the next write ends with its own).
+        # One write at a time: another write's record must not join a partition's lone last
+        # batch before this one is queued (after it, the next write ends with its own).
         self._lock = asyncio.Lock()
 
-    async def write(self, records: Mapping[bytes, bytes]) -> None:
-        """Store and log `records` (key -> value)."""
-        if not records:
-            return
-        topic = self.table.changelog_topic.get_topic_name()
-        store = self.table.data
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+    async def write_table(self, table: Any, records: Mapping[bytes, bytes]) -> None:
+        """Store `records` (key -> value) in a Faust table of bytes and log them to its
+        changelog topic."""
+        store = table.data
         for key, value in records.items():
             store[key] = value
+        await self.send(table.changelog_topic.get_topic_name(), records.items(),
+                        lone_last=self.lone_last)
+
+    async def send(self, topic: str, records: Iterable[tuple[bytes, bytes]],
+                   lone_last: bool = False) -> None:
+        """Queue `records` (key, value) on `topic`, in order per partition. Returns once they are
+        queued (the producer delivers them; Faust flushes it before committing offsets)."""
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
+        for key, value in records:
             by_partition[self.partition(key)].append((key, value))
-        producer = self.app.producer
+        if not by_partition:
+            return
+        kafka = self.app.producer._ensure_producer()  # Faust's aiokafka producer
         async with self._lock:
-            lone = []
+            chains = []
             for part, items in by_partition.items():
-                if self.lone_last:
-                    lone.append((part, items.pop()))
-                for key, value in items:
-                    await producer.send(topic, key, value, part, None, None)
-            if lone:
-                # Faust's producer has no batch API; aiokafka's does: send_batch queues a batch
-                # after the partition's open one, never into it (it waits for that one to be
-                # taken by the sender, so the partitions wait side by side).
-                kafka = producer._ensure_producer()
-                await asyncio.gather(*(self._send_alone(kafka, topic, part, key, value)
-                                       for part, (key, value) in lone))
+                tail = [items.pop()] if lone_last else []
+                chains.append(self._send_in_order(kafka, topic, part,
+                                                  _batches(kafka, items) + _batches(kafka, tail)))
+            # partitions side by side: each batch waits for its partition's previous one to be
+            # taken by the sender
+            await asyncio.gather(*chains)
 
     @staticmethod
-    async def _send_alone(kafka: Any, topic: str, part: int, key: bytes, value: bytes) -> None:
-        batch = kafka.create_batch()
-        batch.append(key=key, value=value, timestamp=None)
-        await kafka.send_batch(batch, topic, partition=part)
+    async def _send_in_order(kafka: Any, topic: str, part: int, batches: list[Any]) -> None:
+        for batch in batches:
+            await kafka.send_batch(batch, topic, partition=part)
+
+
+def _batches(kafka: Any, items: list[tuple[bytes, bytes]]) -> list[Any]:
+    """Record batches (aiokafka BatchBuilder) holding `items` in order."""
+    out: list[Any] = []
+    for key, value in items:
+        if not out or out[-1].append(key=key, value=value, timestamp=None) is None:
+            out.append(kafka.create_batch())
+            if out[-1].append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value)} bytes does not fit the producer's "
+                                 "batch size")
+    return out

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streams.config import Settings, kafka_python_config, kafka_python_producer_config
+from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
 
 log = logging.getLogger("patient_twin.follow")
 
@@ -53,7 +53,7 @@ class Follower:
             try:
                 consumer = KafkaConsumer(client_id=self.client_id, group_id=None,
                                          enable_auto_commit=False,
-                                         **kafka_python_config(self.settings))
+                                         **kafka_python_consumer_config(self.settings))
                 parts = [TopicPartition(t, p) for t in self.topics
                          for p in sorted(consumer.partitions_for_topic(t) or ())]
                 if len({tp.topic for tp in parts}) < len(self.topics):

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from streams.config import Settings, kafka_python_config, kafka_python_producer_config
+from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
 from streams.follow import Follower
 from streams.registry import Registry
 from twin.alerts import KINDS, PRIORITIES
@@ -338,7 +338,7 @@ class SubscriberQueue(threading.Thread):
         consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhook-{self.sub.id}",
                                  client_id=f"patient-twin-webhook-{self.sub.id}",
                                  enable_auto_commit=False, auto_offset_reset="latest",
-                                 **kafka_python_config(s))
+                                 **kafka_python_consumer_config(s))
         decoder = msgspec.json.Decoder(dict[str, Any])
         try:
             while not self._halt.is_set() and not self.d.stopping:
