@@ -1,5 +1,6 @@
 """The dashboard under many viewers: `--viewers` logged-in clients each refreshing a ward of
-`--patients` once a second (what the ward page's timer does), for `--seconds`.
+`--patients` every `dashboard.app.WARD_REFRESH_MS` (what the ward page's timer does), for
+`--seconds`.
 
 The ward's twins are real: a simulated cohort (devices.simulator, deterioration scenarios on)
 is run through the worker's own `TwinProcessor` for `--minutes` of simulated time, and the twin
@@ -31,6 +32,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
+from dashboard.app import WARD_REFRESH_MS
 from devices.simulator import Cohort
 from streams import broker, config, messages, supervise, topics
 from streams.process import TwinProcessor
@@ -94,7 +96,7 @@ def login(port: int, user: str) -> str:
 
 
 class Viewer(threading.Thread):
-    """One browser tab: a keep-alive connection posting `payload` once a second."""
+    """One browser tab: a keep-alive connection posting `payload` at the page's refresh rate."""
 
     def __init__(self, port: int, cookie: str, payload: bytes, start_at: float,
                  until: float) -> None:
@@ -123,14 +125,14 @@ class Viewer(threading.Thread):
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
             self.errors += not ok
             self.ms.append((time.perf_counter() - t) * 1000)
-            tick += 1.0  # the page's timer: one refresh a second
+            tick += WARD_REFRESH_MS / 1000  # the page's timer
             time.sleep(max(0.0, tick - time.monotonic()))
         c.close()
 
 
 def phase(port: int, cookies: list[str], payload: bytes, seconds: float
           ) -> tuple[np.ndarray, int]:
-    """Every viewer posts `payload` once a second for `seconds`, starts spread over a second
+    """Every viewer posts `payload` every WARD_REFRESH_MS for `seconds`, starts spread over a second
     (tabs are not synchronised); latencies in ms and the number of errors."""
     t0 = time.monotonic() + 0.5
     viewers = [Viewer(port, ck, payload, t0 + i / len(cookies), t0 + seconds)

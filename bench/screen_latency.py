@@ -2,7 +2,9 @@
 patients, a logged-in headless Chromium (Debian's, Playwright) on one patient's page, and a probe
 patient whose readings carry a new heart rate every ~1.3 s; latency = time from sending a reading
 to the page's NEWS2 breakdown showing that value as the latest reading. Everything (broker,
-worker, dashboard, simulator, browser with software WebGL) shares this machine.
+worker, dashboard, simulator, browser with software WebGL) shares this machine. A consumer of
+twin.state beside it splits each sample in two: reading -> twin state on Kafka (the worker) and
+twin state -> screen (the dashboard's consumer, the page's timer, the callback, the browser).
 
 Run: `python -m bench.screen_latency [--patients 200] [--samples 20]`; prints p50 and max.
 """
@@ -18,9 +20,10 @@ import sys
 import threading
 import time
 
-from kafka import KafkaProducer
+import msgspec
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streams import messages, supervise
+from streams import config, messages, supervise
 
 PROBE = "PLAT"
 
@@ -47,6 +50,27 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=lambda: [None for _ in demo.stdout], daemon=True).start()
     time.sleep(20)  # the worker joins its group and the simulated ward is flowing
     producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{broker}")
+    on_kafka: dict[float, float] = {}  # heart rate -> monotonic time its twin state arrived
+    stop = threading.Event()
+
+    def watch() -> None:
+        consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{broker}", group_id=None,
+                                 fetch_max_wait_ms=config.EMBEDDED_FETCH_MAX_WAIT_MS)
+        parts = [TopicPartition("twin.state", p)
+                 for p in sorted(consumer.partitions_for_topic("twin.state") or ())]
+        consumer.assign(parts)
+        consumer.seek_to_end(*parts)
+        while not stop.is_set():
+            for recs in consumer.poll(timeout_ms=100).values():
+                now = time.monotonic()
+                for r in recs:
+                    if r.key == PROBE.encode():
+                        hr = msgspec.json.decode(r.value, type=messages.TwinState).raw["hr"]
+                        on_kafka.setdefault(hr, now)
+        consumer.close()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
 
     def send(seq: int, hr: float) -> None:
         r = messages.reading("WR-PROBE", PROBE, seq, messages.utc(time.time()),
@@ -55,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         producer.flush()
 
     send(1, 70.0)
-    lat = []
+    lat, worker_s = [], []
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
@@ -76,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
                         break
                     time.sleep(0.02)
                 lat.append(time.monotonic() - t0)
+                if hr in on_kafka:
+                    worker_s.append(on_kafka[hr] - t0)
                 time.sleep(1.3)
             b.close()
     finally:
+        stop.set()
+        watcher.join(5)
         producer.close()
         demo.terminate()
         demo.wait(60)
+    print(f"reading -> twin state on Kafka, {len(worker_s)} samples: "
+          f"p50 {statistics.median(worker_s):.2f} s, max {max(worker_s):.2f} s")
     print(f"reading -> screen, {args.patients} patients, {len(lat)} samples: "
           f"p50 {statistics.median(lat):.2f} s, max {max(lat):.2f} s")
     return 0

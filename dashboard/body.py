@@ -73,24 +73,41 @@ _CHANNEL_OF = {"respiration_rate": "rr", "spo2": "spo2", "systolic_bp": "sbp", "
 
 
 def signature(state: dict[str, Any] | None) -> str:
-    """What the figure shows, as a string: equal signatures, equal figures (to the beat)."""
+    """What the figure shows, as a string: equal signatures, equal figures. Rates and the
+    shock index are not in it: they animate the figure (`rates`) and caption it (`caption`)."""
     if state is None:
         return "none"
     est = state.get("estimate") or {}
-    si = (state.get("derived") or {}).get("shock_index")
     comps = sorted((state.get("news2_components") or {}).items())
-    return "|".join([_num(est.get("hr")), _num(est.get("rr")),
-                     "-" if si is None else f"{si:.2f}", *(f"{k}={v}" for k, v in comps),
+    return "|".join([*(f"{k}={v}" for k, v in comps),
                      *(ch for ch in ("hr", "rr", "spo2", "sbp", "temp") if est.get(ch) is None)])
+
+
+def rates(state: dict[str, Any] | None) -> dict[str, float | None]:
+    """Heart and breathing rate per minute for the browser's animation (None: unknown)."""
+    est = (state or {}).get("estimate") or {}
+    return {"hr": est.get("hr"), "rr": est.get("rr")}
+
+
+def caption(state: dict[str, Any] | None) -> str:
+    """The line under the body: rates and the shock index."""
+    if state is None:
+        return "no data yet"
+    est = state.get("estimate") or {}
+    si = (state.get("derived") or {}).get("shock_index")
+    return (f"HR {_num(est.get('hr'))}/min · RR {_num(est.get('rr'))}/min"
+            + (f" · shock index {si:.2f}" + (" (high)" if si > SHOCK_INDEX_HIGH else "")
+               if si is not None else ""))
 
 
 def figure(state: dict[str, Any] | None) -> tuple[go.Figure, dict[str, Any]]:
     """The body figure for a twin state (None: no data) and what the browser animation needs:
-    heart and lung trace indices, their centres and base vertices, HR and RR per minute."""
+    heart and lung trace indices, their centres and base vertices (the rates come from
+    `rates`, which change far more often than the figure)."""
     comps = (state or {}).get("news2_components") or {}
     est = (state or {}).get("estimate") or {}
     fig = go.Figure()
-    anim: dict[str, Any] = {"parts": [], "hr": est.get("hr"), "rr": est.get("rr")}
+    anim: dict[str, Any] = {"parts": []}
     for idx, (name, c, r, comp_names, opacity) in enumerate(PARTS):
         known = [comps[k] for k in comp_names if est.get(_CHANNEL_OF[k]) is not None
                  and k in comps]
@@ -106,14 +123,9 @@ def figure(state: dict[str, Any] | None) -> tuple[go.Figure, dict[str, Any]]:
                                   "centre": list(c), "x": mesh["x"].round(4).tolist(),
                                   "y": mesh["y"].round(4).tolist(),
                                   "z": mesh["z"].round(4).tolist()})
-    si = ((state or {}).get("derived") or {}).get("shock_index")
-    title = "no data yet" if state is None else (
-        f"HR {_num(est.get('hr'))}/min · RR {_num(est.get('rr'))}/min"
-        + (f" · shock index {si:.2f}" + (" (high)" if si > SHOCK_INDEX_HIGH else "")
-           if si is not None else ""))
     fig.update_layout(
-        title={"text": title, "font": {"size": 13}}, showlegend=False, height=460,
-        uirevision="body", margin={"l": 0, "r": 0, "t": 30, "b": 0},
+        showlegend=False, height=460, uirevision="body",
+        margin={"l": 0, "r": 0, "t": 10, "b": 0},
         scene={"xaxis": {"visible": False}, "yaxis": {"visible": False},
                "zaxis": {"visible": False}, "aspectmode": "data",
                "camera": {"eye": {"x": 0.0, "y": -2.2, "z": 0.4}}})
@@ -122,14 +134,14 @@ def figure(state: dict[str, Any] | None) -> tuple[go.Figure, dict[str, Any]]:
 
 # Clientside: scale the heart by a beat at HR and the lungs by a breath at RR, from wall time.
 ANIMATE_JS = """
-function(n, fig, anim) {
-  if (!fig || !anim || !anim.parts || anim.parts.length === 0) {
+function(n, fig, anim, rates) {
+  if (!fig || !anim || !anim.parts || anim.parts.length === 0 || !rates) {
     return window.dash_clientside.no_update;
   }
   const t = Date.now() / 1000;
   const data = fig.data.slice();
   for (const p of anim.parts) {
-    const rate = p.kind === 'heart' ? anim.hr : anim.rr;
+    const rate = p.kind === 'heart' ? rates.hr : rates.rr;
     if (rate === null || rate === undefined) { continue; }
     const phase = (t * rate / 60) % 1;
     const s = p.kind === 'heart'

@@ -133,10 +133,15 @@ def test_body_meshes_are_closed_and_organs_take_their_score_colour():
     assert colours["heart"] == body.SCORE_COLOURS[3]
     assert colours["left lung"] == body.SCORE_COLOURS[0]  # RR known (0); SpO2 unknown
     assert colours["head"] == body.UNKNOWN  # no temperature estimate: unknown, not green
-    assert anim["hr"] == 135.0 and {p["kind"] for p in anim["parts"]} == {"heart", "lung"}
-    assert "shock index 1.20 (high)" in fig.layout.title.text
-    _, none = body.figure(None)
-    assert none["hr"] is None
+    assert {p["kind"] for p in anim["parts"]} == {"heart", "lung"}
+    assert body.rates(st) == {"hr": 135.0, "rr": 14.0}
+    assert "shock index 1.20 (high)" in body.caption(st)
+    assert body.rates(None) == {"hr": None, "rr": None}
+    # a new heart rate moves the animation and the caption, not the figure's colours
+    faster = {**st, "estimate": {**st["estimate"], "hr": 140.0}}
+    assert body.signature(faster) == body.signature(st)
+    assert body.signature({**st, "news2_components": {**st["news2_components"], "pulse": 2}}) \
+        != body.signature(st)
 
 
 def test_aframe_fetch_refuses_a_package_that_does_not_match_its_integrity(tmp_path, monkeypatch):
