@@ -1,6 +1,6 @@
 import numpy as np
 
-from streams.messages import ValidReading
+from streams.messages import ValidReading, encode
 from streams.process import TwinProcessor, alert_event
 
 T0 = 1_800_000_000.0
@@ -20,6 +20,9 @@ def test_one_state_per_patient_and_records_round_trip():
     st = res.twin_states[0]
     assert st.readings_applied == 5 and st.estimate["sbp"] is None and st.raw["hr"] == 75.0
     assert len(st.forecasts) == 3 and st.forecasts[0].minutes == 15
+    # values stored as float32 in the twin come out as the numbers the device sent
+    assert st.quality == 0.95 and st.battery == 0.8
+    assert b'"quality":0.95}' in encode(st)
     # the stored record continues where it was: a redelivered batch changes nothing
     again = proc.process(batch, res.states)
     assert again.applied == 0 and again.duplicates == 10
