@@ -202,10 +202,11 @@ class TwinProcessor:
         seen = ~np.isnan(states["t"])
         # nothing applied yet (all duplicates of an unknown twin): no state
         rows = np.flatnonzero(seen)
-        for i in rows.tolist():
-            result.states[pids[i]] = blobs[i]  # + the patient's alerts, once the engine has run
-            self.last_arrival[pids[i]] = now
-        result.twin_states = twin_states([pids[i] for i in rows.tolist()], states, out, rows)
+        applied = [pids[i] for i in rows.tolist()]
+        for i, pid in zip(rows.tolist(), applied, strict=True):
+            result.states[pid] = blobs[i]  # + the patient's alerts, once the engine has run
+            self.last_arrival[pid] = now
+        result.twin_states = twin_states(applied, states, out, rows)
         # These patients just sent readings: fresh by arrival, whatever their device clocks say.
         view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), states["spo2_scale"])
         events = self.engine.update(view, now)
