@@ -117,7 +117,8 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                          lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
-    processor = TwinProcessor(spo2_scale=registry.spo2_scale)
+    processor = TwinProcessor(spo2_scale=registry.spo2_scale,
+                              late_tolerance_s=settings.worker_late_tolerance_s)
     metrics = WorkerMetrics()
     liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                         unassigned_seconds=settings.liveness_unassigned_seconds)
@@ -180,6 +181,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.applied.inc(result.applied)
         metrics.duplicates.inc(result.duplicates)
         metrics.late.inc(result.late)
+        metrics.reordered.inc(result.reordered)
         metrics.gaps.inc(result.gaps)
         metrics.artifacts.inc(result.artifacts)
         metrics.missing.inc(result.missing)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from streams.errors import ConfigError
+from twin import history
 
 
 class Secret:
@@ -78,6 +79,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Worker batching: at most this many events per twin step, waiting at most this long.
     worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.5
+    # A reading up to this much older than its twin is applied in time order (twin.history);
+    # an older one is counted late and skipped. 0: every out-of-order reading is late.
+    worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = \
+        history.DEFAULT_TOLERANCE_S
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     worker_metrics_host: str = "127.0.0.1"
@@ -148,6 +153,8 @@ DOCS: dict[str, str] = {
     "topic_audit": "who viewed which patient, who acknowledged or silenced what (append-only)",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
+    "worker_late_tolerance_s": "a reading up to this many seconds older than its twin is applied "
+                               "in time order; older ones are counted late and skipped (0: off)",
     "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
     "worker_metrics_host": "bind address of /metrics and /healthz",
     "liveness_stall_seconds": "a worker with unread messages whose position has not moved this "

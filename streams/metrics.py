@@ -27,8 +27,11 @@ class WorkerMetrics:
                             ["kind"], registry=r)
         self.duplicates = Counter("patient_twin_duplicates", "Readings skipped as duplicates",
                                   registry=r)
-        self.late = Counter("patient_twin_late_readings", "Readings skipped as older than the twin",
-                            registry=r)
+        self.late = Counter("patient_twin_late_readings",
+                            "Readings skipped as older than the late tolerance", registry=r)
+        self.reordered = Counter("patient_twin_reordered_readings",
+                                 "Late readings within the tolerance, applied in time order",
+                                 registry=r)
         self.gaps = Counter("patient_twin_sequence_gap_readings",
                             "Readings devices numbered that never reached a twin", registry=r)
         self.artifacts = Counter("patient_twin_artifacts", "Values rejected by the innovation gate",

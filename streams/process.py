@@ -21,7 +21,7 @@ from streams.messages import (
     reject,
     utc,
 )
-from twin import alerts, bank, news2
+from twin import alerts, bank, history, news2
 from twin.channels import INDEX, NAMES, UNITS, C
 from twin.model import ModelParams
 
@@ -35,7 +35,8 @@ class BatchResult:
     alerts: list[AlertEvent] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
-    late: int = 0
+    late: int = 0  # older than the late tolerance: skipped
+    reordered: int = 0  # late but within the tolerance: applied in time order
     gaps: int = 0
     artifacts: int = 0
     missing: int = 0
@@ -59,9 +60,11 @@ def _by_channel(rows: list) -> list[dict[str, float | None]]:
     return [dict(zip(NAMES, row, strict=True)) for row in rows]
 
 
-def split(record: bytes) -> tuple[bytes, bytes]:
-    """A twin table record -> (the twin's fixed-size state, the patient's alerts or b"")."""
-    return record[:bank.STATE_BYTES], record[bank.STATE_BYTES:]
+def split(record: bytes) -> tuple[bytes, bytes, bytes]:
+    """A twin table record -> (the twin's fixed-size state, its history (`twin.history`, b"" if
+    it was kept without one), the patient's alerts (JSON, b"" for none))."""
+    end = bank.STATE_BYTES + history.block_size(record, bank.STATE_BYTES)
+    return record[:bank.STATE_BYTES], record[bank.STATE_BYTES:end], record[end:]
 
 
 def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
@@ -107,8 +110,11 @@ class TwinProcessor:
     def __init__(self, params: ModelParams | None = None,
                  policy: alerts.AlertPolicy | None = None,
                  clock: Callable[[], float] = time.time,
-                 spo2_scale: Callable[[list[str]], list[int]] | None = None) -> None:
+                 spo2_scale: Callable[[list[str]], list[int]] | None = None,
+                 late_tolerance_s: float = history.DEFAULT_TOLERANCE_S) -> None:
         self.params = params or ModelParams()
+        # readings up to this much older than their twin are applied in time order (0: late)
+        self.late_tolerance_s = late_tolerance_s
         # the registry's NEWS2 SpO2 scale per patient (None: scale 1 unless the twin has one)
         self.spo2_scale = spo2_scale
         self.engine = alerts.AlertEngine(policy)
@@ -122,7 +128,7 @@ class TwinProcessor:
         for p in pids:
             if p not in self.owned:
                 rec = stored.get(p)
-                self.engine.restore(p, split(rec)[1] if rec is not None else b"")
+                self.engine.restore(p, split(rec)[2] if rec is not None else b"")
                 self.owned.add(p)
 
     def release(self, pids: set[str]) -> None:
@@ -132,23 +138,26 @@ class TwinProcessor:
         for p in pids:
             self.last_arrival.pop(p, None)
 
-    def _states(self, pids: list[str], stored: Mapping[str, bytes | None]) -> bank.State:
+    def _states(self, pids: list[str], stored: Mapping[str, bytes | None]
+                ) -> tuple[bank.State, list[bytes | None]]:
         """The twins of `pids` from their stored records (new twins where there is none), on
-        the registry's SpO2 scale; takes over their alerts if they are new to this worker."""
+        the registry's SpO2 scale, and their history blocks (None: none); takes over their
+        alerts if they are new to this worker."""
         states = bank.new_states(len(pids), self.params)
-        known = [i for i, p in enumerate(pids) if stored.get(p) is not None]
+        parts = [None if (rec := stored.get(p)) is None else split(rec) for p in pids]
+        known = [i for i, part in enumerate(parts) if part is not None]
         if known:
             bank.put(states, np.asarray(known), bank.from_bytes(
-                [split(stored[pids[i]])[0] for i in known]))  # type: ignore[arg-type]
+                [parts[i][0] for i in known]))  # type: ignore[index]
         self._own(pids, stored)
         if self.spo2_scale is not None:
             states["spo2_scale"][:] = self.spo2_scale(pids)
-        return states
+        return states, [None if part is None else part[1] for part in parts]
 
     def records(self, pids: set[str], stored: Mapping[str, bytes | None]) -> dict[str, bytes]:
         """The table records of patients whose alerts changed outside a reading batch: their
-        stored twin with their current alerts."""
-        return {p: split(rec)[0] + self.engine.export(p) for p in pids
+        stored twin and history with their current alerts."""
+        return {p: b"".join(split(rec)[:2]) + self.engine.export(p) for p in pids
                 if (rec := stored.get(p)) is not None}
 
     def process(self, readings: list[ValidReading],
@@ -161,7 +170,7 @@ class TwinProcessor:
             return result
         pids = list(dict.fromkeys(r.patient_id for r in readings))
         row_of = {p: i for i, p in enumerate(pids)}
-        states = self._states(pids, stored)
+        states, blocks = self._states(pids, stored)
 
         K = len(readings)
         z = np.full((K, C), np.nan)
@@ -185,7 +194,15 @@ class TwinProcessor:
                                  for r in readings]),
                 manual=np.array([r.manual for r in readings]))
         old_band = states["band"].copy()
-        report = bank.step(states, batch, self.params)
+        if self.late_tolerance_s > 0:
+            done = history.step(states, history.decode(blocks, states), batch, self.params,
+                                self.late_tolerance_s)
+            report = done.report
+            result.reordered = done.reordered
+            kept = history.encode(done.history, len(pids))
+        else:
+            report = bank.step(states, batch, self.params)
+            kept = [b""] * len(pids)
         result.report = report
         result.applied = int(report.applied.sum())
         result.duplicates = int(report.duplicate.sum())
@@ -204,7 +221,7 @@ class TwinProcessor:
         rows = np.flatnonzero(seen)
         applied = [pids[i] for i in rows.tolist()]
         for i, pid in zip(rows.tolist(), applied, strict=True):
-            result.states[pid] = blobs[i]  # + the patient's alerts, once the engine has run
+            result.states[pid] = blobs[i] + kept[i]  # + alerts, once the engine has run
             self.last_arrival[pid] = now
         result.twin_states = twin_states(applied, states, out, rows)
         # These patients just sent readings: fresh by arrival, whatever their device clocks say.
@@ -227,7 +244,7 @@ class TwinProcessor:
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
-        states = self._states(pids, stored)
+        states, _ = self._states(pids, stored)
         since = np.array([now - self.last_arrival[p] for p in pids])
         # the twin predicted forward over the silence: its uncertainty has grown
         out = bank.outputs(states, states["t"] + since, self.params)

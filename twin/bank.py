@@ -137,10 +137,20 @@ def from_bytes(blobs: list[bytes]) -> State:
     """
     if any(len(b) != STATE_BYTES for b in blobs):
         raise ValueError(f"twin state must be {STATE_BYTES} bytes (version {STATE_VERSION})")
-    rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
+    return from_records(b"".join(blobs))
+
+
+def from_records(data: bytes) -> State:
+    """Records of `to_bytes` laid end to end back to a `State`.
+
+    Raises ValueError if the data is not whole records or a record has another version.
+    """
+    if len(data) % STATE_BYTES:
+        raise ValueError(f"twin states must be whole {STATE_BYTES}-byte records")
+    rec = np.frombuffer(data, dtype=STATE_DTYPE)
     if (rec["version"] != STATE_VERSION).any():
         raise ValueError(f"unsupported twin state version (expected {STATE_VERSION})")
-    return {f: np.ascontiguousarray(rec[f]) for f in STATE_DTYPE.names}
+    return {f: rec[f].copy() for f in STATE_DTYPE.names}  # writable, contiguous
 
 
 def _pair_cov(p: np.ndarray) -> np.ndarray:
@@ -157,7 +167,9 @@ class Readings:
     unknown); battery: `(K,)` in [0, 1] (NaN: unknown); device: `(K,) uint64` from `device_hash`;
     seq: `(K,) int64` per-device sequence numbers; alert, oxygen: `(K,)` float from manual
     observations (NaN: not recorded); manual: `(K,)` bool, a clinician's observation (applied
-    even if older than the twin's latest reading: it is entered after the fact).
+    even if older than the twin's latest reading: it is entered after the fact); not_before:
+    `(K,)` epoch seconds, a reading older than this is late whatever the twin's time (NaN: no
+    such limit; `twin.history` sets it when it rewinds a twin to replay late readings).
     """
 
     row: np.ndarray
@@ -170,6 +182,7 @@ class Readings:
     alert: np.ndarray | None = None
     oxygen: np.ndarray | None = None
     manual: np.ndarray | None = None
+    not_before: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +195,7 @@ class StepReport:
     gap: np.ndarray  # (K,) int: sequence numbers skipped before this reading (lost upstream)
     artifact: np.ndarray  # (K, C) bool: rejected by the innovation gate
     missing: np.ndarray  # (K, C) bool: sensor-off or out-of-range value
+    t: np.ndarray  # (K,) the time the reading was applied at (a manual observation's may be later)
 
 
 def _filter(x: np.ndarray, p: np.ndarray, dt_min: np.ndarray, z: np.ndarray,
@@ -234,8 +248,9 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
     gap = np.zeros(K, dtype=np.int64)
     artifact = np.zeros((K, C), dtype=bool)
     missing = np.zeros((K, C), dtype=bool)
+    t_applied = readings.t.astype(np.float64, copy=True)
     if K == 0:
-        return StepReport(applied, duplicate, late, gap, artifact, missing)
+        return StepReport(applied, duplicate, late, gap, artifact, missing, t_applied)
 
     order = np.lexsort((readings.seq, readings.t, readings.row))
     rows_sorted = readings.row[order]
@@ -255,6 +270,7 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         if readings.manual is not None:
             # an observation entered after the fact is applied at the twin's current time
             t = np.where(readings.manual[sel] & (t < s["t"]), s["t"], t)
+            t_applied[sel] = t
         z = readings.z[sel]
         idx = np.arange(len(r))
 
@@ -272,6 +288,11 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         last_seq = s["seq"][idx, slot]
         dup = known & (seq <= last_seq)
         is_late = ~dup & (t < s["t"])  # NaN t (new twin) compares False
+        if readings.not_before is not None:
+            # older than the twin's history: late, whatever the device's numbering says
+            too_old = t < readings.not_before[sel]
+            dup &= ~too_old
+            is_late |= too_old
         ok = ~dup & ~is_late
         # A jump in a device's numbering means readings were lost before they reached the twin:
         # count them, so a twin never looks complete when it is not.
@@ -320,7 +341,7 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         applied[sel] = move
         if not whole:
             put(states, r, s)
-    return StepReport(applied, duplicate, late, gap, artifact, missing)
+    return StepReport(applied, duplicate, late, gap, artifact, missing, t_applied)
 
 
 @dataclass(frozen=True)
