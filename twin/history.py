@@ -10,9 +10,8 @@ made in time order. An older reading is counted late and skipped, as without a t
 
 The base stays more than `tolerance_s` behind the twin, so every reading within the tolerance is
 later than it. When it falls 1.5 x tolerance behind, the buffered readings older than the
-tolerance are applied to it (in the same `bank.step` call, on a copy) and leave the buffer, so a
-twin holds at most 1.5 x tolerance of readings: at a reading a second and 30 s, about 4.8 KB
-beside its 475-byte state. Everything here works on flat arrays grouped by twin; no loop runs
+tolerance are applied to it and leave the buffer, so a twin holds at most 1.5 x tolerance of
+readings: at a reading a second and 30 s, about 3.1 KB beside its 475-byte state. Everything here works on flat arrays grouped by twin; no loop runs
 over patients.
 """
 
@@ -34,15 +33,16 @@ READING_DTYPE = np.dtype([
     ("t", "f8"),  # as applied (a manual observation's may be later than it was taken)
     ("seq", "i8"),
     ("device", "u8"),
-    ("z", "f8", (C,)),
-    ("quality", "f8"),  # scales the measurement noise: kept exact
-    ("battery", "f4"),  # the twin keeps these three as float32 anyway
+    ("z", "f4", (C,)),
+    ("quality", "f4"),
+    ("battery", "f4"),
     ("alert", "f4"),
     ("oxygen", "f4"),
     ("manual", "?"),
 ])
-"""One buffered reading, as `bank.Readings` holds it (values in full precision, so a replay
-reproduces the original updates exactly)."""
+"""One buffered reading, as `bank.Readings` holds it. Values and quality are float32: `step`
+rounds every reading's to float32 before it is applied the first time (7 significant digits,
+beyond any monitor's), so a replay reproduces the original updates exactly at half the size."""
 
 _HEADER = struct.Struct("<BI")  # version, buffered readings
 _VERSION = 1
@@ -126,7 +126,8 @@ def encode(h: History, n: int) -> list[bytes]:
 def _readings(buf: np.ndarray, row: np.ndarray) -> bank.Readings:
     """Buffered readings `(B,)` of twins `row (B,)` as a `bank.Readings`."""
     return bank.Readings(
-        row=row, t=buf["t"].copy(), z=buf["z"].copy(), quality=buf["quality"].copy(),
+        row=row, t=buf["t"].copy(), z=buf["z"].astype(np.float64),
+        quality=buf["quality"].astype(np.float64),
         battery=buf["battery"].astype(np.float64), device=buf["device"].copy(),
         seq=buf["seq"].copy(), alert=buf["alert"].astype(np.float64),
         oxygen=buf["oxygen"].astype(np.float64), manual=buf["manual"].copy())
@@ -183,11 +184,14 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     """`bank.step` with late readings within `tolerance_s` seconds of their twin applied in time
     order (the twin rewound to its base and replayed); `states` is updated in place.
 
-    states: N twins; h: their history; readings: K new readings. One `bank.step` call advances
-    the twins, replays rewound ones and moves bases up. The report covers exactly the K given
-    readings, in their order.
+    states: N twins; h: their history; readings: K new readings (values and quality are rounded
+    to float32, see `READING_DTYPE`). One `bank.step` call advances the twins and replays the
+    rewound ones; a second moves up the bases that fell too far behind. The report covers
+    exactly the K given readings, in their order.
     """
     N = states["t"].shape[0]
+    readings = replace(readings, z=readings.z.astype(np.float32).astype(np.float64),
+                       quality=readings.quality.astype(np.float32).astype(np.float64))
     row, t = readings.row, readings.t
     tc = states["t"][row]
     base_t = _t(h.base["t"])
@@ -201,17 +205,11 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
                     _key(h.buf_row, h.buf["device"], h.buf["seq"]))
     not_before[again | manual] = np.nan
     within = ~manual & ~again & (t < tc) & (t >= not_before)
-    rewind = np.zeros(N, bool)
-    rewind[row[within]] = True
-    replayed = rewind[h.buf_row]
-    if rewind.any():
-        rows_r = np.flatnonzero(rewind)
-        kept = {f: states[f][rows_r].copy() for f in _KEEP}
-        bank.put(states, rows_r, bank.take(h.base, rows_r))
-        for f, a in kept.items():
-            states[f][rows_r] = a
-    # Bases 1.5 tolerances behind move up to one tolerance behind, on copies that ride along
-    # as extra twins N, N+1, ... of the same step (not twins rewound now: next time).
+    first = np.full(N, np.inf)  # each twin's earliest late reading
+    np.minimum.at(first, row[within], t[within])
+    rewind = np.isfinite(first)
+    # Bases 1.5 tolerances behind move up to one tolerance behind (and before any late reading
+    # of this batch): their buffered readings older than that are applied to them.
     ahead = np.full(N, np.nan)
     np.fmax.at(ahead, row, t)
     t_next = np.fmax(states["t"], ahead)
@@ -219,36 +217,35 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     oldest = np.full(N, np.nan)
     np.fmin.at(oldest, h.buf_row, h.buf["t"])
     since = np.where(np.isnan(h.base["t"]), oldest, h.base["t"])
-    roll = ~rewind & (t_next - since >= ROLL_AT * tolerance_s)  # NaN: no
-    roll_rows = np.flatnonzero(roll)
-    cutoff = np.where(roll, t_next - tolerance_s, -np.inf)
-    rolled = roll[h.buf_row] & (h.buf["t"] <= cutoff[h.buf_row])
-    extra = np.full(N, -1)
-    extra[roll_rows] = N + np.arange(len(roll_rows))
+    roll = t_next - since >= ROLL_AT * tolerance_s  # NaN: no
+    rolled = (roll[h.buf_row] & (h.buf["t"] <= (t_next - tolerance_s)[h.buf_row])
+              & (h.buf["t"] < first[h.buf_row]))
+    base = h.base
+    if rolled.any():
+        rows_b = np.flatnonzero(roll)
+        moved = bank.take(base, rows_b)
+        at = np.full(N, -1)
+        at[rows_b] = np.arange(len(rows_b))
+        bank.step(moved, _readings(h.buf[rolled], at[h.buf_row[rolled]]), params)
+        base = {f: a.copy() for f, a in base.items()}
+        bank.put(base, rows_b, moved)
+    # Twins with a late reading go back to their base and replay what they applied since.
+    replayed = rewind[h.buf_row] & ~rolled
+    if rewind.any():
+        rows_r = np.flatnonzero(rewind)
+        kept = {f: states[f][rows_r].copy() for f in _KEEP}
+        bank.put(states, rows_r, bank.take(base, rows_r))
+        for f, a in kept.items():
+            states[f][rows_r] = a
 
-    parts = [_readings(h.buf[replayed], h.buf_row[replayed]),
-             _readings(h.buf[rolled], extra[h.buf_row[rolled]]),
-             replace(readings, not_before=not_before)]
-    R, L = int(replayed.sum()), int(rolled.sum())
-    if R + L:
-        batch = _concat(parts)
-    else:
-        batch = parts[2]
-    if len(roll_rows):
-        work = {f: np.concatenate([a, h.base[f][roll_rows]]) for f, a in states.items()}
-        report = bank.step(work, batch, params)
-        for f, a in states.items():
-            a[...] = work[f][:N]
-        new_base = bank.take(work, np.arange(N, N + len(roll_rows)))
-    else:
-        report = bank.step(states, batch, params)
-    mine = bank.StepReport(*(getattr(report, f)[R + L:]
+    R = int(replayed.sum())
+    batch = replace(readings, not_before=not_before)
+    if R:
+        batch = _concat([_readings(h.buf[replayed], h.buf_row[replayed]), batch])
+    report = bank.step(states, batch, params)
+    mine = bank.StepReport(*(getattr(report, f)[R:]
                              for f in bank.StepReport.__dataclass_fields__))
 
-    base = h.base
-    if len(roll_rows):
-        base = {f: a.copy() for f, a in base.items()}
-        bank.put(base, roll_rows, new_base)
     # The buffer: what was neither replayed nor moved into a base, what the replay applied
     # again, and the new readings that were applied.
     stay = ~replayed & ~rolled

@@ -8,7 +8,7 @@ import pytest
 
 from streams import config
 from streams.messages import ValidReading
-from streams.sink import InfluxSink, reading_points
+from streams.sink import InfluxSink, reading_points, state_points
 from tests.conftest import wait_until
 
 # VictoriaMetrics drops samples outside its retention (1 month by default): use recent times.
@@ -41,6 +41,31 @@ def test_points_are_written_and_read_back(victoria):
         assert series[0]["values"][:3] == [60, 61, 62]
         assert series[0]["timestamps"][0] == int(T0 * 1000)
         assert sink.stats.written == 250 and sink.stats.dropped == 0
+    finally:
+        sink.close()
+
+
+def test_twin_points_are_read_back_with_their_types(victoria):
+    """The `twin` measurement as the worker writes it: estimates, SDs, NEWS2 (integer and
+    boolean fields), derived values, at the time of the twin's latest reading."""
+    from streams.process import TwinProcessor
+
+    readings = [ValidReading("dev-T", "T1", i, T0 + i, {"hr": 130.0, "spo2": 93.0, "sbp": 95.0},
+                             0.9, 0.8) for i in range(1, 4)]
+    (st,) = TwinProcessor().process(readings, {}, now=T0 + 3).twin_states
+    sink = InfluxSink(_settings(victoria.url), flush_interval=0.2)
+    try:
+        sink.add(state_points([st]))
+        assert sink.flush(10)
+        assert wait_until(lambda: victoria.export('twin_hr_est{patient_id="T1"}'), timeout=10)
+        for name, want in (("hr_est", st.estimate["hr"]), ("hr_sd", st.sd["hr"]),
+                           ("news2", st.news2), ("news2_raw", st.news2_raw),
+                           ("news2_complete", 0), ("shock_index", st.derived["shock_index"])):
+            (series,) = victoria.export(f'twin_{name}{{patient_id="T1"}}')
+            assert series["values"] == [pytest.approx(want)], name
+            assert series["timestamps"] == [int((T0 + 3) * 1000)]
+        assert st.news2 >= 5 and st.estimate["rr"] is None
+        assert not victoria.export('twin_rr_est{patient_id="T1"}')  # unknown: left out
     finally:
         sink.close()
 

@@ -24,12 +24,13 @@ def stream(rng, n, seconds):
     z[k % 4 == 0, INDEX["rr"]] = 16 + rng.normal(0, 1, (k % 4 == 0).sum())
     z[rng.random(len(k)) < 0.03, INDEX["hr"]] = 0.0  # sensor off
     z[rng.random(len(k)) < 0.01, INDEX["hr"]] = 220.0  # artifact spike
-    return row, t, k + 1, z
+    # float32 values, as the history keeps them (it rounds readings to float32 before applying)
+    return row, t, k + 1, z.astype(np.float32).astype(np.float64)
 
 
 def readings(row, t, seq, z, pick):
     n = len(pick)
-    return bank.Readings(row=row[pick], t=t[pick], z=z[pick], quality=np.full(n, 0.9),
+    return bank.Readings(row=row[pick], t=t[pick], z=z[pick], quality=np.full(n, 0.75),
                          battery=np.full(n, 0.7), device=(row[pick] + 1).astype(np.uint64),
                          seq=seq[pick].astype(np.int64))
 
