@@ -11,8 +11,8 @@ made in time order. An older reading is counted late and skipped, as without a t
 The base stays more than `tolerance_s` behind the twin, so every reading within the tolerance is
 later than it. When it falls 1.5 x tolerance behind, the buffered readings older than the
 tolerance are applied to it and leave the buffer, so a twin holds at most 1.5 x tolerance of
-readings: at a reading a second and 30 s, about 3.1 KB beside its 475-byte state. Everything here works on flat arrays grouped by twin; no loop runs
-over patients.
+readings: at a reading a second and 30 s, about 3.1 KB beside its 475-byte state. Everything
+here works on flat arrays grouped by twin; no loop runs over patients.
 """
 
 from __future__ import annotations
