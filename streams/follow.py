@@ -25,8 +25,11 @@ class Follower:
 
     def __init__(self, settings: Settings, topics: Sequence[str],
                  apply: Callable[[str, bytes | None, bytes | None], None],
-                 client_id: str) -> None:
+                 client_id: str, fetch_max_wait_ms: int | None = None) -> None:
         self.settings = settings
+        # None: the configured consumer's; longer for views that need not be fresh to 100 ms
+        # (each fetch the embedded broker answers costs the process CPU while it is idle).
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.topics = tuple(topics)
         self.apply = apply
         self.client_id = client_id
@@ -51,9 +54,11 @@ class Follower:
 
         while not self._stop.is_set():
             try:
+                cfg = kafka_python_consumer_config(self.settings)
+                if self.fetch_max_wait_ms is not None:
+                    cfg["fetch_max_wait_ms"] = self.fetch_max_wait_ms
                 consumer = KafkaConsumer(client_id=self.client_id, group_id=None,
-                                         enable_auto_commit=False,
-                                         **kafka_python_consumer_config(self.settings))
+                                         enable_auto_commit=False, **cfg)
                 parts = [TopicPartition(t, p) for t in self.topics
                          for p in sorted(consumer.partitions_for_topic(t) or ())]
                 if len({tp.topic for tp in parts}) < len(self.topics):

@@ -94,7 +94,7 @@ class InfluxSink:
         self._write = self._client.write_api(write_options=SYNCHRONOUS)
         self._bucket = settings.influx_bucket or ""
         self._org = settings.influx_org or ""
-        self._buf: deque[Point] = deque()
+        self._buf: deque[Point | str] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -123,12 +123,12 @@ class InfluxSink:
             self.stats.dropped += over
         self.stats.buffered = len(self._buf)
 
-    def _take(self) -> list[Point]:
+    def _take(self) -> list[Point | str]:
         with self._lock:
             n = min(self.batch_size, len(self._buf))
             return [self._buf.popleft() for _ in range(n)]
 
-    def _give_back(self, batch: list[Point]) -> None:
+    def _give_back(self, batch: list[Point | str]) -> None:
         with self._lock:
             self._buf.extendleft(reversed(batch))
             self._bound()
@@ -140,8 +140,14 @@ class InfluxSink:
             self._wake.clear()
             while self._buf:
                 batch = self._take()
+                # Line-protocol strings go as one bytes payload: the client would otherwise
+                # encode and append each of thousands of lines one by one.
+                lines = [p for p in batch if isinstance(p, str)]
+                record = [p for p in batch if not isinstance(p, str)]
+                if lines:
+                    record.append("\n".join(lines).encode())
                 try:
-                    self._write.write(bucket=self._bucket, org=self._org, record=batch)
+                    self._write.write(bucket=self._bucket, org=self._org, record=record)
                 except Exception as exc:  # noqa: BLE001 - any failure is retried the same way
                     self.stats.errors += 1
                     self._give_back(batch)
