@@ -40,6 +40,10 @@ log = logging.getLogger("patient_twin.dashboard")
 WARD_REFRESH_MS = 1000
 PATIENT_REFRESH_MS = 500
 ANIMATE_MS = 120
+# plotly.js draws 3D scenes at twice the pixel ratio by default (four times the pixels) whatever
+# the display; at 1 a workstation without a GPU draws the animated body a quarter as hard, which
+# is what kept values from reaching its screen in time (docs/performance.md).
+GL_CONFIG = {"displaylogo": False, "plotGlPixelRatio": 1}
 
 
 def _nav() -> html.Nav:
@@ -83,7 +87,7 @@ def ward3d_layout(**_: Any) -> html.Div:
         html.H2("Ward in 3D"),
         html.P("Each column is a bed: height NEWS2, colour the response band, a diamond marks "
                "open alerts, blue-grey means stale or no data. Click a bed to open the patient."),
-        dcc.Graph(id="ward3d-graph", figure=ward.figure_3d([])),
+        dcc.Graph(id="ward3d-graph", figure=ward.figure_3d([]), config=GL_CONFIG),
         dcc.Location(id="ward3d-nav", refresh="callback-nav"),
         dcc.Interval(id="ward3d-refresh", interval=2 * WARD_REFRESH_MS),
     ])
@@ -138,7 +142,7 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
         dcc.Store(id="patient-id", data=patient_id),
         html.Div(id="patient-header"),
         html.Div([
-            html.Div([dcc.Graph(id="body3d", config={"displaylogo": False}),
+            html.Div([dcc.Graph(id="body3d", config=GL_CONFIG),
                       html.Div(id="body-caption", className="body-caption"),
                       dcc.Store(id="body-anim"), dcc.Store(id="body-rates"),
                       dcc.Store(id="body-seen")],

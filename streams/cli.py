@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from streams import config
+from streams import config, supervise
 from streams.errors import PatientTwinError
 
 
@@ -393,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    supervise.exit_with_parent()
     try:
         settings = config.load()
         logging.basicConfig(level=settings.log_level,

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -22,6 +23,28 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+ORPHAN_GRACE_S = 10.0
+_PARENT_ENV = "PATIENT_TWIN_PARENT_PID"
+
+
+def exit_with_parent() -> None:
+    """In a child `spawn` started: once its parent is gone (the kernel has sent SIGTERM, and
+    nobody is left to escalate to SIGKILL), allow a graceful stop ORPHAN_GRACE_S, then exit.
+    A client stopping while the broker stops too can otherwise wait on its request timeouts."""
+    parent = os.environ.get(_PARENT_ENV)
+    if not parent or not parent.isdigit():
+        return
+    ppid = int(parent)
+
+    def watch() -> None:
+        while os.getppid() == ppid:
+            time.sleep(1.0)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
           stdout: int | None = None, stderr: int | None = None) -> subprocess.Popen[bytes]:
     """Start a child that is terminated when this process dies.
@@ -30,6 +53,7 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
     children in order (the broker last), instead of the broker vanishing under its clients.
     """
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    env = {**(os.environ if env is None else env), _PARENT_ENV: str(os.getpid())}
     return subprocess.Popen(list(argv), env=env, stdout=stdout, stderr=stderr,
                             stdin=subprocess.DEVNULL, preexec_fn=preexec,  # noqa: PLW1509
                             start_new_session=True)

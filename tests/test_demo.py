@@ -37,6 +37,17 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
+def cmdlines(pids: set[int]) -> dict[int, str]:
+    """What each process runs (for a failure message)."""
+    out = {}
+    for p in pids:
+        try:
+            out[p] = Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:120]
+        except OSError:
+            out[p] = "?"
+    return out
+
+
 def alive(pids: set[int]) -> set[int]:
     out = set()
     for p in pids:
@@ -80,9 +91,11 @@ def test_interrupted_or_killed_demo_leaves_no_process(sig):
         assert wait_until(lambda: len(descendants(p.pid)) >= 4, timeout=20)
         time.sleep(3)
         kids = descendants(p.pid)
+        what = cmdlines(kids)
         p.send_signal(sig)
         p.communicate(timeout=60)
         if sig == signal.SIGINT:
             assert p.returncode == 0
         # even SIGKILL of the demo takes every child with it (PR_SET_PDEATHSIG)
-        assert wait_until(lambda: not alive(kids), timeout=20), f"orphans: {alive(kids)}"
+        assert wait_until(lambda: not alive(kids), timeout=20), \
+            f"orphans: {[what[k] for k in alive(kids)]}"
