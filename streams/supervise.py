@@ -31,8 +31,9 @@ def exit_with_parent() -> None:
     """In a child `spawn` started: once its parent is gone (the kernel has sent SIGTERM, and
     nobody is left to escalate to SIGKILL), allow a graceful stop ORPHAN_GRACE_S, then exit.
     A client stopping while the broker stops too can otherwise wait on its request timeouts."""
-    parent = os.environ.get(_PARENT_ENV)
-    if not parent or not parent.isdigit():
+    # Only for our own parent: not inherited by anything this process starts without `spawn`.
+    parent = os.environ.pop(_PARENT_ENV, "")
+    if not parent.isdigit() or os.getppid() != int(parent):
         return
     ppid = int(parent)
 

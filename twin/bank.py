@@ -131,26 +131,16 @@ def to_bytes(states: State) -> list[bytes]:
 
 
 def from_bytes(blobs: list[bytes]) -> State:
-    """Records written by `to_bytes` back to a `State`.
+    """Records written by `to_bytes` back to a `State` (writable arrays of their own).
 
     Raises ValueError if a blob has the wrong size or version.
     """
     if any(len(b) != STATE_BYTES for b in blobs):
         raise ValueError(f"twin state must be {STATE_BYTES} bytes (version {STATE_VERSION})")
-    return from_records(b"".join(blobs))
-
-
-def from_records(data: bytes) -> State:
-    """Records of `to_bytes` laid end to end back to a `State`.
-
-    Raises ValueError if the data is not whole records or a record has another version.
-    """
-    if len(data) % STATE_BYTES:
-        raise ValueError(f"twin states must be whole {STATE_BYTES}-byte records")
-    rec = np.frombuffer(data, dtype=STATE_DTYPE)
+    rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
     if (rec["version"] != STATE_VERSION).any():
         raise ValueError(f"unsupported twin state version (expected {STATE_VERSION})")
-    return {f: rec[f].copy() for f in STATE_DTYPE.names}  # writable, contiguous
+    return {f: rec[f].copy() for f in STATE_DTYPE.names}
 
 
 def _pair_cov(p: np.ndarray) -> np.ndarray:
@@ -168,8 +158,8 @@ class Readings:
     seq: `(K,) int64` per-device sequence numbers; alert, oxygen: `(K,)` float from manual
     observations (NaN: not recorded); manual: `(K,)` bool, a clinician's observation (applied
     even if older than the twin's latest reading: it is entered after the fact); not_before:
-    `(K,)` epoch seconds, a reading older than this is late whatever the twin's time (NaN: no
-    such limit; `twin.history` sets it when it rewinds a twin to replay late readings).
+    `(K,)` epoch seconds, a reading older than this is late whatever the twin's time or its
+    device's numbering (NaN: no such limit; `twin.history` sets it from the late tolerance).
     """
 
     row: np.ndarray
