@@ -201,8 +201,13 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     # A reading the buffer holds is a redelivery: a duplicate, however old (the bank tells by
     # the device's numbering). Manual observations are entered after the fact and apply at the
     # twin's time: never late.
-    again = np.isin(_key(row, readings.device, readings.seq),
-                    _key(h.buf_row, h.buf["device"], h.buf["seq"]))
+    # Only readings older than their twin can be either; in a steady stream there are none,
+    # so the buffer's keys are not even computed.
+    older = np.flatnonzero(t < tc)
+    again = np.zeros(row.shape[0], bool)
+    if len(older):
+        again[older] = np.isin(_key(row[older], readings.device[older], readings.seq[older]),
+                               _key(h.buf_row, h.buf["device"], h.buf["seq"]))
     not_before[again | manual] = np.nan
     within = ~manual & ~again & (t < tc) & (t >= not_before)
     first = np.full(N, np.inf)  # each twin's earliest late reading
