@@ -7,6 +7,7 @@ core once per batch through `TwinProcessor`, and sends.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import time
@@ -32,8 +33,11 @@ from streams.sink import InfluxSink, alert_points, reading_points, state_points
 log = logging.getLogger("patient_twin.worker")
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _partition(patient_id: str, partitions: int) -> int:
-    """The partition the devices' producers give this key (murmur2, like Kafka's default)."""
+    """The partition the devices' producers give this key (murmur2, like Kafka's default).
+    Cached: kafka-python's murmur2 is pure Python, and every batch asks for each of its
+    patients twice (table and twin.state)."""
     return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 

@@ -256,21 +256,26 @@ def check_ts(ts: datetime) -> None:
                      "wrong_type")
 
 
+# (channel, unit) -> (scale, offset, largest value a device reports in the canonical unit): one
+# lookup per value, since every reading of every batch goes through here.
+_CONVERT = {(ch, unit): (scale, offset, _DEVICE_MAX[ch])
+            for ch, units in UNIT_ALIASES.items() for unit, (scale, offset) in units.items()}
+
+
 def canonical_values(values: dict[str, Quantity]) -> dict[str, float]:
     """Values in canonical units; InvalidMessage for an unknown unit or an impossible value."""
     out: dict[str, float] = {}
     for ch, q in values.items():
-        conv = UNIT_ALIASES[ch].get(q.unit)
+        conv = _CONVERT.get((ch, q.unit))
         if conv is None:
             raise reject(f"values.{ch}: unit {q.unit!r} is not accepted (expected {UNITS[ch]!r})",
                          "wrong_unit")
-        if not math.isfinite(q.value):
-            raise reject(f"values.{ch}: value is not a finite number", "impossible_value")
         v = q.value * conv[0] + conv[1]
-        if v < 0 or v > _DEVICE_MAX[ch]:
+        if not 0.0 <= v <= conv[2]:  # also False for NaN and infinities
+            if not math.isfinite(q.value):
+                raise reject(f"values.{ch}: value is not a finite number", "impossible_value")
             raise reject(f"values.{ch}: {q.value} {q.unit} is impossible "
-                         f"(a device reports 0 to {_DEVICE_MAX[ch]:g} {UNITS[ch]})",
-                         "impossible_value")
+                         f"(a device reports 0 to {conv[2]:g} {UNITS[ch]})", "impossible_value")
         out[ch] = v
     return out
 

@@ -55,9 +55,23 @@ def _values(a: np.ndarray) -> list:
     return r.tolist()
 
 
+def _dict_maker(keys: tuple[str, ...]) -> Callable[[list], dict]:
+    """A function `row -> {keys[0]: row[0], keys[1]: row[1], ...}`.
+
+    Made as a dict display: three times faster than `dict(zip(keys, row))`, and a batch of a
+    thousand twins builds about twenty thousand of these dicts."""
+    body = ", ".join(f"{k!r}: r[{i}]" for i, k in enumerate(keys))
+    return eval(f"lambda r: {{{body}}}")  # noqa: S307 - keys are this module's constants
+
+
+_channel_dict = _dict_maker(tuple(NAMES))
+_derived_dict = _dict_maker(("map", "map_sd", "shock_index", "shock_index_sd"))
+_component_dict = _dict_maker(tuple(news2.COMPONENTS))
+
+
 def _by_channel(rows: list) -> list[dict[str, float | None]]:
     """Rows of C values (`_values` of a `(K, C)` array) -> K dicts channel -> value."""
-    return [dict(zip(NAMES, row, strict=True)) for row in rows]
+    return [_channel_dict(row) for row in rows]
 
 
 def split(record: bytes) -> tuple[bytes, bytes, bytes]:
@@ -311,16 +325,13 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs,
         result.append(TwinState(
             patient_id=pid, ts=utc(t[k]), units=UNITS, estimate=estimate[k], sd=sd[k],
             raw=raw[k], age_s=age[k],
-            forecasts=[Forecast(h, dict(zip(NAMES, fc[k][j], strict=True)),
-                                dict(zip(NAMES, lo[k][j], strict=True)),
-                                dict(zip(NAMES, hi[k][j], strict=True)))
-                       for j, h in enumerate(horizons)],
-            derived=dict(zip(("map", "map_sd", "shock_index", "shock_index_sd"), derived[k],
-                             strict=True)),
+            forecasts=[Forecast(h, _channel_dict(fc[k][j]), _channel_dict(lo[k][j]),
+                                _channel_dict(hi[k][j])) for j, h in enumerate(horizons)],
+            derived=_derived_dict(derived[k]),
             minutes_to_band=to_band[k],
             news2=ints["news2"][k], news2_raw=ints["news2_raw"][k],
             news2_complete=complete[k], news2_band=news2.BAND_NAMES[ints["band"][k]],
-            news2_components=dict(zip(news2.COMPONENTS, components[k], strict=True)),
+            news2_components=_component_dict(components[k]),
             rejected=[ch for ch, r in zip(NAMES, rejected[k], strict=True) if r],
             consciousness_alert=alert_l[k], on_oxygen=oxygen_l[k],
             observed_at=None if obs_t[k] is None else utc(obs_t[k]),
