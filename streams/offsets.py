@@ -15,7 +15,8 @@ sent twice.
 A hole that is not refilled within `give_up_seconds` (offsets that do not exist, e.g. transaction
 markers written by a transactional producer) is accepted and counted, so a partition never
 stalls. A hole at the very end of a partition has no later event to reveal it: `idle_seeks`
-compares the consumer's fetch position with the last processed offset once the partition is quiet.
+compares the consumer's fetch position with the last processed offset once the partition is quiet,
+and seeks again when a partition went quiet with its hole still open.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class OffsetTracker:
     unassigned_since: dict[Hashable, float] = field(default_factory=dict)
     holes: int = 0  # holes sought back to
     abandoned: int = 0  # holes accepted after give_up_seconds
+    retries: int = 0  # seeks repeated for a hole whose re-read did not come
 
     def admit(self, events: Iterable[tuple[Hashable, int]]
               ) -> tuple[list[bool], dict[Hashable, int]]:
@@ -122,6 +124,12 @@ class OffsetTracker:
                     self.abandoned += 1
                     self.processed[tp] = pos - 1
                     del self.pending[tp]
+                elif now - pend[1] >= self.idle_seconds:
+                    # Sought, yet the partition went quiet without the re-read: Faust can drop
+                    # it (stale prefetched records delivered after the seek move its read offset
+                    # past the hole; seen with a backlog at start-up). Ask again.
+                    seeks[tp] = last + 1
+                    self.retries += 1
                 continue
             self.holes += 1
             seeks[tp] = last + 1

@@ -63,6 +63,23 @@ def test_a_hole_at_the_end_is_found_once_the_partition_is_quiet():
     assert keep == [True, True] and tr.pending == {}
 
 
+def test_a_seek_whose_re_read_never_came_is_repeated_once_the_partition_is_quiet():
+    clock = Clock()
+    tr = OffsetTracker(clock=clock, idle_seconds=5, give_up_seconds=30)
+    run(tr, [("a", 7)])
+    assert run(tr, [("a", 10)]) == ([False], {"a": 8})
+    # stale prefetched events drain; the consumer then drops the re-read (read offset past it)
+    clock.t = 2
+    assert run(tr, [("a", 11), ("a", 12)]) == ([False, False], {})
+    clock.t = 6
+    assert tr.idle_seeks({"a": 13}) == {}  # not quiet for 5 s yet
+    clock.t = 8
+    assert tr.idle_seeks({"a": 13}) == {"a": 8}
+    assert tr.retries == 1 and tr.holes == 1 and tr.abandoned == 0
+    keep, _ = run(tr, [("a", 8), ("a", 9), ("a", 10)])
+    assert keep == [True, True, True] and tr.pending == {}
+
+
 def test_partitions_moved_away_are_forgotten_but_not_during_a_rebalance():
     clock = Clock()
     tr = OffsetTracker(clock=clock, forget_seconds=60)
