@@ -139,3 +139,16 @@ def test_observation_rejects_wrong_flow_unit_and_acvpu():
 def test_alert_action_rejections(doc, fragment):
     with pytest.raises(InvalidMessage, match=re.escape(fragment)):
         messages.decode_action(enc({"schema": messages.ALERT_ACTION_SCHEMA, **doc}))
+
+
+def test_ids_are_checked_in_single_readings_and_in_gateway_batches_newline_included():
+    ok = messages.encode(messages.reading("dev-1", "P1", 1, messages.utc(1.8e9), {"hr": 70.0}))
+    assert messages.decode_readings(ok)[0].patient_id == "P1"
+    for bad, path in (("P 1", "$.patient_id"), ("P1\n", "$.patient_id")):
+        data = ok.replace(b'"P1"', msgspec.json.encode(bad))
+        with pytest.raises(InvalidMessage) as err:
+            messages.decode_readings(data)
+        assert err.value.kind == "wrong_type" and path in str(err.value)
+    batch = b"[" + ok + b"," + ok.replace(b'"dev-1"', b'"dev/1"') + b"]"
+    with pytest.raises(InvalidMessage, match=r"at `\$\[1\]\.device_id`"):
+        messages.decode_readings(batch)
