@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="WORKER_BATCH_MAX for the worker (default: the configured one)")
     ap.add_argument("--batch-seconds", type=float, default=None,
                     help="WORKER_BATCH_SECONDS for the worker (default: the configured one)")
+    ap.add_argument("--catchup-seconds", type=float, default=None,
+                    help="WORKER_CATCHUP_SECONDS for the worker (default: the configured one)")
     args = ap.parse_args(argv)
     if min(args.readings, args.per_message, args.patients) < 1 or args.live_seconds <= 0:
         ap.error("--readings, --per-message, --patients and --live-seconds must be positive")
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["worker_batch_max"] = args.batch_max
         if args.batch_seconds:
             extra["worker_batch_seconds"] = args.batch_seconds
+        if args.catchup_seconds is not None:
+            extra["worker_catchup_seconds"] = args.catchup_seconds
         vm_bin = shutil.which("victoria-metrics")
         if vm_bin:
             vm_port = supervise.free_port()

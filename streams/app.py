@@ -6,6 +6,7 @@ core once per batch through `TwinProcessor`, and sends.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -20,6 +21,7 @@ from faust.types import TP
 from kafka.partitioner.default import murmur2
 
 from streams import messages
+from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
 from streams.errors import ConfigError, InvalidMessage
@@ -132,44 +134,83 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
     if sink is not None:
         metrics.sink_gauges(lambda: sink.stats)
 
+    catchup = CatchUp(settings.worker_catchup_max, settings.worker_catchup_seconds)
+    batch_lock = asyncio.Lock()  # one batch at a time: the agent's, or held events flushed
+
     @app.agent(raw_topic)
     async def twin_agent(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.worker_batch_max,
-                                              within=settings.worker_batch_seconds):
-            keep, seeks = tracker.admit((ev.message.tp, ev.message.offset) for ev in batch)
-            events = [ev for ev, k in zip(batch, keep, strict=True) if k]
-            valid: list[messages.ValidReading] = []
-            for ev in events:
-                msg = ev.message
-                try:
-                    if msg.topic == settings.topic_observations:
-                        readings = [messages.observation_reading(
-                            messages.decode_observation(ev.value or b""))]
-                    else:
-                        readings = messages.decode_readings(ev.value)
-                    key = ev.key.decode("utf-8", "replace") if ev.key else None
-                    if any(r.patient_id != key for r in readings):
-                        raise messages.reject(
-                            "message key must be the patient_id of every reading in it "
-                            "(partitioning keeps a patient's twin on one worker)", "wrong_key")
-                except InvalidMessage as exc:
-                    metrics.dead.labels(getattr(exc, "kind", "invalid")).inc()
-                    dead = messages.DeadLetter(
-                        reason=str(exc), kind=getattr(exc, "kind", "invalid"), topic=msg.topic,
-                        partition=msg.partition, offset=msg.offset,
-                        received=datetime.now(UTC), original=ev.value or b"")
-                    await dlq_topic.send(key=ev.key, value=messages.encode(dead))
-                    continue
-                valid.extend(readings)
-            metrics.batches.inc()
-            metrics.events.inc(len(events))
-            metrics.readings.inc(len(valid))
-            metrics.batch_size.observe(len(events))
-            if valid:
-                await process(valid)
-            tracker.done((ev.message.tp, ev.message.offset) for ev in events)
-            if seeks:
-                await seek(seeks)
+        flusher = asyncio.ensure_future(flush_held())
+        try:
+            async for batch in stream.take_events(settings.worker_batch_max,
+                                                  within=settings.worker_batch_seconds):
+                keep, seeks = tracker.admit((ev.message.tp, ev.message.offset) for ev in batch)
+                events = [ev for ev, k in zip(batch, keep, strict=True) if k]
+                taken = [(ev.message.tp, ev.message.offset) for ev in events]
+                async with batch_lock:
+                    if not seeks and not app.rebalancing and not app.should_stop and \
+                            catchup.should_hold(len(events), behind(taken)):
+                        catchup.hold(events)
+                        tracker.done(taken)  # taken into the coming batch
+                        metrics.held.inc()
+                        continue
+                    held = catchup.take()
+                    await handle(held + events)
+                    catchup.release(held)
+                tracker.done(taken)
+                if seeks:
+                    await seek(seeks)
+        finally:
+            flusher.cancel()
+
+    def behind(taken: list[tuple[TP, int]]) -> int:
+        last: dict[TP, int] = {}
+        for tp, off in taken:
+            last[tp] = max(off, last.get(tp, off))
+        return lag_after(last, app.consumer.highwater)
+
+    async def flush_held() -> None:
+        """Process held events that waited long enough, or before a rebalance or a shutdown
+        (Faust waits for their offsets to be released; module streams.catchup)."""
+        while True:
+            await asyncio.sleep(0.1)
+            if catchup.events and (catchup.due() or app.rebalancing or app.should_stop):
+                async with batch_lock:
+                    held = catchup.take()
+                    if held:
+                        await handle(held)
+                        catchup.release(held)
+
+    async def handle(events: list[Any]) -> None:
+        """Validate a batch's events (dead letters for the invalid) and advance their twins."""
+        valid: list[messages.ValidReading] = []
+        for ev in events:
+            msg = ev.message
+            try:
+                if msg.topic == settings.topic_observations:
+                    readings = [messages.observation_reading(
+                        messages.decode_observation(ev.value or b""))]
+                else:
+                    readings = messages.decode_readings(ev.value)
+                key = ev.key.decode("utf-8", "replace") if ev.key else None
+                if any(r.patient_id != key for r in readings):
+                    raise messages.reject(
+                        "message key must be the patient_id of every reading in it "
+                        "(partitioning keeps a patient's twin on one worker)", "wrong_key")
+            except InvalidMessage as exc:
+                metrics.dead.labels(getattr(exc, "kind", "invalid")).inc()
+                dead = messages.DeadLetter(
+                    reason=str(exc), kind=getattr(exc, "kind", "invalid"), topic=msg.topic,
+                    partition=msg.partition, offset=msg.offset,
+                    received=datetime.now(UTC), original=ev.value or b"")
+                await dlq_topic.send(key=ev.key, value=messages.encode(dead))
+                continue
+            valid.extend(readings)
+        metrics.batches.inc()
+        metrics.events.inc(len(events))
+        metrics.readings.inc(len(valid))
+        metrics.batch_size.observe(len(events))
+        if valid:
+            await process(valid)
 
     async def seek(seeks: dict[TP, int]) -> None:
         log.warning("re-reading %d partition(s) from the first unprocessed offset (messages "

@@ -79,6 +79,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Worker batching: at most this many events per twin step, waiting at most this long.
     worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.5
+    # While behind (a backlog), batches of up to this many events, an event held up to this long
+    # (streams.catchup); 0 seconds: never hold.
+    worker_catchup_max: Positive = 20_000
+    worker_catchup_seconds: Annotated[float, msgspec.Meta(ge=0, le=30)] = 2.0
     # A reading up to this much older than its twin is applied in time order (twin.history);
     # an older one is counted late and skipped. 0: every out-of-order reading is late.
     worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = \
@@ -153,6 +157,9 @@ DOCS: dict[str, str] = {
     "topic_audit": "who viewed which patient, who acknowledged or silenced what (append-only)",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
+    "worker_catchup_max": "most events per twin step while the worker is behind (a backlog)",
+    "worker_catchup_seconds": "while behind, longest an event is held for a bigger batch, "
+                              "seconds (0: off)",
     "worker_late_tolerance_s": "a reading up to this many seconds older than its twin is applied "
                                "in time order; older ones are counted late and skipped (0: off)",
     "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",

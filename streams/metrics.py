@@ -43,6 +43,9 @@ class WorkerMetrics:
                              registry=r)
         self.states = Counter("patient_twin_states_sent", "Twin states published", registry=r)
         self.batches = Counter("patient_twin_batches", "Batches processed", registry=r)
+        self.held = Counter("patient_twin_catchup_held_takes",
+                            "Takes held for a bigger batch while behind (streams.catchup)",
+                            registry=r)
         self.alerts = Counter("patient_twin_alert_events", "Alert events published", ["priority"],
                               registry=r)
         # Alarm-fatigue figures (docs/alerts.md): raised, escalated, resolved by kind; time to

@@ -1,0 +1,167 @@
+"""Catch-up batching (streams.catchup): while a worker is behind it holds takes for bigger twin
+steps, and still applies every reading exactly once, through a shutdown in the middle."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from kafka import KafkaProducer
+
+from streams import messages, supervise, topics
+from streams.catchup import CatchUp, lag_after
+from streams.config import kafka_python_producer_config
+from tests.conftest import settings_env, wait_until
+from tests.streams.test_failover import _latest_states
+from tests.streams.test_late import _metric
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Msg:
+    """The part of a Faust message `hold` touches: its reference count."""
+
+    def __init__(self) -> None:
+        self.refcount = 1
+
+    def incref(self) -> None:
+        self.refcount += 1
+
+
+class Ev:
+    def __init__(self) -> None:
+        self.message = Msg()
+
+
+def test_holds_only_while_as_many_again_are_waiting_and_the_next_take_fits() -> None:
+    clock = Clock()
+    c = CatchUp(max_events=1000, max_seconds=2.0, clock=clock)
+    assert not c.should_hold(taken=300, lag=299)  # the next take would not be full: process
+    assert c.should_hold(taken=300, lag=300)
+    c.hold([Ev() for _ in range(300)])
+    assert c.should_hold(taken=300, lag=5000)  # 300 held + 300 + the next 300 <= 1000
+    c.hold([Ev() for _ in range(300)])
+    assert not c.should_hold(taken=300, lag=5000)  # 600 + 300 + 300 > 1000
+    assert not c.should_hold(taken=0, lag=5000)
+    assert [len(c.events), c.takes] == [600, 2]
+
+
+def test_held_events_are_due_after_max_seconds_and_handed_over_once() -> None:
+    clock = Clock()
+    c = CatchUp(max_events=10_000, max_seconds=2.0, clock=clock)
+    first = [Ev() for _ in range(3)]
+    c.hold(first)
+    # one more reference each: the take's own acknowledgement does not commit them
+    assert [ev.message.refcount for ev in first] == [2, 2, 2]
+    clock.t += 1.5
+    c.hold([Ev()])
+    assert not c.due()  # timed from the first held event, not the last
+    clock.t += 0.5
+    assert c.due() and not c.should_hold(taken=10, lag=10_000)
+    assert c.take()[:3] == first
+    assert c.take() == [] and not c.due()
+
+
+def test_off_when_max_seconds_is_zero() -> None:
+    assert not CatchUp(max_events=10_000, max_seconds=0.0).should_hold(taken=10, lag=10_000)
+
+
+def test_lag_after_counts_what_is_left_per_partition() -> None:
+    hw = {"a": 100, "b": 50, "c": None}
+    assert lag_after({"a": 89, "b": 49, "c": 7}, hw.get) == 10  # a: 90..99; b: none; c: unknown
+
+
+# --- the real worker ------------------------------------------------------------------------
+
+PATIENTS = [f"C{i:03d}" for i in range(40)]
+READINGS = 60
+
+
+def _prefill(s, seqs: range, t0: float) -> None:
+    p = KafkaProducer(**kafka_python_producer_config(s))
+    try:
+        for k in seqs:
+            for pid in PATIENTS:
+                r = messages.reading(f"dev-{pid}", pid, k, messages.utc(t0 + k),
+                                     {"hr": 70.0 + k % 7, "spo2": 97.0, "rr": 15.0})
+                p.send(s.topic_vitals_raw, key=pid.encode(), value=messages.encode(r))
+        p.flush()
+    finally:
+        p.close()
+
+
+def _settings(settings_factory, **extra):
+    port = supervise.free_port()
+    # small takes so a backlog of a few thousand messages is many takes
+    s = settings_factory(worker_metrics_port=port, worker_batch_max=100,
+                         worker_batch_seconds=0.2, worker_catchup_max=2000, **extra)
+    topics.ensure(s)
+    return s, port
+
+
+def _held(port: int) -> float:
+    try:
+        return _metric(port, "patient_twin_catchup_held_takes_total")
+    except OSError:  # not listening yet
+        return 0.0
+
+
+def _until_all_applied(s, n: int, timeout: float) -> dict[str, messages.TwinState]:
+    states: dict[str, messages.TwinState] = {}
+
+    def done() -> bool:
+        states.update(_latest_states(s))
+        return all(p in states and states[p].readings_applied >= n for p in PATIENTS)
+
+    wait_until(done, timeout, interval=1.0)
+    return states
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_backlog_is_cleared_in_bigger_batches_applying_every_reading_once(settings_factory,
+                                                                           procs):
+    s, port = _settings(settings_factory, worker_catchup_seconds=2.0)
+    _prefill(s, range(1, READINGS + 1), time.time() - 600)
+    procs.start("worker", "worker", env=settings_env(s))
+    states = _until_all_applied(s, READINGS, timeout=120)
+    log = procs.log("worker")[-3000:]
+    assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps, st.late)
+            for p, st in states.items() if p in PATIENTS} == \
+        {p: (READINGS, 0, 0, 0) for p in PATIENTS}, log
+    held = _metric(port, "patient_twin_catchup_held_takes_total")
+    events = _metric(port, "patient_twin_events_total")
+    batches = _metric(port, "patient_twin_batches_total")
+    assert events == len(PATIENTS) * READINGS
+    assert held > 0, log
+    # takes are at most 100 events: bigger batches mean held takes were merged
+    assert events / batches > 100, (events, batches)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(settings_factory,
+                                                                          procs):
+    # held events wait up to 10 s: only the shutdown itself can have them processed in time
+    s, port = _settings(settings_factory, worker_catchup_seconds=10.0)
+    _prefill(s, range(1, READINGS + 1), time.time() - 600)
+    env = settings_env(s)
+    w = procs.start("worker-1", "worker", env=env)
+    assert wait_until(lambda: _held(port) > 0, 90, interval=0.1), procs.log("worker-1")[-3000:]
+    t = time.monotonic()
+    w.send_signal(signal.SIGTERM)
+    # Faust waits for every held offset to be released before it stops
+    assert w.wait(30) == 0, procs.log("worker-1")[-3000:]
+    assert time.monotonic() - t < 20
+    procs.start("worker-2", "worker", env=env)
+    states = _until_all_applied(s, READINGS, timeout=120)
+    assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps)
+            for p, st in states.items() if p in PATIENTS} == \
+        {p: (READINGS, 0, 0) for p in PATIENTS}, procs.log("worker-2")[-3000:]
