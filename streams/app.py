@@ -146,6 +146,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                 keep, seeks = tracker.admit((ev.message.tp, ev.message.offset) for ev in batch)
                 events = [ev for ev, k in zip(batch, keep, strict=True) if k]
                 taken = [(ev.message.tp, ev.message.offset) for ev in events]
+                metrics.taken.inc(len(events))
                 async with batch_lock:
                     if not seeks and not app.rebalancing and not app.should_stop and \
                             catchup.should_hold(len(events), behind(taken)):

@@ -20,6 +20,9 @@ class WorkerMetrics:
         r = self.registry = CollectorRegistry()
         self.events = Counter("patient_twin_events", "Messages consumed from vitals.raw",
                               registry=r)
+        self.taken = Counter("patient_twin_events_taken",
+                             "Messages taken from vitals.raw, held ones included (streams.catchup)",
+                             registry=r)
         self.readings = Counter("patient_twin_readings", "Valid readings decoded", registry=r)
         self.applied = Counter("patient_twin_readings_applied", "Readings applied to twins",
                                registry=r)
