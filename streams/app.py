@@ -177,9 +177,19 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
             if catchup.events and (catchup.due() or app.rebalancing or app.should_stop):
                 async with batch_lock:
                     held = catchup.take()
-                    if held:
+                    if not held:
+                        continue
+                    try:
                         await handle(held)
-                        catchup.release(held)
+                    except Exception:
+                        # A task's exception is otherwise silent, and unreleased offsets would
+                        # hold up every commit: exit for the supervisor; the held messages
+                        # were never committed, so the restarted worker reads them again.
+                        log.exception("processing held events failed; exiting for a restart")
+                        if sink is not None:
+                            sink.close(timeout=5)
+                        os._exit(3)
+                    catchup.release(held)
 
     async def handle(events: list[Any]) -> None:
         """Validate a batch's events (dead letters for the invalid) and advance their twins."""

@@ -97,13 +97,18 @@ def _prefill(s, seqs: range, t0: float) -> None:
         p.close()
 
 
-def _settings(settings_factory, **extra):
+def _backlog(settings_factory, procs, name: str, catchup_seconds: float):
+    """A topic holding READINGS readings per patient, then a worker started on it: its settings,
+    metrics port, environment and process."""
     port = supervise.free_port()
     # small takes so a backlog of a few thousand messages is many takes
     s = settings_factory(worker_metrics_port=port, worker_batch_max=100,
-                         worker_batch_seconds=0.2, worker_catchup_max=2000, **extra)
+                         worker_batch_seconds=0.2, worker_catchup_max=2000,
+                         worker_catchup_seconds=catchup_seconds)
     topics.ensure(s)
-    return s, port
+    _prefill(s, range(1, READINGS + 1), time.time() - 600)
+    env = settings_env(s)
+    return s, port, env, procs.start(name, "worker", env=env)
 
 
 def _held(port: int) -> float:
@@ -128,9 +133,7 @@ def _until_all_applied(s, n: int, timeout: float) -> dict[str, messages.TwinStat
 @pytest.mark.slow
 def test_a_backlog_is_cleared_in_bigger_batches_applying_every_reading_once(settings_factory,
                                                                            procs):
-    s, port = _settings(settings_factory, worker_catchup_seconds=2.0)
-    _prefill(s, range(1, READINGS + 1), time.time() - 600)
-    procs.start("worker", "worker", env=settings_env(s))
+    s, port, _, _ = _backlog(settings_factory, procs, "worker", catchup_seconds=2.0)
     states = _until_all_applied(s, READINGS, timeout=120)
     log = procs.log("worker")[-3000:]
     assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps, st.late)
@@ -150,10 +153,7 @@ def test_a_backlog_is_cleared_in_bigger_batches_applying_every_reading_once(sett
 def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(settings_factory,
                                                                           procs):
     # held events wait up to 10 s: only the shutdown itself can have them processed in time
-    s, port = _settings(settings_factory, worker_catchup_seconds=10.0)
-    _prefill(s, range(1, READINGS + 1), time.time() - 600)
-    env = settings_env(s)
-    w = procs.start("worker-1", "worker", env=env)
+    s, port, env, w = _backlog(settings_factory, procs, "worker-1", catchup_seconds=10.0)
     assert wait_until(lambda: _held(port) > 0, 90, interval=0.1), procs.log("worker-1")[-3000:]
     t = time.monotonic()
     w.send_signal(signal.SIGTERM)
