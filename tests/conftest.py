@@ -147,15 +147,20 @@ def victoria(tmp_path: Path) -> Iterator[Victoria]:
         vm.stop()
 
 
-def worker_assigned(port: int) -> int:
-    """Source partitions a worker reports as assigned on its own metrics endpoint."""
+def worker_metric(port: int, name: str) -> float:
+    """One sample of a worker's own metrics endpoint (0 while it is not listening or lacks it)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             text = resp.read().decode()
     except OSError:
-        return 0
-    m = re.search(r"^patient_twin_assigned_partitions (\S+)$", text, re.M)
-    return int(float(m[1])) if m else 0
+        return 0.0
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m[1]) if m else 0.0
+
+
+def worker_assigned(port: int) -> int:
+    """Source partitions a worker reports as assigned on its own metrics endpoint."""
+    return int(worker_metric(port, "patient_twin_assigned_partitions"))
 
 
 def wait_for_stable_assignment(port: int, partitions: int, log: str) -> None:

@@ -12,9 +12,8 @@ from kafka import KafkaProducer
 from streams import messages, supervise, topics
 from streams.catchup import CatchUp, lag_after
 from streams.config import kafka_python_producer_config
-from tests.conftest import settings_env, wait_until
+from tests.conftest import settings_env, wait_until, worker_metric
 from tests.streams.test_failover import _latest_states
-from tests.streams.test_late import _metric
 
 
 class Clock:
@@ -111,13 +110,6 @@ def _backlog(settings_factory, procs, name: str, catchup_seconds: float):
     return s, port, env, procs.start(name, "worker", env=env)
 
 
-def _held(port: int) -> float:
-    try:
-        return _metric(port, "patient_twin_catchup_held_takes_total")
-    except OSError:  # not listening yet
-        return 0.0
-
-
 def _until_all_applied(s, n: int, timeout: float) -> dict[str, messages.TwinState]:
     states: dict[str, messages.TwinState] = {}
 
@@ -139,9 +131,9 @@ def test_a_backlog_is_cleared_in_bigger_batches_applying_every_reading_once(sett
     assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps, st.late)
             for p, st in states.items() if p in PATIENTS} == \
         {p: (READINGS, 0, 0, 0) for p in PATIENTS}, log
-    held = _metric(port, "patient_twin_catchup_held_takes_total")
-    events = _metric(port, "patient_twin_events_total")
-    batches = _metric(port, "patient_twin_batches_total")
+    held = worker_metric(port, "patient_twin_catchup_held_takes_total")
+    events = worker_metric(port, "patient_twin_events_total")
+    batches = worker_metric(port, "patient_twin_batches_total")
     assert events == len(PATIENTS) * READINGS
     assert held > 0, log
     # takes are at most 100 events: bigger batches mean held takes were merged
@@ -154,7 +146,9 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
                                                                           procs):
     # held events wait up to 10 s: only the shutdown itself can have them processed in time
     s, port, env, w = _backlog(settings_factory, procs, "worker-1", catchup_seconds=10.0)
-    assert wait_until(lambda: _held(port) > 0, 90, interval=0.1), procs.log("worker-1")[-3000:]
+    held = "patient_twin_catchup_held_takes_total"
+    assert wait_until(lambda: worker_metric(port, held) > 0, 90, interval=0.1), \
+        procs.log("worker-1")[-3000:]
     t = time.monotonic()
     w.send_signal(signal.SIGTERM)
     # Faust waits for every held offset to be released before it stops

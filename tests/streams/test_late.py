@@ -4,15 +4,14 @@ beyond it, it is counted late and skipped."""
 
 from __future__ import annotations
 
-import re
 import time
-import urllib.request
 
 import msgspec
 from kafka import KafkaProducer
 
 from streams import messages
 from streams.config import kafka_python_producer_config
+from tests.conftest import worker_metric
 from tests.streams.test_dead_letters import _consume, _worker
 
 PID = "P-LATE"
@@ -39,13 +38,6 @@ def _until_applied(s, n: int) -> messages.TwinState:
     return st
 
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m[1]) if m else 0.0
-
-
 def test_late_reading_within_tolerance_is_applied_in_time_order(settings_factory, procs):
     s, _, port = _worker(settings_factory, procs)
     assert s.worker_late_tolerance_s == 30.0
@@ -69,5 +61,5 @@ def test_late_reading_within_tolerance_is_applied_in_time_order(settings_factory
         assert (st.readings_applied, st.late) == (81, 1)
     finally:
         producer.close()
-    assert _metric(port, "patient_twin_reordered_readings_total") == 1.0
-    assert _metric(port, "patient_twin_late_readings_total") == 1.0
+    assert worker_metric(port, "patient_twin_reordered_readings_total") == 1.0
+    assert worker_metric(port, "patient_twin_late_readings_total") == 1.0
