@@ -13,7 +13,9 @@ hashed in API_TOKENS_FILE); nothing is served anonymously.
   and the worker that owns the patient applies it (the alert event then shows who and why)
 - `GET /api/alerts/stream?patient=&ward=&min_priority=&kind=` -> `text/event-stream`: one event
   per alert event from now on (`id:` the alert id, `event:` raised/updated/.../resolved, `data:`
-  the alert JSON), a comment every 15 s to keep proxies from closing it.
+  the alert JSON), a comment every 15 s to keep proxies from closing it. A client that reads
+  too slowly to keep up loses events rather than holding up the server; it is told with an
+  `event: dropped` (`data: {"dropped": n}`, the count so far) and can re-read what it missed.
 """
 
 from __future__ import annotations
@@ -146,12 +148,17 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         def events() -> Iterator[str]:
             try:
                 yield ": connected\n\n"
+                dropped = 0
                 while True:
                     try:
                         ev = q.get(timeout=KEEPALIVE_S)
                     except queue.Empty:
                         yield ": keepalive\n\n"
                         continue
+                    if q.dropped > dropped:
+                        # this client read too slowly: say so, so it can re-read the list
+                        dropped = q.dropped
+                        yield f'event: dropped\ndata: {{"dropped":{dropped}}}\n\n'
                     _, wards = view.snapshot()
                     if not matches(flt, ev, wards.get(ev.get("patient_id", ""))):
                         continue

@@ -19,7 +19,7 @@ import msgspec
 from dash import ALL, Dash, Input, Output, State, ctx, dash_table, dcc, html
 from flask import request
 
-from dashboard import api, body, login, patient, vr, ward
+from dashboard import api, body, live, login, patient, vr, ward
 from dashboard.audit import AuditLog
 from dashboard.auth import User, UserStore
 from dashboard.feed import TwinFeed
@@ -33,12 +33,11 @@ from twin.alerts import KINDS
 
 log = logging.getLogger("patient_twin.dashboard")
 
-# Live updates reach the screen within 2 s: the worker's 0.5 s batch + these polls. The patient
-# page (one viewer per patient, small answers) polls twice a second; the ward overview (every
-# patient's row, 158 KB for 500) once: at twice a second 50 viewers of 500 patients pushed its p95
-# from 46 ms to 1.9 s on 2 cores (bench dashboard).
+# Live updates reach the screen within 2 s: the worker's 0.5 s batch, then the patient page is
+# pushed each new state (dashboard/live.py; it polls when it cannot get the push) and the ward
+# overview (every patient's row, 158 KB for 500) polls once a second: at twice a second 50
+# viewers of 500 patients pushed its p95 from 46 ms to 1.9 s on 2 cores (bench dashboard).
 WARD_REFRESH_MS = 1000
-PATIENT_REFRESH_MS = 500
 ANIMATE_MS = 120
 # plotly.js draws 3D scenes at twice the pixel ratio by default (four times the pixels) whatever
 # the display; at 1 a workstation without a GPU draws the animated body a quarter as hard, which
@@ -189,7 +188,8 @@ def patient_layout(c: Context, patient_id: str | None = None, **_: Any) -> html.
         ]),
         html.H3("Trends"),
         dcc.Graph(id="trends", config={"displaylogo": False}),
-        dcc.Interval(id="patient-refresh", interval=PATIENT_REFRESH_MS),
+        dcc.Store(id="patient-push"), dcc.Store(id="patient-live"),
+        dcc.Interval(id="patient-refresh", interval=live.POLL_MS),
         dcc.Interval(id="trends-refresh", interval=5 * WARD_REFRESH_MS),
         dcc.Interval(id="animate", interval=ANIMATE_MS),
     ])
@@ -233,6 +233,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     app.server.register_blueprint(api_bp)
     app.closers += list(api_bp.writers)  # type: ignore[attr-defined]
     app.server.register_blueprint(vr.blueprint(c))
+    app.server.register_blueprint(live.blueprint(c))
     _callbacks(app, c)
     return app
 
@@ -301,8 +302,9 @@ def _callbacks(app: Dash, c: Context) -> None:
 
     @app.callback(Output("patient-header", "children"), Output("news2-breakdown", "children"),
                   Output("body-caption", "children"), Output("body-rates", "data"),
-                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"))
-    def refresh_patient(_n: int | None, pid: str) -> tuple[Any, ...]:
+                  Input("patient-refresh", "n_intervals"),
+                  Input("patient-push", "data"), State("patient-id", "data"))
+    def refresh_patient(_n: int | None, _push: int | None, pid: str) -> tuple[Any, ...]:
         u = c.user()
         if not c.may_see(u, pid):
             raise dash.exceptions.PreventUpdate
@@ -312,9 +314,11 @@ def _callbacks(app: Dash, c: Context) -> None:
 
     @app.callback(Output("body3d", "figure"), Output("body-anim", "data"),
                   Output("body-seen", "data"),
-                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"),
+                  Input("patient-refresh", "n_intervals"),
+                  Input("patient-push", "data"), State("patient-id", "data"),
                   State("body-seen", "data"))
-    def refresh_body(_n: int | None, pid: str, seen: str | None) -> tuple[Any, ...]:
+    def refresh_body(_n: int | None, _push: int | None, pid: str,
+                     seen: str | None) -> tuple[Any, ...]:
         # A callback of its own: the 3D body (tens of KB, re-rendered in WebGL) is sent only
         # when its colours change, and never holds up the values beside it.
         if not c.may_see(c.user(), pid):
@@ -327,9 +331,11 @@ def _callbacks(app: Dash, c: Context) -> None:
         return fig, anim, sig
 
     @app.callback(Output("patient-alerts", "children"), Output("patient-alerts-seen", "data"),
-                  Input("patient-refresh", "n_intervals"), State("patient-id", "data"),
+                  Input("patient-refresh", "n_intervals"),
+                  Input("patient-push", "data"), State("patient-id", "data"),
                   State("patient-alerts-seen", "data"))
-    def refresh_alerts(_n: int | None, pid: str, seen: list[str] | None) -> tuple[Any, Any]:
+    def refresh_alerts(_n: int | None, _push: int | None, pid: str,
+                       seen: list[str] | None) -> tuple[Any, Any]:
         u = c.user()
         if not c.may_see(u, pid):
             raise dash.exceptions.PreventUpdate
@@ -348,6 +354,8 @@ def _callbacks(app: Dash, c: Context) -> None:
             raise dash.exceptions.PreventUpdate
         return patient.trends(feed.history(pid), feed.state(pid))
 
+    app.clientside_callback(live.CONNECT_JS, Output("patient-live", "data"),
+                            Input("patient-id", "data"))
     app.clientside_callback(body.ANIMATE_JS, Output("body3d", "figure", allow_duplicate=True),
                             Input("animate", "n_intervals"), State("body3d", "figure"),
                             State("body-anim", "data"), State("body-rates", "data"),
@@ -502,7 +510,7 @@ def serve(settings: Settings, https: bool = False, cert: str | None = None,
 
     app = create_app(settings, secure_cookies=https)
     server = wsgi.Server((settings.dashboard_host, settings.dashboard_port), app.server,
-                         numthreads=32, server_name="patient-twin")
+                         numthreads=settings.dashboard_threads, server_name="patient-twin")
     if https:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
 

@@ -66,6 +66,21 @@ class History:
                 "news2": self.news2[order]}
 
 
+class Listener(queue.Queue[dict[str, Any]]):
+    """A live stream's queue. The feed never waits for a reader: when the queue is full an event
+    is dropped and counted in `dropped`, so one stalled client cannot hold up the view."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.dropped = 0
+
+    def offer(self, event: dict[str, Any]) -> None:
+        try:
+            self.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+
+
 class TwinFeed:
     """Latest twin state, history and open alerts per patient, and the patient registry, kept
     current by a thread."""
@@ -77,7 +92,9 @@ class TwinFeed:
         self._history: dict[str, History] = {}
         self._alerts: deque[dict[str, Any]] = deque(maxlen=max_alerts)
         self._open: dict[str, dict[str, Any]] = {}  # alert id -> latest event of an open alert
-        self._listeners: list[queue.Queue[dict[str, Any]]] = []
+        # None: every alert event (the API's stream); a patient id: that patient's twin states
+        # and alert events (the patient page's push)
+        self._listeners: dict[str | None, list[Listener]] = {}
         self.registry = Registry(settings)
         self._follower: Follower | None = None
 
@@ -114,6 +131,8 @@ class TwinFeed:
         with self._lock:
             if topic == self.settings.topic_twin_state:
                 self._states[pid] = doc
+                for q in self._listeners.get(pid, ()):
+                    q.offer({"event": "state", "patient_id": pid, "ts": doc.get("ts")})
                 try:
                     t = datetime.fromisoformat(doc["ts"]).timestamp()
                 except (KeyError, TypeError, ValueError):
@@ -125,20 +144,25 @@ class TwinFeed:
                     self._open.pop(doc.get("alert_id", ""), None)
                 else:
                     self._open[doc.get("alert_id", "")] = doc
-                for q in list(self._listeners):
-                    q.put(doc)
+                for q in (*self._listeners.get(None, ()), *self._listeners.get(pid, ())):
+                    q.offer(doc)
 
-    def listen(self) -> queue.Queue[dict[str, Any]]:
-        """A queue that receives every alert event from now on (for a live stream)."""
-        q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=10_000)
+    def listen(self, patient_id: str | None = None, maxsize: int = 10_000) -> Listener:
+        """A queue of what happens from now on, for a live stream: every alert event (no
+        `patient_id`), or one patient's twin states (`{"event": "state", ...}`) and alert
+        events."""
+        q = Listener(maxsize)
         with self._lock:
-            self._listeners.append(q)
+            self._listeners.setdefault(patient_id, []).append(q)
         return q
 
-    def unlisten(self, q: queue.Queue[dict[str, Any]]) -> None:
+    def unlisten(self, q: Listener) -> None:
         with self._lock:
-            if q in self._listeners:
-                self._listeners.remove(q)
+            for key, qs in list(self._listeners.items()):
+                if q in qs:
+                    qs.remove(q)
+                if not qs:
+                    del self._listeners[key]
 
     def snapshot(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
         with self._lock:

@@ -24,7 +24,8 @@ from dashboard.auth import User, UserStore
 from streams.config import Settings
 
 PUBLIC_PREFIXES = ("/login", "/api/")
-DATA_PREFIXES = ("/_dash", "/vr/state.json")  # answered 401, not redirected to the login page
+# answered 401, not redirected to the login page
+DATA_PREFIXES = ("/_dash", "/vr/state.json", "/live/")
 FAILURES_ALLOWED = 5  # failed logins per user name within FAILURE_WINDOW_S before a lockout
 FAILURE_WINDOW_S = 300.0
 

@@ -109,6 +109,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Dashboard.
     dashboard_host: str = "127.0.0.1"
     dashboard_port: Port = 8050
+    # Web server threads. An open patient page's live push (and an API alert stream) holds one;
+    # live pushes take at most half, pages beyond that poll instead.
+    dashboard_threads: Annotated[int, msgspec.Meta(ge=8, le=1024)] = 64
     users_file: str | None = None
     dashboard_secret_key: Secret | None = None
     dashboard_tls_dir: str = "~/.patient-twin/tls"
@@ -183,6 +186,8 @@ DOCS: dict[str, str] = {
     "webhook_timeout_seconds": "HTTP timeout of one webhook delivery",
     "dashboard_host": "dashboard bind address",
     "dashboard_port": "dashboard port",
+    "dashboard_threads": "web server threads; each open patient page's live push holds one "
+    "(pushes use at most half; pages beyond that poll every 0.5 s instead)",
     "users_file": "clinician accounts (`patient-twin users add NAME`), passwords hashed with "
     "scrypt; the dashboard needs it (no anonymous access)",
     "dashboard_secret_key": "key that signs session cookies (secret); set the same value on "

@@ -224,6 +224,26 @@ def test_patient_page_renders_the_3d_twin_and_trends(stack: Stack, browser) -> N
     page.close()
 
 
+def test_patient_page_is_pushed_new_values(stack: Stack, browser) -> None:  # noqa: ANN001
+    page = _login(browser, stack, "alice", f"/patient/{SICK}")
+    page.wait_for_selector("tr.news2-pulse", timeout=30_000)
+    page.wait_for_function("window.__patientLive && window.__patientLive.readyState === 1",
+                           timeout=15_000)
+    # no more polling: from here only the push can bring a new value to the page
+    page.evaluate("window.dash_clientside.set_props('patient-refresh', {disabled: true})")
+    time.sleep(1)  # a poll already on its way lands before the new reading exists
+    row = page.locator("tr.news2-pulse")
+    assert "150" not in row.inner_text()
+    producer = KafkaProducer(**kafka_python_producer_config(stack.settings))
+    r = messages.reading("WR-SICK", SICK, 1000, messages.utc(time.time()),
+                         {"hr": 150, "rr": 30, "spo2": 84, "sbp": 85, "temp": 39.5})
+    producer.send(stack.settings.topic_vitals_raw, key=SICK.encode(), value=messages.encode(r))
+    producer.flush()
+    producer.close()
+    assert wait_until(lambda: "150" in row.inner_text(), timeout=15), row.inner_text()
+    page.close()
+
+
 def test_acknowledging_an_alert_changes_its_state_end_to_end(stack: Stack, browser) -> None:  # noqa: ANN001
     page = _login(browser, stack, "alice", f"/patient/{SICK}")
     card = page.locator(".alert-card", has_text="· news2 ·").first

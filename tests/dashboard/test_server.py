@@ -115,6 +115,40 @@ def test_roles_and_wards_are_enforced_on_the_server(app_and_settings):
     assert any(a["action"] == "denied" and a["user"] == "vic" for a in audit)
 
 
+def test_live_push_needs_a_login_the_patients_ward_and_a_free_slot(settings_factory, tmp_path):
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "ann", "clinician", ["A"], PW)
+    s = settings_factory(users_file=users, dashboard_threads=8)  # 4 live streams at most
+    feed = TwinFeed(s)  # not started: filled by hand
+    for pid, w in (("P1", "A"), ("P2", "B")):
+        feed.apply(s.topic_patients, pid.encode(),
+                   msgspec.json.encode(change(None, pid, "admit", "t", ward=w)))
+    app = create_app(s, feed=feed)
+    try:
+        anon = app.server.test_client()
+        assert anon.get("/live/patient/P1").status_code == 401
+        client = app.server.test_client()
+        _login(client, "ann")
+        assert client.get("/live/patient/P2").status_code == 404  # ward B is not ann's
+        streams = [client.get("/live/patient/P1", buffered=False) for _ in range(4)]
+        assert [r.status_code for r in streams] == [200] * 4
+        assert streams[0].mimetype == "text/event-stream"
+        chunks = iter(streams[0].response)
+        assert next(chunks).startswith(b"retry: ")
+        feed.apply(s.topic_twin_state, b"P1",
+                   msgspec.json.encode({"patient_id": "P1", "ts": "2026-11-27T12:00:00+00:00"}))
+        assert next(chunks) == b"event: update\ndata: {}\n\n"
+        # every slot taken: the page is told to poll instead, and a closed stream frees its slot
+        assert client.get("/live/patient/P1", buffered=False).status_code == 503
+        streams.pop().close()
+        extra = client.get("/live/patient/P1", buffered=False)
+        assert extra.status_code == 200
+        for r in (*streams, extra):
+            r.close()
+    finally:
+        close(app)
+
+
 def test_https_serves_the_dashboard_with_a_generated_certificate(app_and_settings):
     from cheroot import wsgi
     from cheroot.ssl.builtin import BuiltinSSLAdapter

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from dashboard import body, vr, ward
+from dashboard import body, live, vr, ward
 from dashboard.auth import User, UserStore, add_user
-from dashboard.feed import HISTORY_STEP_S, History
+from dashboard.feed import HISTORY_STEP_S, History, TwinFeed
+from streams import config
 from streams.errors import ConfigError
 from streams.registry import RegistryError, change
 
@@ -115,6 +116,59 @@ def test_history_keeps_a_bounded_ordered_ring_and_every_artifact():
     s = h.series()
     assert len(s["ts"]) == 5 and np.all(np.diff(s["ts"]) > 0)
     assert s["estimate"][-1, 0] == 39.0
+
+
+def _feed() -> tuple[TwinFeed, config.Settings]:
+    s = config.load({})
+    return TwinFeed(s), s  # not started: filled by hand
+
+
+def _twin(s: config.Settings, pid: str, hr: float) -> tuple[str, bytes, bytes]:
+    doc = {"patient_id": pid, "ts": NOW.isoformat(), "estimate": {"hr": hr}}
+    return s.topic_twin_state, pid.encode(), json.dumps(doc).encode()
+
+
+def _alert(s: config.Settings, pid: str, n: int) -> tuple[str, bytes, bytes]:
+    doc = {"patient_id": pid, "alert_id": f"{pid}:news2:{n}", "event": "raised",
+           "priority": "high", "ts": NOW.isoformat()}
+    return s.topic_alerts, pid.encode(), json.dumps(doc).encode()
+
+
+def test_live_listeners_get_their_patient_only_and_never_hold_up_the_feed():
+    feed, s = _feed()
+    p1, everyone, tiny = feed.listen("P1"), feed.listen(), feed.listen("P1", maxsize=2)
+    feed.apply(*_twin(s, "P1", 70.0))
+    feed.apply(*_twin(s, "P2", 80.0))
+    feed.apply(*_alert(s, "P1", 1))
+    feed.apply(*_alert(s, "P2", 2))
+    got = [p1.get_nowait() for _ in range(p1.qsize())]
+    assert [(e["event"], e["patient_id"]) for e in got] == [("state", "P1"), ("raised", "P1")]
+    # the alert stream: every patient's alerts, no twin states
+    assert [everyone.get_nowait()["alert_id"] for _ in range(everyone.qsize())] == \
+        ["P1:news2:1", "P2:news2:2"]
+    # a reader that does not keep up loses events (counted); the feed goes on regardless
+    for k in range(5):
+        feed.apply(*_twin(s, "P1", 90.0 + k))
+    assert tiny.qsize() == 2 and tiny.dropped == 5
+    assert feed.state("P1")["estimate"]["hr"] == 94.0
+    assert p1.qsize() == 5 and p1.dropped == 0
+    feed.unlisten(p1)
+    feed.apply(*_twin(s, "P1", 95.0))
+    assert p1.qsize() == 5
+
+
+def test_live_stream_sends_one_update_per_burst_and_ends():
+    feed, s = _feed()
+    stream = live.events(feed, "P1", stream_s=1.5, keepalive_s=0.3)
+    assert next(stream).startswith("retry: ")  # subscribes the listener
+    for k in range(3):  # a burst: one event, the page reads the latest state anyway
+        feed.apply(*_twin(s, "P1", 70.0 + k))
+    assert next(stream) == "event: update\ndata: {}\n\n"
+    assert next(stream) == ": keepalive\n\n"  # nothing more arrived
+    feed.apply(*_twin(s, "P2", 60.0))  # another patient's: not this stream's
+    rest = list(stream)  # ends by itself after stream_s
+    assert rest and all(chunk == ": keepalive\n\n" for chunk in rest)
+    assert not feed._listeners  # the listener went with the stream
 
 
 def test_body_meshes_are_closed_and_organs_take_their_score_colour():
