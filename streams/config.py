@@ -76,9 +76,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_subscriptions: TopicName = "alert.subscriptions"
     topic_webhook_dlq: TopicName = "alert.webhook-dlq"
     topic_audit: TopicName = "audit"
-    # Worker batching: at most this many events per twin step, waiting at most this long.
+    # Worker batching: at most this many events per twin step, waiting at most this long. The
+    # window is live latency (a reading waits for it); a backlog still gets big batches from
+    # catch-up batching below, so a short window costs no throughput (docs/performance.md).
     worker_batch_max: Positive = 5000
-    worker_batch_seconds: PositiveFloat = 0.5
+    worker_batch_seconds: PositiveFloat = 0.1
     # While behind (a backlog), batches of up to this many events, an event held up to this long
     # (streams.catchup); 0 seconds: never hold.
     worker_catchup_max: Positive = 20_000

@@ -163,7 +163,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         # Stop the source first, let the worker finish what is in flight, then the rest.
         children.stop("simulator")
         if failure is None:
-            time.sleep(min(3.0, settings.worker_batch_seconds * 4))
+            time.sleep(min(3.0, max(1.0, settings.worker_batch_seconds * 4)))
         feed.stop()
         st = feed.status
         if tty:
