@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.types import TP
@@ -155,7 +155,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                         metrics.held.inc()
                         continue
                     held = catchup.take()
-                    await handle(held + events)
+                    await handle_or_exit(held + events)
                     catchup.release(held)
                 tracker.done(taken)
                 if seeks:
@@ -179,17 +179,26 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
                     held = catchup.take()
                     if not held:
                         continue
-                    try:
-                        await handle(held)
-                    except Exception:
-                        # A task's exception is otherwise silent, and unreleased offsets would
-                        # hold up every commit: exit for the supervisor; the held messages
-                        # were never committed, so the restarted worker reads them again.
-                        log.exception("processing held events failed; exiting for a restart")
-                        if sink is not None:
-                            sink.close(timeout=5)
-                        os._exit(3)
+                    await handle_or_exit(held)
                     catchup.release(held)
+
+    async def handle_or_exit(events: list[Any]) -> None:
+        """`handle`, or exit for the supervisor to restart the worker when it fails (a bug, or
+        Kafka refusing the outputs). Faust would restart just the agent (or, in the flush task,
+        say nothing), leaving the batch's messages unreleased: no offset could be committed
+        past them while the worker went on. None of them was committed, so the restarted worker
+        reads them again; readings already applied are skipped as duplicates."""
+        try:
+            await handle(events)
+        except Exception:
+            log.exception("processing a batch failed; exiting for a restart")
+            exit_for_restart()
+
+    def exit_for_restart() -> NoReturn:
+        # exit code 3: the supervisor restarts the worker (README, "Running N workers")
+        if sink is not None:
+            sink.close(timeout=5)
+        os._exit(3)
 
     async def handle(events: list[Any]) -> None:
         """Validate a batch's events (dead letters for the invalid) and advance their twins."""
@@ -303,9 +312,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.healthy.set(0 if reason else 1)
         if reason:
             log.error("worker unhealthy, exiting for a restart: %s", reason)
-            if sink is not None:
-                sink.close(timeout=5)
-            os._exit(3)
+            exit_for_restart()
 
     @app.timer(interval=5.0)
     async def alert_timers() -> None:

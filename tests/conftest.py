@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -65,9 +64,12 @@ class Procs:
         self.items: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, *args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """`patient-twin ARGS...` as a child, its output in NAME.log."""
+        return self.spawn(name, supervise.python_argv(*args), env=env)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115
-        p = supervise.spawn([sys.executable, "-m", "streams.cli", *args], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+        p = supervise.spawn(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.items.append(p)
         return p

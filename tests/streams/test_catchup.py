@@ -4,6 +4,8 @@ steps, and still applies every reading exactly once, through a shutdown in the m
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -159,3 +161,49 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
     assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps)
             for p, st in states.items() if p in PATIENTS} == \
         {p: (READINGS, 0, 0) for p in PATIENTS}, procs.log("worker-2")[-3000:]
+
+
+# A worker whose third twin step raises: a fault the real code has no switch for (a bug, or
+# Kafka refusing the outputs), patched in before the worker starts.
+FAILING_WORKER = """
+import sys
+from streams import process
+real, calls = process.TwinProcessor.process, []
+def failing(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+        raise RuntimeError("injected fault: the third twin step fails")
+    return real(self, *args, **kwargs)
+process.TwinProcessor.process = failing
+from streams.cli import main
+sys.exit(main(["worker"]))
+"""
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_a_failed_batch_exits_for_a_restart_and_the_next_worker_loses_nothing(settings_factory,
+                                                                            procs):
+    port = supervise.free_port()
+    # liveness far off: the exit must come from the failed batch itself
+    s = settings_factory(worker_metrics_port=port, worker_batch_max=100,
+                         worker_batch_seconds=0.2, worker_catchup_max=500,
+                         liveness_stall_seconds=600, liveness_unassigned_seconds=600)
+    topics.ensure(s)
+    _prefill(s, range(1, READINGS + 1), time.time() - 600)
+    env = settings_env(s)
+    w = procs.spawn("failing", [sys.executable, "-c", FAILING_WORKER], env=env)
+    try:
+        code = w.wait(90)
+    except subprocess.TimeoutExpired:
+        code = None  # went on after the failure
+    log = procs.log("failing")
+    assert code == 3, log[-3000:]
+    assert "processing a batch failed; exiting for a restart" in log
+    assert "injected fault" in log
+    procs.start("worker", "worker", env=env)
+    states = _until_all_applied(s, READINGS, timeout=120)
+    # what the failed worker applied before its exit was not committed: read again, skipped
+    assert {p: (st.readings_applied, st.sequence_gaps)
+            for p, st in states.items() if p in PATIENTS} == \
+        {p: (READINGS, 0) for p in PATIENTS}, procs.log("worker")[-3000:]
