@@ -6,8 +6,10 @@ for the new values at once instead of on its next poll.
 Each open stream holds one web server thread, so at most `dashboard_threads // 2` run at a time;
 a page that gets no stream (503, a proxy that buffers, a network error) polls every
 `POLL_MS` instead, and every `FALLBACK_MS` while its stream is open (the "x s ago" freshness
-labels, and a missed event, still come round). A stream ends after `STREAM_S` and the browser
-opens a new one, so a page that was closed without a word frees its thread.
+labels, and a missed event, still come round). A page left for another one inside the app closes
+its stream at the next event (a `ping` comes every `KEEPALIVE_S` when nothing else does); a
+stream ends after `STREAM_S` anyway and the browser opens a new one, so a page that vanished
+without a word frees its thread.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ function(pid) {{
   es.addEventListener('update', () => {{
     if (here()) {{ n += 1; dc.set_props('patient-push', {{data: n}}); }}
   }});
+  es.addEventListener('ping', here);
   es.addEventListener('error', () => {{
     // the browser retries by itself (after `retry`), unless the server refused the stream
     if (here()) {{ dc.set_props('patient-refresh', {{interval: {POLL_MS}}}); }}
@@ -68,9 +71,8 @@ function(pid) {{
 def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
            keepalive_s: float = KEEPALIVE_S) -> Iterator[str]:
     """The stream's text: an `update` event per arrival (a burst is one event: the page reads
-    the latest state anyway), a comment every `keepalive_s`, for `stream_s` in all. The page
-    gets the patient's values from its callbacks, as before, so nothing here needs a check of
-    who may see them beyond the one that opened the stream."""
+    the latest state anyway), a `ping` after `keepalive_s` without one, for `stream_s` in all.
+    It carries no values: the page reads them through its callbacks, which check the user."""
     q = feed.listen(patient_id, maxsize=64)
     try:
         yield f"retry: {RETRY_MS}\n\n"
@@ -79,7 +81,8 @@ def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
             try:
                 q.get(timeout=min(keepalive_s, left))
             except queue.Empty:
-                yield ": keepalive\n\n"
+                # an event, not a comment: the page checks on it that it is still shown
+                yield "event: ping\ndata: {}\n\n"
                 continue
             while True:
                 try:

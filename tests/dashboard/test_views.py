@@ -164,10 +164,10 @@ def test_live_stream_sends_one_update_per_burst_and_ends():
     for k in range(3):  # a burst: one event, the page reads the latest state anyway
         feed.apply(*_twin(s, "P1", 70.0 + k))
     assert next(stream) == "event: update\ndata: {}\n\n"
-    assert next(stream) == ": keepalive\n\n"  # nothing more arrived
+    assert next(stream) == "event: ping\ndata: {}\n\n"  # nothing more arrived
     feed.apply(*_twin(s, "P2", 60.0))  # another patient's: not this stream's
     rest = list(stream)  # ends by itself after stream_s
-    assert rest and all(chunk == ": keepalive\n\n" for chunk in rest)
+    assert rest and all(chunk == "event: ping\ndata: {}\n\n" for chunk in rest)
     assert not feed._listeners  # the listener went with the stream
 
 
