@@ -6,7 +6,7 @@ The ward's twins are real: a simulated cohort (devices.simulator, deterioration 
 is run through the worker's own `TwinProcessor` for `--minutes` of simulated time, and the twin
 states and alert events it produced are folded into the dashboard's feed, as its Kafka consumer
 would. The dashboard is the real app (logins, ward restrictions, audit on the embedded broker)
-on the real threaded server (cheroot, 32 threads).
+on the real threaded server (cheroot, `DASHBOARD_THREADS` threads).
 
 Measured one after the other in the same run, same viewers, same server, same load pattern:
 - baseline: every viewer polls the cheapest callback the page has (the header's user name):
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         audit = AuditLog(s)
         app = create_app(s, feed=feed, subscriptions=subs, audit=audit)
         http_port = supervise.free_port()
-        server = wsgi.Server(("127.0.0.1", http_port), app.server, numthreads=32)
+        server = wsgi.Server(("127.0.0.1", http_port), app.server,
+                             numthreads=s.dashboard_threads)
         server.prepare()
         th = threading.Thread(target=server.serve, daemon=True)
         th.start()
