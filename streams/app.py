@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -190,8 +191,11 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         reads them again; readings already applied are skipped as duplicates."""
         try:
             await handle(events)
-        except Exception:
-            log.exception("processing a batch failed; exiting for a restart")
+        except Exception as exc:
+            # where it failed, not the exception's text: that may quote a patient's id or values
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("processing a batch failed (%s at %s:%d); exiting for a restart",
+                      type(exc).__name__, os.path.basename(where.filename), where.lineno)
             exit_for_restart()
 
     def exit_for_restart() -> NoReturn:

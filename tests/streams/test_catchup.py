@@ -199,8 +199,8 @@ def test_a_failed_batch_exits_for_a_restart_and_the_next_worker_loses_nothing(se
         code = None  # went on after the failure
     log = procs.log("failing")
     assert code == 3, log[-3000:]
-    assert "processing a batch failed; exiting for a restart" in log
-    assert "injected fault" in log
+    assert "processing a batch failed (RuntimeError at " in log
+    assert "injected fault" not in log  # an exception's text may hold patient values: not logged
     procs.start("worker", "worker", env=env)
     states = _until_all_applied(s, READINGS, timeout=120)
     # what the failed worker applied before its exit was not committed: read again, skipped
