@@ -29,7 +29,7 @@ import msgspec
 from flask import Blueprint, Response, g, jsonify, request
 
 from dashboard.auth import TokenStore
-from dashboard.feed import TwinFeed
+from dashboard.feed import ENDED, TwinFeed
 from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import AlertAction
@@ -155,6 +155,8 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
                     except queue.Empty:
                         yield ": keepalive\n\n"
                         continue
+                    if ev is ENDED:
+                        return
                     if q.dropped > dropped:
                         # this client read too slowly: say so, so it can re-read the list
                         dropped = q.dropped

@@ -519,4 +519,5 @@ def serve(settings: Settings, https: bool = False, cert: str | None = None,
     try:
         server.start()
     finally:
+        app.feed.end_streams()  # type: ignore[attr-defined]  # or stop() waits for each
         server.stop()

@@ -10,6 +10,7 @@ memory is bounded: about 150 KB per patient) and the open alerts (raised and not
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -66,6 +67,9 @@ class History:
                 "news2": self.news2[order]}
 
 
+ENDED: dict[str, Any] = {"event": "ended"}  # a live stream's last item: the feed stopped
+
+
 class Listener(queue.Queue[dict[str, Any]]):
     """A live stream's queue. The feed never waits for a reader: when the queue is full an event
     is dropped and counted in `dropped`, so one stalled client cannot hold up the view."""
@@ -79,6 +83,18 @@ class Listener(queue.Queue[dict[str, Any]]):
             self.put_nowait(event)
         except queue.Full:
             self.dropped += 1
+
+    def end(self) -> None:
+        """Tell the reader the stream is over: `ENDED` after what is queued (making room for
+        it by dropping the oldest event if the queue is full)."""
+        while True:
+            try:
+                self.put_nowait(ENDED)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.get_nowait()
+                    self.dropped += 1
 
 
 class TwinFeed:
@@ -105,8 +121,17 @@ class TwinFeed:
         return self
 
     def stop(self) -> None:
+        self.end_streams()
         if self._follower is not None:
             self._follower.stop()
+
+    def end_streams(self) -> None:
+        """End every live stream now (a server stopping waits for the threads that serve
+        them, which would otherwise wait out their keepalive)."""
+        with self._lock:
+            for qs in self._listeners.values():
+                for q in qs:
+                    q.end()
 
     @property
     def connected(self) -> bool:

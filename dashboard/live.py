@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response
 
-from dashboard.feed import TwinFeed
+from dashboard.feed import ENDED, TwinFeed
 
 if TYPE_CHECKING:
     from dashboard.app import Context
@@ -79,14 +79,16 @@ def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
         end = time.monotonic() + stream_s
         while (left := end - time.monotonic()) > 0:
             try:
-                q.get(timeout=min(keepalive_s, left))
+                if q.get(timeout=min(keepalive_s, left)) is ENDED:
+                    return
             except queue.Empty:
                 # an event, not a comment: the page checks on it that it is still shown
                 yield "event: ping\ndata: {}\n\n"
                 continue
             while True:
                 try:
-                    q.get_nowait()
+                    if q.get_nowait() is ENDED:
+                        return
                 except queue.Empty:
                     break
             yield "event: update\ndata: {}\n\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -169,6 +170,14 @@ def test_live_stream_sends_one_update_per_burst_and_ends():
     rest = list(stream)  # ends by itself after stream_s
     assert rest and all(chunk == "event: ping\ndata: {}\n\n" for chunk in rest)
     assert not feed._listeners  # the listener went with the stream
+    # a stopping feed ends its streams at once, not after their keepalive
+    stream = live.events(feed, "P1", keepalive_s=60)
+    next(stream)
+    feed.apply(*_twin(s, "P1", 75.0))
+    t = time.monotonic()
+    feed.stop()
+    assert list(stream) == []  # ended (a last update is moot: the page goes with the server)
+    assert time.monotonic() - t < 5
 
 
 def test_body_meshes_are_closed_and_organs_take_their_score_colour():

@@ -249,9 +249,9 @@ def api(settings_factory, tmp_path):
     th = threading.Thread(target=server.serve, daemon=True)
     th.start()
     yield s, port, token
+    feed.stop()  # first: it ends the live streams, which the server's stop waits for
     server.stop()
     th.join(5)
-    feed.stop()
     view.stop()
     for w in bp.writers:
         w.close()
