@@ -30,13 +30,12 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from dashboard.auth import TokenStore
 from dashboard.feed import ENDED, TwinFeed
+from dashboard.live import KEEPALIVE_S, event_stream
 from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import AlertAction
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
 from twin.alerts import KINDS
-
-KEEPALIVE_S = 15.0
 
 
 def SubscriptionWriter(settings: Settings) -> TopicWriter:  # noqa: N802 - a named constructor
@@ -169,7 +168,6 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
             finally:
                 feed.unlisten(q)
 
-        return Response(events(), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(events())
 
     return bp

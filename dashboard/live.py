@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 POLL_MS = 500  # without a stream (was the only way before the push)
 FALLBACK_MS = 5000  # with a stream
 STREAM_S = 300.0
-KEEPALIVE_S = 15.0
+KEEPALIVE_S = 15.0  # also the API's alert stream: proxies close idle connections
 RETRY_MS = 2000  # the browser's wait before it opens a new stream
 
 # Inputs: the patient id (a new page). Opens the page's stream, closing the previous page's;
@@ -66,6 +66,13 @@ function(pid) {{
   return dc.no_update;
 }}
 """
+
+
+def event_stream(chunks: Iterator[str]) -> Response:
+    """A Server-Sent Events response (also the API's alert stream): never cached, and not
+    buffered by a proxy in front (nginx's `X-Accel-Buffering`)."""
+    return Response(chunks, mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
@@ -108,8 +115,7 @@ def blueprint(c: Context) -> Blueprint:
         if not slots.acquire(blocking=False):
             return Response("too many live pages open: this page polls instead\n", status=503,
                             mimetype="text/plain")
-        resp = Response(events(c.feed, patient_id), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        resp = event_stream(events(c.feed, patient_id))
         # the server closes every response, also one whose client left before it began
         resp.call_on_close(slots.release)
         return resp
