@@ -274,19 +274,25 @@ _CONVERT = {(ch, unit): (scale, offset, _DEVICE_MAX[ch])
 def canonical_values(values: dict[str, Quantity]) -> dict[str, float]:
     """Values in canonical units; InvalidMessage for an unknown unit or an impossible value."""
     out: dict[str, float] = {}
+    convert = _CONVERT.get
     for ch, q in values.items():
-        conv = _CONVERT.get((ch, q.unit))
-        if conv is None:
-            raise reject(f"values.{ch}: unit {q.unit!r} is not accepted (expected {UNITS[ch]!r})",
-                         "wrong_unit")
-        v = q.value * conv[0] + conv[1]
-        if not 0.0 <= v <= conv[2]:  # also False for NaN and infinities
-            if not math.isfinite(q.value):
-                raise reject(f"values.{ch}: value is not a finite number", "impossible_value")
-            raise reject(f"values.{ch}: {q.value} {q.unit} is impossible "
-                         f"(a device reports 0 to {conv[2]:g} {UNITS[ch]})", "impossible_value")
+        conv = convert((ch, q.unit))
+        if conv is None or not 0.0 <= (v := q.value * conv[0] + conv[1]) <= conv[2]:
+            raise _bad_value(ch, q)  # also for NaN and infinities
         out[ch] = v
     return out
+
+
+def _bad_value(ch: str, q: Quantity) -> InvalidMessage:
+    """Why `canonical_values` refuses this value."""
+    conv = _CONVERT.get((ch, q.unit))
+    if conv is None:
+        return reject(f"values.{ch}: unit {q.unit!r} is not accepted (expected {UNITS[ch]!r})",
+                      "wrong_unit")
+    if not math.isfinite(q.value):
+        return reject(f"values.{ch}: value is not a finite number", "impossible_value")
+    return reject(f"values.{ch}: {q.value} {q.unit} is impossible "
+                  f"(a device reports 0 to {conv[2]:g} {UNITS[ch]})", "impossible_value")
 
 
 class ValidReading(msgspec.Struct, frozen=True):
@@ -339,15 +345,21 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
         raise reject(f"{len(items)} readings in one message exceed {MAX_READINGS_PER_MESSAGE}",
                      "oversized")
     out = []
+    canonical, ok_id = canonical_values, _id_ok
     for i, r in enumerate(items):
-        if not (_id_ok(r.device_id) and _id_ok(r.patient_id)):
+        # The checks of `_check_ids`, `_check_schema` and `check_ts` inlined for the common case
+        # (every reading of every batch passes here); each gives the reason when its check fails.
+        if not (ok_id(r.device_id) and ok_id(r.patient_id)):
             _check_ids(r, f"$[{i}]" if isinstance(decoded, list) else "$")
-        _check_schema(r.schema, READING_SCHEMA)
-        check_ts(r.ts)
+        if r.schema != READING_SCHEMA:
+            _check_schema(r.schema, READING_SCHEMA)
+        ts = r.ts
+        if ts.tzinfo is None:
+            check_ts(ts)
         if not r.values:
             raise reject("values is empty (expected at least one channel)", "missing_field")
-        out.append(ValidReading(r.device_id, r.patient_id, r.seq, r.ts.timestamp(),
-                                canonical_values(r.values), r.quality, r.battery))
+        out.append(ValidReading(r.device_id, r.patient_id, r.seq, ts.timestamp(),
+                                canonical(r.values), r.quality, r.battery))
     return out
 
 

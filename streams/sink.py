@@ -41,9 +41,10 @@ def reading_points(readings: Iterable[ValidReading]) -> list[str]:
     of readings, and building a `Point` per reading cost the worker more than its twin step. Ids
     need no escaping (the schema allows only `A-Za-z0-9._:-`); values are finite (validated).
     """
+    # values are floats already (messages.canonical_values); a list, not a generator, for join
     return [f"vitals_raw,device_id={r.device_id},patient_id={r.patient_id} "
-            + ",".join(f"{ch}={float(v)!r}" for ch, v in r.values.items())
-            + f" {round(r.t * 1e9)}" for r in readings]
+            f"{','.join([f'{ch}={v!r}' for ch, v in r.values.items()])} {round(r.t * 1e9)}"
+            for r in readings]
 
 
 def state_points(states: Iterable[TwinState]) -> list[str]:

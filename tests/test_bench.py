@@ -38,7 +38,7 @@ def test_bench_devices_prints_simulator_beside_bare_producer():
 
 def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
     r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "pipeline", "--readings",
-                        "3000", "--patients", "50", "--live-seconds", "5"],
+                        "3000", "--patients", "50", "--live-seconds", "5", "--rounds", "1"],
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -47,6 +47,8 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
         assert key in result
     assert result["bare_eps"] > 0 and result["pipeline_eps"] > 0
     assert result["ratio"] == result["pipeline_eps"] / result["bare_eps"]
+    assert result["bare_eps_runs"] == [result["bare_eps"]]  # one round: its median is itself
+    assert result["pipeline_eps_runs"] == [result["pipeline_eps"]]
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["patients"] == 50 and result["readings"] == 3000
     assert result["live_readings"] >= 50 * 4  # at least four 1 Hz ticks of 50 patients
