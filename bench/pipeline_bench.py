@@ -15,12 +15,12 @@ The topic holds simulated gateway uploads of `--per-message` readings each (real
 upload batches), made by the device simulator with its faults on. The last line of output is one
 JSON object: bare_eps, pipeline_eps, ratio, readings_per_s, p50_ms, p99_ms, patients, readings.
 
-(a) and (b) take turns `--rounds` times (default 2), each run a new consumer group over the same
+(a) and (b) take turns `--rounds` times (default 3), each run a new consumer group over the same
 topic; bare_eps and pipeline_eps are the medians of their runs (each run's are in the JSON too),
 ratio = pipeline_eps / bare_eps: a single run of either side varies by up to a third here.
 
 Run: `patient-twin bench pipeline [--readings 200000] [--per-message 5] [--live-seconds 30]
-[--rounds 2]`.
+[--rounds 3]`.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-message", type=int, default=5)
     ap.add_argument("--patients", type=int, default=1000)
     ap.add_argument("--live-seconds", type=float, default=30.0)
-    ap.add_argument("--rounds", type=int, default=2,
+    ap.add_argument("--rounds", type=int, default=3,
                     help="runs of (a) and of (b), taking turns; their medians are compared")
     ap.add_argument("--batch-max", type=int, default=None,
                     help="WORKER_BATCH_MAX for the worker (default: the configured one)")
