@@ -376,7 +376,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
 # short-lived objects (decoded readings, twin.state dicts), which with Python's default gen0
 # threshold of 700 start a collection every few hundred microseconds, and the full collections
 # they trigger scan every long-lived object (the held Faust events, the table). Measured with
-# `bench pipeline` (docs/performance.md, session 8): 6-10 % more events/s. Nearly all of the
+# `bench pipeline` (docs/performance.md, session 8): 6-11 % more events/s. Nearly all of the
 # worker's garbage is freed by reference counting; cycles are still collected, less often.
 GC_THRESHOLDS = (50_000, 20, 100)
 
