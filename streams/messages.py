@@ -345,21 +345,15 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
         raise reject(f"{len(items)} readings in one message exceed {MAX_READINGS_PER_MESSAGE}",
                      "oversized")
     out = []
-    canonical, ok_id = canonical_values, _id_ok
     for i, r in enumerate(items):
-        # The checks of `_check_ids`, `_check_schema` and `check_ts` inlined for the common case
-        # (every reading of every batch passes here); each gives the reason when its check fails.
-        if not (ok_id(r.device_id) and ok_id(r.patient_id)):
+        if not (_id_ok(r.device_id) and _id_ok(r.patient_id)):
             _check_ids(r, f"$[{i}]" if isinstance(decoded, list) else "$")
-        if r.schema != READING_SCHEMA:
-            _check_schema(r.schema, READING_SCHEMA)
-        ts = r.ts
-        if ts.tzinfo is None:
-            check_ts(ts)
+        _check_schema(r.schema, READING_SCHEMA)
+        check_ts(r.ts)
         if not r.values:
             raise reject("values is empty (expected at least one channel)", "missing_field")
-        out.append(ValidReading(r.device_id, r.patient_id, r.seq, ts.timestamp(),
-                                canonical(r.values), r.quality, r.battery))
+        out.append(ValidReading(r.device_id, r.patient_id, r.seq, r.ts.timestamp(),
+                                canonical_values(r.values), r.quality, r.battery))
     return out
 
 
