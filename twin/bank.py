@@ -223,13 +223,18 @@ def _filter(x: np.ndarray, p: np.ndarray, dt_min: np.ndarray, z: np.ndarray,
     return xu, pu, reject, use
 
 
-def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
+def step(states: State, readings: Readings, params: ModelParams,
+         checkpoint: tuple[np.ndarray, State] | None = None) -> StepReport:
     """Apply a batch of readings to the twins in `states` (updated in place), in time order.
 
     states: N twins; readings: K readings (see `Readings`). Readings of different
     patients are applied together in one vectorised update; a patient's own readings are applied
     one after another, so the loop runs over the largest number of readings any one patient has
     in the batch, never over patients.
+
+    checkpoint: `(at, into)`, at `(N,)` epoch seconds and into N twins: each twin with a finite
+    `at` is copied into `into` as it is after its last reading applied at or before `at` (left
+    as it is if none is), so `twin.history` gets a past state without applying readings twice.
     """
     K = readings.row.shape[0]
     applied = np.zeros(K, dtype=bool)
@@ -329,6 +334,11 @@ def step(states: State, readings: Readings, params: ModelParams) -> StepReport:
         s["device"][idx[ok], slot[ok]] = dev[ok]
         s["seq"][idx[ok], slot[ok]] = seq[ok]
         applied[sel] = move
+        if checkpoint is not None:
+            # ranks run in time order per twin, so the last copy is the one at or before `at`
+            at_or_before = t <= checkpoint[0][r]
+            if at_or_before.any():
+                put(checkpoint[1], r[at_or_before], take(s, idx[at_or_before]))
         if not whole:
             put(states, r, s)
     return StepReport(applied, duplicate, late, gap, artifact, missing, t_applied)

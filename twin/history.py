@@ -9,10 +9,13 @@ replays the buffered readings and the late one together, in time order, in the s
 made in time order. An older reading is counted late and skipped, as without a tolerance.
 
 The base stays more than `tolerance_s` behind the twin, so every reading within the tolerance is
-later than it. When it falls 1.5 x tolerance behind, the buffered readings older than the
-tolerance are applied to it and leave the buffer, so a twin holds at most 1.5 x tolerance of
-readings: at a reading a second and 30 s, about 3.1 KB beside its 475-byte state. Everything
-here works on flat arrays grouped by twin; no loop runs over patients.
+later than it. When it falls 1.5 x tolerance behind, it moves up to a tolerance behind the
+twin's newest reading, and the readings up to there leave the buffer, so a twin holds at most
+1.5 x tolerance of readings: at a reading a second and 30 s, about 3.1 KB beside its 475-byte
+state. A base that moves to where the twin already is, or beyond, is copied from the twin as
+the step passes that time (a batch from a backlog, spanning more than the tolerance); one that
+moves less far has the buffered readings applied to it again. Everything here works on flat
+arrays grouped by twin; no loop runs over patients.
 """
 
 from __future__ import annotations
@@ -185,9 +188,10 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     order (the twin rewound to its base and replayed); `states` is updated in place.
 
     states: N twins; h: their history; readings: K new readings (values and quality are rounded
-    to float32, see `READING_DTYPE`). One `bank.step` call advances the twins and replays the
-    rewound ones; a second moves up the bases that fell too far behind. The report covers
-    exactly the K given readings, in their order.
+    to float32, see `READING_DTYPE`). One `bank.step` call advances the twins, replays the
+    rewound ones and copies the bases that move up to where it passes; a second moves up the
+    other bases that fell too far behind. The report covers exactly the K given readings, in
+    their order.
     """
     N = states["t"].shape[0]
     readings = replace(readings, z=readings.z.astype(np.float32).astype(np.float64),
@@ -223,17 +227,31 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     np.fmin.at(oldest, h.buf_row, h.buf["t"])
     since = np.where(np.isnan(h.base["t"]), oldest, h.base["t"])
     roll = t_next - since >= ROLL_AT * tolerance_s  # NaN: no
-    rolled = (roll[h.buf_row] & (h.buf["t"] <= (t_next - tolerance_s)[h.buf_row])
+    cut = t_next - tolerance_s
+    # A base that moves up to a time at or after its twin's, with nothing to replay, is copied
+    # from the twin as this step passes that time (`bank.step`'s checkpoint): its buffered
+    # readings all leave, and new readings up to the cut go into the base instead of the buffer.
+    # Other bases apply their buffered readings again. A batch from a backlog spans more than
+    # the tolerance, so there the twin step is not done twice.
+    capture = roll & ~rewind & (cut >= _t(states["t"]))
+    rolled = (roll[h.buf_row] & (h.buf["t"] <= cut[h.buf_row])
               & (h.buf["t"] < first[h.buf_row]))
+    reapply = rolled & ~capture[h.buf_row]
     base = h.base
-    if rolled.any():
-        rows_b = np.flatnonzero(roll)
+    if rolled.any() or capture.any():
+        base = {f: a.copy() for f, a in base.items()}
+    if reapply.any():
+        rows_b = np.flatnonzero(roll & ~capture)
         moved = bank.take(base, rows_b)
         at = np.full(N, -1)
         at[rows_b] = np.arange(len(rows_b))
-        bank.step(moved, _readings(h.buf[rolled], at[h.buf_row[rolled]]), params)
-        base = {f: a.copy() for f, a in base.items()}
+        bank.step(moved, _readings(h.buf[reapply], at[h.buf_row[reapply]]), params)
         bank.put(base, rows_b, moved)
+    checkpoint = None
+    if capture.any():
+        rows_c = np.flatnonzero(capture)
+        bank.put(base, rows_c, bank.take(states, rows_c))
+        checkpoint = (np.where(capture, cut, np.nan), base)
     # Twins with a late reading go back to their base and replay what they applied since.
     replayed = rewind[h.buf_row] & ~rolled
     if rewind.any():
@@ -247,16 +265,17 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     batch = replace(readings, not_before=not_before)
     if R:
         batch = _concat([_readings(h.buf[replayed], h.buf_row[replayed]), batch])
-    report = bank.step(states, batch, params)
+    report = bank.step(states, batch, params, checkpoint)
     mine = bank.StepReport(*(getattr(report, f)[R:]
                              for f in bank.StepReport.__dataclass_fields__))
 
     # The buffer: what was neither replayed nor moved into a base, what the replay applied
-    # again, and the new readings that were applied.
+    # again, and the new readings that were applied after their twin's base.
     stay = ~replayed & ~rolled
     stay[np.flatnonzero(replayed)[report.applied[:R]]] = True
-    buf = np.concatenate([h.buf[stay], _buffered(readings, mine.t)[mine.applied]])
-    buf_row = np.concatenate([h.buf_row[stay], row[mine.applied]])
+    new = mine.applied & ~(capture[row] & (mine.t <= cut[row]))
+    buf = np.concatenate([h.buf[stay], _buffered(readings, mine.t)[new]])
+    buf_row = np.concatenate([h.buf_row[stay], row[new]])
     order = np.lexsort((buf["seq"], buf["t"], buf_row))
     return Step(mine, History(base, buf_row[order], buf[order]),
                 int((within & mine.applied).sum()))
