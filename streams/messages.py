@@ -295,7 +295,10 @@ def _bad_value(ch: str, q: Quantity) -> InvalidMessage:
                   f"(a device reports 0 to {conv[2]:g} {UNITS[ch]})", "impossible_value")
 
 
-class ValidReading(msgspec.Struct, frozen=True):
+# gc=False: the cyclic collector never tracks these (strings, floats and a dict of floats cannot
+# form a cycle). A worker keeps a batch's ~40,000 of them alive while it steps the twins, and
+# tracked they set off about twice as many gen0 collections (~25 ms each) per batch.
+class ValidReading(msgspec.Struct, frozen=True, gc=False):
     """A reading that passed validation, values converted to canonical units."""
 
     device_id: str
