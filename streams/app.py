@@ -1,7 +1,8 @@
 """The Faust application: vitals.raw -> validate -> batch -> twin step -> twin.state / alerts.
 
-Topics and the twin table are declared in `create_app`; the agent only decodes, calls the twin
-core once per batch through `TwinProcessor`, and sends.
+Topics and the twin table are declared in `create_app`; the agent has a batch decoded (in a
+child process, `streams.decoder`), calls the twin core once per batch through `TwinProcessor`,
+and sends.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from streams import messages
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
+from streams.decoder import Decoded, Decoder
 from streams.errors import ConfigError, InvalidMessage
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor
 from streams.registry import Registry
-from streams.sink import InfluxSink, alert_points, reading_points, state_points
+from streams.sink import InfluxSink, alert_points, state_points
 
 log = logging.getLogger("patient_twin.worker")
 
@@ -91,8 +93,10 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
     )
 
 
-def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
-    """Build the worker's Faust app for these settings (sink: the InfluxDB sink, if any)."""
+def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = None
+               ) -> faust.App:
+    """Build the worker's Faust app for these settings (decoder: the decoding child process;
+    sink: the InfluxDB sink, if any)."""
     app = faust.App(settings.app_id, **faust_app_config(settings))
     # Device readings and clinicians' manual observations feed the same agent: both are keyed by
     # patient id with the same partition count, so a patient's twin sees both in one batch.
@@ -207,35 +211,23 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
 
     async def handle(events: list[Any]) -> None:
         """Validate a batch's events (dead letters for the invalid) and advance their twins."""
-        valid: list[messages.ValidReading] = []
-        for ev in events:
+        decoded = await decoder.decode_async(
+            [ev.message.topic == settings.topic_observations for ev in events],
+            [ev.key for ev in events], [ev.value for ev in events])
+        for i, reason, kind in decoded.rejects:
+            ev = events[i]
             msg = ev.message
-            try:
-                if msg.topic == settings.topic_observations:
-                    readings = [messages.observation_reading(
-                        messages.decode_observation(ev.value or b""))]
-                else:
-                    readings = messages.decode_readings(ev.value)
-                key = ev.key.decode("utf-8", "replace") if ev.key else None
-                if any(r.patient_id != key for r in readings):
-                    raise messages.reject(
-                        "message key must be the patient_id of every reading in it "
-                        "(partitioning keeps a patient's twin on one worker)", "wrong_key")
-            except InvalidMessage as exc:
-                metrics.dead.labels(getattr(exc, "kind", "invalid")).inc()
-                dead = messages.DeadLetter(
-                    reason=str(exc), kind=getattr(exc, "kind", "invalid"), topic=msg.topic,
-                    partition=msg.partition, offset=msg.offset,
-                    received=datetime.now(UTC), original=ev.value or b"")
-                await dlq_topic.send(key=ev.key, value=messages.encode(dead))
-                continue
-            valid.extend(readings)
+            metrics.dead.labels(kind).inc()
+            dead = messages.DeadLetter(
+                reason=reason, kind=kind, topic=msg.topic, partition=msg.partition,
+                offset=msg.offset, received=datetime.now(UTC), original=ev.value or b"")
+            await dlq_topic.send(key=ev.key, value=messages.encode(dead))
         metrics.batches.inc()
         metrics.events.inc(len(events))
-        metrics.readings.inc(len(valid))
+        metrics.readings.inc(len(decoded.batch.readings.row))
         metrics.batch_size.observe(len(events))
-        if valid:
-            await process(valid)
+        if decoded.batch.pids:
+            await process(decoded)
 
     async def seek(seeks: dict[TP, int]) -> None:
         log.warning("re-reading %d partition(s) from the first unprocessed offset (messages "
@@ -243,10 +235,10 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
         metrics.holes.inc(len(seeks))
         await app.consumer.seek_wait(seeks)
 
-    async def process(valid: list[messages.ValidReading]) -> None:
-        pids = {r.patient_id for r in valid}
+    async def process(decoded: Decoded) -> None:
         t0 = time.perf_counter()
-        result = processor.process(valid, {p: twins.get(p.encode()) for p in pids})
+        result = processor.process(decoded.batch,
+                                   {p: twins.get(p.encode()) for p in decoded.batch.pids})
         metrics.step_seconds.observe(time.perf_counter() - t0)
         metrics.applied.inc(result.applied)
         metrics.duplicates.inc(result.duplicates)
@@ -261,7 +253,7 @@ def create_app(settings: Settings, sink: InfluxSink | None = None) -> faust.App:
             (st.patient_id.encode(), messages.encode(st)) for st in result.twin_states])
         metrics.states.inc(len(result.twin_states))
         if sink is not None:
-            sink.add(reading_points(valid) + state_points(result.twin_states))
+            sink.add(decoded.lines + state_points(result.twin_states))
         await send_alerts(result.alerts)
 
     async def write_records(records: dict[str, bytes]) -> None:
@@ -395,7 +387,9 @@ def run_worker(settings: Settings) -> int:
         if settings.influx_enabled else None
     if sink is not None:
         atexit.register(sink.close, 5.0)
-    app = create_app(settings, sink)
+    decoder = Decoder(lines=sink is not None)
+    atexit.register(decoder.close)
+    app = create_app(settings, decoder, sink)
     # the registry (SpO2 scales) is read before the first batch, so no twin is scored on the
     # wrong scale after a restart
     registry = app.registry.start("patient-twin-worker-registry")  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ what comes back. That keeps the logic testable without a broker and identical in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -113,6 +113,42 @@ def alert_event(ev: alerts.Event) -> AlertEvent:
         raised_at=None if a.raised_at is None else utc(a.raised_at))
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Valid readings as arrays: pids, the batch's patients in order of first reading; readings,
+    K readings whose `row` indexes pids (`bank.Readings`, in arrival order)."""
+
+    pids: list[str]
+    readings: bank.Readings
+
+
+def to_batch(readings: Sequence[ValidReading]) -> Batch:
+    """Decoded readings -> a `Batch` (one pass per field over the readings)."""
+    pids = list(dict.fromkeys(r.patient_id for r in readings))
+    row_of = {p: i for i, p in enumerate(pids)}
+    K = len(readings)
+    z = np.full((K, C), np.nan)
+    for k, r in enumerate(readings):
+        for ch, v in r.values.items():
+            z[k, INDEX[ch]] = v
+    batch = bank.Readings(
+        row=np.fromiter((row_of[r.patient_id] for r in readings), np.int64, K),
+        t=np.fromiter((r.t for r in readings), float, K),
+        z=z,
+        quality=np.array([np.nan if r.quality is None else r.quality for r in readings]),
+        battery=np.array([np.nan if r.battery is None else r.battery for r in readings]),
+        device=bank.device_hash([r.device_id for r in readings]),
+        seq=np.fromiter((r.seq for r in readings), np.int64, K),
+    )
+    if any(r.manual for r in readings):
+        batch = replace(
+            batch,
+            alert=np.array([np.nan if r.alert is None else r.alert for r in readings]),
+            oxygen=np.array([np.nan if r.on_oxygen is None else r.on_oxygen for r in readings]),
+            manual=np.array([r.manual for r in readings]))
+    return Batch(pids, batch)
+
+
 class TwinProcessor:
     """Advances the twins of the patients in a batch with one vectorised `twin.bank.step`, and
     runs the alert engine on them.
@@ -174,39 +210,18 @@ class TwinProcessor:
         return {p: b"".join(split(rec)[:2]) + self.engine.export(p) for p in pids
                 if (rec := stored.get(p)) is not None}
 
-    def process(self, readings: list[ValidReading],
+    def process(self, readings: Batch | Sequence[ValidReading],
                 stored: Mapping[str, bytes | None], now: float | None = None) -> BatchResult:
-        """readings: valid readings in arrival order; stored: patient id -> record or None;
-        now: the alert engine's clock (default `clock()`)."""
+        """readings: valid readings in arrival order (as a `Batch`, or a list `to_batch` makes
+        one of); stored: patient id -> record or None; now: the alert engine's clock (default
+        `clock()`)."""
         now = self.clock() if now is None else now
         result = BatchResult()
-        if not readings:
+        given = readings if isinstance(readings, Batch) else to_batch(readings)
+        if not given.pids:
             return result
-        pids = list(dict.fromkeys(r.patient_id for r in readings))
-        row_of = {p: i for i, p in enumerate(pids)}
+        pids, batch = given.pids, given.readings
         states, blocks = self._states(pids, stored)
-
-        K = len(readings)
-        z = np.full((K, C), np.nan)
-        for k, r in enumerate(readings):
-            for ch, v in r.values.items():
-                z[k, INDEX[ch]] = v
-        batch = bank.Readings(
-            row=np.fromiter((row_of[r.patient_id] for r in readings), np.int64, K),
-            t=np.fromiter((r.t for r in readings), float, K),
-            z=z,
-            quality=np.array([np.nan if r.quality is None else r.quality for r in readings]),
-            battery=np.array([np.nan if r.battery is None else r.battery for r in readings]),
-            device=bank.device_hash([r.device_id for r in readings]),
-            seq=np.fromiter((r.seq for r in readings), np.int64, K),
-        )
-        if any(r.manual for r in readings):
-            batch = replace(
-                batch,
-                alert=np.array([np.nan if r.alert is None else r.alert for r in readings]),
-                oxygen=np.array([np.nan if r.on_oxygen is None else r.on_oxygen
-                                 for r in readings]),
-                manual=np.array([r.manual for r in readings]))
         old_band = states["band"].copy()
         if self.late_tolerance_s > 0:
             done = history.step(states, history.decode(blocks, states), batch, self.params,

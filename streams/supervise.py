@@ -47,7 +47,8 @@ def exit_with_parent() -> None:
 
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
-          stdout: int | None = None, stderr: int | None = None) -> subprocess.Popen[bytes]:
+          stdout: int | None = None, stderr: int | None = None,
+          stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
     """Start a child that is terminated when this process dies.
 
     The child gets its own session, so a Ctrl-C in the terminal reaches only us and we stop the
@@ -56,7 +57,7 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None,
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     env = {**(os.environ if env is None else env), _PARENT_ENV: str(os.getpid())}
     return subprocess.Popen(list(argv), env=env, stdout=stdout, stderr=stderr,
-                            stdin=subprocess.DEVNULL, preexec_fn=preexec,  # noqa: PLW1509
+                            stdin=stdin, preexec_fn=preexec,  # noqa: PLW1509
                             start_new_session=True)
 
 
