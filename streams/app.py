@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import time
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -28,7 +27,7 @@ from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
 from streams.decoder import Decoded, Decoder
-from streams.errors import ConfigError, InvalidMessage
+from streams.errors import ConfigError, InvalidMessage, where
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
@@ -197,10 +196,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         try:
             await handle(events)
         except Exception as exc:
-            # where it failed, not the exception's text: that may quote a patient's id or values
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("processing a batch failed (%s at %s:%d); exiting for a restart",
-                      type(exc).__name__, os.path.basename(where.filename), where.lineno)
+            log.error("processing a batch failed (%s); exiting for a restart", where(exc))
             exit_for_restart()
 
     def exit_for_restart() -> NoReturn:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from streams import messages, supervise
-from streams.errors import InvalidMessage
+from streams.errors import InvalidMessage, where
 from streams.process import Batch, to_batch
 from streams.sink import reading_points
 
@@ -108,11 +108,17 @@ class Decoder:
             _write(self._proc.stdin, (observation, keys, values, self.lines))
             answer = _read(self._proc.stdout)
         except (BrokenPipeError, OSError, ValueError) as exc:
-            raise DecoderGone(f"the decoding process ended (exit code {self._proc.poll()})") \
-                from exc
+            raise self._gone() from exc
         if not isinstance(answer, Decoded):
-            raise DecoderGone(f"the decoding process ended (exit code {self._proc.poll()})")
+            raise self._gone()
         return answer
+
+    def _gone(self) -> DecoderGone:
+        try:
+            code = self._proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        return DecoderGone(f"the decoding process ended (exit code {code})")
 
     async def decode_async(self, observation: list[bool], keys: list[bytes | None],
                            values: list[bytes | None]) -> Decoded:
@@ -144,9 +150,16 @@ def main() -> int:
     supervise.exit_with_parent()
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write to the answer stream
-    while (request := _read(inp)) is not None:
-        observation, keys, values, lines = request  # type: ignore[misc]
-        _write(out, decode_batch(observation, keys, values, lines))
+    try:
+        while (request := _read(inp)) is not None:
+            observation, keys, values, lines = request  # type: ignore[misc]
+            _write(out, decode_batch(observation, keys, values, lines))
+    except BrokenPipeError:
+        return 0  # the worker has gone
+    except Exception as exc:
+        # The worker's batch fails with DecoderGone and it restarts. Where, not the text.
+        print(f"decoding a batch failed ({where(exc)})", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -1,5 +1,8 @@
 """The project's exceptions: one small hierarchy, each a one-line message for users."""
 
+import os
+import traceback
+
 
 class PatientTwinError(Exception):
     """Base of every error the project raises on purpose; its message is shown as one line."""
@@ -15,3 +18,12 @@ class InvalidMessage(PatientTwinError):
 
 class BrokerError(PatientTwinError):
     """The embedded broker could not be started or reached."""
+
+
+def where(exc: BaseException) -> str:
+    """An unexpected exception as its type and where it was raised (`KeyError at process.py:42`),
+    for logs: never its text, which may quote a patient's id or values."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return type(exc).__name__
+    return f"{type(exc).__name__} at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}"

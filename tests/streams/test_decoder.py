@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -91,3 +92,15 @@ def test_a_dead_child_fails_the_batch_with_a_clear_error():
             dec.decode(*split(BATCH))
     finally:
         dec.close()
+
+
+def test_a_failing_child_exits_saying_where_not_what(capfd):
+    dec = Decoder(lines=False)
+    try:
+        with pytest.raises(DecoderGone, match=r"exit code 3\)"):
+            dec.decode([False], [b"p1"], ["not bytes"])  # a bug's stand-in: a TypeError inside
+    finally:
+        dec.close()
+    err = capfd.readouterr().err
+    assert re.search(r"decoding a batch failed \(TypeError at messages\.py:\d+\)", err)
+    assert "Traceback" not in err and "not bytes" not in err
