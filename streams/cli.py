@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "pipeline: the Faust worker beside a do-nothing agent, and live latency; "
                     "dashboard: callback latency under many viewers")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
-    sub.add_parser("topics", help="create the project's topics on the configured Kafka")
+    tp = sub.add_parser("topics", help="create the project's topics on the configured Kafka")
+    tp.add_argument("--wait", type=_positive_float, default=30.0, metavar="SECONDS",
+                    help="how long to wait for a Kafka broker to answer (default 30)")
     return p
 
 
@@ -219,7 +221,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
     if args.command == "topics":
         from streams import topics
 
-        created = topics.ensure(settings)
+        created = topics.ensure(settings, timeout=args.wait)
         print(f"topics created: {', '.join(created) or 'none (all existed)'}")
         return 0
     if args.command == "worker":

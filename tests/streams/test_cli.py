@@ -44,9 +44,11 @@ def test_bad_environment_is_one_line_naming_the_variable():
 
 def test_unreachable_kafka_is_one_line():
     port = supervise.free_port()
-    r = run("topics", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, timeout=90)
+    r = run("topics", "--wait", "2", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
+            timeout=90)
     assert r.returncode == 2
     assert "no Kafka broker reachable" in r.stderr and "Traceback" not in r.stderr
+    assert "within 2 s" in r.stderr
 
 
 @pytest.mark.broker
