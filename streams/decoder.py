@@ -17,6 +17,7 @@ committed, so the batch is read again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
 import struct
 import subprocess
@@ -107,7 +108,7 @@ class Decoder:
         try:
             _write(self._proc.stdin, (observation, keys, values, self.lines))
             answer = _read(self._proc.stdout)
-        except (BrokenPipeError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # a broken pipe, or a closed one
             raise self._gone() from exc
         if not isinstance(answer, Decoded):
             raise self._gone()
@@ -133,10 +134,8 @@ class Decoder:
     def close(self, timeout: float = 5.0) -> None:
         """End the child: close its input, then wait (`supervise.stop` after the timeout)."""
         if self._proc.stdin is not None and not self._proc.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-            except OSError:
-                pass
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
