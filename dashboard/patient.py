@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from dash import dcc, html
 from plotly.subplots import make_subplots
 
+from dashboard import ward
 from dashboard.body import SCORE_COLOURS, UNKNOWN
 from twin.channels import CHANNELS, NAMES
 from twin.news2 import COMPONENTS
@@ -152,15 +153,21 @@ def alert_rows(alerts: list[dict[str, Any]], can_act: bool) -> list[html.Div]:
     return out or [html.Div("No open alerts.", className="no-alerts")]
 
 
-def header(patient_id: str, record: Any, state: dict[str, Any] | None) -> html.Div:
+def header(patient_id: str, record: Any, state: dict[str, Any] | None,
+           now: datetime | None = None) -> html.Div:
     where = (f"ward {record.ward or '—'}, bed {record.bed or '—'}" if record
              else "not in the registry")
     scale = (f"NEWS2 SpO2 scale {record.spo2_scale}"
              + (f" (set by {record.spo2_scale_set_by})" if record.spo2_scale_set_by else "")
              if record else "SpO2 scale 1")
     fresh = "no data yet" if state is None else f"latest reading {state['ts']}"
+    age = ward.data_age_s(state, now or datetime.now(UTC))
+    stale = [] if not ward.is_stale(age) else [html.Div(
+        "STALE: no data yet" if age is None else
+        f"STALE: no reading applied for {age:.0f} s; the values below are not current",
+        id="patient-stale", className="stale-banner")]
     return html.Div([html.H2(f"Patient {patient_id}"),
-                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta")])
+                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), *stale])
 
 
 ACVPU = (("A", "Alert"), ("C", "new Confusion"), ("V", "responds to Voice"),

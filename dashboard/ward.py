@@ -26,6 +26,20 @@ PRIORITY_RANK = {"high": 3, "medium": 2, "low": 1}
 STALE_AFTER_S = 60.0  # no reading for a minute from a 1 Hz wearable means the data stopped
 
 
+def data_age_s(state: dict[str, Any] | None, now: datetime) -> float | None:
+    """Seconds since the twin last applied a reading (None: never). Measured from when the
+    worker applied it (`applied_at`, the worker's clock), not from the reading's own time: a
+    device whose clock runs ahead would otherwise look fresh while its readings are refused."""
+    if state is None:
+        return None
+    at = state.get("applied_at") or state["ts"]
+    return (now - datetime.fromisoformat(at)).total_seconds()
+
+
+def is_stale(age_s: float | None) -> bool:
+    return age_s is None or age_s > STALE_AFTER_S
+
+
 @dataclass(frozen=True)
 class Bed:
     """One patient as the ward views show them."""
@@ -39,7 +53,7 @@ class Bed:
 
     @property
     def stale(self) -> bool:
-        return self.age_s is None or self.age_s > STALE_AFTER_S
+        return is_stale(self.age_s)
 
     @property
     def band(self) -> str:
@@ -70,7 +84,7 @@ def beds(user: User, states: dict[str, dict[str, Any]], records: dict[str, Patie
         if not user.sees_ward(ward):
             continue
         st = states.get(pid)
-        age = None if st is None else (now - datetime.fromisoformat(st["ts"])).total_seconds()
+        age = data_age_s(st, now)
         out.append(Bed(pid, ward, rec.bed if rec else None, st, by_patient.get(pid, []), age))
     out.sort(key=lambda b: (tuple(-v for v in b.risk), b.ward or "", b.patient_id))
     return out

@@ -26,7 +26,7 @@ from streams import messages
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
-from streams.decoder import Decoded, Decoder
+from streams.decoder import Bounds, Decoded, Decoder
 from streams.errors import ConfigError, InvalidMessage, where
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
@@ -34,6 +34,7 @@ from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor
 from streams.registry import Registry
 from streams.sink import InfluxSink, alert_points, state_points
+from twin.alerts import REJECT_CAUSES, AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
 
@@ -128,8 +129,9 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
                          lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
-    processor = TwinProcessor(spo2_scale=registry.spo2_scale,
-                              late_tolerance_s=settings.worker_late_tolerance_s)
+    processor = TwinProcessor(
+        policy=AlertPolicy(reject_alert_per_min=settings.reject_alert_per_min),
+        spo2_scale=registry.spo2_scale, late_tolerance_s=settings.worker_late_tolerance_s)
     metrics = WorkerMetrics()
     liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                         unassigned_seconds=settings.liveness_unassigned_seconds)
@@ -209,21 +211,34 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         """Validate a batch's events (dead letters for the invalid) and advance their twins."""
         decoded = await decoder.decode_async(
             [ev.message.topic == settings.topic_observations for ev in events],
-            [ev.key for ev in events], [ev.value for ev in events])
+            [ev.key for ev in events], [ev.value for ev in events],
+            Bounds.of(settings, time.time()))
+        out_of_window: dict[tuple[str, str], int] = {}
         for i, reason, kind in decoded.rejects:
             ev = events[i]
-            msg = ev.message
-            metrics.dead.labels(kind).inc()
-            dead = messages.DeadLetter(
-                reason=reason, kind=kind, topic=msg.topic, partition=msg.partition,
-                offset=msg.offset, received=datetime.now(UTC), original=ev.value or b"")
-            await dlq_topic.send(key=ev.key, value=messages.encode(dead))
+            await dead_letter(ev, reason, kind)
+            if kind == "ts_out_of_range":
+                metrics.rejected.labels(kind).inc()
+            if kind in REJECT_CAUSES and ev.key:
+                key = (ev.key.decode("utf-8", "replace"), kind)
+                out_of_window[key] = out_of_window.get(key, 0) + 1
+        if out_of_window:
+            processor.rejected(out_of_window, {p: twins.get(p.encode())
+                                               for p, _ in out_of_window})
         metrics.batches.inc()
         metrics.events.inc(len(events))
         metrics.readings.inc(len(decoded.batch.readings.row))
         metrics.batch_size.observe(len(events))
         if decoded.batch.pids:
-            await process(decoded)
+            await process(decoded, events)
+
+    async def dead_letter(ev: Any, reason: str, kind: str) -> None:
+        msg = ev.message
+        metrics.dead.labels(kind).inc()
+        dead = messages.DeadLetter(
+            reason=reason, kind=kind, topic=msg.topic, partition=msg.partition,
+            offset=msg.offset, received=datetime.now(UTC), original=ev.value or b"")
+        await dlq_topic.send(key=ev.key, value=messages.encode(dead))
 
     async def seek(seeks: dict[TP, int]) -> None:
         log.warning("re-reading %d partition(s) from the first unprocessed offset (messages "
@@ -231,14 +246,27 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         metrics.holes.inc(len(seeks))
         await app.consumer.seek_wait(seeks)
 
-    async def process(decoded: Decoded) -> None:
+    async def process(decoded: Decoded, events: list[Any]) -> None:
         t0 = time.perf_counter()
-        result = processor.process(decoded.batch,
-                                   {p: twins.get(p.encode()) for p in decoded.batch.pids})
+        stored = {p: twins.get(p.encode()) for p in decoded.batch.pids}
+        try:
+            result = processor.process(decoded.batch, stored)
+        except Exception as exc:  # noqa: BLE001 - find the message, keep the rest
+            # Something in the batch breaks the twin step. Going round a restart would meet
+            # the same message again, forever: apply the messages one by one instead, and
+            # dead-letter the ones that fail.
+            log.error("a twin step failed (%s); applying the batch message by message",
+                      where(exc))
+            result, failed = processor.process_each(decoded.batch, decoded.source, stored)
+            for i, err in failed.items():
+                await dead_letter(events[i], f"the twin step could not apply the message "
+                                  f"({where(err)})", "apply_failed")
         metrics.step_seconds.observe(time.perf_counter() - t0)
         metrics.applied.inc(result.applied)
         metrics.duplicates.inc(result.duplicates)
         metrics.late.inc(result.late)
+        metrics.rejected.labels("duplicate").inc(result.duplicates)
+        metrics.rejected.labels("late").inc(result.late)
         metrics.reordered.inc(result.reordered)
         metrics.gaps.inc(result.gaps)
         metrics.artifacts.inc(result.artifacts)
@@ -297,6 +325,11 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         reason = liveness.observe(positions, {tp: h for tp, h in highwaters.items()
                                               if h is not None}, growing)
         tracker.retain(assigned)
+        given_up = tracker.abandoned - source_end.get("given_up", 0)
+        if given_up > 0:
+            log.warning("%d offset hole(s) given up after 30 s", given_up)
+            metrics.holes_given_up.inc(given_up)
+            source_end["given_up"] = tracker.abandoned
         idle = tracker.idle_seeks(positions)
         if idle:
             await seek(idle)
@@ -328,7 +361,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
                 action = messages.decode_action(ev.value or b"")
                 events = processor.act(action, stored=twins.get(action.patient_id.encode()))
             except InvalidMessage as exc:
-                log.warning("alert action rejected: %s", getattr(exc, "kind", "invalid"))
+                log.warning("alert action rejected: %s", exc.kind)
                 metrics.actions.labels("rejected").inc()
                 continue
             metrics.actions.labels(action.action).inc()

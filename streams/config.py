@@ -89,6 +89,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # an older one is counted late and skipped. 0: every out-of-order reading is late.
     worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = \
         history.DEFAULT_TOLERANCE_S
+    # What a device may send (everything from outside is bounded): readings dated this far
+    # before or after the worker's clock, messages this large, this many readings in one.
+    ingest_ts_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)] = 86_400.0
+    ingest_ts_max_ahead_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 300.0
+    ingest_max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=8 * 1024 * 1024)] = \
+        256 * 1024
+    ingest_max_readings: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    # A patient whose readings are rejected (late, duplicate, outside the time window) at this
+    # many a minute or more raises a technical alert naming the cause (0: never).
+    reject_alert_per_min: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     worker_metrics_host: str = "127.0.0.1"
@@ -167,6 +177,17 @@ DOCS: dict[str, str] = {
                               "seconds (0: off)",
     "worker_late_tolerance_s": "a reading up to this many seconds older than its twin is applied "
                                "in time order; older ones are counted late and skipped (0: off)",
+    "ingest_ts_max_age_s": "a device reading dated more than this many seconds before the "
+    "worker's clock is dead-lettered (`ts_out_of_range`)",
+    "ingest_ts_max_ahead_s": "a device reading dated more than this many seconds after the "
+    "worker's clock is dead-lettered (`ts_out_of_range`): one reading from the future would "
+    "make every later one late",
+    "ingest_max_message_bytes": "largest device message, bytes (`oversized` beyond)",
+    "ingest_max_readings": "most readings in one device message (a gateway upload; FHIR: "
+    "readings, of at most one Observation per channel)",
+    "reject_alert_per_min": "a patient's readings rejected (late, duplicate, out of the time "
+    "window) at this rate or more raise the technical alert `rejected_readings` with the "
+    "cause (0: never)",
     "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
     "worker_metrics_host": "bind address of /metrics and /healthz",
     "liveness_stall_seconds": "a worker with unread messages whose position has not moved this "

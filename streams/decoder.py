@@ -25,7 +25,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
+
 from streams import messages, supervise
+from streams.config import Settings
 from streams.errors import InvalidMessage, where
 from streams.process import Batch, to_batch
 from streams.sink import reading_points
@@ -36,37 +39,99 @@ _LEN = struct.Struct("<Q")
 @dataclass
 class Decoded:
     """What a batch of raw messages holds: rejects, `(index, reason, kind)` of each invalid
-    message; batch, the valid readings; lines, their InfluxDB line protocol (if asked for)."""
+    message; batch, the valid readings; source `(K,)`, the index of the message each reading
+    came from; lines, their InfluxDB line protocol (if asked for)."""
 
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     batch: Batch = field(default_factory=lambda: to_batch([]))
     lines: list[str] = field(default_factory=list)
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a batch accepts from devices: readings dated within `max_age_s` before `now` and
+    `max_ahead_s` after it (epoch seconds; `messages.check_window`), messages of at most
+    `max_bytes` holding at most `max_readings` readings."""
+
+    now: float
+    max_age_s: float = 86_400.0
+    max_ahead_s: float = 300.0
+    max_bytes: int = messages.MAX_MESSAGE_BYTES
+    max_readings: int = messages.MAX_READINGS_PER_MESSAGE
+
+    @classmethod
+    def of(cls, settings: Settings, now: float) -> Bounds:
+        return cls(now, settings.ingest_ts_max_age_s, settings.ingest_ts_max_ahead_s,
+                   settings.ingest_max_message_bytes, settings.ingest_max_readings)
+
+
+MAX_REASON_CHARS = 500  # a reason may quote the message; the dead letter holds all of it anyway
+
+
+def decode_message(observation: bool, key: bytes | None, value: bytes | None,
+                   bounds: Bounds | None) -> list[messages.ValidReading]:
+    """One message's readings; InvalidMessage with the reason if anything in it is invalid (a
+    message is accepted or rejected whole), its key is not the patient id of every reading in
+    it, or a reading's time is outside the window."""
+    if observation:
+        readings = [messages.observation_reading(messages.decode_observation(value or b""))]
+    else:
+        readings = messages.decode_readings(
+            value, *(() if bounds is None else (bounds.max_bytes, bounds.max_readings)))
+    patient = key.decode("utf-8", "replace") if key else None
+    for r in readings:
+        if r.patient_id != patient:
+            raise messages.reject(
+                "message key must be the patient_id of every reading in it "
+                "(partitioning keeps a patient's twin on one worker)", "wrong_key")
+        if bounds is not None and not r.manual:
+            messages.check_window(r.t, bounds.now, bounds.max_age_s, bounds.max_ahead_s)
+    return readings
 
 
 def decode_batch(observation: list[bool], keys: list[bytes | None],
-                 values: list[bytes | None], lines: bool) -> Decoded:
+                 values: list[bytes | None], lines: bool, bounds: Bounds | None = None
+                 ) -> Decoded:
     """Decode and validate a batch of messages; observation[i]: message i is a clinician's
-    manual observation (topic observations), else a device message (vitals.raw). A message is
-    accepted or rejected whole, and its key must be the patient id of every reading in it."""
-    valid: list[messages.ValidReading] = []
-    rejects = []
+    manual observation (topic observations), else a device message (vitals.raw); bounds: the
+    times and sizes accepted (None: any time, the default sizes). Nothing one message holds
+    can fail the batch: an error that is not a validation error is that message's dead letter
+    too (kind `undecodable`, with the error's type and place, never its text)."""
+    by_message: list[tuple[int, list[messages.ValidReading]]] = []
+    rejects: list[tuple[int, str, str]] = []
     for i, (obs, key, value) in enumerate(zip(observation, keys, values, strict=True)):
         try:
-            if obs:
-                readings = [messages.observation_reading(
-                    messages.decode_observation(value or b""))]
-            else:
-                readings = messages.decode_readings(value)
-            patient = key.decode("utf-8", "replace") if key else None
-            if any(r.patient_id != patient for r in readings):
-                raise messages.reject(
-                    "message key must be the patient_id of every reading in it "
-                    "(partitioning keeps a patient's twin on one worker)", "wrong_key")
+            by_message.append((i, decode_message(obs, key, value, bounds)))
         except InvalidMessage as exc:
-            rejects.append((i, str(exc), getattr(exc, "kind", "invalid")))
-            continue
-        valid.extend(readings)
-    return Decoded(rejects, to_batch(valid), reading_points(valid) if lines else [])
+            rejects.append((i, str(exc)[:MAX_REASON_CHARS], exc.kind))
+        except Exception as exc:  # noqa: BLE001 - a decoding bug must not stop the worker
+            rejects.append((i, _undecodable(exc), "undecodable"))
+    valid = [r for _, readings in by_message for r in readings]
+    try:
+        batch = to_batch(valid)
+        lines_ = reading_points(valid) if lines else []
+    except Exception:  # noqa: BLE001 - find the message the arrays or the lines cannot hold
+        valid = []
+        for i, readings in by_message:
+            try:
+                to_batch(readings)
+                if lines:
+                    reading_points(readings)
+            except Exception as exc:  # noqa: BLE001
+                rejects.append((i, _undecodable(exc), "undecodable"))
+                continue
+            valid.extend(readings)
+        rejects.sort()
+        batch, lines_ = to_batch(valid), reading_points(valid) if lines else []
+    bad = {i for i, _, _ in rejects}
+    source = np.fromiter((i for i, readings in by_message if i not in bad for _ in readings),
+                         np.int64)
+    return Decoded(rejects, batch, lines_, source)
+
+
+def _undecodable(exc: Exception) -> str:
+    return f"the message could not be decoded ({where(exc)})"
 
 
 class DecoderGone(RuntimeError):
@@ -102,11 +167,11 @@ class Decoder:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def decode(self, observation: list[bool], keys: list[bytes | None],
-               values: list[bytes | None]) -> Decoded:
+               values: list[bytes | None], bounds: Bounds | None = None) -> Decoded:
         """`decode_batch` in the child. Raises DecoderGone if the child has ended."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
-            _write(self._proc.stdin, (observation, keys, values, self.lines))
+            _write(self._proc.stdin, (observation, keys, values, self.lines, bounds))
             answer = _read(self._proc.stdout)
         except (OSError, ValueError) as exc:  # a broken pipe, or a closed one
             raise self._gone() from exc
@@ -122,10 +187,11 @@ class Decoder:
         return DecoderGone(f"the decoding process ended (exit code {code})")
 
     async def decode_async(self, observation: list[bool], keys: list[bytes | None],
-                           values: list[bytes | None]) -> Decoded:
+                           values: list[bytes | None], bounds: Bounds | None = None
+                           ) -> Decoded:
         """`decode` in a thread, so the event loop runs (and Faust fetches) meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(
-            None, self.decode, observation, keys, values)
+            None, self.decode, observation, keys, values, bounds)
 
     @property
     def pid(self) -> int:
@@ -151,8 +217,8 @@ def main() -> int:
     sys.stdout = sys.stderr  # nothing else may write to the answer stream
     try:
         while (request := _read(inp)) is not None:
-            observation, keys, values, lines = request  # type: ignore[misc]
-            _write(out, decode_batch(observation, keys, values, lines))
+            observation, keys, values, lines, bounds = request  # type: ignore[misc]
+            _write(out, decode_batch(observation, keys, values, lines, bounds))
     except BrokenPipeError:
         return 0  # the worker has gone
     except Exception as exc:

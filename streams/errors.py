@@ -13,7 +13,12 @@ class ConfigError(PatientTwinError):
 
 
 class InvalidMessage(PatientTwinError):
-    """A message failed validation; the text is the reason kept in the dead-letter record."""
+    """A message failed validation; the text is the reason kept in the dead-letter record, and
+    `kind` its short machine-readable class (the dead-letter topic's and the metrics' label)."""
+
+    def __init__(self, reason: str, kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class BrokerError(PatientTwinError):

@@ -19,9 +19,12 @@ from typing import Any
 import msgspec
 
 from streams.messages import (
+    MAX_READINGS_PER_MESSAGE,
+    MAX_SEQ,
     Quantity,
     ValidReading,
     canonical_values,
+    check_id,
     check_ts,
     decode_with,
     reject,
@@ -158,18 +161,30 @@ def _channel(concept: _Concept) -> str | None:
 def _ref_id(ref: _Ref, kind: str) -> str:
     prefix = f"{kind}/"
     if not ref.reference.startswith(prefix) or len(ref.reference) == len(prefix):
-        raise reject(f"{kind.lower()} reference {ref.reference!r} is not '{prefix}<id>'",
-                     "wrong_type")
-    return ref.reference[len(prefix):]
+        raise reject(f"{kind.lower()} reference is not '{prefix}<id>'", "wrong_type")
+    return check_id(ref.reference[len(prefix):], f"{kind.lower()}.reference")
 
 
-def decode(data: bytes) -> list[ValidReading]:
+def _seq(text: str, identifier: str) -> int:
+    """A sequence number written in ASCII digits, within 0..MAX_SEQ (str.isdigit also takes
+    other scripts' digits and superscripts, which int() then reads or refuses)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_SEQ):
+        raise reject(f"FHIR identifier {identifier!r} is not '<device id>:<sequence number "
+                     f"0 to {MAX_SEQ}>'", "wrong_type")
+    return int(text)
+
+
+def decode(data: bytes, max_readings: int = MAX_READINGS_PER_MESSAGE) -> list[ValidReading]:
     """FHIR message -> readings, one per (device, seq); InvalidMessage with the reason
-    otherwise. Every Observation of one reading must agree on patient, device and time."""
+    otherwise. Every Observation of one reading must agree on patient, device and time. At most
+    `max_readings` readings, of at most one Observation per channel each."""
     doc = decode_with(_decoder, data, "FHIR: ")
     obs = [e.resource for e in doc.entry] if isinstance(doc, _Bundle) else [doc]
     if not obs:
         raise reject("FHIR Bundle has no Observation", "empty")
+    if len(obs) > max_readings * len(CHANNELS):
+        raise reject(f"{len(obs)} Observations in one message exceed "
+                     f"{max_readings * len(CHANNELS)}", "oversized")
     readings: dict[tuple[str, int], tuple[str, datetime, dict[str, Any]]] = {}
     device_state: dict[tuple[str, int], dict[str, float]] = {}
     for o in obs:
@@ -183,16 +198,17 @@ def decode(data: bytes) -> list[ValidReading]:
             raise reject(f"FHIR Observation has no identifier in {SEQ_SYSTEM} "
                          "(<device id>:<sequence number>)", "missing_field")
         device = _ref_id(o.device, "Device")
-        dev, _, seq_text = seq_ids[0].rpartition(":")
-        if dev != device or not seq_text.isdigit():
-            raise reject(f"FHIR identifier {seq_ids[0]!r} is not '{device}:<sequence number>'",
+        dev, _, seq_text = seq_ids[0][:200].rpartition(":")
+        if dev != device:
+            raise reject("FHIR identifier's device is not the Observation's device",
                          "wrong_type")
+        seq = _seq(seq_text, seq_ids[0][:200])
         patient = _ref_id(o.subject, "Patient")
         check_ts(o.effectiveDateTime)
         parts: list[tuple[_Concept, _Quantity | None]] = (
             [(c.code, c.valueQuantity) for c in o.component] if o.component
             else [(o.code, o.valueQuantity)])
-        key = (device, int(seq_text))
+        key = (device, seq)
         pid, ts, vals = readings.setdefault(key, (patient, o.effectiveDateTime, {}))
         if pid != patient or ts != o.effectiveDateTime:
             raise reject(f"FHIR Observations of {seq_ids[0]} disagree on patient or time",
@@ -212,10 +228,13 @@ def decode(data: bytes) -> list[ValidReading]:
             if q is None:
                 raise reject(f"FHIR Observation of {ch} has no valueQuantity", "missing_field")
             vals[ch] = {"value": q.value, "unit": q.code or q.unit or ""}
+    if len(readings) > max_readings:
+        raise reject(f"{len(readings)} readings in one message exceed {max_readings}",
+                     "oversized")
     out = []
     for (device, seq), (patient, ts, vals) in readings.items():
         values = canonical_values({ch: Quantity(v["value"], v["unit"]) for ch, v in vals.items()})
         ds = device_state.get((device, seq), {})
-        out.append(ValidReading(device, patient, seq, ts.timestamp(), values,
+        out.append(ValidReading(device, patient, seq, check_ts(ts), values,
                                 ds.get(QUALITY_EXT), ds.get(BATTERY_EXT)))
     return out

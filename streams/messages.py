@@ -26,14 +26,21 @@ ALERT_SCHEMA = "patient-twin.alert/1"
 
 MAX_MESSAGE_BYTES = 256 * 1024  # a gateway batch of 500 readings fits; a data dump does not
 MAX_READINGS_PER_MESSAGE = 500
+# Sequence numbers are stored as signed 64-bit integers (the twin's per-device slots, Kafka-side
+# arrays): anything larger could not be applied, and would stop the batch it arrived in.
+MAX_SEQ = 2**63 - 1
+MAX_ID_CHARS = 64
+MAX_TEXT_CHARS = 64  # schema names, units, observer names: short by nature
 
 # \Z, not $: "$" also matches before a final newline, which would let "P1\n" through into Kafka
 # keys and InfluxDB line protocol (streams.sink writes ids unescaped).
 ID_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 # Device readings check ID_PATTERN after decoding (`_check_ids`, cached per id): msgspec's regex on
 # two fields per reading was 60 % of decoding a gateway message, and a batch repeats a few ids.
-_ReadingId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_ReadingId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 _ID_RE = re.compile(ID_PATTERN)
 Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Channel = Literal["hr", "rr", "spo2", "sbp", "dbp", "temp"]
@@ -44,16 +51,16 @@ class Quantity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A value with its UCUM unit."""
 
     value: float
-    unit: str
+    unit: _Text
 
 
 class Reading(msgspec.Struct, frozen=True, kw_only=True):
     """One measurement instant from one device: one or more channel values."""
 
-    schema: str
+    schema: _Text
     device_id: _ReadingId  # matching ID_PATTERN: checked by decode_readings
     patient_id: _ReadingId
-    seq: Annotated[int, msgspec.Meta(ge=0)]  # per-device, increasing
+    seq: Seq  # per-device, increasing
     ts: datetime  # measurement time, ISO-8601 with a UTC offset
     values: dict[Channel, Quantity]
     quality: Fraction | None = None  # signal quality index, 1 = best
@@ -63,7 +70,7 @@ class Reading(msgspec.Struct, frozen=True, kw_only=True):
 class PatientRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The registry entry of a patient (compacted topic, key = patient id)."""
 
-    schema: str
+    schema: _Text
     patient_id: Id
     event: Literal["admit", "transfer", "discharge", "update"]
     ts: datetime
@@ -72,14 +79,14 @@ class PatientRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     devices: list[Id] = []
     # NEWS2 SpO2 scale 2 is for a prescribed target of 88-92 % (RCP 2017); a clinician decides it.
     spo2_scale: Literal[1, 2] = 1
-    spo2_scale_set_by: str | None = None
-    by: str | None = None  # who made the change
+    spo2_scale_set_by: _Text | None = None
+    by: _Text | None = None  # who made the change
 
 
 class Observation(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A clinician's manual observation, scored by NEWS2 like device readings."""
 
-    schema: str
+    schema: _Text
     patient_id: Id
     observer: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     ts: datetime
@@ -101,7 +108,10 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
 
     schema: str = TWIN_STATE_SCHEMA
     patient_id: str
-    ts: datetime  # time of the latest applied reading
+    ts: datetime  # time of the latest applied reading (the device's clock)
+    # When the worker applied it (its own clock): what "stale" is measured from, since a
+    # device clock may be ahead or behind (None: from an older worker).
+    applied_at: datetime | None = None
     units: dict[str, str]
     estimate: dict[str, float | None]  # None: channel never observed
     sd: dict[str, float | None]
@@ -165,14 +175,14 @@ class AlertAction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """A clinician's action on alerts (topic alert.actions, key = patient id): acknowledge one
     alert, or silence a patient's alerts of one kind until a time, with a reason."""
 
-    schema: str = ALERT_ACTION_SCHEMA
+    schema: _Text = ALERT_ACTION_SCHEMA
     action: Literal["acknowledge", "silence"]
     patient_id: Id
     by: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     ts: datetime
-    alert_id: str | None = None  # acknowledge
+    alert_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None  # acknowledge
     comment: Annotated[str, msgspec.Meta(max_length=500)] | None = None
-    kind: str | None = None  # silence
+    kind: _Text | None = None  # silence
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     until: datetime | None = None
 
@@ -248,9 +258,7 @@ def _kind_of(reason: str) -> str:
 
 
 def reject(reason: str, kind: str | None = None) -> InvalidMessage:
-    err = InvalidMessage(reason)
-    err.kind = kind or _kind_of(reason)  # type: ignore[attr-defined]
-    return err
+    return InvalidMessage(reason, kind or _kind_of(reason))
 
 
 def _check_schema(schema: str, expected: str) -> None:
@@ -259,10 +267,32 @@ def _check_schema(schema: str, expected: str) -> None:
                      "wrong_schema")
 
 
-def check_ts(ts: datetime) -> None:
+def check_ts(ts: datetime) -> float:
+    """The time as epoch seconds; InvalidMessage if it has no UTC offset or no epoch time (the
+    year 1 at a positive offset is before the year 1 in UTC)."""
     if ts.tzinfo is None:
         raise reject("ts has no UTC offset (expected ISO-8601 like 2026-01-01T12:00:00Z)",
                      "wrong_type")
+    try:
+        return ts.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise reject("ts is outside the range of a date", "ts_out_of_range") from None
+
+
+def check_window(t: float, now: float, max_age_s: float, max_ahead_s: float) -> None:
+    """InvalidMessage (`ts_out_of_range`) unless `now - max_age_s <= t <= now + max_ahead_s`.
+
+    A device's clock decides where its readings go in the twin's time: one reading dated in the
+    future would make every later genuine reading look late and freeze the twin, and one from
+    long ago can never be applied. Both are refused with the offset, so the device's owner can
+    see which way its clock is wrong."""
+    if t > now + max_ahead_s:
+        raise reject(f"ts is {t - now:.0f} s ahead of the worker's clock (at most "
+                     f"{max_ahead_s:g} s accepted: is the device clock ahead?)", "ts_out_of_range")
+    if not t >= now - max_age_s:  # NaN never gets here: check_ts gives finite times
+        raise reject(f"ts is {now - t:.0f} s behind the worker's clock (at most "
+                     f"{max_age_s:g} s accepted: is the device clock behind?)",
+                     "ts_out_of_range")
 
 
 # (channel, unit) -> (scale, offset, largest value a device reports in the canonical unit): one
@@ -319,15 +349,17 @@ def _id_ok(value: str) -> bool:
     return _ID_RE.search(value) is not None
 
 
-def _check_ids(r: Reading, path: str) -> None:
-    """The id pattern check msgspec does for `Id` fields, with its message."""
-    for name in ("device_id", "patient_id"):
-        if not _id_ok(getattr(r, name)):
-            raise reject(f"Expected `str` matching regex {ID_PATTERN!r} - at `{path}.{name}`",
-                         "wrong_type")
+def check_id(value: str, path: str) -> str:
+    """The one check of a device or patient id from outside, in every format (JSON readings,
+    FHIR references): 1-64 characters matching ID_PATTERN. Returns the id."""
+    if not (len(value) <= MAX_ID_CHARS and _id_ok(value)):
+        raise reject(f"Expected `str` of 1 to {MAX_ID_CHARS} characters matching regex "
+                     f"{ID_PATTERN!r} - at `{path}`", "wrong_type")
+    return value
 
 
-def decode_readings(data: bytes | None) -> list[ValidReading]:
+def decode_readings(data: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES,
+                    max_readings: int = MAX_READINGS_PER_MESSAGE) -> list[ValidReading]:
     """Decode one device message (a reading or a JSON array of readings from a gateway).
 
     Raises InvalidMessage with the reason (and `.kind`) if anything in it is invalid; a message is
@@ -335,28 +367,29 @@ def decode_readings(data: bytes | None) -> list[ValidReading]:
     """
     if not data:
         raise reject("empty message", "empty")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise reject(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", "oversized")
+    if len(data) > max_bytes:
+        raise reject(f"message of {len(data)} bytes exceeds {max_bytes}", "oversized")
     if b'"resourceType"' in data[:200]:  # FHIR R4 Observations (streams.fhir)
         from streams import fhir
 
-        return fhir.decode(data)
+        return fhir.decode(data, max_readings)
     decoded = decode_with(_reading_decoder, data)
     items = decoded if isinstance(decoded, list) else [decoded]
     if not items:
         raise reject("empty list of readings", "empty")
-    if len(items) > MAX_READINGS_PER_MESSAGE:
-        raise reject(f"{len(items)} readings in one message exceed {MAX_READINGS_PER_MESSAGE}",
-                     "oversized")
+    if len(items) > max_readings:
+        raise reject(f"{len(items)} readings in one message exceed {max_readings}", "oversized")
     out = []
     for i, r in enumerate(items):
         if not (_id_ok(r.device_id) and _id_ok(r.patient_id)):
-            _check_ids(r, f"$[{i}]" if isinstance(decoded, list) else "$")
+            path = f"$[{i}]" if isinstance(decoded, list) else "$"
+            check_id(r.device_id, f"{path}.device_id")
+            check_id(r.patient_id, f"{path}.patient_id")
         _check_schema(r.schema, READING_SCHEMA)
-        check_ts(r.ts)
+        t = check_ts(r.ts)
         if not r.values:
             raise reject("values is empty (expected at least one channel)", "missing_field")
-        out.append(ValidReading(r.device_id, r.patient_id, r.seq, r.ts.timestamp(),
+        out.append(ValidReading(r.device_id, r.patient_id, r.seq, t,
                                 canonical_values(r.values), r.quality, r.battery))
     return out
 
@@ -391,6 +424,42 @@ def decode_observation(data: bytes) -> Observation:
     return obs
 
 
+_twin_state_decoder = msgspec.json.Decoder(TwinState)
+_alert_decoder = msgspec.json.Decoder(AlertEvent)
+
+
+def decode_record(decoder: msgspec.json.Decoder, data: bytes | None) -> Any:
+    """`decode_with` for a record read back from a topic: InvalidMessage also for a null or
+    empty value, one over MAX_MESSAGE_BYTES, and a JSON string that is not UTF-8 (msgspec raises
+    UnicodeDecodeError for that, not DecodeError)."""
+    if not data:
+        raise reject("empty or null value", "empty")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise reject(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", "oversized")
+    try:
+        return decode_with(decoder, data)
+    except UnicodeDecodeError as exc:
+        raise reject("not JSON: a string is not UTF-8", "not_json") from exc
+
+
+def decode_twin_state(data: bytes | None) -> TwinState:
+    """Decode a twin state (topic twin.state); InvalidMessage with the reason otherwise."""
+    st = decode_record(_twin_state_decoder, data)
+    _check_schema(st.schema, TWIN_STATE_SCHEMA)
+    check_id(st.patient_id, "$.patient_id")
+    check_ts(st.ts)
+    return st
+
+
+def decode_alert(data: bytes | None) -> AlertEvent:
+    """Decode an alert event (topic alerts); InvalidMessage with the reason otherwise."""
+    a = decode_record(_alert_decoder, data)
+    _check_schema(a.schema, ALERT_SCHEMA)
+    check_id(a.patient_id, "$.patient_id")
+    check_ts(a.ts)
+    return a
+
+
 MANUAL_DEVICE = "manual-observation"
 
 
@@ -398,7 +467,7 @@ def observation_reading(obs: Observation) -> ValidReading:
     """A manual observation as the twin applies it: hand-taken values like a device's, plus
     consciousness and oxygen. One pseudo-device for all observers, numbered by time (ms), so a
     redelivered observation is recognised as a duplicate."""
-    t = obs.ts.timestamp()
+    t = check_ts(obs.ts)
     return ValidReading(
         MANUAL_DEVICE, obs.patient_id, int(t * 1000), t, canonical_values(obs.values), None,
         None, alert=None if obs.acvpu is None else float(obs.acvpu == "A"),

@@ -41,6 +41,13 @@ class WorkerMetrics:
                                  registry=r)
         self.missing = Counter("patient_twin_missing_values",
                                "Sensor-off or out-of-range values treated as missing", registry=r)
+        self.rejected = Counter("patient_twin_rejected_readings",
+                                "Readings not applied, by cause: duplicate, late (beyond the late "
+                                "tolerance), ts_out_of_range (dead-lettered)", ["cause"],
+                                registry=r)
+        self.holes_given_up = Counter("patient_twin_offset_holes_given_up",
+                                      "Offset holes accepted as never coming after 30 s (any "
+                                      "messages in them were not processed)", registry=r)
         self.holes = Counter("patient_twin_reread_holes",
                              "Offset holes re-read (messages the consumer dropped in a rebalance)",
                              registry=r)

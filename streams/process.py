@@ -6,6 +6,7 @@ what comes back. That keeps the logic testable without a broker and identical in
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,19 @@ class BatchResult:
     report: bank.StepReport | None = None  # per reading, in the order given
     # patients outside the batch whose alerts changed (timers): write `records` for them
     other_alert_patients: set[str] = field(default_factory=set)
+
+    def merge(self, later: BatchResult) -> None:
+        """Add the result of a later step (of other readings) to this one: the later records
+        and states win, counts add up. (`report` stays this one's.)"""
+        self.states.update(later.states)
+        latest = {st.patient_id: st for st in self.twin_states + later.twin_states}
+        self.twin_states = list(latest.values())
+        self.alerts += later.alerts
+        for name in ("applied", "duplicates", "late", "reordered", "gaps", "artifacts",
+                     "missing"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        self.other_alert_patients = (self.other_alert_patients | later.other_alert_patients) \
+            - set(self.states)
 
 
 def _values(a: np.ndarray) -> list:
@@ -82,13 +96,59 @@ def split(record: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
-              since_reading_s: np.ndarray, spo2_scale: np.ndarray) -> alerts.TwinView:
-    """The alert engine's view of K twins from the bank's outputs. since_reading_s: `(K,)`."""
+              since_reading_s: np.ndarray, spo2_scale: np.ndarray,
+              rejects: tuple[np.ndarray, list[str | None]] | None = None) -> alerts.TwinView:
+    """The alert engine's view of K twins from the bank's outputs. since_reading_s: `(K,)`;
+    rejects: readings rejected per minute `(K,)` and the commonest cause (`RejectRates.of`)."""
     return alerts.TwinView(
         patient_ids=pids, estimate=out.estimate, sd=out.sd, forecast=out.forecast,
         forecast_sd=(out.high90 - out.low90) / (2 * Z90), horizons_min=bank.FORECAST_MINUTES,
         news2=out.news2, components=out.components, spo2_scale=spo2_scale,
-        since_reading_s=since_reading_s, channel_age_s=out.age_s, battery=states["battery"])
+        since_reading_s=since_reading_s, channel_age_s=out.age_s, battery=states["battery"],
+        rejects_per_min=None if rejects is None else rejects[0],
+        reject_cause=None if rejects is None else rejects[1])
+
+
+class RejectRates:
+    """Readings rejected lately per patient, by cause (`alerts.REJECT_CAUSES`): counts that decay
+    with a time constant of a minute, so at a steady rate their sum reads as rejections per
+    minute. Only patients that have a twin are tracked, so ids nobody monitors cost nothing."""
+
+    TAU_S = 60.0
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def add(self, pid: str, cause: str, n: float, now: float) -> None:
+        t, counts = self._counts.get(pid, (now, {}))
+        decay = math.exp(-max(now - t, 0.0) / self.TAU_S)
+        counts = {c: v * decay for c, v in counts.items()}
+        counts[cause] = counts.get(cause, 0.0) + n
+        self._counts[pid] = (now, counts)
+
+    def of(self, pids: list[str], now: float) -> tuple[np.ndarray, list[str | None]]:
+        """Per minute `(K,)` and the commonest cause (None: no rejection) of K patients."""
+        rate = np.zeros(len(pids))
+        cause: list[str | None] = [None] * len(pids)
+        if self._counts:
+            for i, p in enumerate(pids):
+                if (entry := self._counts.get(p)) is not None:
+                    t, counts = entry
+                    rate[i] = sum(counts.values()) * math.exp(-max(now - t, 0.0) / self.TAU_S)
+                    cause[i] = max(counts, key=counts.__getitem__)
+        return rate, cause
+
+    def patients(self) -> list[str]:
+        return list(self._counts)
+
+    def forget(self, pids: set[str], now: float | None = None, below: float = 0.01) -> None:
+        """Drop these patients, and (given `now`) every patient whose count has decayed away."""
+        for p in pids:
+            self._counts.pop(p, None)
+        if now is not None:
+            for p, (t, counts) in list(self._counts.items()):
+                if sum(counts.values()) * math.exp(-max(now - t, 0.0) / self.TAU_S) < below:
+                    del self._counts[p]
 
 
 def alert_event(ev: alerts.Event) -> AlertEvent:
@@ -120,6 +180,15 @@ class Batch:
 
     pids: list[str]
     readings: bank.Readings
+
+
+def select(b: Batch, mask: np.ndarray) -> Batch:
+    """The readings of `b` where `mask (K,)` is True, with only their patients."""
+    r = b.readings
+    used, row = np.unique(r.row[mask], return_inverse=True)
+    return Batch([b.pids[i] for i in used.tolist()], bank.Readings(**{
+        f: row if f == "row" else None if (v := getattr(r, f)) is None else v[mask]
+        for f in r.__dataclass_fields__}))
 
 
 def to_batch(readings: Sequence[ValidReading]) -> Batch:
@@ -169,7 +238,10 @@ class TwinProcessor:
         self.spo2_scale = spo2_scale
         self.engine = alerts.AlertEngine(policy)
         self.clock = clock
+        # Patients' last applied reading, on the clock: a twin whose readings all arrive and are
+        # all rejected is not being updated, and raises no_data like a silent one.
         self.last_arrival: dict[str, float] = {}
+        self.rejects = RejectRates()
         # Patients whose alerts this engine holds (restored from their records, or new here).
         self.owned: set[str] = set()
 
@@ -185,8 +257,19 @@ class TwinProcessor:
         """Forget patients another worker now owns (their partition moved)."""
         self.engine.forget(pids)
         self.owned -= pids
+        self.rejects.forget(pids)
         for p in pids:
             self.last_arrival.pop(p, None)
+
+    def rejected(self, counts: Mapping[tuple[str, str], int], stored: Mapping[str, bytes | None],
+                 now: float | None = None) -> None:
+        """Count readings rejected before the twin step (`(patient id, cause) -> n`, e.g. dated
+        outside the window) for the patients that have a twin (stored: their records)."""
+        now = self.clock() if now is None else now
+        for (pid, cause), n in counts.items():
+            if stored.get(pid) is not None:
+                self.rejects.add(pid, cause, n, now)
+                self.last_arrival.setdefault(pid, now)
 
     def _states(self, pids: list[str], stored: Mapping[str, bytes | None]
                 ) -> tuple[bank.State, list[bytes | None]]:
@@ -248,13 +331,25 @@ class TwinProcessor:
         seen = ~np.isnan(states["t"])
         # nothing applied yet (all duplicates of an unknown twin): no state
         rows = np.flatnonzero(seen)
-        applied = [pids[i] for i in rows.tolist()]
-        for i, pid in zip(rows.tolist(), applied, strict=True):
-            result.states[pid] = blobs[i] + kept[i]  # + alerts, once the engine has run
-            self.last_arrival[pid] = now
-        result.twin_states = twin_states(applied, states, out, rows)
-        # These patients just sent readings: fresh by arrival, whatever their device clocks say.
-        view = twin_view(pids, states, out, np.where(seen, 0.0, np.nan), states["spo2_scale"])
+        for i in rows.tolist():
+            result.states[pids[i]] = blobs[i] + kept[i]  # + alerts, once the engine has run
+        # Only twins that applied a reading in this batch are fresh: one whose readings are all
+        # rejected (late, duplicates) is frozen, and its state says when it last applied one.
+        fresh = np.bincount(batch.row[report.applied], minlength=len(pids)) > 0
+        for i in np.flatnonzero(fresh).tolist():
+            self.last_arrival[pids[i]] = now
+        if (report.duplicate | report.late).any():
+            for cause, flags in (("duplicate", report.duplicate), ("late", report.late)):
+                n = np.bincount(batch.row[flags], minlength=len(pids))
+                for i in np.flatnonzero(n).tolist():
+                    self.rejects.add(pids[i], cause, float(n[i]), now)
+        emitted = [pids[i] for i in rows.tolist()]
+        result.twin_states = twin_states(emitted, states, out, rows,
+                                         [self.last_arrival.get(p) for p in emitted])
+        since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
+                          for p in pids])
+        view = twin_view(pids, states, out, since, states["spo2_scale"],
+                         self.rejects.of(pids, now))
         events = self.engine.update(view, now)
         result.alerts = [alert_event(ev) for ev in events]
         # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
@@ -265,19 +360,40 @@ class TwinProcessor:
         result.other_alert_patients = {ev.alert.patient_id for ev in events} - set(result.states)
         return result
 
+    def process_each(self, batch: Batch, source: np.ndarray, stored: Mapping[str, bytes | None],
+                     now: float | None = None) -> tuple[BatchResult, dict[int, Exception]]:
+        """`process` one message at a time, for a batch whose step failed: source `(K,)` is the
+        message each reading came from. Returns the merged result of the messages that
+        worked, and the error of each that did not (by message), so one message the twin step
+        cannot take costs that message, never the batch."""
+        now = self.clock() if now is None else now
+        result, failed = BatchResult(), {}
+        records = dict(stored)
+        for m in np.unique(source).tolist():
+            try:
+                part = self.process(select(batch, source == m), records, now)
+            except Exception as exc:  # noqa: BLE001 - the caller dead-letters the message
+                failed[m] = exc
+                continue
+            records.update(part.states)
+            result.merge(part)
+        return result, failed
+
     def check_silent(self, stored: Mapping[str, bytes | None],
                      now: float | None = None) -> list[AlertEvent]:
         """Alert timers, and "no data" for twins whose devices went silent (run every few
         seconds). stored: the records of at least the patients `silent_candidates` names."""
         now = self.clock() if now is None else now
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
+        self.rejects.forget(set(), now)
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
         states, _ = self._states(pids, stored)
-        since = np.array([now - self.last_arrival[p] for p in pids])
+        since = np.array([now - self.last_arrival.setdefault(p, now) for p in pids])
         # the twin predicted forward over the silence: its uncertainty has grown
         out = bank.outputs(states, states["t"] + since, self.params)
-        view = twin_view(pids, states, out, since, states["spo2_scale"])
+        view = twin_view(pids, states, out, since, states["spo2_scale"],
+                         self.rejects.of(pids, now))
         return [alert_event(ev) for ev in self.engine.update(view, now)]
 
     def act(self, action: AlertAction, now: float | None = None,
@@ -302,16 +418,20 @@ class TwinProcessor:
         return [alert_event(ev) for ev in events]
 
     def silent_candidates(self, now: float) -> list[str]:
-        """Patients silent for at least the no-data time without an open no-data alert."""
+        """Patients silent for at least the no-data time without an open no-data alert, and
+        patients with readings rejected lately (whose rejected-readings alert may be due, or
+        may clear)."""
         limit = self.engine.policy.no_data_s
-        return [p for p, t in self.last_arrival.items() if now - t >= limit
-                and (p, "no_data") not in self.engine.alerts]
+        silent = [p for p, t in self.last_arrival.items() if now - t >= limit
+                  and (p, "no_data") not in self.engine.alerts]
+        return list(dict.fromkeys(silent + self.rejects.patients()))
 
 
-def twin_states(pids: list[str], s: bank.State, out: bank.Outputs,
-                rows: np.ndarray) -> list[TwinState]:
+def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
+                applied_at: list[float | None] | None = None) -> list[TwinState]:
     """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
-    and outputs `out`. Every array is converted to Python values once for the whole batch."""
+    and outputs `out`; applied_at: K times their latest readings were applied (the worker's
+    clock; None: not known). Every array is converted to Python values once for the batch."""
     def take(a: np.ndarray) -> np.ndarray:
         return a[rows]
 
@@ -335,6 +455,7 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs,
     components = take(out.components).astype(np.int64).tolist()
     complete = take(out.complete).tolist()
     horizons = [int(h) for h in bank.FORECAST_MINUTES]
+    at = [None if a is None else utc(a) for a in applied_at or [None] * len(pids)]
     result = []
     for k, pid in enumerate(pids):
         result.append(TwinState(
@@ -353,5 +474,6 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs,
             spo2_scale=ints["spo2_scale"][k], readings_applied=ints["applied"][k],
             artifacts=ints["artifacts"][k], missing=ints["missing"][k],
             duplicates=ints["duplicates"][k], late=ints["late"][k],
-            sequence_gaps=ints["gaps"][k], battery=battery[k], quality=quality[k]))
+            sequence_gaps=ints["gaps"][k], battery=battery[k], quality=quality[k],
+            applied_at=at[k]))
     return result

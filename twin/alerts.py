@@ -15,6 +15,9 @@ Kinds (one open alert per patient and kind, updated in place):
 - `sensor_off` (technical): readings arrive but a worn sensor's values have not been believed
   (sensor off, zeros, repeated artifacts) for `sensor_off_s`.
 - `low_battery` (technical): state of charge at or below the device's warning level.
+- `rejected_readings` (technical): readings arrive but are rejected (late, duplicates, dated
+  outside the accepted window) at `reject_alert_per_min` or more: the twin is not following
+  the patient although data comes in, and the cause (e.g. a device clock ahead) is named.
 
 Priorities follow IEC 60601-1-8 (high: immediate response; medium: prompt; low: awareness).
 """
@@ -34,9 +37,18 @@ from twin.channels import INDEX, NAMES, C
 
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
-KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery")
+KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery",
+                          "rejected_readings")
 CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "no_data": "technical",
-            "sensor_off": "technical", "low_battery": "technical"}
+            "sensor_off": "technical", "low_battery": "technical",
+            "rejected_readings": "technical"}
+# What a clinician or a technician should know of each cause of rejected readings.
+REJECT_CAUSES = {
+    "late": "readings dated before the twin's latest (device clock ahead earlier, or set back; "
+            "or delivery delayed)",
+    "duplicate": "readings already applied sent again (sequence numbers repeated)",
+    "ts_out_of_range": "readings dated outside the accepted window (device clock wrong)",
+}
 # Worn sensors whose silence means the wearable is not measuring (not the cuff or thermometer).
 _WORN = [INDEX["hr"], INDEX["spo2"]]
 
@@ -48,7 +60,7 @@ class AlertPolicy:
     # A condition must hold this long before an alert is raised (0: at once). Emergencies at once.
     raise_after_s: dict[str, float] = field(default_factory=lambda: {
         "news2": 60.0, "news2_forecast": 120.0, "no_data": 0.0, "sensor_off": 0.0,
-        "low_battery": 0.0})
+        "low_battery": 0.0, "rejected_readings": 0.0})
     raise_high_at_once: bool = True
     # ...and must be clear this long before it resolves (hysteresis in time).
     clear_after_s: float = 300.0
@@ -60,6 +72,8 @@ class AlertPolicy:
     no_data_s: float = 300.0
     sensor_off_s: float = 120.0
     low_battery: float = 0.2
+    # rejected readings per minute that raise `rejected_readings`; 0: never
+    reject_alert_per_min: float = 10.0
     # Unacknowledged: a reminder after `remind_after_s`, escalation (priority up one level, wider
     # audience) after `escalate_after_s`. Per priority; None: never.
     remind_after_s: dict[str, float | None] = field(default_factory=lambda: {
@@ -75,7 +89,9 @@ class TwinView:
     estimate, sd: `(N, C)`; forecast, forecast_sd: `(N, H, C)` at `horizons_min (H,)`; news2: `(N,)`
     int; components: `(N, 7)` int; spo2_scale: `(N,)` 1/2; since_reading_s: `(N,)` seconds since the
     device's last reading (NaN: never); channel_age_s: `(N, C)` seconds since each channel was last
-    believed (NaN: never); battery: `(N,)` 0-1 (NaN: unknown).
+    believed (NaN: never); battery: `(N,)` 0-1 (NaN: unknown); rejects_per_min: `(N,)` readings
+    rejected per minute lately (None: none known), reject_cause: N keys of REJECT_CAUSES (the
+    commonest cause) or None.
     """
 
     patient_ids: list[str]
@@ -90,6 +106,8 @@ class TwinView:
     since_reading_s: np.ndarray
     channel_age_s: np.ndarray
     battery: np.ndarray
+    rejects_per_min: np.ndarray | None = None
+    reject_cause: list[str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,14 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
     on[:, k["low_battery"]] = low
     clear[:, k["low_battery"]] = ~low & ~np.isnan(view.battery)
     prio[:, k["low_battery"]] = 0
+
+    if view.rejects_per_min is not None and policy.reject_alert_per_min > 0:
+        rate = np.nan_to_num(view.rejects_per_min)
+        on[:, k["rejected_readings"]] = rate >= policy.reject_alert_per_min
+        clear[:, k["rejected_readings"]] = rate < policy.reject_alert_per_min / 2
+    else:
+        clear[:, k["rejected_readings"]] = True
+    prio[:, k["rejected_readings"]] = 1
     return Conditions(on, prio, p_red, red_ch, clear)
 
 
@@ -451,7 +477,7 @@ class AlertEngine:
     def _title(a: Alert) -> str:
         return {"news2": "NEWS2", "news2_forecast": "Predicted red NEWS2 parameter",
                 "no_data": "No data", "sensor_off": "Sensor off",
-                "low_battery": "Low battery"}[a.kind]
+                "low_battery": "Low battery", "rejected_readings": "Readings rejected"}[a.kind]
 
     def _describe(self, a: Alert) -> str:
         ev = a.evidence
@@ -466,6 +492,10 @@ class AlertEngine:
             return f"no reading for {ev.get('since_reading_s', 0) / 60:.0f} min"
         if a.kind == "sensor_off":
             return f"no believable value from {', '.join(ev.get('channels', []))}"
+        if a.kind == "rejected_readings":
+            cause = REJECT_CAUSES.get(str(ev.get("cause")), "unknown cause")
+            return (f"{ev.get('per_min', 0):.0f} readings a minute rejected: {cause}; the twin "
+                    "is not following these readings")
         return f"battery at {ev.get('battery', 0) * 100:.0f} %"
 
     def _evidence(self, view: TwinView, cond: Conditions, i: int, kind: str) -> dict[str, object]:
@@ -492,4 +522,7 @@ class AlertEngine:
                               if view.channel_age_s[i, j] >= self.policy.sensor_off_s]
         elif kind == "low_battery":
             ev["battery"] = _fmt(view.battery[i])
+        elif kind == "rejected_readings" and view.rejects_per_min is not None:
+            ev["per_min"] = _fmt(view.rejects_per_min[i])
+            ev["cause"] = view.reject_cause[i] if view.reject_cause else None
         return ev

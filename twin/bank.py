@@ -28,6 +28,8 @@ from twin.model import (
 
 STATE_VERSION = 4
 DEVICE_SLOTS = 4
+MAX_GAP = 2**31 - 1  # most readings one sequence jump counts as lost
+_U32_MAX = np.iinfo(np.uint32).max  # the counters saturate instead of wrapping
 
 STATE_DTYPE = np.dtype(
     [
@@ -281,7 +283,11 @@ def step(states: State, readings: Readings, params: ModelParams,
                         np.where(empty.any(axis=1), empty.argmax(axis=1),
                                  s["seq"].argmin(axis=1)))  # all taken: reuse the stalest
         last_seq = s["seq"][idx, slot]
-        dup = known & (seq <= last_seq)
+        # A number at or below the device's last is a redelivery only if the reading is not
+        # newer than the twin: a newer one comes from a device that restarted its numbering (a
+        # reboot, a replaced unit), or after one forged huge number; treating those as
+        # duplicates would freeze the twin for good.
+        dup = known & (seq <= last_seq) & ~(t > s["t"])
         is_late = ~dup & (t < s["t"])  # NaN t (new twin) compares False
         if readings.not_before is not None:
             # older than the twin's history: late, whatever the device's numbering says
@@ -291,7 +297,8 @@ def step(states: State, readings: Readings, params: ModelParams,
         ok = ~dup & ~is_late
         # A jump in a device's numbering means readings were lost before they reached the twin:
         # count them, so a twin never looks complete when it is not.
-        skipped = np.where(known & ok, np.maximum(seq - last_seq - 1, 0), 0)
+        # (at most MAX_GAP per reading: a jump across the 64-bit range is not that many lost)
+        skipped = np.where(known & ok, np.clip(seq - last_seq - 1, 0, MAX_GAP), 0)
         gap[sel] = skipped
         duplicate[sel] = dup
         late[sel] = is_late
@@ -321,7 +328,7 @@ def step(states: State, readings: Readings, params: ModelParams,
         s["applied"] += move.astype(np.uint64)
         s["duplicates"] += dup.astype(np.uint32)
         s["late"] += is_late.astype(np.uint32)
-        s["gaps"] += skipped.astype(np.uint32)
+        s["gaps"][...] = np.minimum(s["gaps"] + skipped.astype(np.uint64), _U32_MAX)
         q, b = readings.quality[sel], readings.battery[sel]
         s["quality"][...] = np.where(move & ~np.isnan(q), q, s["quality"])
         s["battery"][...] = np.where(move & ~np.isnan(b), b, s["battery"])

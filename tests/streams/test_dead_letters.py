@@ -113,3 +113,69 @@ def test_fhir_observations_become_twins(settings_factory, procs):
     assert last.estimate["hr"] is not None and last.battery == 1.0
     dead = _consume(s, s.topic_vitals_dlq, lambda seen: False, timeout=2)
     assert dead == []
+
+
+def test_poison_between_good_readings_never_stops_the_worker(settings_factory, procs):
+    """The messages that stopped a worker (and every restart after it) before: each is a dead
+    letter, and every good reading around them is applied exactly once."""
+    from streams import fhir
+
+    s, env, port = _worker(settings_factory, procs)
+    now = time.time()
+
+    def good(pid: str, seq: int) -> bytes:
+        return messages.encode(messages.reading(f"D-{pid}", pid, seq,
+                                                messages.utc(now - 200 + seq), {"hr": 70.0}))
+
+    def doc(pid: str, **change) -> bytes:
+        d = json.loads(good(pid, 1))
+        d.update(change)
+        return json.dumps(d).encode()
+
+    bad_fhir = fhir.encode_reading("D-P1", "P1", 1, "2026-01-01T00:00:00Z", {"hr": 70.0})
+    for e in bad_fhir["entry"]:
+        e["resource"]["identifier"][0]["value"] = "D-P1:²"
+    poison = {  # kind -> message (key P1 .. P3)
+        "wrong_type": doc("P1", seq=2**64 - 1),
+        "ts_out_of_range": doc("P2", ts="2100-01-01T00:00:00Z"),
+        "not_json": good("P3", 1).replace(b'"value":70.0', b'"value":NaN'),
+        "oversized": b"[" * 300_000,
+    }
+    poison_fhir = json.dumps(bad_fhir).encode()
+    p = KafkaProducer(**kafka_python_producer_config(s))
+    sent_bad: Counter = Counter()
+    for seq in range(1, 31):
+        for pid in ("P1", "P2", "P3"):
+            p.send(s.topic_vitals_raw, key=pid.encode(), value=good(pid, seq))
+        if seq % 3 == 0:
+            for (kind, value), key in zip(poison.items(), (b"P1", b"P2", b"P3", b"P1"),
+                                          strict=True):
+                p.send(s.topic_vitals_raw, key=key, value=value)
+                sent_bad[kind] += 1
+            p.send(s.topic_vitals_raw, key=b"P1", value=poison_fhir)
+            sent_bad["wrong_type"] += 1
+            p.send(s.topic_vitals_raw, key=b"P1", value=b"\xff\xfe" + good("P1", seq))
+            sent_bad["not_json"] += 1
+    p.flush()
+    p.close()
+
+    def done(seen):
+        latest: dict[str, int] = {}
+        for r in seen:
+            st = msgspec.json.decode(r.value, type=messages.TwinState)
+            latest[st.patient_id] = max(latest.get(st.patient_id, 0), st.readings_applied)
+        return latest == {"P1": 30, "P2": 30, "P3": 30}
+
+    states = _consume(s, s.topic_twin_state, done, timeout=60)
+    assert done(states), procs.log("worker")[-3000:]
+    total = sum(sent_bad.values())
+    dead = _consume(s, s.topic_vitals_dlq, lambda seen: len(seen) >= total, timeout=30)
+    letters = [msgspec.json.decode(r.value, type=messages.DeadLetter) for r in dead]
+    assert Counter(d.kind for d in letters) == sent_bad
+    assert procs.items[0].poll() is None, procs.log("worker")[-3000:]  # still running
+    final = [msgspec.json.decode(r.value, type=messages.TwinState) for r in states]
+    assert max(st.duplicates for st in final) == 0  # each good reading applied once
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert re.search(r'^patient_twin_rejected_readings_total{cause="ts_out_of_range"} '
+                     rf'{sent_bad["ts_out_of_range"]}\.0$', text, re.M), text[-2000:]

@@ -94,13 +94,32 @@ def test_a_dead_child_fails_the_batch_with_a_clear_error():
         dec.close()
 
 
+def test_a_bug_decoding_one_message_dead_letters_it_and_the_child_goes_on(capfd):
+    dec = Decoder(lines=False)
+    try:
+        # a bug's stand-in: a TypeError inside decoding this one message
+        got = dec.decode([False, False], [b"p1", BATCH[0][1]], ["not bytes", BATCH[0][2]])
+        (i, reason, kind), = got.rejects
+        assert (i, kind) == (0, "undecodable")
+        assert re.fullmatch(r"the message could not be decoded \(TypeError at messages\.py:\d+\)",
+                            reason)
+        assert "not bytes" not in reason
+        assert len(got.batch.readings.row) == len(messages.decode_readings(BATCH[0][2]))
+        # and the next batch is answered as usual
+        assert dec.decode(*split(BATCH)).rejects == decode_batch(*split(BATCH), False).rejects
+    finally:
+        dec.close()
+    assert dec._proc.returncode == 0
+
+
 def test_a_failing_child_exits_saying_where_not_what(capfd):
     dec = Decoder(lines=False)
     try:
         with pytest.raises(DecoderGone, match=r"exit code 3\)"):
-            dec.decode([False], [b"p1"], ["not bytes"])  # a bug's stand-in: a TypeError inside
+            # a bug outside any one message: a request the child cannot unpack
+            dec.decode([False], [b"p1"], None)  # type: ignore[arg-type]
     finally:
         dec.close()
     err = capfd.readouterr().err
-    assert re.search(r"decoding a batch failed \(TypeError at messages\.py:\d+\)", err)
-    assert "Traceback" not in err and "not bytes" not in err
+    assert re.search(r"decoding a batch failed \(TypeError at decoder\.py:\d+\)", err)
+    assert "Traceback" not in err
