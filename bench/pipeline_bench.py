@@ -41,7 +41,14 @@ import msgspec
 import numpy as np
 
 from devices.faults import DeviceEffects
-from devices.run import KafkaOutput, SimulationStats, Ward
+from devices.run import (
+    KafkaOutput,
+    SimulationStats,
+    Ward,
+    admission_records,
+    admit,
+    pairing_records,
+)
 from streams import broker, config, messages, supervise, topics
 
 
@@ -58,6 +65,7 @@ def prefill(s: config.Settings, patients: int, readings: int, per_message: int) 
     out = KafkaOutput(s, stats, client_id="bench-prefill")
     ward = Ward(patients, seed=7, rate=1.0, mix="stable=0.7,sepsis=0.3", horizon_s=3600.0,
                 start=time.time() - 3600, effects=DeviceEffects(), batch=per_message)
+    admit(s, admission_records(ward.cohort, ["A"], time.time()))
     while ward.stats.readings < readings:
         ward.step(out)
     ward.finish(out)
@@ -191,6 +199,8 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
 
         th = threading.Thread(target=consume, daemon=True)
         th.start()
+        admit(s, pairing_records([(f"L{i:05d}", f"LD{i:05d}") for i in range(patients)], "A",
+                                 "bench", time.time()))
         prod = _producer_process(s, patients, seconds)
         out, _ = prod.communicate(timeout=seconds + 120)
         time.sleep(3)  # the last readings' states

@@ -6,6 +6,10 @@ the latest state at once on start and any number of replicas can run side by sid
 Besides the latest state per patient it keeps a short history per patient for the trend plots
 (`History`: one sample per `HISTORY_STEP_S`, `HISTORY_POINTS` samples, fixed-size numpy arrays so
 memory is bounded: about 150 KB per patient) and the open alerts (raised and not yet resolved).
+
+Every record is checked against its schema in streams.messages before it is shown; one that fails
+is counted in `skipped` and passed over (streams.follow), since the feed replays its topics from
+the beginning at every start.
 """
 
 from __future__ import annotations
@@ -15,13 +19,23 @@ import queue
 import threading
 from collections import deque
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
 from streams.config import Settings
 from streams.follow import Follower
+from streams.messages import (
+    ALERT_SCHEMA,
+    TWIN_STATE_SCHEMA,
+    AlertEvent,
+    Id,
+    TwinState,
+    check_ts,
+    decode_record,
+    reject,
+)
 from streams.registry import Registry
 from twin.channels import NAMES
 
@@ -97,6 +111,48 @@ class Listener(queue.Queue[dict[str, Any]]):
                     self.dropped += 1
 
 
+_Aware = Annotated[datetime, msgspec.Meta(tz=True)]
+_AWARE = {datetime: _Aware, datetime | None: _Aware | None}
+
+
+def _view(schema: type[msgspec.Struct], folds_on: tuple[str, ...], **stricter: Any
+          ) -> msgspec.json.Decoder[Any]:
+    """A decoder of `schema` as the feed shows it: every field with the schema's type (or the
+    stricter one given; times with a UTC offset, which the pages subtract from an aware now) and
+    default, and absent (UNSET) allowed for a field the schema requires unless the feed folds on
+    it. The worker writes whole records; tests and tools write partial ones, and the pages read
+    most fields with a fallback."""
+    fields: list[tuple[Any, ...]] = []
+    for f in msgspec.structs.fields(schema):
+        t = stricter.get(f.name, _AWARE.get(f.type, f.type))
+        if not f.required:
+            fields.append((f.name, t, f.default if f.default is not msgspec.NODEFAULT
+                           else msgspec.field(default_factory=f.default_factory)))
+        elif f.name in folds_on:
+            fields.append((f.name, t))
+        else:
+            fields.append((f.name, t | msgspec.UnsetType, msgspec.UNSET))
+    view = msgspec.defstruct(f"{schema.__name__}View", fields, kw_only=True, frozen=True)
+    return msgspec.json.Decoder(view)
+
+
+# History keeps NEWS2 as int16; an aggregate score is never negative
+_NEWS2 = Annotated[int, msgspec.Meta(ge=0, le=np.iinfo(np.int16).max)]
+_STATE_VIEW = _view(TwinState, ("patient_id", "ts"), patient_id=Id, news2=_NEWS2)
+_ALERT_VIEW = _view(AlertEvent, ("alert_id", "patient_id", "event", "ts"), patient_id=Id)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], value: bytes | None, schema: str
+            ) -> tuple[Any, float]:
+    """A twin state or alert event as its view struct, and its time (epoch s); InvalidMessage
+    with the reason otherwise."""
+    rec = decode_record(decoder, value)
+    if rec.schema != schema:
+        raise reject(f"schema {rec.schema!r} is not supported (expected {schema!r})",
+                     "wrong_schema")
+    return rec, check_ts(rec.ts)
+
+
 class TwinFeed:
     """Latest twin state, history and open alerts per patient, and the patient registry, kept
     current by a thread."""
@@ -141,34 +197,41 @@ class TwinFeed:
     def caught_up(self) -> bool:
         return self._follower is not None and self._follower.caught_up.is_set()
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records passed over because they are not valid, by topic."""
+        return dict(self._follower.skipped) if self._follower is not None else {}
+
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        """Fold one record into the view (also used by tests and benchmarks without Kafka)."""
-        if topic == self.settings.topic_patients:
+        """Fold one record into the view (also used by tests and benchmarks without Kafka);
+        InvalidMessage, the view unchanged, for a record that is not valid."""
+        s = self.settings
+        if topic == s.topic_patients:
             self.registry.apply(topic, key, value)
             return
-        try:
-            doc = msgspec.json.decode(value or b"")
-        except msgspec.DecodeError:
+        if topic == s.topic_twin_state:
+            if value is None and key is not None:
+                return  # a tombstone on the compacted topic (the worker writes none)
+            rec, t = _decode(_STATE_VIEW, value, TWIN_STATE_SCHEMA)
+        elif topic == s.topic_alerts:
+            rec, t = _decode(_ALERT_VIEW, value, ALERT_SCHEMA)
+        else:
             return
-        if not isinstance(doc, dict) or "patient_id" not in doc:
-            return
-        pid = doc["patient_id"]
+        # the pages read dicts: the record as the schema decoded it (times as ISO strings)
+        doc = msgspec.to_builtins(rec)
+        pid = rec.patient_id
         with self._lock:
-            if topic == self.settings.topic_twin_state:
+            if topic == s.topic_twin_state:
                 self._states[pid] = doc
                 for q in self._listeners.get(pid, ()):
-                    q.offer({"event": "state", "patient_id": pid, "ts": doc.get("ts")})
-                try:
-                    t = datetime.fromisoformat(doc["ts"]).timestamp()
-                except (KeyError, TypeError, ValueError):
-                    return
+                    q.offer({"event": "state", "patient_id": pid, "ts": doc["ts"]})
                 self._history.setdefault(pid, History()).add(doc, t)
-            elif topic == self.settings.topic_alerts:
+            else:
                 self._alerts.append(doc)
-                if doc.get("event") == "resolved":
-                    self._open.pop(doc.get("alert_id", ""), None)
+                if rec.event == "resolved":
+                    self._open.pop(rec.alert_id, None)
                 else:
-                    self._open[doc.get("alert_id", "")] = doc
+                    self._open[rec.alert_id] = doc
                 for q in (*self._listeners.get(None, ()), *self._listeners.get(pid, ())):
                     q.offer(doc)
 

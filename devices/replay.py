@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from devices.records import read
-from devices.run import FileOutput, KafkaOutput, Output, SimulationStats, StopFlag
+from devices.run import (
+    FileOutput,
+    KafkaOutput,
+    Output,
+    SimulationStats,
+    StopFlag,
+    admit,
+    pairing_records,
+)
 from streams import messages
 from streams.config import Settings
 from twin.channels import NAMES
@@ -47,6 +55,11 @@ def replay(settings: Settings, paths: list[str], *, speed: float, to: str = "kaf
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     out: Output = KafkaOutput(settings, sim_stats, client_id="patient-twin-replay") \
         if to == "kafka" else FileOutput(to)
+    if to == "kafka":
+        # each record's patient, admitted with its replay device paired (the worker applies
+        # readings only of admitted patients from paired devices)
+        admit(settings, pairing_records({(r.patient_id, f"REC-{r.patient_id}") for r in recs},
+                                        "replay", "replay", time.time()))
     t0 = time.monotonic()
     last_report = t0
     seq = [0] * len(recs)

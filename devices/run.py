@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -261,14 +262,23 @@ def admission_records(cohort: Cohort, wards: list[str], now: float) -> list[Pati
     return out
 
 
-def admit(settings: Settings, cohort: Cohort, wards: list[str]) -> None:
-    """Write the cohort's admissions to the registry topic and wait until the broker has them."""
+def pairing_records(pairs: Iterable[tuple[str, str]], ward: str, by: str,
+                    now: float) -> list[PatientRecord]:
+    """Admit each (patient id, device id) to `ward` with that device paired (for replayed
+    records, benchmarks and tests: the worker applies readings only of admitted patients from
+    paired devices)."""
+    return [PatientRecord(schema=PATIENT_SCHEMA, patient_id=pid, event="admit", ts=utc(now),
+                          ward=ward, devices=[dev], by=by) for pid, dev in pairs]
+
+
+def admit(settings: Settings, records: list[PatientRecord]) -> None:
+    """Write admissions to the registry topic and wait until the broker has them."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(client_id="patient-twin-simulator-admit", acks="all",
                              **kafka_python_producer_config(settings))
     try:
-        for rec in admission_records(cohort, wards, time.time()):
+        for rec in records:
             producer.send(settings.topic_patients, key=rec.patient_id.encode(),
                           value=_encoder.encode(rec))
         producer.flush(timeout=30)
@@ -295,7 +305,7 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     out: Output = KafkaOutput(settings, stats) if to == "kafka" else FileOutput(to)
     if wards and to == "kafka":
-        admit(settings, ward.cohort, wards)
+        admit(settings, admission_records(ward.cohort, wards, time.time()))
     t0 = time.monotonic()
     last_report = t0
     try:

@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import faust
+import numpy as np
 from faust.types import TP
 from kafka.partitioner.default import murmur2
 
-from streams import messages
+from streams import admission, messages
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
@@ -31,12 +32,15 @@ from streams.errors import ConfigError, InvalidMessage, where
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
-from streams.process import TwinProcessor
+from streams.process import TwinProcessor, select
 from streams.registry import Registry
 from streams.sink import InfluxSink, alert_points, state_points
 from twin.alerts import REJECT_CAUSES, AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
+# Longest a batch waits for the registry to catch up before refusing readings of patients it
+# does not know (an admission written just before the patient's first readings).
+ADMISSION_SYNC_S = 2.0
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -230,7 +234,30 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         metrics.readings.inc(len(decoded.batch.readings.row))
         metrics.batch_size.observe(len(events))
         if decoded.batch.pids:
+            decoded = await admit(decoded, events)
+        if decoded.batch.pids:
             await process(decoded, events)
+
+    async def admit(decoded: Decoded, events: list[Any]) -> Decoded:
+        """The readings of admitted patients from their paired devices; the messages of any
+        other go to the dead-letter topic (streams.admission)."""
+        why = admission.check(decoded.batch, registry.paired)
+        if why.any() and await asyncio.get_running_loop().run_in_executor(
+                None, registry.sync, ADMISSION_SYNC_S):
+            # an admission or pairing written just before its first readings may not have
+            # reached this worker's registry yet: read up to the registry's end, once, first
+            why = admission.check(decoded.batch, registry.paired)
+        if not why.any():
+            return decoded
+        refused = decoded.source[why != 0]
+        codes = why[why != 0]
+        first = dict(zip(refused.tolist()[::-1], codes.tolist()[::-1], strict=True))
+        for m, code in sorted(first.items()):
+            await dead_letter(events[m], admission.REASONS[code], admission.KINDS[code])
+        keep = ~np.isin(decoded.source, refused)
+        return Decoded(decoded.rejects, select(decoded.batch, keep),
+                       [line for line, k in zip(decoded.lines, keep.tolist(), strict=False)
+                        if k] if decoded.lines else [], decoded.source[keep])
 
     async def dead_letter(ev: Any, reason: str, kind: str) -> None:
         msg = ev.message

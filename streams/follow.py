@@ -4,6 +4,10 @@ and write single records to a topic (`TopicWriter`, the write side of clinicians
 Every dashboard replica and every webhook dispatcher keeps its own view of small compacted or
 recent topics (twin states, alerts, subscriptions, the patient registry) this way, so any number
 of them can run side by side and each shows the latest state at once on start.
+
+A view replays its topics from the beginning at every start, so a record it cannot apply must
+never stop it: `apply` raises InvalidMessage for such a record, and the follower counts it in
+`skipped` and logs where it is and why (the kind), never what it holds.
 """
 
 from __future__ import annotations
@@ -15,13 +19,26 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
+from streams.errors import InvalidMessage, where
+from streams.messages import reject
 
 log = logging.getLogger("patient_twin.follow")
 
 
+def record_key(key: bytes | None) -> str:
+    """A record's key as text; InvalidMessage if it has none or it is not UTF-8."""
+    if not key:
+        raise reject("the record has no key", "missing_key")
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        raise reject("the record's key is not UTF-8", "bad_key") from None
+
+
 class Follower:
     """A thread that feeds every record of `topics` (key, value) to `apply`, reconnecting on
-    Kafka errors. `connected` says whether it currently reads."""
+    Kafka errors. `connected` says whether it currently reads; `skipped` counts, by topic, the
+    records `apply` refused (InvalidMessage) or failed on."""
 
     def __init__(self, settings: Settings, topics: Sequence[str],
                  apply: Callable[[str, bytes | None, bytes | None], None],
@@ -34,7 +51,12 @@ class Follower:
         self.apply = apply
         self.client_id = client_id
         self.connected = False
+        # every topic's entry exists from the start: readers in other threads see a fixed dict
+        self.skipped: dict[str, int] = dict.fromkeys(self.topics, 0)
         self.caught_up = threading.Event()  # set once everything present at start was applied
+        self._sync_asked = threading.Event()
+        self._synced = threading.Event()
+        self._last_sync = -1e9
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -42,6 +64,18 @@ class Follower:
         self._thread = threading.Thread(target=self._run, name=self.client_id, daemon=True)
         self._thread.start()
         return self
+
+    def sync(self, timeout: float, min_interval_s: float = 1.0) -> bool:
+        """Wait (up to `timeout`) until every record on the topics now has been applied; True
+        if so. At most once per `min_interval_s` (False at once otherwise), so a caller asking
+        for every batch cannot make every batch wait."""
+        now = time.monotonic()
+        if now - self._last_sync < min_interval_s or not self.connected:
+            return False
+        self._last_sync = now
+        self._synced.clear()
+        self._sync_asked.set()
+        return self._synced.wait(timeout)
 
     def stop(self) -> None:
         self._stop.set()
@@ -69,19 +103,41 @@ class Follower:
                 consumer.seek_to_beginning(*parts)
                 ends = consumer.end_offsets(parts)
                 self.connected = True
+                target = None
                 while not self._stop.is_set():
-                    batch = consumer.poll(timeout_ms=200, max_records=5000)
-                    for tp, records in batch.items():
+                    if self._sync_asked.is_set():
+                        self._sync_asked.clear()
+                        target = consumer.end_offsets(parts)
+                    batch = consumer.poll(timeout_ms=0 if target else 200, max_records=5000)
+                    for records in batch.values():
                         for rec in records:
-                            self.apply(tp.topic, rec.key, rec.value)
+                            self._apply(rec)
                     if not self.caught_up.is_set() and all(
                             consumer.position(tp) >= ends[tp] for tp in parts):
                         self.caught_up.set()
+                    if target and all(consumer.position(tp) >= target[tp] for tp in parts):
+                        target = None
+                        self._synced.set()
                 consumer.close()
             except KafkaError as exc:
                 self.connected = False
                 log.warning("%s lost Kafka (%s); retrying", self.client_id, type(exc).__name__)
                 time.sleep(1.0)
+
+    def _apply(self, rec: Any) -> None:
+        """Apply one consumer record; count and log one that cannot be applied, and go on."""
+        try:
+            self.apply(rec.topic, rec.key, rec.value)
+            return
+        except InvalidMessage as exc:
+            kind = exc.kind
+            level = logging.WARNING
+        except Exception as exc:  # a bug: it must not stop the view at every replay
+            kind = where(exc)
+            level = logging.ERROR
+        self.skipped[rec.topic] += 1
+        log.log(level, "%s skipped the record at %s partition %d offset %d (%s)",
+                self.client_id, rec.topic, rec.partition, rec.offset, kind)
 
 
 class TopicWriter:

@@ -402,6 +402,8 @@ def decode_with(decoder: msgspec.json.Decoder, data: bytes, prefix: str = "") ->
         raise reject(f"{prefix}{exc}") from exc
     except msgspec.DecodeError as exc:
         raise reject(f"not JSON: {exc}", "not_json") from exc
+    except UnicodeDecodeError as exc:  # msgspec's error for a JSON string that is not UTF-8
+        raise reject("not JSON: a string is not UTF-8", "not_json") from exc
 
 
 def decode_patient(data: bytes) -> PatientRecord:
@@ -430,16 +432,12 @@ _alert_decoder = msgspec.json.Decoder(AlertEvent)
 
 def decode_record(decoder: msgspec.json.Decoder, data: bytes | None) -> Any:
     """`decode_with` for a record read back from a topic: InvalidMessage also for a null or
-    empty value, one over MAX_MESSAGE_BYTES, and a JSON string that is not UTF-8 (msgspec raises
-    UnicodeDecodeError for that, not DecodeError)."""
+    empty value and one over MAX_MESSAGE_BYTES."""
     if not data:
         raise reject("empty or null value", "empty")
     if len(data) > MAX_MESSAGE_BYTES:
         raise reject(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}", "oversized")
-    try:
-        return decode_with(decoder, data)
-    except UnicodeDecodeError as exc:
-        raise reject("not JSON: a string is not UTF-8", "not_json") from exc
+    return decode_with(decoder, data)
 
 
 def decode_twin_state(data: bytes | None) -> TwinState:

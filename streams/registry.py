@@ -9,7 +9,6 @@ topic, and every change writes the full record again.
 
 from __future__ import annotations
 
-import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +17,9 @@ import msgspec
 
 from streams.config import Settings
 from streams.errors import PatientTwinError
-from streams.follow import Follower, TopicWriter
-from streams.messages import PATIENT_SCHEMA, InvalidMessage, PatientRecord, decode_patient
-
-log = logging.getLogger("patient_twin.registry")
+from streams.follow import Follower, TopicWriter, record_key
+from streams.messages import PATIENT_SCHEMA, PatientRecord, decode_patient
+from twin.bank import device_hash
 
 EVENTS = ("admit", "transfer", "discharge", "update")
 
@@ -80,6 +78,8 @@ class Registry:
         self.settings = settings
         self._lock = threading.Lock()
         self._records: dict[str, PatientRecord] = {}
+        # admitted patient -> the device hashes (`twin.bank.device_hash`) paired to them
+        self._paired: dict[str, frozenset[int]] = {}
         self.follower: Follower | None = None
 
     def start(self, client_id: str = "patient-twin-registry") -> Registry:
@@ -93,23 +93,42 @@ class Registry:
         if self.follower is not None:
             self.follower.stop()
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records passed over because they are not valid, by topic (this registry's own
+        follower; a view that feeds it counts them in its own)."""
+        return dict(self.follower.skipped) if self.follower is not None else {}
+
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """Apply one record of the patients topic; InvalidMessage, the registry unchanged, for a
+        record that is not valid."""
         if value is None:  # a tombstone erases the patient's record
-            if key is not None:
-                with self._lock:
-                    self._records.pop(key.decode(), None)
+            pid = record_key(key)
+            with self._lock:
+                self._records.pop(pid, None)
+                self._paired.pop(pid, None)
             return
-        try:
-            rec = decode_patient(value)
-        except InvalidMessage as exc:
-            log.warning("ignoring an invalid registry record: %s", exc.kind)
-            return
+        rec = decode_patient(value)
+        paired = None if rec.event == "discharge" else \
+            frozenset(device_hash(rec.devices).tolist())
         with self._lock:
             self._records[rec.patient_id] = rec
+            if paired is None:
+                self._paired.pop(rec.patient_id, None)
+            else:
+                self._paired[rec.patient_id] = paired
 
     def get(self, patient_id: str) -> PatientRecord | None:
         with self._lock:
             return self._records.get(patient_id)
+
+    def paired(self, patient_id: str) -> frozenset[int] | None:
+        """The device hashes paired to an admitted patient; None if not admitted."""
+        return self._paired.get(patient_id)
+
+    def sync(self, timeout: float) -> bool:
+        """Read the registry up to its end now (`Follower.sync`); False without a follower."""
+        return self.follower.sync(timeout) if self.follower is not None else False
 
     def admitted(self) -> dict[str, PatientRecord]:
         """Patients currently admitted (not discharged)."""

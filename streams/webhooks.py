@@ -9,7 +9,8 @@ with `X-PatientTwin-Delivery` (stable across retries and restarts: receivers ded
 A failed delivery (network error or a non-2xx answer) is retried with exponential backoff; after
 `WEBHOOK_MAX_ATTEMPTS` it goes to the webhook dead-letter topic with its delivery log. A queue
 commits an alert's offset only once its delivery has succeeded or been dead-lettered, so a
-restarted dispatcher delivers what was pending (at least once).
+restarted dispatcher delivers what was pending (at least once). A record that is not a valid alert
+event or subscription is counted in `skipped` and passed over.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
-from streams.follow import Follower
+from streams.errors import InvalidMessage
+from streams.follow import Follower, record_key
+from streams.messages import decode_alert, decode_record, reject
 from streams.registry import Registry
 from twin.alerts import KINDS, PRIORITIES
 
@@ -40,6 +43,11 @@ SIGNATURE_HEADER = "X-PatientTwin-Signature"
 DELIVERY_HEADER = "X-PatientTwin-Delivery"
 SUBSCRIPTION_SCHEMA = "patient-twin.subscription/1"
 TOLERANCE_S = 300  # receivers reject signatures older than this (replay protection)
+# The embedded broker (Tansu) answers a group's first JoinGroup after half the session timeout:
+# with kafka-python's 45 s a new or restarted dispatcher delivered nothing for ~23 s. 10 s
+# (Kafka's default before 3.0) joins in ~5 s; heartbeats go from kafka-python's own thread, so
+# slow deliveries do not end the session.
+QUEUE_SESSION_TIMEOUT_MS = 10_000
 
 
 class Subscription(msgspec.Struct, frozen=True, kw_only=True):
@@ -137,16 +145,26 @@ class SubscriptionView:
     def stop(self) -> None:
         self.follower.stop()
 
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records passed over because they are not valid, by topic."""
+        return dict(self.follower.skipped)
+
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        if topic == self.settings.topic_subscriptions and key is not None:
+        """Apply one record; InvalidMessage, the view unchanged, for a record that is not valid.
+        """
+        if topic == self.settings.topic_subscriptions:
+            sid = record_key(key)
+            if value is None:
+                with self._lock:
+                    self.subscriptions.pop(sid, None)
+                return
+            sub = decode_record(self._decoder, value)
+            if sub.schema != SUBSCRIPTION_SCHEMA:
+                raise reject(f"schema {sub.schema!r} is not supported (expected "
+                             f"{SUBSCRIPTION_SCHEMA!r})", "wrong_schema")
             with self._lock:
-                if value is None:
-                    self.subscriptions.pop(key.decode(), None)
-                    return
-                try:
-                    self.subscriptions[key.decode()] = self._decoder.decode(value)
-                except msgspec.DecodeError:
-                    log.warning("ignoring an undecodable subscription record")
+                self.subscriptions[sid] = sub
         elif topic == self.settings.topic_patients:
             self.registry.apply(topic, key, value)
 
@@ -199,6 +217,7 @@ class Dispatcher:
         self.clock = clock
         self.delivered = 0
         self.dead = 0
+        self._skipped_alerts = 0  # by any subscription's queue: each reads every alert
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._producer: Any = None
@@ -226,6 +245,21 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Records passed over because they are not valid, by topic: alert events (once per
+        subscription that read them), subscriptions and registry records."""
+        with self._lock:
+            return {**self.view.skipped, self.settings.topic_alerts: self._skipped_alerts}
+
+    def skip(self, rec: Any, exc: InvalidMessage) -> None:
+        """Count and log an alert record that is not a valid alert event: where and why, never
+        what it holds."""
+        with self._lock:
+            self._skipped_alerts += 1
+        log.warning("skipped the record at %s partition %d offset %d (%s)",
+                    rec.topic, rec.partition, rec.offset, exc.kind)
 
     @property
     def stopping(self) -> bool:
@@ -338,8 +372,8 @@ class SubscriberQueue(threading.Thread):
         consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhook-{self.sub.id}",
                                  client_id=f"patient-twin-webhook-{self.sub.id}",
                                  enable_auto_commit=False, auto_offset_reset="latest",
+                                 session_timeout_ms=QUEUE_SESSION_TIMEOUT_MS,
                                  **kafka_python_consumer_config(s))
-        decoder = msgspec.json.Decoder(dict[str, Any])
         try:
             while not self._halt.is_set() and not self.d.stopping:
                 batch = consumer.poll(timeout_ms=300, max_records=100)
@@ -352,10 +386,9 @@ class SubscriberQueue(threading.Thread):
                         if self._halt.is_set():
                             return
                         try:
-                            event = decoder.decode(rec.value)
-                        except msgspec.DecodeError:
-                            log.warning("skipping an undecodable alert event at offset %d",
-                                        rec.offset)
+                            event = msgspec.to_builtins(decode_alert(rec.value))
+                        except InvalidMessage as exc:
+                            self.d.skip(rec, exc)
                         else:
                             try:
                                 self.d.handle(self.sub, rec, event)

@@ -51,6 +51,15 @@ def settings_factory(broker_port: int) -> Callable[..., config.Settings]:
     return lambda **overrides: make_settings(broker_port, **overrides)
 
 
+def admit(settings: config.Settings, pairs: dict[str, str], ward: str = "A") -> None:
+    """Admit patients with their devices paired ({patient id: device id}): the worker applies
+    readings only of admitted patients from paired devices."""
+    from devices.run import admit as write
+    from devices.run import pairing_records
+
+    write(settings, pairing_records(pairs.items(), ward, "test", time.time()))
+
+
 def settings_env(settings: config.Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
     return config.to_env(settings)

@@ -17,7 +17,7 @@ from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from streams import config, messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
-from tests.conftest import settings_env, wait_for_stable_assignment, wait_until
+from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -131,6 +131,7 @@ def test_worker_writes_readings_twins_and_alerts_to_influxdb(settings_factory, p
     # exact counts below: send once the worker holds its partitions (rebalance drops are the
     # failover test's subject)
     wait_for_stable_assignment(port, s.kafka_partitions, "")
+    admit(s, {"V1": "d-V1", "V2": "d-V2"})
     producer = KafkaProducer(**kafka_python_producer_config(s))
     t0 = time.time() - 120
     for k in range(1, 61):

@@ -14,7 +14,7 @@ from kafka import KafkaProducer
 from streams import messages, supervise, topics
 from streams.catchup import CatchUp, lag_after
 from streams.config import kafka_python_producer_config
-from tests.conftest import settings_env, wait_until, worker_metric
+from tests.conftest import admit, settings_env, wait_until, worker_metric
 from tests.streams.test_failover import _latest_states
 
 
@@ -86,6 +86,7 @@ READINGS = 60
 
 
 def _prefill(s, seqs: range, t0: float) -> None:
+    admit(s, {pid: f"dev-{pid}" for pid in PATIENTS})
     p = KafkaProducer(**kafka_python_producer_config(s))
     try:
         for k in seqs:
@@ -165,16 +166,18 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
 
 # A worker whose third twin step raises: a fault the real code has no switch for (a bug, or
 # Kafka refusing the outputs), patched in before the worker starts.
+# A failure that is not about one message: writing a batch's twin records to Kafka fails (a twin
+# step that fails is retried message by message instead: tests/streams/test_hostile.py).
 FAILING_WORKER = """
 import sys
-from streams import process
-real, calls = process.TwinProcessor.process, []
-def failing(self, *args, **kwargs):
-    calls.append(1)
-    if len(calls) == 3:
-        raise RuntimeError("injected fault: the third twin step fails")
-    return real(self, *args, **kwargs)
-process.TwinProcessor.process = failing
+from streams import changelog
+real, calls = changelog.BatchWriter.write_table, []
+async def failing(self, table, records):
+    calls.append(1) if records else None
+    if records and len(calls) == 3:
+        raise RuntimeError("injected fault: Kafka refuses the third batch's twin records")
+    return await real(self, table, records)
+changelog.BatchWriter.write_table = failing
 from streams.cli import main
 sys.exit(main(["worker"]))
 """

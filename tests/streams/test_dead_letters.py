@@ -19,7 +19,7 @@ from devices import malformed
 from streams import messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
 from streams.errors import InvalidMessage
-from tests.conftest import ROOT, settings_env, wait_for_stable_assignment
+from tests.conftest import ROOT, admit, settings_env, wait_for_stable_assignment
 
 
 def _consume(s, topic: str, done, timeout: float) -> list:
@@ -142,6 +142,7 @@ def test_poison_between_good_readings_never_stops_the_worker(settings_factory, p
         "oversized": b"[" * 300_000,
     }
     poison_fhir = json.dumps(bad_fhir).encode()
+    admit(s, {pid: f"D-{pid}" for pid in ("P1", "P2", "P3")})
     p = KafkaProducer(**kafka_python_producer_config(s))
     sent_bad: Counter = Counter()
     for seq in range(1, 31):
@@ -179,3 +180,45 @@ def test_poison_between_good_readings_never_stops_the_worker(settings_factory, p
         text = resp.read().decode()
     assert re.search(r'^patient_twin_rejected_readings_total{cause="ts_out_of_range"} '
                      rf'{sent_bad["ts_out_of_range"]}\.0$', text, re.M), text[-2000:]
+
+
+def test_only_admitted_patients_and_paired_devices_feed_twins(settings_factory, procs):
+    s, env, port = _worker(settings_factory, procs)
+    admit(s, {"P1": "D1"})
+    now = time.time()
+
+    def reading(pid: str, dev: str, seq: int = 1) -> bytes:
+        return messages.encode(messages.reading(dev, pid, seq, messages.utc(now - 60 + seq),
+                                                {"hr": 70.0}))
+
+    p = KafkaProducer(**kafka_python_producer_config(s))
+    p.send(s.topic_vitals_raw, key=b"P1", value=reading("P1", "D1"))
+    p.send(s.topic_vitals_raw, key=b"P1", value=reading("P1", "D-OTHER"))  # not paired to P1
+    unknown = [f"X{i:05d}" for i in range(500)]  # ids nobody admitted
+    for pid in unknown:
+        p.send(s.topic_vitals_raw, key=pid.encode(), value=reading(pid, f"D{pid}"))
+    p.flush()
+    # admitted with its device just before its first reading: applied, not refused
+    admit(s, {"P2": "D2"})
+    p.send(s.topic_vitals_raw, key=b"P2", value=reading("P2", "D2"))
+    p.send(s.topic_vitals_raw, key=b"P1", value=reading("P1", "D1", 2))
+    p.flush()
+    p.close()
+
+    dead = _consume(s, s.topic_vitals_dlq, lambda seen: len(seen) >= 501, timeout=60)
+    letters = [msgspec.json.decode(r.value, type=messages.DeadLetter) for r in dead]
+    assert Counter(d.kind for d in letters) == {"unknown_patient": 500, "unpaired_device": 1}
+    assert all("registry" in d.reason for d in letters)
+
+    def done(seen):
+        return {msgspec.json.decode(r.value, type=messages.TwinState).patient_id: r
+                for r in seen}.keys() >= {"P1", "P2"}
+
+    states = _consume(s, s.topic_twin_state, done, timeout=30)
+    twins = {msgspec.json.decode(r.value, type=messages.TwinState).patient_id for r in states}
+    assert twins == {"P1", "P2"}, procs.log("worker")[-2000:]  # no twin for an unknown id
+    latest = [msgspec.json.decode(r.value, type=messages.TwinState) for r in states]
+    assert max(st.readings_applied for st in latest if st.patient_id == "P1") == 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'patient_twin_dead_letters_total{kind="unknown_patient"} 500.0' in text

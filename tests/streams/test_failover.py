@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streams import messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
 from tests.conftest import (
+    admit,
     settings_env,
     wait_for_stable_assignment,
     wait_until,
@@ -44,6 +45,7 @@ class Sender(threading.Thread):
         self.t0 = time.time() - 3600
 
     def run(self) -> None:
+        admit(self.settings, {pid: f"dev-{pid}" for pid in PATIENTS})
         p = KafkaProducer(linger_ms=5, **kafka_python_producer_config(self.settings))
         for k in self.rounds:
             for pid in PATIENTS:
@@ -149,6 +151,7 @@ SICK = "S001"
 def _send_sick(settings, seqs: range) -> None:
     """Readings of a patient whose NEWS2 is high from the first one (RCP 2017: RR 30, SpO2 84,
     SBP 85, HR 140 each score 3)."""
+    admit(settings, {SICK: "dev-sick"})
     p = KafkaProducer(**kafka_python_producer_config(settings))
     t0 = time.time() - 60
     for k in seqs:

@@ -11,13 +11,14 @@ from kafka import KafkaProducer
 
 from streams import messages
 from streams.config import kafka_python_producer_config
-from tests.conftest import worker_metric
+from tests.conftest import admit, worker_metric
 from tests.streams.test_dead_letters import _consume, _worker
 
 PID = "P-LATE"
 
 
 def _send(s, producer, seqs, t0):
+    admit(s, {PID: "dev-late"})
     for k in seqs:
         msg = messages.reading("dev-late", PID, k, messages.utc(t0 + k),
                                {"hr": 70.0 + k % 7, "spo2": 96.0 + k % 3}, 0.9, 0.8)

@@ -29,7 +29,7 @@ from streams.webhooks import (
     sign,
     verify,
 )
-from tests.conftest import settings_env, wait_for_stable_assignment, wait_until
+from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
 
 
 class Receiver:
@@ -332,6 +332,7 @@ def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api
     env = {**settings_env(s), "WORKER_METRICS_PORT": str(mport)}
     procs.start("worker", "worker", env=env)
     wait_for_stable_assignment(mport, s.kafka_partitions, "")
+    admit(s, {"A1": "d-A1"})
     producer = KafkaProducer(**kafka_python_producer_config(s))
     t0 = time.time() - 60
     for k in range(1, 41):  # a patient in the NEWS2 emergency band: raised at once, high
