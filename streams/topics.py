@@ -21,17 +21,21 @@ def specs(s: Settings) -> list[NewTopic]:
     """Every topic with its partitions and config. Keyed topics share the partition count so a
     patient's readings, twin and alerts land on the same partition number."""
     p, r = s.kafka_partitions, s.kafka_replication_factor
+    # With replicas, a write (acks=all, as every producer of the project sends) succeeds only
+    # once two copies have it, so losing one broker loses no acknowledged reading.
+    durable = {"min.insync.replicas": str(min(2, r - 1))} if r > 1 else {}
+    compact = {**_COMPACT, **durable}
     return [
-        NewTopic(s.topic_vitals_raw, p, r),
-        NewTopic(s.topic_vitals_dlq, p, r),
-        NewTopic(s.topic_twin_state, p, r, topic_configs=_COMPACT),
-        NewTopic(s.topic_alerts, p, r),
-        NewTopic(s.topic_patients, p, r, topic_configs=_COMPACT),
-        NewTopic(s.topic_observations, p, r),
-        NewTopic(s.topic_alert_actions, p, r),
-        NewTopic(s.topic_subscriptions, 1, r, topic_configs=_COMPACT),
-        NewTopic(s.topic_webhook_dlq, 1, r),
-        NewTopic(s.topic_audit, 1, r),
+        NewTopic(s.topic_vitals_raw, p, r, topic_configs=durable),
+        NewTopic(s.topic_vitals_dlq, p, r, topic_configs=durable),
+        NewTopic(s.topic_twin_state, p, r, topic_configs=compact),
+        NewTopic(s.topic_alerts, p, r, topic_configs=durable),
+        NewTopic(s.topic_patients, p, r, topic_configs=compact),
+        NewTopic(s.topic_observations, p, r, topic_configs=durable),
+        NewTopic(s.topic_alert_actions, p, r, topic_configs=durable),
+        NewTopic(s.topic_subscriptions, 1, r, topic_configs=compact),
+        NewTopic(s.topic_webhook_dlq, 1, r, topic_configs=durable),
+        NewTopic(s.topic_audit, 1, r, topic_configs=durable),
     ]
 
 
