@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import gc
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,9 +21,8 @@ from typing import Any, NoReturn
 import faust
 import numpy as np
 from faust.types import TP
-from kafka.partitioner.default import murmur2
 
-from streams import admission, messages
+from streams import admission, messages, watchdog
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
@@ -35,20 +34,13 @@ from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor, select
 from streams.registry import Registry
 from streams.sink import InfluxSink, alert_points, state_points
+from streams.topics import partition_of
 from twin.alerts import REJECT_CAUSES, AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
 # Longest a batch waits for the registry to catch up before refusing readings of patients it
 # does not know (an admission written just before the patient's first readings).
 ADMISSION_SYNC_S = 2.0
-
-
-@functools.lru_cache(maxsize=1 << 17)
-def _partition(patient_id: str, partitions: int) -> int:
-    """The partition the devices' producers give this key (murmur2, like Kafka's default).
-    Cached: kafka-python's murmur2 is pure Python, and every batch asks for each of its
-    patients twice (table and twin.state)."""
-    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _embedded_fetch_wait() -> None:
@@ -114,6 +106,9 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
     alert_topic = app.topic(settings.topic_alerts, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw",
                             partitions=settings.kafka_partitions)
+    workers_topic = app.topic(settings.topic_workers, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw", partitions=1)
+    worker_id = f"{settings.app_id}:{socket.gethostname()}:{os.getpid()}".encode()
     action_topic = app.topic(settings.topic_alert_actions, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
                              partitions=settings.kafka_partitions)
@@ -129,7 +124,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
     # (streams.changelog: the table's per-key path costs more than the twin step); on the
     # embedded broker each changelog partition's last record goes alone in its Kafka batch,
     # which keeps the high watermark exact for recovery (docs/tansu.md). twin.state likewise.
-    writer = BatchWriter(app, lambda key: _partition(key.decode(), settings.kafka_partitions),
+    writer = BatchWriter(app, lambda key: partition_of(key.decode(), settings.kafka_partitions),
                          lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
@@ -323,7 +318,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         them now; if they come back, their alerts are restored from the table, which the new
         owner kept current."""
         processor.release({p for p in processor.owned | set(processor.last_arrival)
-                           if not owned_partition(_partition(p, settings.kafka_partitions))})
+                           if not owned_partition(partition_of(p, settings.kafka_partitions))})
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
@@ -366,6 +361,9 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         if reason:
             log.error("worker unhealthy, exiting for a restart: %s", reason)
             exit_for_restart()
+        # what the dispatcher's watchdog (streams.watchdog) knows this worker by
+        await workers_topic.send(key=worker_id, value=watchdog.heartbeat(
+            worker_id.decode(), [tp.partition for tp in assigned]))
 
     @app.timer(interval=5.0)
     async def alert_timers() -> None:

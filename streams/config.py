@@ -76,6 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_subscriptions: TopicName = "alert.subscriptions"
     topic_webhook_dlq: TopicName = "alert.webhook-dlq"
     topic_audit: TopicName = "audit"
+    topic_workers: TopicName = "workers"
     # Worker batching: at most this many events per twin step, waiting at most this long. The
     # window is live latency (a reading waits for it); a backlog still gets big batches from
     # catch-up batching below, so a short window costs no throughput (docs/performance.md).
@@ -113,6 +114,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_ca_cert: str | None = None
     influx_verify_ssl: bool = True
     influx_max_buffer: Positive = 100_000
+    # The dispatcher's watchdog: a partition no live worker has held this long leaves its
+    # patients unmonitored, which raises `monitoring_stopped` for each (streams.watchdog).
+    watchdog_silent_s: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 15.0
     # Alert subscribers: webhooks and the HTTP API.
     api_tokens_file: str | None = None
     webhook_max_attempts: Positive = 5
@@ -170,6 +174,7 @@ DOCS: dict[str, str] = {
     "topic_subscriptions": "webhook subscriptions (compacted, key = subscription id)",
     "topic_webhook_dlq": "webhook deliveries that failed every attempt, with their log",
     "topic_audit": "who viewed which patient, who acknowledged or silenced what (append-only)",
+    "topic_workers": "workers' heartbeats: the partitions each live worker holds (key = worker)",
     "worker_batch_max": "most events per vectorised twin step",
     "worker_batch_seconds": "longest wait to fill a batch, seconds",
     "worker_catchup_max": "most events per twin step while the worker is behind (a backlog)",
@@ -202,6 +207,8 @@ DOCS: dict[str, str] = {
     "influx_verify_ssl": "verify InfluxDB's TLS certificate (true/false)",
     "influx_max_buffer": "points buffered while InfluxDB is down; beyond it the oldest are "
     "dropped and counted",
+    "watchdog_silent_s": "the dispatcher raises `monitoring_stopped` for every admitted patient "
+    "of a partition no live worker has held this many seconds (worker heartbeats every 5 s)",
     "api_tokens_file": "file of API token hashes (`patient-twin tokens add NAME`); unset: the "
     "HTTP API refuses every request",
     "webhook_max_attempts": "delivery attempts per webhook before its dead letter",

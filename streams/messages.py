@@ -222,6 +222,31 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     remote_addr: str | None = None
 
 
+HEARTBEAT_SCHEMA = "patient-twin.worker-heartbeat/1"
+
+
+class WorkerHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
+    """A live worker and the vitals.raw partitions it holds (topic workers, key = worker id),
+    every few seconds while it is healthy (`streams.watchdog`)."""
+
+    schema: _Text = HEARTBEAT_SCHEMA
+    worker: Annotated[str, msgspec.Meta(max_length=200)]
+    ts: datetime
+    partitions: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=100_000)]],
+                          msgspec.Meta(max_length=100_000)]
+
+
+_heartbeat_decoder = msgspec.json.Decoder(WorkerHeartbeat)
+
+
+def decode_heartbeat(data: bytes | None) -> WorkerHeartbeat:
+    """Decode a worker heartbeat; InvalidMessage with the reason otherwise."""
+    hb = decode_record(_heartbeat_decoder, data)
+    _check_schema(hb.schema, HEARTBEAT_SCHEMA)
+    check_ts(hb.ts)
+    return hb
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """A rejected input message (topic vitals.dlq): the reason and the original bytes."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import (
@@ -10,6 +12,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
+from kafka.partitioner.default import murmur2
 
 from streams.config import Settings, kafka_python_config
 from streams.errors import BrokerError
@@ -36,7 +39,16 @@ def specs(s: Settings) -> list[NewTopic]:
         NewTopic(s.topic_subscriptions, 1, r, topic_configs=compact),
         NewTopic(s.topic_webhook_dlq, 1, r, topic_configs=durable),
         NewTopic(s.topic_audit, 1, r, topic_configs=durable),
+        NewTopic(s.topic_workers, 1, r, topic_configs=compact),
     ]
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def partition_of(patient_id: str, partitions: int) -> int:
+    """The partition of a patient's records: the devices' producers key them by patient id, and
+    Kafka's default partitioner takes murmur2 of the key. Cached: kafka-python's murmur2 is pure
+    Python, and the worker asks for each patient of a batch twice (table and twin.state)."""
+    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def ensure(s: Settings, timeout: float = 30.0) -> list[str]:

@@ -33,8 +33,9 @@ import msgspec
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
 from streams.errors import InvalidMessage
 from streams.follow import Follower, record_key
-from streams.messages import decode_alert, decode_record, reject
+from streams.messages import AlertEvent, decode_alert, decode_record, encode, reject
 from streams.registry import Registry
+from streams.watchdog import Watchdog
 from twin.alerts import KINDS, PRIORITIES
 
 log = logging.getLogger("patient_twin.webhooks")
@@ -261,6 +262,10 @@ class Dispatcher:
         log.warning("skipped the record at %s partition %d offset %d (%s)",
                     rec.topic, rec.partition, rec.offset, exc.kind)
 
+    def _raise(self, event: AlertEvent) -> None:
+        self._producer.send(self.settings.topic_alerts, key=event.patient_id.encode(),
+                            value=encode(event))
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -276,6 +281,12 @@ class Dispatcher:
             log.warning("subscriptions not fully read after 60 s; starting anyway")
         self._producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
                                        **kafka_python_producer_config(self.settings))
+        # The watchdog's alerts go through the alerts topic like the workers', so every
+        # subscriber (these webhooks, the SSE stream, Kafka readers, the dashboard) gets them.
+        self.watchdog = Watchdog(self.settings)
+        guard = threading.Thread(target=self.watchdog.run, args=(self._raise,), daemon=True,
+                                 name="patient-twin-watchdog")
+        guard.start()
         queues: dict[str, SubscriberQueue] = {}
         announced = False
         try:
@@ -293,6 +304,8 @@ class Dispatcher:
                         ready()
                 self._stop.wait(0.3)
         finally:
+            self.watchdog.stop()
+            guard.join(timeout=10)
             for q in queues.values():
                 q.stop()
             for q in queues.values():

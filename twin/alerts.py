@@ -38,10 +38,13 @@ from twin.channels import INDEX, NAMES, C
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
 KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery",
-                          "rejected_readings")
+                          "rejected_readings", "monitoring_stopped")
 CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "no_data": "technical",
             "sensor_off": "technical", "low_battery": "technical",
-            "rejected_readings": "technical"}
+            "rejected_readings": "technical", "monitoring_stopped": "technical"}
+# Raised outside the twins, by the dispatcher's watchdog when no worker processes a patient's
+# readings (streams.watchdog): listed for subscribers' filters, never a condition here.
+EXTERNAL_KINDS = frozenset({"monitoring_stopped"})
 # What a clinician or a technician should know of each cause of rejected readings.
 REJECT_CAUSES = {
     "late": "readings dated before the twin's latest (device clock ahead earlier, or set back; "
@@ -190,6 +193,8 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
     else:
         clear[:, k["rejected_readings"]] = True
     prio[:, k["rejected_readings"]] = 1
+    for kind in EXTERNAL_KINDS:
+        clear[:, k[kind]] = True
     return Conditions(on, prio, p_red, red_ch, clear)
 
 
@@ -477,7 +482,8 @@ class AlertEngine:
     def _title(a: Alert) -> str:
         return {"news2": "NEWS2", "news2_forecast": "Predicted red NEWS2 parameter",
                 "no_data": "No data", "sensor_off": "Sensor off",
-                "low_battery": "Low battery", "rejected_readings": "Readings rejected"}[a.kind]
+                "low_battery": "Low battery", "rejected_readings": "Readings rejected",
+                "monitoring_stopped": "Monitoring stopped"}[a.kind]
 
     def _describe(self, a: Alert) -> str:
         ev = a.evidence

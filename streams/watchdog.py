@@ -1,0 +1,154 @@
+"""A watchdog outside the workers: says so when no worker is processing a patient's readings.
+
+A worker raises `no_data` for its own silent patients; a worker that is down raises nothing. So
+each worker publishes a heartbeat every few seconds (topic `workers`, key = worker id: the
+partitions of vitals.raw it holds), and the dispatcher (`patient-twin dispatcher`, which every
+deployment runs to reach subscribers) watches them: a partition that no live worker has held
+for `WATCHDOG_SILENT_S` leaves its patients unmonitored, and each admitted patient of it gets the
+technical alert `monitoring_stopped` (high priority) on the alerts topic, for every subscriber;
+it is resolved when a worker holds the partition again.
+
+The alert ids are made from what every watchdog sees alike (patient, partition, the time the
+partition was last held), so two dispatchers raise the same alert, which subscribers deduplicate
+by `alert_id` and `event`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from streams import messages
+from streams.config import Settings
+from streams.follow import Follower, record_key
+from streams.registry import Registry
+from streams.topics import partition_of
+
+log = logging.getLogger("patient_twin.watchdog")
+
+KIND = "monitoring_stopped"
+# Before any worker was seen, give the workers this long to start and join their group (the
+# embedded broker's JoinGroup alone takes ~10 s) before their partitions count as unmonitored.
+STARTUP_GRACE_S = 60.0
+
+
+class Coverage:
+    """Which partitions live workers hold, from their heartbeats (pure: every call takes `now`)."""
+
+    def __init__(self, partitions: int, started: float) -> None:
+        self.partitions = partitions
+        self.started = started
+        self.workers: dict[str, tuple[float, frozenset[int]]] = {}
+        # partition -> last time a heartbeat said a worker held it
+        self.held_at: dict[int, float] = {}
+
+    def heartbeat(self, worker: str, ts: float, partitions: list[int]) -> None:
+        held = frozenset(p for p in partitions if 0 <= p < self.partitions)
+        if ts >= self.workers.get(worker, (-1.0, frozenset()))[0]:
+            self.workers[worker] = (ts, held)
+        for p in held:
+            self.held_at[p] = max(ts, self.held_at.get(p, ts))
+
+    def unheld(self, now: float, silent_s: float) -> dict[int, float]:
+        """Partitions no worker has held for `silent_s`, with the time they were last held
+        (the watchdog's start for one never held, once the start-up grace is over)."""
+        out = {}
+        for p in range(self.partitions):
+            last = self.held_at.get(p)
+            if last is None:
+                if now - self.started >= max(silent_s, STARTUP_GRACE_S):
+                    out[p] = self.started
+            elif now - last >= silent_s:
+                out[p] = last
+        return out
+
+
+class Watchdog:
+    """Turns `Coverage` into alert events for admitted patients (`check`); `run` does it every
+    few seconds in a thread of the dispatcher, reading the heartbeats and the registry."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.coverage = Coverage(settings.kafka_partitions, clock())
+        self.registry = registry or Registry(settings)
+        self.open: dict[str, messages.AlertEvent] = {}  # patient id -> its raised alert
+        self._stop = threading.Event()
+        self._follower: Follower | None = None
+
+    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        """A record of the workers or the patients topic."""
+        if topic == self.settings.topic_patients:
+            self.registry.apply(topic, key, value)
+            return
+        worker = record_key(key)
+        hb = messages.decode_heartbeat(value)
+        self.coverage.heartbeat(worker, hb.ts.timestamp(), hb.partitions)
+
+    def check(self, now: float | None = None) -> list[messages.AlertEvent]:
+        """Alert events for patients whose partition lost its worker, or got one back."""
+        now = self.clock() if now is None else now
+        unheld = self.coverage.unheld(now, self.settings.watchdog_silent_s)
+        events = []
+        admitted = self.registry.admitted()
+        for pid in admitted:
+            part = partition_of(pid, self.settings.kafka_partitions)
+            raised = self.open.get(pid)
+            if part in unheld and raised is None:
+                since = unheld[part]
+                ev = messages.AlertEvent(
+                    alert_id=f"{pid}:{KIND}:{int(since * 1000)}", patient_id=pid,
+                    ts=messages.utc(now), event="raised", kind=KIND, category="technical",
+                    priority="high", message=(
+                        f"no worker has processed this patient's readings for "
+                        f"{now - since:.0f} s: the twin is not being updated and no clinical "
+                        "alert can be raised"),
+                    raised_at=messages.utc(now),
+                    evidence={"partition": part, "since": messages.utc(since).isoformat()})
+                self.open[pid] = ev
+                events.append(ev)
+            elif raised is not None and part not in unheld:
+                del self.open[pid]
+                events.append(msgspec.structs.replace(
+                    raised, ts=messages.utc(now), event="resolved", state="resolved",
+                    message="a worker processes this patient's readings again"))
+        for pid in [p for p in self.open if p not in admitted]:  # discharged meanwhile
+            raised = self.open.pop(pid)
+            events.append(msgspec.structs.replace(
+                raised, ts=messages.utc(now), event="resolved", state="resolved",
+                message="the patient was discharged"))
+        return events
+
+    def run(self, send: Callable[[messages.AlertEvent], Any], interval: float = 5.0) -> None:
+        """Until stop(): follow heartbeats and the registry, and `send` each event."""
+        s = self.settings
+        self._follower = Follower(s, (s.topic_workers, s.topic_patients), self.apply,
+                                  "patient-twin-watchdog", fetch_max_wait_ms=500).start()
+        self.coverage.started = self.clock()
+        try:
+            while not self._stop.wait(interval):
+                if not self._follower.caught_up.is_set():
+                    continue  # judge only from the heartbeats up to now
+                for ev in self.check():
+                    log.warning("%s %s (partition %s)", ev.kind, ev.event,
+                                ev.evidence.get("partition"))
+                    send(ev)
+        finally:
+            self._follower.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def heartbeat(worker: str, partitions: list[int], now: float | None = None) -> bytes:
+    """A worker's heartbeat record (topic workers, key = worker id)."""
+    return messages.encode(messages.WorkerHeartbeat(
+        worker=worker, ts=datetime.fromtimestamp(time.time() if now is None else now, UTC),
+        partitions=sorted(partitions)))

@@ -1,0 +1,131 @@
+"""The dispatcher's watchdog: a patient whose partition no live worker holds is announced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import msgspec
+from kafka import KafkaConsumer
+
+from streams import messages, supervise, topics
+from streams.config import kafka_python_config
+from streams.registry import Registry
+from streams.topics import partition_of
+from streams.watchdog import STARTUP_GRACE_S, Coverage, Watchdog, heartbeat
+from tests.conftest import admit, make_settings, settings_env, wait_for_stable_assignment
+
+T0 = 1.9e9
+
+
+def test_a_partition_is_unheld_after_the_silence_and_held_again_with_a_heartbeat():
+    c = Coverage(4, started=T0)
+    assert c.unheld(T0 + 10, 15) == {}  # nothing seen yet: the start-up grace
+    assert c.unheld(T0 + STARTUP_GRACE_S, 15) == dict.fromkeys(range(4), T0)
+    c.heartbeat("w1", T0 + 61, [0, 1])
+    c.heartbeat("w2", T0 + 62, [2, 3, 99])  # a partition that does not exist is ignored
+    assert c.unheld(T0 + 70, 15) == {}
+    c.heartbeat("w1", T0 + 66, [0, 1])
+    assert c.unheld(T0 + 78, 15) == {2: T0 + 62, 3: T0 + 62}  # w2 went silent
+    c.heartbeat("w1", T0 + 79, [0, 1, 2, 3])  # w1 took them over
+    assert c.unheld(T0 + 80, 15) == {}
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _admit(reg: Registry, s, pid: str, event: str = "admit") -> None:
+    rec = messages.PatientRecord(schema=messages.PATIENT_SCHEMA, patient_id=pid, event=event,
+                                 ts=messages.utc(T0), ward="A", devices=[f"D-{pid}"])
+    reg.apply(s.topic_patients, pid.encode(), msgspec.json.encode(rec))
+
+
+def test_watchdog_raises_once_per_admitted_patient_and_resolves():
+    s = make_settings(9092, watchdog_silent_s=15.0)
+    clock = Clock(T0)
+    wd = Watchdog(s, clock=clock)
+    pids = [f"P{i}" for i in range(12)]
+    for p in pids:
+        _admit(wd.registry, s, p)
+    parts = {p: partition_of(p, s.kafka_partitions) for p in pids}
+    lost = parts["P0"]
+    others = [q for q in range(s.kafka_partitions) if q != lost]
+
+    def beat(worker: str, at: float, held: list[int]) -> None:
+        wd.apply(s.topic_workers, worker.encode(), heartbeat(worker, held, at))
+
+    beat("w1", T0 + 1, [lost])
+    beat("w2", T0 + 1, others)
+    clock.t = T0 + 10
+    assert wd.check() == []
+    beat("w2", T0 + 12, others)  # w1 dies after its first heartbeat
+    clock.t = T0 + 17
+    raised = wd.check()
+    assert sorted(e.patient_id for e in raised) == sorted(p for p in pids if parts[p] == lost)
+    for e in raised:
+        assert (e.kind, e.event, e.category, e.priority) == \
+            ("monitoring_stopped", "raised", "technical", "high")
+        assert e.alert_id == f"{e.patient_id}:monitoring_stopped:{int((T0 + 1) * 1000)}"
+    assert wd.check() == []  # raised once
+    _admit(wd.registry, s, raised[0].patient_id, "discharge")
+    (gone,) = wd.check()
+    assert gone.event == "resolved" and gone.alert_id == raised[0].alert_id
+    beat("w3", T0 + 20, [lost])
+    beat("w2", T0 + 20, others)
+    clock.t = T0 + 21
+    back = wd.check()
+    assert {e.alert_id for e in back} == {e.alert_id for e in raised[1:]}
+    assert all(e.event == "resolved" and e.state == "resolved" for e in back)
+
+
+def _alerts(s, want, timeout: float) -> list[messages.AlertEvent]:
+    consumer = KafkaConsumer(s.topic_alerts, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **kafka_python_config(s))
+    seen: list[messages.AlertEvent] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not want(seen):
+            for recs in consumer.poll(timeout_ms=300).values():
+                seen += [msgspec.json.decode(r.value, type=messages.AlertEvent) for r in recs]
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_a_killed_worker_is_announced_to_subscribers_and_its_return_too(settings_factory,
+                                                                        procs):
+    port = supervise.free_port()
+    s = settings_factory(worker_metrics_port=port, watchdog_silent_s=6.0)
+    topics.ensure(s)
+    admit(s, {"W1": "D-W1", "W2": "D-W2", "W3": "D-W3"})
+    env = settings_env(s)
+    worker = procs.start("worker", "worker", env=env)
+    procs.start("dispatcher", "dispatcher", env=env)
+    wait_for_stable_assignment(port, s.kafka_partitions, procs.log("worker"))
+    time.sleep(8)  # heartbeats seen: nothing is announced while the worker lives
+    assert [e for e in _alerts(s, lambda seen: False, 2) if e.kind == "monitoring_stopped"] == []
+    os.kill(worker.pid, signal.SIGKILL)
+    killed = time.monotonic()
+
+    def stopped(seen):
+        return {e.patient_id for e in seen if e.kind == "monitoring_stopped"
+                and e.event == "raised"} == {"W1", "W2", "W3"}
+
+    events = _alerts(s, stopped, 40)
+    assert stopped(events), procs.log("dispatcher")[-3000:]
+    took = time.monotonic() - killed
+    assert took < 6 + 5 + 10, took  # the silence, the check interval, and the heartbeat's age
+    procs.start("worker2", "worker", env={**env, "WORKER_METRICS_PORT": "0"})
+
+    def resolved(seen):
+        return {e.patient_id for e in seen if e.kind == "monitoring_stopped"
+                and e.event == "resolved"} == {"W1", "W2", "W3"}
+
+    events = _alerts(s, resolved, 90)
+    assert resolved(events), procs.log("worker2")[-3000:]
