@@ -81,7 +81,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on the port now. SO_REUSEADDR as servers set it: the
+    connections a killed server leaves in TIME_WAIT must not keep it from starting again."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

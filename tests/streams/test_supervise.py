@@ -46,3 +46,24 @@ def test_a_child_left_by_a_killed_parent_exits_after_the_grace_period():
         parent.kill()
         parent.wait(10)
         parent.stdout.close()
+
+
+def test_a_port_left_in_time_wait_by_a_killed_server_is_free_again():
+    """A broker killed with clients connected leaves their connections in TIME_WAIT on its
+    port; starting it again on the same port must not be refused as 'in use'."""
+    import socket
+
+    from streams.supervise import free_port, port_free
+
+    port = free_port()
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
+    server.listen()
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    assert not port_free(port)  # listening: in use
+    conn.close()  # the server side closes first: its end of the connection goes to TIME_WAIT
+    server.close()
+    client.close()
+    assert port_free(port)
