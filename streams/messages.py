@@ -465,22 +465,24 @@ def decode_record(decoder: msgspec.json.Decoder, data: bytes | None) -> Any:
     return decode_with(decoder, data)
 
 
+def _decode_patient_message(decoder: msgspec.json.Decoder, schema: str,
+                            data: bytes | None) -> Any:
+    """A record about one patient: its schema, its patient id and its time checked too."""
+    msg = decode_record(decoder, data)
+    _check_schema(msg.schema, schema)
+    check_id(msg.patient_id, "$.patient_id")
+    check_ts(msg.ts)
+    return msg
+
+
 def decode_twin_state(data: bytes | None) -> TwinState:
     """Decode a twin state (topic twin.state); InvalidMessage with the reason otherwise."""
-    st = decode_record(_twin_state_decoder, data)
-    _check_schema(st.schema, TWIN_STATE_SCHEMA)
-    check_id(st.patient_id, "$.patient_id")
-    check_ts(st.ts)
-    return st
+    return _decode_patient_message(_twin_state_decoder, TWIN_STATE_SCHEMA, data)
 
 
 def decode_alert(data: bytes | None) -> AlertEvent:
     """Decode an alert event (topic alerts); InvalidMessage with the reason otherwise."""
-    a = decode_record(_alert_decoder, data)
-    _check_schema(a.schema, ALERT_SCHEMA)
-    check_id(a.patient_id, "$.patient_id")
-    check_ts(a.ts)
-    return a
+    return _decode_patient_message(_alert_decoder, ALERT_SCHEMA, data)
 
 
 MANUAL_DEVICE = "manual-observation"

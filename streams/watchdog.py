@@ -75,9 +75,12 @@ class Watchdog:
 
     def __init__(self, settings: Settings, registry: Registry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """registry: one kept current by someone else (the dispatcher's subscription view);
+        None: the watchdog follows the patients topic itself."""
         self.settings = settings
         self.clock = clock
         self.coverage = Coverage(settings.kafka_partitions, clock())
+        self.own_registry = registry is None
         self.registry = registry or Registry(settings)
         self.open: dict[str, messages.AlertEvent] = {}  # patient id -> its raised alert
         self._stop = threading.Event()
@@ -129,8 +132,9 @@ class Watchdog:
     def run(self, send: Callable[[messages.AlertEvent], Any], interval: float = 5.0) -> None:
         """Until stop(): follow heartbeats and the registry, and `send` each event."""
         s = self.settings
-        self._follower = Follower(s, (s.topic_workers, s.topic_patients), self.apply,
-                                  "patient-twin-watchdog", fetch_max_wait_ms=500).start()
+        followed = (s.topic_workers, s.topic_patients) if self.own_registry else (s.topic_workers,)
+        self._follower = Follower(s, followed, self.apply, "patient-twin-watchdog",
+                                  fetch_max_wait_ms=500).start()
         self.coverage.started = self.clock()
         try:
             while not self._stop.wait(interval):

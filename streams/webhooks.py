@@ -283,7 +283,7 @@ class Dispatcher:
                                        **kafka_python_producer_config(self.settings))
         # The watchdog's alerts go through the alerts topic like the workers', so every
         # subscriber (these webhooks, the SSE stream, Kafka readers, the dashboard) gets them.
-        self.watchdog = Watchdog(self.settings)
+        self.watchdog = Watchdog(self.settings, registry=self.view.registry)
         guard = threading.Thread(target=self.watchdog.run, args=(self._raise,), daemon=True,
                                  name="patient-twin-watchdog")
         guard.start()
