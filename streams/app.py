@@ -66,12 +66,24 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
     agent, so the two are measured on the same footing)."""
     tuning: dict[str, Any] = {}
     if settings.embedded_broker:
-        # The embedded Tansu broker holds a JoinGroup for about half the session timeout (30 s
-        # with Faust's 60 s default) and for the rebalance timeout, so keep both short there;
-        # real Kafka clusters keep Faust's defaults (docs/tansu.md).
+        # The embedded Tansu broker holds every JoinGroup for half the group's session timeout
+        # (30 s with Faust's 60 s default), a follower's SyncGroup for up to 0.8 of it, and
+        # drops a dead member only after a full session timeout without a heartbeat. A worker
+        # started in place of a killed one got its partitions after about 21 s with 10 s, and
+        # after about 5 s with 4 s and a heartbeat every second (bench/failover_gap.py,
+        # docs/tansu.md). Real Kafka clusters keep Faust's defaults.
         tuning["broker_rebalance_timeout"] = 10.0
-        tuning["broker_session_timeout"] = 10.0
+        tuning["broker_session_timeout"] = 4.0
+        tuning["broker_heartbeat_interval"] = 1.0
         _embedded_fetch_wait()
+    else:
+        # Static membership (Kafka's group.instance.id), when the site gives each worker slot a
+        # stable id of its own: a worker restarted under the same id takes its partitions back
+        # at once instead of waiting for the group to drop the dead member (a session timeout).
+        # Not on the embedded broker: it pauses static members 3 s in JoinGroup and again in
+        # SyncGroup, and never fences a second worker with the same id (docs/tansu.md).
+        if settings.worker_instance_id:
+            tuning["consumer_group_instance_id"] = settings.worker_instance_id
     return dict(
         **faust_broker_config(settings),
         store="memory://",

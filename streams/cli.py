@@ -182,15 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true")
 
     bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
-    bn.add_argument("which", choices=["twin", "devices", "pipeline", "dashboard"],
+    bn.add_argument("which", choices=list(BENCHMARKS),
                     help="twin: the twin core's throughput; devices: the simulator into Kafka; "
                     "pipeline: the Faust worker beside a do-nothing agent, and live latency; "
-                    "dashboard: callback latency under many viewers")
+                    "dashboard: callback latency under many viewers; failover: how long "
+                    "monitoring stops when a worker is killed and replaced")
     bn.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     tp = sub.add_parser("topics", help="create the project's topics on the configured Kafka")
     tp.add_argument("--wait", type=_positive_float, default=30.0, metavar="SECONDS",
                     help="how long to wait for a Kafka broker to answer (default 30)")
     return p
+
+
+# `patient-twin bench WHICH` -> the module whose main(argv) runs it
+BENCHMARKS = {"twin": "bench.twin_bench", "devices": "bench.devices_bench",
+              "pipeline": "bench.pipeline_bench", "dashboard": "bench.dashboard_bench",
+              "failover": "bench.failover_gap"}
 
 
 def _run(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -201,21 +208,9 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         print(summary.line(), file=sys.stderr)
         return 0
     if args.command == "bench":
-        if args.which == "devices":
-            from bench import devices_bench
+        import importlib
 
-            return devices_bench.main(args.args)
-        if args.which == "pipeline":
-            from bench import pipeline_bench
-
-            return pipeline_bench.main(args.args)
-        if args.which == "dashboard":
-            from bench import dashboard_bench
-
-            return dashboard_bench.main(args.args)
-        from bench import twin_bench
-
-        return twin_bench.main(args.args)
+        return importlib.import_module(BENCHMARKS[args.which]).main(args.args)
     if args.command == "broker":
         return _broker(settings, args.port or settings.broker_port)
     if args.command == "topics":

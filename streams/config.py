@@ -65,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_replication_factor: Positive = 1
     broker_port: Port = 9092
     app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$")] = "patient-twin"
+    # Static consumer-group membership on a Kafka cluster (group.instance.id); None: dynamic.
+    worker_instance_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")] | \
+        None = None
     # Topics.
     topic_vitals_raw: TopicName = "vitals.raw"
     topic_vitals_dlq: TopicName = "vitals.dlq"
@@ -164,6 +167,11 @@ DOCS: dict[str, str] = {
     "kafka_replication_factor": "replication factor of created topics (3 on a real cluster)",
     "broker_port": "loopback port of the embedded broker",
     "app_id": "Faust application id; also the consumer group of the workers",
+    "worker_instance_id": "static consumer-group membership on a Kafka cluster "
+    "(group.instance.id): an id unique to this worker slot that stays the same across its "
+    "restarts, e.g. `<host>-<slot>`; a restarted worker takes its partitions back at once "
+    "instead of after the session timeout. Unset: dynamic membership. Never give two running "
+    "workers the same id. Ignored on the embedded broker",
     "topic_vitals_raw": "device readings in, keyed by patient id",
     "topic_vitals_dlq": "rejected device messages with the reason",
     "topic_twin_state": "latest twin state per patient",

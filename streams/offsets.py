@@ -31,11 +31,15 @@ class OffsetTracker:
     """Per partition: last processed offset, pending seeks. Partitions are any hashable (TP)."""
 
     idle_seconds: float = 5.0
+    # A pending hole whose re-read has not come this long after its seek is sought again, even
+    # while the partition is busy: Faust can drop the re-read (module docstring).
+    retry_seconds: float = 1.0
     give_up_seconds: float = 30.0
     forget_seconds: float = 60.0
     clock: Callable[[], float] = time.monotonic
     processed: dict[Hashable, int] = field(default_factory=dict)
     pending: dict[Hashable, tuple[int, float]] = field(default_factory=dict)  # tp -> (offset, t)
+    sought: dict[Hashable, float] = field(default_factory=dict)  # tp -> time of the last seek
     last_event: dict[Hashable, float] = field(default_factory=dict)
     unassigned_since: dict[Hashable, float] = field(default_factory=dict)
     holes: int = 0  # holes sought back to
@@ -70,13 +74,21 @@ class OffsetTracker:
                         self.holes += 1
                         seeks[tp] = target
                         self.pending[tp] = (target, now)
+                        self.sought[tp] = now
                         break  # nothing more of this partition until the hole is refilled
                     if now - pend[1] < self.give_up_seconds:
-                        break  # stale prefetched events; the re-read is on its way
+                        # stale prefetched events; the re-read is on its way, unless Faust
+                        # dropped it (seen after a table recovery: faust-streaming issue 596)
+                        if now - self.sought.get(tp, pend[1]) >= self.retry_seconds:
+                            seeks[tp] = target
+                            self.sought[tp] = now
+                            self.retries += 1
+                        break
                     self.abandoned += 1  # offsets that never come: accept the hole
                 keep[i] = True
                 last = off
                 self.pending.pop(tp, None)
+                self.sought.pop(tp, None)
         return keep, seeks
 
     def done(self, events: Iterable[tuple[Hashable, int]]) -> None:
@@ -99,7 +111,7 @@ class OffsetTracker:
                 continue
             since = self.unassigned_since.setdefault(tp, now)
             if now - since >= self.forget_seconds:
-                for d in (self.processed, self.pending, self.last_event,
+                for d in (self.processed, self.pending, self.sought, self.last_event,
                           self.unassigned_since):
                     d.pop(tp, None)
 
@@ -129,9 +141,11 @@ class OffsetTracker:
                     # it (stale prefetched records delivered after the seek move its read offset
                     # past the hole; seen with a backlog at start-up). Ask again.
                     seeks[tp] = last + 1
+                    self.sought[tp] = now
                     self.retries += 1
                 continue
             self.holes += 1
             seeks[tp] = last + 1
             self.pending[tp] = (last + 1, now)
+            self.sought[tp] = now
         return seeks

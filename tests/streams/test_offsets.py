@@ -40,7 +40,8 @@ def test_out_of_order_events_within_a_batch_are_taken_in_offset_order():
 
 def test_a_hole_that_never_refills_is_accepted_after_the_give_up_time():
     clock = Clock()
-    tr = OffsetTracker(clock=clock, give_up_seconds=30)
+    # retries off (retry_seconds beyond give_up_seconds): the give-up path alone
+    tr = OffsetTracker(clock=clock, give_up_seconds=30, retry_seconds=60)
     run(tr, [("a", 1)])
     assert run(tr, [("a", 5)]) == ([False], {"a": 2})
     clock.t = 10
@@ -65,7 +66,8 @@ def test_a_hole_at_the_end_is_found_once_the_partition_is_quiet():
 
 def test_a_seek_whose_re_read_never_came_is_repeated_once_the_partition_is_quiet():
     clock = Clock()
-    tr = OffsetTracker(clock=clock, idle_seconds=5, give_up_seconds=30)
+    # busy-partition retries off (retry_seconds beyond give_up_seconds): the idle path alone
+    tr = OffsetTracker(clock=clock, idle_seconds=5, give_up_seconds=30, retry_seconds=60)
     run(tr, [("a", 7)])
     assert run(tr, [("a", 10)]) == ([False], {"a": 8})
     # stale prefetched events drain; the consumer then drops the re-read (read offset past it)
@@ -94,3 +96,22 @@ def test_partitions_moved_away_are_forgotten_but_not_during_a_rebalance():
     assert tr.processed == {"b": 2}
     # "a" comes back later at another worker's position: a new baseline, not a hole
     assert run(tr, [("a", 100)]) == ([True], {})
+
+
+def test_a_hole_whose_re_read_does_not_come_is_sought_again_while_the_partition_is_busy():
+    """faust-streaming 0.15.3 can drop the re-read (it resumes partitions before seeking them
+    at the end of a recovery and clears the queues): a busy partition never goes quiet, so the
+    idle check never asks again, and without a retry the hole was given up after 30 s."""
+    clock = Clock()
+    tr = OffsetTracker(clock=clock)
+    run(tr, [("a", 10)])
+    assert run(tr, [("a", 50)])[1] == {"a": 11}
+    clock.t = 0.5
+    assert run(tr, [("a", 51)]) == ([False], {})  # within a second: the re-read may still come
+    clock.t = 1.2
+    assert run(tr, [("a", 52)]) == ([False], {"a": 11})  # it did not: ask again
+    clock.t = 1.5
+    assert run(tr, [("a", 53)]) == ([False], {})  # not at every batch
+    assert tr.retries == 1 and tr.abandoned == 0
+    keep, _ = run(tr, [("a", o) for o in range(11, 54)])
+    assert all(keep) and tr.processed == {"a": 53} and "a" not in tr.sought
