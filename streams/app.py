@@ -27,7 +27,7 @@ from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
 from streams.decoder import Bounds, Decoded, Decoder
-from streams.errors import ConfigError, InvalidMessage, where
+from streams.errors import BrokerError, ConfigError, InvalidMessage, where
 from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
@@ -41,6 +41,7 @@ log = logging.getLogger("patient_twin.worker")
 # Longest a batch waits for the registry to catch up before refusing readings of patients it
 # does not know (an admission written just before the patient's first readings).
 ADMISSION_SYNC_S = 2.0
+REGISTRY_WAIT_S = 60.0  # for the registry at start-up
 
 
 def _embedded_fetch_wait() -> None:
@@ -279,6 +280,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
                     "the consumer dropped in a rebalance)", len(seeks))
         metrics.holes.inc(len(seeks))
         await app.consumer.seek_wait(seeks)
+        tracker.sought_at(seeks)  # a retry waits from the seek, not from the batch before it
 
     async def process(decoded: Decoded, events: list[Any]) -> None:
         t0 = time.perf_counter()
@@ -374,8 +376,11 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
             log.error("worker unhealthy, exiting for a restart: %s", reason)
             exit_for_restart()
         # what the dispatcher's watchdog (streams.watchdog) knows this worker by
-        await workers_topic.send(key=worker_id, value=watchdog.heartbeat(
-            worker_id.decode(), [tp.partition for tp in assigned]))
+        try:
+            await workers_topic.send(key=worker_id, value=watchdog.heartbeat(
+                worker_id.decode(), [tp.partition for tp in assigned]))
+        except Exception as exc:  # noqa: BLE001 - a timer that raises would stop the worker
+            log.warning("heartbeat not sent (%s)", where(exc))
 
     @app.timer(interval=5.0)
     async def alert_timers() -> None:
@@ -456,11 +461,15 @@ def run_worker(settings: Settings) -> int:
     decoder = Decoder(lines=sink is not None)
     atexit.register(decoder.close)
     app = create_app(settings, decoder, sink)
-    # the registry (SpO2 scales) is read before the first batch, so no twin is scored on the
-    # wrong scale after a restart
+    # The registry is read to its end before the first batch: readings are applied only for
+    # admitted patients from paired devices (streams.admission), so a worker that started with a
+    # partial registry would refuse valid readings, and score twins on the wrong SpO2 scale.
     registry = app.registry.start("patient-twin-worker-registry")  # type: ignore[attr-defined]
-    if not registry.follower.caught_up.wait(30):
-        log.warning("the patient registry was not read within 30 s; SpO2 scale 1 until it is")
+    if not registry.follower.caught_up.wait(REGISTRY_WAIT_S):
+        registry.stop()
+        raise BrokerError(f"could not read the patient registry ({settings.topic_patients}) "
+                          f"within {REGISTRY_WAIT_S:g} s; the worker needs it to know whose "
+                          "readings to apply (is Kafka up and are the topics created?)")
     if settings.worker_metrics_port:
         try:
             serve(app.metrics, lambda: app.liveness.reason,  # type: ignore[attr-defined]

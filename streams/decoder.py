@@ -85,7 +85,7 @@ def decode_message(observation: bool, key: bytes | None, value: bytes | None,
             raise messages.reject(
                 "message key must be the patient_id of every reading in it "
                 "(partitioning keeps a patient's twin on one worker)", "wrong_key")
-        if bounds is not None and not r.manual:
+        if bounds is not None:  # observations too: one dated ahead would move the twin ahead
             messages.check_window(r.t, bounds.now, bounds.max_age_s, bounds.max_ahead_s)
     return readings
 

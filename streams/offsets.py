@@ -91,6 +91,14 @@ class OffsetTracker:
                 self.sought.pop(tp, None)
         return keep, seeks
 
+    def sought_at(self, seeks: Iterable[Hashable]) -> None:
+        """The seeks of `admit` or `idle_seeks` were done now (after the batch that found
+        them): a retry for their holes waits `retry_seconds` from here."""
+        now = self.clock()
+        for tp in seeks:
+            if tp in self.pending:
+                self.sought[tp] = now
+
     def done(self, events: Iterable[tuple[Hashable, int]]) -> None:
         """Record processed events `(tp, offset)`."""
         for tp, off in events:

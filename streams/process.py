@@ -141,12 +141,16 @@ class RejectRates:
     def patients(self) -> list[str]:
         return list(self._counts)
 
-    def forget(self, pids: set[str], now: float | None = None, below: float = 0.01) -> None:
-        """Drop these patients, and (given `now`) every patient whose count has decayed away."""
+    def forget(self, pids: set[str], now: float | None = None, below: float = 0.01,
+               keep: set[str] | None = None) -> None:
+        """Drop these patients, and (given `now`) every patient whose count has decayed away
+        but those in `keep`."""
         for p in pids:
             self._counts.pop(p, None)
         if now is not None:
             for p, (t, counts) in list(self._counts.items()):
+                if p in (keep or ()):
+                    continue
                 if sum(counts.values()) * math.exp(-max(now - t, 0.0) / self.TAU_S) < below:
                     del self._counts[p]
 
@@ -241,6 +245,7 @@ class TwinProcessor:
         # Patients' last applied reading, on the clock: a twin whose readings all arrive and are
         # all rejected is not being updated, and raises no_data like a silent one.
         self.last_arrival: dict[str, float] = {}
+        self.applied_at: dict[str, float] = {}  # when a reading was last applied, exactly
         self.rejects = RejectRates()
         # Patients whose alerts this engine holds (restored from their records, or new here).
         self.owned: set[str] = set()
@@ -260,6 +265,7 @@ class TwinProcessor:
         self.rejects.forget(pids)
         for p in pids:
             self.last_arrival.pop(p, None)
+            self.applied_at.pop(p, None)
 
     def rejected(self, counts: Mapping[tuple[str, str], int], stored: Mapping[str, bytes | None],
                  now: float | None = None) -> None:
@@ -337,7 +343,7 @@ class TwinProcessor:
         # rejected (late, duplicates) is frozen, and its state says when it last applied one.
         fresh = np.bincount(batch.row[report.applied], minlength=len(pids)) > 0
         for i in np.flatnonzero(fresh).tolist():
-            self.last_arrival[pids[i]] = now
+            self.last_arrival[pids[i]] = self.applied_at[pids[i]] = now
         if (report.duplicate | report.late).any():
             for cause, flags in (("duplicate", report.duplicate), ("late", report.late)):
                 n = np.bincount(batch.row[flags], minlength=len(pids))
@@ -345,7 +351,7 @@ class TwinProcessor:
                     self.rejects.add(pids[i], cause, float(n[i]), now)
         emitted = [pids[i] for i in rows.tolist()]
         result.twin_states = twin_states(emitted, states, out, rows,
-                                         [self.last_arrival.get(p) for p in emitted])
+                                         [self.applied_at.get(p) for p in emitted])
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],
@@ -385,7 +391,7 @@ class TwinProcessor:
         seconds). stored: the records of at least the patients `silent_candidates` names."""
         now = self.clock() if now is None else now
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
-        self.rejects.forget(set(), now)
+        self.rejects.forget(set(), now, keep=set(self._rejected_open()))
         if not pids:
             return [alert_event(ev) for ev in self.engine.tick(now)]
         states, _ = self._states(pids, stored)
@@ -424,7 +430,11 @@ class TwinProcessor:
         limit = self.engine.policy.no_data_s
         silent = [p for p, t in self.last_arrival.items() if now - t >= limit
                   and (p, "no_data") not in self.engine.alerts]
-        return list(dict.fromkeys(silent + self.rejects.patients()))
+        # an open rejected-readings alert is checked until it clears, whatever its counts
+        return list(dict.fromkeys(silent + self.rejects.patients() + self._rejected_open()))
+
+    def _rejected_open(self) -> list[str]:
+        return [p for p, kind in self.engine.alerts if kind == "rejected_readings"]
 
 
 def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,

@@ -25,7 +25,8 @@ def specs(s: Settings) -> list[NewTopic]:
     patient's readings, twin and alerts land on the same partition number."""
     p, r = s.kafka_partitions, s.kafka_replication_factor
     # With replicas, a write (acks=all, as every producer of the project sends) succeeds only
-    # once two copies have it, so losing one broker loses no acknowledged reading.
+    # once min(2, replicas - 1) in-sync copies have it: with 3 replicas, two, so losing one
+    # broker loses no acknowledged reading and writes go on.
     durable = {"min.insync.replicas": str(min(2, r - 1))} if r > 1 else {}
     compact = {**_COMPACT, **durable}
     return [

@@ -8,9 +8,11 @@ for `WATCHDOG_SILENT_S` leaves its patients unmonitored, and each admitted patie
 technical alert `monitoring_stopped` (high priority) on the alerts topic, for every subscriber;
 it is resolved when a worker holds the partition again.
 
-The alert ids are made from what every watchdog sees alike (patient, partition, the time the
-partition was last held), so two dispatchers raise the same alert, which subscribers deduplicate
-by `alert_id` and `event`.
+The alert ids are made from the patient and the time the partition was last held, so two
+dispatchers that saw the same heartbeats raise the same alert (not for a partition never held
+since they started), which subscribers deduplicate by `alert_id` and `event`. Open alerts are
+kept in memory: a dispatcher restarted during an outage raises them again under new ids and
+does not resolve the old ones (open, issue 18).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import msgspec
 
 from streams import messages
 from streams.config import Settings
+from streams.errors import where
 from streams.follow import Follower, record_key
 from streams.registry import Registry
 from streams.topics import partition_of
@@ -93,7 +96,13 @@ class Watchdog:
             return
         worker = record_key(key)
         hb = messages.decode_heartbeat(value)
-        self.coverage.heartbeat(worker, hb.ts.timestamp(), hb.partitions)
+        now = self.clock()
+        live = self._follower is not None and self._follower.caught_up.is_set()
+        # Live heartbeats count at their arrival, on this clock: a worker whose clock is
+        # behind must not look dead, nor one whose clock is ahead look alive. Replayed ones
+        # (at start) by their own time, never later than now.
+        self.coverage.heartbeat(worker, now if live else min(hb.ts.timestamp(), now),
+                                hb.partitions)
 
     def check(self, now: float | None = None) -> list[messages.AlertEvent]:
         """Alert events for patients whose partition lost its worker, or got one back."""
@@ -140,12 +149,30 @@ class Watchdog:
             while not self._stop.wait(interval):
                 if not self._follower.caught_up.is_set():
                     continue  # judge only from the heartbeats up to now
-                for ev in self.check():
+                try:
+                    events = self.check()
+                except Exception as exc:  # noqa: BLE001 - the watchdog must outlive a bug
+                    log.error("watchdog check failed (%s)", where(exc))
+                    continue
+                for ev in events:
                     log.warning("%s %s (partition %s)", ev.kind, ev.event,
                                 ev.evidence.get("partition"))
-                    send(ev)
+                    try:
+                        send(ev)
+                    except Exception as exc:  # noqa: BLE001 - sent again at the next check
+                        log.error("watchdog alert not sent (%s); trying again", where(exc))
+                        self._unsent(ev)
         finally:
             self._follower.stop()
+
+    def _unsent(self, ev: messages.AlertEvent) -> None:
+        """Undo what `check` recorded for an event that was not sent, so the next check
+        makes it again."""
+        if ev.event == "raised":
+            self.open.pop(ev.patient_id, None)
+        else:
+            self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
+                                                                state="active")
 
     def stop(self) -> None:
         self._stop.set()

@@ -263,8 +263,9 @@ class Dispatcher:
                     rec.topic, rec.partition, rec.offset, exc.kind)
 
     def _raise(self, event: AlertEvent) -> None:
+        """Send a watchdog alert and wait until Kafka has it (it raises if not)."""
         self._producer.send(self.settings.topic_alerts, key=event.patient_id.encode(),
-                            value=encode(event))
+                            value=encode(event)).get(timeout=30)
 
     @property
     def stopping(self) -> bool:

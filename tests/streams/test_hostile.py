@@ -374,3 +374,26 @@ def test_the_unmutated_messages_are_applied():
     got = decode_batch([False, False], [b"P1", b"P1"], msgs, False, BOUNDS)
     assert got.rejects == [] and got.source.tolist() == [0, 1]
     assert TwinProcessor(clock=Clock(NOW)).process(got.batch, {}).applied == 2
+
+
+def test_a_rejected_readings_alert_resolves_after_the_device_goes_silent():
+    """Its counts decay away while no reading comes; the open alert is still checked, so it
+    clears instead of reminding and escalating for ever (threshold 2 a minute)."""
+    from twin.alerts import AlertPolicy
+
+    clock = Clock(NOW)
+    proc = TwinProcessor(clock=clock, policy=AlertPolicy(reject_alert_per_min=2.0))
+    stored: dict = {}
+    feed(proc, stored, [good(seq=s, t=NOW - 60 + s) for s in range(1, 61)])
+    raised = False
+    for k in range(1, 60):
+        clock.t = NOW + k
+        res = feed(proc, stored, [good(seq=60, t=NOW)])  # duplicates
+        raised |= any(a.kind == "rejected_readings" and a.event == "raised" for a in res.alerts)
+    assert raised
+    events = []
+    for k in range(60, 3600, 5):  # then nothing at all: the timers run every 5 s
+        clock.t = NOW + k
+        events += proc.check_silent(stored)
+    assert any(e.kind == "rejected_readings" and e.event == "resolved" for e in events), \
+        sorted({(e.kind, e.event) for e in events})

@@ -46,6 +46,16 @@ def _admit(reg: Registry, s, pid: str, event: str = "admit") -> None:
     reg.apply(s.topic_patients, pid.encode(), msgspec.json.encode(rec))
 
 
+def test_a_heartbeat_from_a_clock_ahead_counts_no_later_than_now():
+    s = make_settings(9092, watchdog_silent_s=15.0)
+    clock = Clock(T0 + 100)
+    wd = Watchdog(s, clock=clock)
+    # a worker whose clock runs an hour ahead, and then dies
+    wd.apply(s.topic_workers, b"w1", heartbeat("w1", list(range(4)), T0 + 3700))
+    clock.t = T0 + 116
+    assert set(wd.coverage.unheld(clock.t, 15)) == set(range(4))
+
+
 def test_watchdog_raises_once_per_admitted_patient_and_resolves():
     s = make_settings(9092, watchdog_silent_s=15.0)
     clock = Clock(T0)
@@ -60,10 +70,12 @@ def test_watchdog_raises_once_per_admitted_patient_and_resolves():
     def beat(worker: str, at: float, held: list[int]) -> None:
         wd.apply(s.topic_workers, worker.encode(), heartbeat(worker, held, at))
 
+    clock.t = T0 + 1
     beat("w1", T0 + 1, [lost])
     beat("w2", T0 + 1, others)
     clock.t = T0 + 10
     assert wd.check() == []
+    clock.t = T0 + 12
     beat("w2", T0 + 12, others)  # w1 dies after its first heartbeat
     clock.t = T0 + 17
     raised = wd.check()
@@ -76,6 +88,7 @@ def test_watchdog_raises_once_per_admitted_patient_and_resolves():
     _admit(wd.registry, s, raised[0].patient_id, "discharge")
     (gone,) = wd.check()
     assert gone.event == "resolved" and gone.alert_id == raised[0].alert_id
+    clock.t = T0 + 20
     beat("w3", T0 + 20, [lost])
     beat("w2", T0 + 20, others)
     clock.t = T0 + 21
