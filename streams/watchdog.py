@@ -10,9 +10,9 @@ it is resolved when a worker holds the partition again.
 
 The alert ids are made from the patient and the time the partition was last held, so two
 dispatchers that saw the same heartbeats raise the same alert (not for a partition never held
-since they started), which subscribers deduplicate by `alert_id` and `event`. Open alerts are
-kept in memory: a dispatcher restarted during an outage raises them again under new ids and
-does not resolve the old ones (open, issue 18).
+since they started), which subscribers deduplicate by `alert_id` and `event`. The watchdog
+reads its own past alerts back from the alerts topic at start, so one restarted during an
+outage (or after it) still resolves the alerts raised before.
 """
 
 from __future__ import annotations
@@ -87,12 +87,25 @@ class Watchdog:
         self.registry = registry or Registry(settings)
         self.open: dict[str, messages.AlertEvent] = {}  # patient id -> its raised alert
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # `open`: the follower's thread and the checks'
         self._follower: Follower | None = None
 
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        """A record of the workers or the patients topic."""
+        """A record of the workers, the alerts or the patients topic."""
         if topic == self.settings.topic_patients:
             self.registry.apply(topic, key, value)
+            return
+        if topic == self.settings.topic_alerts:
+            ev = messages.decode_alert(value)
+            if ev.kind != KIND:
+                return
+            with self._lock:
+                if ev.event == "raised":
+                    self.open[ev.patient_id] = ev
+                elif ev.event == "resolved" and \
+                        (raised := self.open.get(ev.patient_id)) is not None and \
+                        raised.alert_id == ev.alert_id:
+                    del self.open[ev.patient_id]
             return
         worker = record_key(key)
         hb = messages.decode_heartbeat(value)
@@ -106,7 +119,10 @@ class Watchdog:
 
     def check(self, now: float | None = None) -> list[messages.AlertEvent]:
         """Alert events for patients whose partition lost its worker, or got one back."""
-        now = self.clock() if now is None else now
+        with self._lock:
+            return self._check(self.clock() if now is None else now)
+
+    def _check(self, now: float) -> list[messages.AlertEvent]:
         unheld = self.coverage.unheld(now, self.settings.watchdog_silent_s)
         events = []
         admitted = self.registry.admitted()
@@ -141,7 +157,8 @@ class Watchdog:
     def run(self, send: Callable[[messages.AlertEvent], Any], interval: float = 5.0) -> None:
         """Until stop(): follow heartbeats and the registry, and `send` each event."""
         s = self.settings
-        followed = (s.topic_workers, s.topic_patients) if self.own_registry else (s.topic_workers,)
+        followed = (s.topic_workers, s.topic_alerts) + \
+            ((s.topic_patients,) if self.own_registry else ())
         self._follower = Follower(s, followed, self.apply, "patient-twin-watchdog",
                                   fetch_max_wait_ms=500).start()
         self.coverage.started = self.clock()
@@ -168,11 +185,12 @@ class Watchdog:
     def _unsent(self, ev: messages.AlertEvent) -> None:
         """Undo what `check` recorded for an event that was not sent, so the next check
         makes it again."""
-        if ev.event == "raised":
-            self.open.pop(ev.patient_id, None)
-        else:
-            self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
-                                                                state="active")
+        with self._lock:
+            if ev.event == "raised":
+                self.open.pop(ev.patient_id, None)
+            else:
+                self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
+                                                                    state="active")
 
     def stop(self) -> None:
         self._stop.set()

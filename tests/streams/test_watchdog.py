@@ -142,3 +142,26 @@ def test_a_killed_worker_is_announced_to_subscribers_and_its_return_too(settings
 
     events = _alerts(s, resolved, 90)
     assert resolved(events), procs.log("worker2")[-3000:]
+
+
+def test_a_restarted_watchdog_resolves_the_alerts_raised_before_it():
+    s = make_settings(9092, watchdog_silent_s=15.0)
+    clock = Clock(T0)
+    first = Watchdog(s, clock=clock)
+    _admit(first.registry, s, "P0")
+    part = partition_of("P0", s.kafka_partitions)
+    first.apply(s.topic_workers, b"w1", heartbeat("w1", [part], T0))
+    clock.t = T0 + 20
+    (raised,) = first.check()
+    # a new dispatcher reads the alerts topic back at start: the raised alert, and an
+    # unrelated alert of another kind, and the worker's heartbeats once it is back
+    later = Watchdog(s, clock=clock)
+    _admit(later.registry, s, "P0")
+    later.apply(s.topic_alerts, b"P0", messages.encode(raised))
+    later.apply(s.topic_alerts, b"P0", messages.encode(msgspec.structs.replace(
+        raised, alert_id="P0:no_data:1", kind="no_data")))
+    clock.t = T0 + 30
+    later.apply(s.topic_workers, b"w2", heartbeat("w2", [part], T0 + 30))
+    (resolved,) = later.check()
+    assert (resolved.alert_id, resolved.event) == (raised.alert_id, "resolved")
+    assert later.check() == []
