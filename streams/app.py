@@ -40,7 +40,7 @@ from twin.alerts import REJECT_CAUSES, AlertPolicy
 log = logging.getLogger("patient_twin.worker")
 # Longest a batch waits for the registry to catch up before refusing readings of patients it
 # does not know (an admission written just before the patient's first readings).
-ADMISSION_SYNC_S = 2.0
+ADMISSION_SYNC_S = 3.0
 REGISTRY_WAIT_S = 60.0  # for the registry at start-up
 
 

@@ -67,12 +67,19 @@ class Follower:
 
     def sync(self, timeout: float, min_interval_s: float = 1.0) -> bool:
         """Wait (up to `timeout`) until every record on the topics now has been applied; True
-        if so. At most once per `min_interval_s` (False at once otherwise), so a caller asking
-        for every batch cannot make every batch wait."""
-        now = time.monotonic()
-        if now - self._last_sync < min_interval_s or not self.connected:
+        if so. At most once per `min_interval_s`: a call sooner waits for its turn (within the
+        timeout) rather than be refused, so a record written just after the last sync is still
+        seen, and a caller asking for every batch (a flood of unknown ids) makes each batch
+        wait at most about that long."""
+        if not self.connected:
             return False
-        self._last_sync = now
+        turn = self._last_sync + min_interval_s - time.monotonic()
+        if turn > 0:
+            if turn >= timeout:
+                return False
+            time.sleep(turn)
+            timeout -= turn
+        self._last_sync = time.monotonic()
         self._synced.clear()
         self._sync_asked.set()
         return self._synced.wait(timeout)
