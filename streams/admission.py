@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from streams.process import Batch
+from twin.history import membership_key
 
 OK, UNKNOWN_PATIENT, UNPAIRED_DEVICE = 0, 1, 2
 KINDS = {UNKNOWN_PATIENT: "unknown_patient", UNPAIRED_DEVICE: "unpaired_device"}
@@ -41,14 +42,10 @@ def check(batch: Batch, paired: Callable[[str], frozenset[int] | None]) -> np.nd
     rows = [i for i, s in enumerate(sets) if s]
     pair_row = np.fromiter((i for i in rows for _ in sets[i]), np.int64)  # type: ignore[union-attr]
     pair_dev = np.fromiter((h for i in rows for h in sets[i]), np.uint64)  # type: ignore[union-attr]
-    ok_pair = np.isin(_key(r.row, r.device), _key(pair_row, pair_dev))
+    # (patient, device) pairs as one 64-bit key each; sequence number 0 for all
+    ok_pair = np.isin(membership_key(r.row, r.device, np.zeros_like(r.row)),
+                      membership_key(pair_row, pair_dev, np.zeros_like(pair_row)))
     if r.manual is not None:
         ok_pair |= r.manual
     out = np.where(admitted[r.row], np.where(ok_pair, OK, UNPAIRED_DEVICE), UNKNOWN_PATIENT)
     return out.astype(np.int8)
-
-
-def _key(row: np.ndarray, device: np.ndarray) -> np.ndarray:
-    """One 64-bit key per (patient row, device hash) for membership tests."""
-    with np.errstate(over="ignore"):
-        return device.astype(np.uint64) ^ (row.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))

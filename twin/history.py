@@ -159,7 +159,7 @@ def _concat(parts: list[bank.Readings]) -> bank.Readings:
     return bank.Readings(**out)
 
 
-def _key(row: np.ndarray, device: np.ndarray, seq: np.ndarray) -> np.ndarray:
+def membership_key(row: np.ndarray, device: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """One 64-bit key per (twin, device, sequence number) `(K,)`, for membership tests (a
     false match needs a 64-bit collision)."""
     with np.errstate(over="ignore"):
@@ -210,8 +210,9 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     older = np.flatnonzero(t < tc)
     again = np.zeros(row.shape[0], bool)
     if len(older):
-        again[older] = np.isin(_key(row[older], readings.device[older], readings.seq[older]),
-                               _key(h.buf_row, h.buf["device"], h.buf["seq"]))
+        again[older] = np.isin(
+            membership_key(row[older], readings.device[older], readings.seq[older]),
+            membership_key(h.buf_row, h.buf["device"], h.buf["seq"]))
     not_before[again | manual] = np.nan
     within = ~manual & ~again & (t < tc) & (t >= not_before)
     first = np.full(N, np.inf)  # each twin's earliest late reading
