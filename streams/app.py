@@ -22,7 +22,7 @@ import faust
 import numpy as np
 from faust.types import TP
 
-from streams import admission, messages, watchdog
+from streams import admission, messages, topics, watchdog
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
@@ -32,7 +32,7 @@ from streams.liveness import Liveness
 from streams.metrics import WorkerMetrics, serve
 from streams.offsets import OffsetTracker
 from streams.process import TwinProcessor, select
-from streams.registry import Registry
+from streams.registry import Registry, RegistryWriter
 from streams.sink import InfluxSink, alert_points, state_points
 from streams.topics import partition_of
 from twin.alerts import REJECT_CAUSES, AlertPolicy
@@ -141,6 +141,11 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
                          lone_last=settings.embedded_broker)
     registry = Registry(settings)
     app.registry = registry  # type: ignore[attr-defined]
+    # When the broker lost its records (the registry's follower finds its topic replaced: a
+    # restart of the memory-only embedded broker), the time it was found.
+    broker_lost: dict[str, float] = {}
+    app.on_broker_reset = lambda _topics: broker_lost.setdefault(  # type: ignore[attr-defined]
+        "at", time.time())
     processor = TwinProcessor(
         policy=AlertPolicy(reject_alert_per_min=settings.reject_alert_per_min),
         spo2_scale=registry.spo2_scale, late_tolerance_s=settings.worker_late_tolerance_s)
@@ -382,6 +387,38 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
         except Exception as exc:  # noqa: BLE001 - a timer that raises would stop the worker
             log.warning("heartbeat not sent (%s)", where(exc))
 
+    @app.timer(interval=1.0)
+    async def after_broker_loss() -> None:
+        """The broker lost everything it stored (module docstring of streams.follow): write
+        back what this worker holds, the registry and its twins, each twin marked and its
+        patient alerted (`history_lost`), then exit for a restart. A restarted worker restores
+        the twins from the changelog written here and reads the new logs from their start,
+        which Faust and the offset bookkeeping here would not do in place: their positions and
+        committed offsets are those of the old logs."""
+        if "at" not in broker_lost or "handled" in broker_lost:
+            return
+        broker_lost["handled"] = time.time()
+        log.error("the broker lost its stored records (a restart of a memory-only broker?): "
+                  "writing back the registry and the twins held here, then restarting")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, topics.ensure, settings)
+            writer_of_registry = RegistryWriter(settings, registry)
+            try:
+                n = await loop.run_in_executor(None, writer_of_registry.republish)
+            finally:
+                writer_of_registry.close()
+            async with batch_lock:
+                held = {k.decode(): v for k, v in twins.items() if v is not None}
+                records, events = processor.history_lost(held, broker_lost["at"])
+                await write_records(records)
+                await send_alerts(events)
+                await app.producer.flush()
+            log.warning("wrote back %d registry records and %d twins", n, len(records))
+        except Exception as exc:  # noqa: BLE001 - restart anyway; the loss is logged
+            log.error("writing back after the broker's loss failed (%s)", where(exc))
+        exit_for_restart()
+
     @app.timer(interval=5.0)
     async def alert_timers() -> None:
         # Reminders, escalations, and "no data" for this worker's silent patients. A patient
@@ -464,7 +501,8 @@ def run_worker(settings: Settings) -> int:
     # The registry is read to its end before the first batch: readings are applied only for
     # admitted patients from paired devices (streams.admission), so a worker that started with a
     # partial registry would refuse valid readings, and score twins on the wrong SpO2 scale.
-    registry = app.registry.start("patient-twin-worker-registry")  # type: ignore[attr-defined]
+    registry = app.registry.start(  # type: ignore[attr-defined]
+        "patient-twin-worker-registry", on_reset=app.on_broker_reset)  # type: ignore[attr-defined]
     if not registry.follower.caught_up.wait(REGISTRY_WAIT_S):
         registry.stop()
         raise BrokerError(f"could not read the patient registry ({settings.topic_patients}) "

@@ -7,9 +7,13 @@ and never starts this.
 from __future__ import annotations
 
 import subprocess
+from typing import TYPE_CHECKING
 
 from streams import supervise
 from streams.errors import BrokerError
+
+if TYPE_CHECKING:
+    from streams.config import Settings
 
 HOST = "127.0.0.1"
 
@@ -44,4 +48,19 @@ def start(port: int, *, quiet: bool = True, timeout: float = 15.0) -> subprocess
         code = supervise.stop(proc)
         raise BrokerError(f"the embedded broker did not start on {HOST}:{port} "
                           f"(exit code {code})")
+    return proc
+
+
+def start_with_topics(settings: Settings, *, quiet: bool = True) -> subprocess.Popen[bytes]:
+    """Start the broker on `settings.broker_port` and create the project's topics: a restarted
+    broker is empty, and clients that ask for a missing topic would make it with the broker's
+    defaults first."""
+    from streams import topics
+
+    proc = start(settings.broker_port, quiet=quiet)
+    try:
+        topics.ensure(settings)
+    except BrokerError:
+        supervise.stop(proc)
+        raise
     return proc

@@ -362,11 +362,15 @@ def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _broker(settings: config.Settings, port: int) -> int:
+    import msgspec
+
     from streams import broker
 
-    proc = broker.start(port, quiet=True)
-    print(f"broker: Kafka bootstrap 127.0.0.1:{port} (embedded Tansu, memory only). "
-          "Ctrl-C stops it.", flush=True)
+    # with the project's topics: a broker started again after a crash is empty
+    proc = broker.start_with_topics(msgspec.structs.replace(
+        settings, broker_port=port, kafka_bootstrap_servers=None))
+    print(f"broker: Kafka bootstrap 127.0.0.1:{port} (embedded Tansu, memory only), topics "
+          "created. Ctrl-C stops it.", flush=True)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

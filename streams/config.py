@@ -350,6 +350,11 @@ EMBEDDED_FETCH_MAX_WAIT_MS = 100
 def kafka_python_consumer_config(s: Settings) -> dict[str, Any]:
     """kafka-python consumer settings: the connection plus what the broker needs."""
     cfg = kafka_python_config(s)
+    # A topic is created by `patient-twin topics` (or the broker command) with its partitions
+    # and config, never by a reader asking for it: after a restart of a memory-only broker, a
+    # metadata request that may create topics made them with the broker's default partition
+    # count and no config before `topics` could (tried, docs/tansu.md).
+    cfg["allow_auto_create_topics"] = False
     if s.embedded_broker:
         cfg["fetch_max_wait_ms"] = EMBEDDED_FETCH_MAX_WAIT_MS
     return cfg
@@ -364,6 +369,13 @@ def kafka_python_producer_config(s: Settings, *, streamed: bool = False) -> dict
     """
     cfg = kafka_python_config(s)
     cfg["compression_type"] = None if s.kafka_compression == "none" else s.kafka_compression
+    cfg["allow_auto_create_topics"] = False  # as for consumers
+    if s.embedded_broker:
+        # An idempotent producer keeps its producer id across a broker restart and asks to bump
+        # its epoch; the restarted memory-only Tansu does not know the id and answers every
+        # InitProducerId with UnknownError, so the producer stayed failed for good (the
+        # simulator's every send, tried). Real clusters keep producer ids and idempotence.
+        cfg["enable_idempotence"] = False
     if s.embedded_broker and not streamed:
         # The embedded Tansu broker reports a high watermark of the last record batch's base
         # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at

@@ -1,7 +1,11 @@
 """`patient-twin demo`: broker, simulator, worker and dashboard together, with a status line.
 
 Every child is started with `supervise.spawn` (it dies with us, even on SIGKILL) and stopped in
-reverse order on Ctrl-C, SIGTERM, `--duration`, or when any child fails.
+reverse order on Ctrl-C, SIGTERM, `--duration`, or when any child fails. Two are restarted
+instead, as a site's supervisor would: the embedded broker if it dies (on its port, with the
+topics created again: it comes back empty), and the worker when it exits with code 3 (it asks for
+a restart: stalled, out of its group, or the broker lost its records). At most
+`MAX_RESTARTS` times each.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,8 @@ from streams import broker, supervise, topics
 from streams.config import Settings
 from streams.follow import Follower
 
+MAX_RESTARTS = 10
+RESTART_EXIT_CODE = 3  # a worker asking its supervisor for a restart (README)
 
 @dataclass
 class Status:
@@ -64,20 +71,42 @@ class _Children:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        # name -> (exit codes that restart it (None: any), how to start it again)
+        self.restart: dict[str, tuple[set[int] | None,
+                                      Callable[[], subprocess.Popen[bytes]]]] = {}
+        self.restarts: dict[str, int] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.procs.append((name, supervise.spawn(argv, env=env, stdout=log,
-                                                 stderr=subprocess.STDOUT)))
-        log.close()
+    def start(self, name: str, argv: list[str], env: dict[str, str],
+              restart_on: set[int] | None = None) -> None:
+        def spawn() -> subprocess.Popen[bytes]:
+            # appended to: a restarted child's log follows its predecessor's
+            with open(self.log_dir / f"{name}.log", "ab") as log:
+                return supervise.spawn(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
-    def add(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.procs.append((name, spawn()))
+        if restart_on is not None:
+            self.restart[name] = (restart_on, spawn)
+
+    def add(self, name: str, proc: subprocess.Popen[bytes],
+            again: Callable[[], subprocess.Popen[bytes]] | None = None) -> None:
+        """A child started by the caller; `again` starts it anew whenever it dies."""
         self.procs.append((name, proc))
+        if again is not None:
+            self.restart[name] = (None, again)
 
     def failed(self) -> str | None:
-        for name, p in self.procs:
-            if p.poll() is not None:
+        """Restart the children that may be; the first one that failed otherwise, or None."""
+        for i, (name, p) in enumerate(self.procs):
+            if p.poll() is None:
+                continue
+            codes, again = self.restart.get(name, (set(), None))
+            if again is None or (codes is not None and p.returncode not in codes) or \
+                    self.restarts.get(name, 0) >= MAX_RESTARTS:
                 return f"{name} exited with code {p.returncode}"
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            print(f"\ndemo: the {name} exited with code {p.returncode}; starting it again",
+                  flush=True)
+            self.procs[i] = (name, again())
         return None
 
     def stop(self, name: str | None = None) -> None:
@@ -100,9 +129,10 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             if not supervise.port_free(port):
                 port = supervise.free_port()
                 print(f"demo: port {settings.broker_port} is taken; broker uses {port}")
-            children.add("broker", broker.start(port))
             env["BROKER_PORT"] = str(port)
             settings = msgspec.structs.replace(settings, broker_port=port)
+            children.add("broker", broker.start(port), again=lambda: broker.start_with_topics(
+                settings))
         topics.ensure(settings)
         dash_port = settings.dashboard_port
         if not supervise.port_free(dash_port, settings.dashboard_host):
@@ -121,7 +151,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             env["USERS_FILE"] = str(log_dir / "users.jsonl")
             add_user(env["USERS_FILE"], "demo", "admin", [], password)
             login_line = f"demo: log in as demo with password {password}"
-        children.start("worker", supervise.python_argv("worker"), env)
+        children.start("worker", supervise.python_argv("worker"), env,
+                       restart_on={RESTART_EXIT_CODE})
         children.start("dashboard", supervise.python_argv("dashboard"), env)
         children.start("dispatcher", supervise.python_argv("dispatcher"), env)
         children.start("simulator", supervise.python_argv(

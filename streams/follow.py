@@ -8,6 +8,14 @@ of them can run side by side and each shows the latest state at once on start.
 A view replays its topics from the beginning at every start, so a record it cannot apply must
 never stop it: `apply` raises InvalidMessage for such a record, and the follower counts it in
 `skipped` and logs where it is and why (the kind), never what it holds.
+
+A memory-only broker (the embedded Tansu) comes back from a restart empty; once the topics are
+created again, a reader whose positions are past the new logs' ends would wait for offsets that
+come only much later, reading nothing meanwhile (tried: the new broker answers such fetches
+with no records, not with an out-of-range error). So the follower checks every second whether
+a topic was replaced (its topic id changed; without topic ids, a partition now ends before our
+position), and then reads every topic again from its new start; the view keeps what it had
+applied, and `on_reset` tells its owner (the worker re-publishes what the broker lost).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
@@ -35,14 +43,44 @@ def record_key(key: bytes | None) -> str:
         raise reject("the record's key is not UTF-8", "bad_key") from None
 
 
+RESET_CHECK_S = 1.0  # how often a follower checks that its topics are the ones it read
+
+
+def replaced(positions: Mapping[Any, int], ends: Mapping[Any, int],
+             ids_before: Mapping[str, object], ids_now: Mapping[str, object]) -> set[str]:
+    """Topics whose log was replaced since we read them: their topic id changed; or, for a
+    topic whose id is not known (a broker without topic ids), one of its partitions (`tp.topic`)
+    now ends before our position in it. Not by offsets where ids are known: the embedded broker
+    reports an end offset short of the last record of a multi-record batch (docs/tansu.md), so
+    a reader of such a topic is often past the end it reports."""
+    out = {t for t, before in ids_before.items()
+           if before is not None and ids_now.get(t) is not None and ids_now[t] != before}
+    out.update(tp.topic for tp, pos in positions.items()
+               if ids_now.get(tp.topic) is None and tp in ends and ends[tp] < pos)
+    return out
+
+
+def topic_ids(consumer: Any, topics: Sequence[str]) -> dict[str, object]:
+    """Each topic's id from the consumer's cluster metadata (None: not known, e.g. a broker
+    without topic ids). kafka-python 3 keeps them on its client's `cluster.topic_id`; reached
+    through the private `_client`, so any change there reads as "not known"."""
+    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
+    get = getattr(cluster, "topic_id", None)
+    return {t: get(t) if get is not None else None for t in topics}
+
+
 class Follower:
     """A thread that feeds every record of `topics` (key, value) to `apply`, reconnecting on
     Kafka errors. `connected` says whether it currently reads; `skipped` counts, by topic, the
-    records `apply` refused (InvalidMessage) or failed on."""
+    records `apply` refused (InvalidMessage) or failed on; `resets` the times the broker was
+    found to have lost the topics' records (module docstring), each told to `on_reset` (called
+    in the follower's thread with the replaced topics, before their new records are applied).
+    """
 
     def __init__(self, settings: Settings, topics: Sequence[str],
                  apply: Callable[[str, bytes | None, bytes | None], None],
-                 client_id: str, fetch_max_wait_ms: int | None = None) -> None:
+                 client_id: str, fetch_max_wait_ms: int | None = None,
+                 on_reset: Callable[[set[str]], None] | None = None) -> None:
         self.settings = settings
         # None: the configured consumer's; longer for views that need not be fresh to 100 ms
         # (each fetch the embedded broker answers costs the process CPU while it is idle).
@@ -53,6 +91,10 @@ class Follower:
         self.connected = False
         # every topic's entry exists from the start: readers in other threads see a fixed dict
         self.skipped: dict[str, int] = dict.fromkeys(self.topics, 0)
+        self.on_reset = on_reset
+        self.resets = 0
+        self._ids: dict[str, object] = {}  # topic ids as last read
+        self._lost: set[str] = set()  # topics found replaced, told once reconnected
         self.caught_up = threading.Event()  # set once everything present at start was applied
         self._sync_asked = threading.Event()
         self._synced = threading.Event()
@@ -109,9 +151,19 @@ class Follower:
                 consumer.assign(parts)
                 consumer.seek_to_beginning(*parts)
                 ends = consumer.end_offsets(parts)
+                self._reconnected(topic_ids(consumer, self.topics))
                 self.connected = True
                 target = None
+                checked = time.monotonic()
                 while not self._stop.is_set():
+                    if time.monotonic() - checked >= RESET_CHECK_S:
+                        checked = time.monotonic()
+                        lost = replaced({tp: consumer.position(tp) for tp in parts},
+                                        consumer.end_offsets(parts), self._ids,
+                                        topic_ids(consumer, self.topics))
+                        if lost:
+                            self._lost |= lost
+                            break  # read every topic again from its new start
                     if self._sync_asked.is_set():
                         self._sync_asked.clear()
                         target = consumer.end_offsets(parts)
@@ -125,11 +177,31 @@ class Follower:
                     if target and all(consumer.position(tp) >= target[tp] for tp in parts):
                         target = None
                         self._synced.set()
+                self.connected = False
                 consumer.close()
             except KafkaError as exc:
                 self.connected = False
                 log.warning("%s lost Kafka (%s); retrying", self.client_id, type(exc).__name__)
                 time.sleep(1.0)
+
+    def _reconnected(self, ids: dict[str, object]) -> None:
+        """After (re)assigning: tell `on_reset` which topics the broker replaced, found by the
+        check in the read loop or by their ids changing while we were away."""
+        lost = self._lost | {t for t in replaced({}, {}, self._ids, ids)}
+        self._ids.update({t: i for t, i in ids.items() if i is not None})
+        self._lost = set()
+        if not lost:
+            return
+        self.resets += 1
+        log.warning("%s: the broker lost the records of %d topic(s) (a restart of a memory-only "
+                    "broker?); reading them again from their new start", self.client_id,
+                    len(lost))
+        if self.on_reset is not None:
+            try:
+                self.on_reset(lost)
+            except Exception as exc:  # noqa: BLE001 - the view must keep reading
+                log.error("%s: handling the lost topics failed (%s)", self.client_id,
+                          where(exc))
 
     def _apply(self, rec: Any) -> None:
         """Apply one consumer record; count and log one that cannot be applied, and go on."""
@@ -155,9 +227,9 @@ class TopicWriter:
         self.topic = topic
         self._producer: Any = None
 
-    def put(self, key: str, value: bytes | None, wait: bool = True) -> None:
+    def put(self, key: str, value: bytes | None, wait: bool = True) -> Any:
         """Send one record; with `wait`, return only once the broker has it (KafkaError if not).
-        """
+        Returns the send's future (kafka-python's)."""
         if self._producer is None:
             from kafka import KafkaProducer
 
@@ -166,6 +238,7 @@ class TopicWriter:
         future = self._producer.send(self.topic, key=key.encode(), value=value)
         if wait:
             future.get(timeout=30)
+        return future
 
     def close(self) -> None:
         if self._producer is not None:

@@ -112,6 +112,10 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     # When the worker applied it (its own clock): what "stale" is measured from, since a
     # device clock may be ahead or behind (None: from an older worker).
     applied_at: datetime | None = None
+    # When the broker lost the twin's stored history (a restart of a memory-only broker): the
+    # twin went on from a worker's memory, and the readings not yet processed then, the twin's
+    # earlier records and its alerts' history are gone. None: never.
+    history_lost_at: datetime | None = None
     units: dict[str, str]
     estimate: dict[str, float | None]  # None: channel never observed
     sd: dict[str, float | None]

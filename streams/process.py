@@ -350,8 +350,10 @@ class TwinProcessor:
                 for i in np.flatnonzero(n).tolist():
                     self.rejects.add(pids[i], cause, float(n[i]), now)
         emitted = [pids[i] for i in rows.tolist()]
+        noticed = self.engine.noticed
         result.twin_states = twin_states(emitted, states, out, rows,
-                                         [self.applied_at.get(p) for p in emitted])
+                                         [self.applied_at.get(p) for p in emitted],
+                                         [noticed.get((p, "history_lost")) for p in emitted])
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],
@@ -402,6 +404,27 @@ class TwinProcessor:
                          self.rejects.of(pids, now))
         return [alert_event(ev) for ev in self.engine.update(view, now)]
 
+    def history_lost(self, stored: Mapping[str, bytes], lost_at: float,
+                     now: float | None = None) -> tuple[dict[str, bytes], list[AlertEvent]]:
+        """The broker lost its stored records at `lost_at` (a memory-only broker restarted)
+        while this worker held the twins in `stored` (patient id -> record). Marks each twin
+        (`TwinState.history_lost_at`) and raises the technical alert `history_lost` for its
+        patient (low priority, resolved once acknowledged). Returns the twins' records to write
+        again and the alert events."""
+        now = self.clock() if now is None else now
+        pids = sorted(stored)
+        self._own(pids, stored)
+        when = utc(lost_at).strftime("%Y-%m-%d %H:%M:%S UTC")
+        events = self.engine.notice(
+            pids, "history_lost", "low",
+            f"the Kafka broker lost its stored records at {when} (a restart of a memory-only "
+            "broker). The twin goes on from the worker's memory; readings sent but not yet "
+            "processed then, the twin's earlier twin.state records and its alerts' history "
+            "are gone from Kafka", {"lost_at": lost_at}, now)
+        for p in pids:
+            self.engine.noticed[(p, "history_lost")] = lost_at
+        return self.records(set(pids), stored), [alert_event(ev) for ev in events]
+
     def act(self, action: AlertAction, now: float | None = None,
             stored: bytes | None = None) -> list[AlertEvent]:
         """Apply a clinician's acknowledge or silence (stored: the patient's record, for a
@@ -438,10 +461,12 @@ class TwinProcessor:
 
 
 def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
-                applied_at: list[float | None] | None = None) -> list[TwinState]:
+                applied_at: list[float | None] | None = None,
+                history_lost_at: list[float | None] | None = None) -> list[TwinState]:
     """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
     and outputs `out`; applied_at: K times their latest readings were applied (the worker's
-    clock; None: not known). Every array is converted to Python values once for the batch."""
+    clock; None: not known); history_lost_at: K times the broker lost their stored history
+    (None: never). Every array is converted to Python values once for the batch."""
     def take(a: np.ndarray) -> np.ndarray:
         return a[rows]
 
@@ -466,6 +491,7 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndar
     complete = take(out.complete).tolist()
     horizons = [int(h) for h in bank.FORECAST_MINUTES]
     at = [None if a is None else utc(a) for a in applied_at or [None] * len(pids)]
+    lost = [None if a is None else utc(a) for a in history_lost_at or [None] * len(pids)]
     result = []
     for k, pid in enumerate(pids):
         result.append(TwinState(
@@ -485,5 +511,5 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndar
             artifacts=ints["artifacts"][k], missing=ints["missing"][k],
             duplicates=ints["duplicates"][k], late=ints["late"][k],
             sequence_gaps=ints["gaps"][k], battery=battery[k], quality=quality[k],
-            applied_at=at[k]))
+            applied_at=at[k], history_lost_at=lost[k]))
     return result

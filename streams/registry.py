@@ -10,6 +10,7 @@ topic, and every change writes the full record again.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,11 +83,15 @@ class Registry:
         self._paired: dict[str, frozenset[int]] = {}
         self.follower: Follower | None = None
 
-    def start(self, client_id: str = "patient-twin-registry") -> Registry:
+    def start(self, client_id: str = "patient-twin-registry",
+              on_reset: Callable[[set[str]], None] | None = None) -> Registry:
+        """Follow the patients topic; on_reset: told when the broker lost its records
+        (`Follower`), while this registry still holds them (`records`)."""
         # Registry changes are a clinician's actions: half a second is fresh enough, and the
         # embedded broker's 100 ms fetches cost a worker ~5 % of its CPU for an idle topic.
         self.follower = Follower(self.settings, (self.settings.topic_patients,),
-                                 self.apply, client_id, fetch_max_wait_ms=500).start()
+                                 self.apply, client_id, fetch_max_wait_ms=500,
+                                 on_reset=on_reset).start()
         return self
 
     def stop(self) -> None:
@@ -130,6 +135,11 @@ class Registry:
         """Read the registry up to its end now (`Follower.sync`); False without a follower."""
         return self.follower.sync(timeout) if self.follower is not None else False
 
+    def records(self) -> list[PatientRecord]:
+        """Every patient's current record (discharged ones too)."""
+        with self._lock:
+            return list(self._records.values())
+
     def admitted(self) -> dict[str, PatientRecord]:
         """Patients currently admitted (not discharged)."""
         with self._lock:
@@ -161,6 +171,17 @@ class RegistryWriter:
         value = msgspec.json.encode(rec)
         self.writer.put(rec.patient_id, value)
         self.registry.apply(self.registry.settings.topic_patients, rec.patient_id.encode(), value)
+
+    def republish(self) -> int:
+        """Write every record the registry holds again (after the broker lost them); returns
+        how many. A record is written as it was, so one changed meanwhile by a clinician, and
+        already read back, is written in its changed form."""
+        recs = self.registry.records()
+        sent = [self.writer.put(rec.patient_id, msgspec.json.encode(rec), wait=False)
+                for rec in recs]
+        for future in sent:
+            future.get(timeout=30)
+        return len(recs)
 
     def close(self) -> None:
         self.writer.close()

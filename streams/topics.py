@@ -41,7 +41,15 @@ def specs(s: Settings) -> list[NewTopic]:
         NewTopic(s.topic_webhook_dlq, 1, r, topic_configs=durable),
         NewTopic(s.topic_audit, 1, r, topic_configs=durable),
         NewTopic(s.topic_workers, 1, r, topic_configs=compact),
+        # the worker's twin table (Faust creates it too when a worker starts; here so that it
+        # is there again, with its config, after a memory-only broker restarted)
+        NewTopic(changelog_topic(s), p, r, topic_configs=compact),
     ]
+
+
+def changelog_topic(s: Settings) -> str:
+    """The worker's twin table changelog, as Faust names it: `{app id}-{table}-changelog`."""
+    return f"{s.app_id}-twins-changelog"
 
 
 @functools.lru_cache(maxsize=1 << 17)

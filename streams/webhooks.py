@@ -32,7 +32,7 @@ import msgspec
 
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
 from streams.errors import InvalidMessage
-from streams.follow import Follower, record_key
+from streams.follow import Follower, TopicWriter, record_key
 from streams.messages import AlertEvent, decode_alert, decode_record, encode, reject
 from streams.registry import Registry
 from streams.watchdog import Watchdog
@@ -137,7 +137,8 @@ class SubscriptionView:
         self.registry = Registry(settings)  # fed by this view's follower, not its own
         self._decoder = msgspec.json.Decoder(Subscription)
         self.follower = Follower(settings, (settings.topic_subscriptions,
-                                            settings.topic_patients), self.apply, client_id)
+                                            settings.topic_patients), self.apply, client_id,
+                                 on_reset=self._write_back)
 
     def start(self) -> SubscriptionView:
         self.follower.start()
@@ -168,6 +169,23 @@ class SubscriptionView:
                 self.subscriptions[sid] = sub
         elif topic == self.settings.topic_patients:
             self.registry.apply(topic, key, value)
+
+    def _write_back(self, lost: set[str]) -> None:
+        """The broker lost the subscriptions topic's records (a restart of a memory-only broker):
+        write back those this view holds, so that subscribers keep receiving alerts."""
+        if self.settings.topic_subscriptions not in lost:
+            return
+        with self._lock:
+            subs = dict(self.subscriptions)
+        writer = TopicWriter(self.settings, self.settings.topic_subscriptions)
+        try:
+            sent = [writer.put(sid, msgspec.json.encode(sub), wait=False)
+                    for sid, sub in subs.items()]
+            for future in sent:
+                future.get(timeout=30)
+        finally:
+            writer.close()
+        log.warning("wrote back %d webhook subscription(s) the broker lost", len(subs))
 
     def snapshot(self) -> tuple[list[Subscription], dict[str, str | None]]:
         with self._lock:
@@ -343,6 +361,9 @@ class _Stopped(Exception):
     pass
 
 
+CLOSE_TIMEOUT_MS = 5000
+
+
 class SubscriberQueue(threading.Thread):
     """One subscription's deliveries, in its own consumer group on the alerts topic: a failing or
     slow subscriber (retries, backoff, timeouts) never delays another, and each resumes from its
@@ -353,20 +374,22 @@ class SubscriberQueue(threading.Thread):
         super().__init__(name=f"webhook-{sub.id}", daemon=True)
         self.d = dispatcher
         self.sub = sub
-        self.joined = threading.Event()
+        self.joined = threading.Event()  # start positions set for the current assignment
+        self._fresh = False  # the broker lost its records: start positions from the new logs
         self._halt = threading.Event()  # not _stop: Thread uses that name
 
     def stop(self) -> None:
         self._halt.set()
 
-    def _start_positions(self, consumer: Any) -> None:
+    def _start_positions(self, consumer: Any, fresh: bool = False) -> None:
         """Seek every assigned partition to where this subscription's deliveries continue: the
-        committed offset, or for a partition never committed the first alert after the
-        subscription was created (committed at once, so a restart starts there too)."""
+        committed offset, or for a partition never committed (all of them when `fresh`) the
+        first alert after the subscription was created (committed at once, so a restart starts
+        there too)."""
         from kafka import OffsetAndMetadata
 
         assigned = list(consumer.assignment())
-        committed = {tp: consumer.committed(tp) for tp in assigned}
+        committed = {tp: None if fresh else consumer.committed(tp) for tp in assigned}
         new = [tp for tp in assigned if committed[tp] is None]
         start: dict[Any, int] = {tp: committed[tp] for tp in assigned if committed[tp] is not None}
         if new:
@@ -380,35 +403,77 @@ class SubscriberQueue(threading.Thread):
             consumer.seek(tp, off)
 
     def run(self) -> None:
-        from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka.errors import KafkaError
 
         s = self.d.settings
-        consumer = KafkaConsumer(s.topic_alerts, group_id=f"{s.app_id}-webhook-{self.sub.id}",
+        queue = self
+
+        class Positions(ConsumerRebalanceListener):
+            """Every new assignment gets its start positions set again (`_deliver_batch`)."""
+
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                queue.joined.clear()
+
+        consumer = KafkaConsumer(group_id=f"{s.app_id}-webhook-{self.sub.id}",
                                  client_id=f"patient-twin-webhook-{self.sub.id}",
                                  enable_auto_commit=False, auto_offset_reset="latest",
                                  session_timeout_ms=QUEUE_SESSION_TIMEOUT_MS,
                                  **kafka_python_consumer_config(s))
+        consumer.subscribe([s.topic_alerts], listener=Positions())
+        resets = self.d.view.follower.resets
         try:
             while not self._halt.is_set() and not self.d.stopping:
-                batch = consumer.poll(timeout_ms=300, max_records=100)
-                if not self.joined.is_set() and consumer.assignment():
-                    self._start_positions(consumer)
-                    self.joined.set()
-                    continue  # this batch was read from before the positions were set
-                for tp, records in batch.items():
-                    for rec in records:
-                        if self._halt.is_set():
-                            return
-                        try:
-                            event = msgspec.to_builtins(decode_alert(rec.value))
-                        except InvalidMessage as exc:
-                            self.d.skip(rec, exc)
-                        else:
-                            try:
-                                self.d.handle(self.sub, rec, event)
-                            except _Stopped:
-                                return  # uncommitted: delivered after the restart
-                        consumer.commit({TopicPartition(tp.topic, tp.partition):
-                                         OffsetAndMetadata(rec.offset + 1, "", -1)})
+                try:
+                    if self.d.view.follower.resets != resets:
+                        # The broker lost its records (the view found its topics replaced):
+                        # the group's committed offsets are gone, and a rejoin would start at
+                        # the new log's end. Everything in the new log came after the loss:
+                        # start again from the first alert after the subscription's creation.
+                        # The same consumer rejoins by itself: one closed mid-join stayed the
+                        # new broker's group leader, and the group never settled (tried).
+                        resets = self.d.view.follower.resets
+                        self._fresh = True
+                        self.joined.clear()
+                    if not self._deliver_batch(consumer):
+                        return
+                except KafkaError as exc:  # the broker went away: the consumer rejoins
+                    log.warning("webhook %s: Kafka error (%s); retrying", self.sub.id,
+                                type(exc).__name__)
+                    self.joined.clear()
+                    self._halt.wait(1.0)
         finally:
-            consumer.close()
+            # bounded: kafka-python would wait up to its request timeout (305 s) for a
+            # coordinator that may be gone
+            consumer.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+
+    def _deliver_batch(self, consumer: Any) -> bool:
+        """Poll once and deliver what came; False when stopping mid-batch (what was not
+        delivered is not committed: delivered after the restart)."""
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        batch = consumer.poll(timeout_ms=300, max_records=100)
+        if not self.joined.is_set() and consumer.assignment():
+            self._start_positions(consumer, self._fresh)
+            self._fresh = False  # only once it worked: a failed try is tried again
+            self.joined.set()
+            return True  # this batch was read from before the positions were set
+        for tp, records in batch.items():
+            for rec in records:
+                if self._halt.is_set():
+                    return False
+                try:
+                    event = msgspec.to_builtins(decode_alert(rec.value))
+                except InvalidMessage as exc:
+                    self.d.skip(rec, exc)
+                else:
+                    try:
+                        self.d.handle(self.sub, rec, event)
+                    except _Stopped:
+                        return False
+                consumer.commit({TopicPartition(tp.topic, tp.partition):
+                                 OffsetAndMetadata(rec.offset + 1, "", -1)})
+        return True

@@ -38,10 +38,11 @@ from twin.channels import INDEX, NAMES, C
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
 KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery",
-                          "rejected_readings", "monitoring_stopped")
+                          "rejected_readings", "monitoring_stopped", "history_lost")
 CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "no_data": "technical",
             "sensor_off": "technical", "low_battery": "technical",
-            "rejected_readings": "technical", "monitoring_stopped": "technical"}
+            "rejected_readings": "technical", "monitoring_stopped": "technical",
+            "history_lost": "technical"}
 # Raised outside the twins, by the dispatcher's watchdog when no worker processes a patient's
 # readings (streams.watchdog): listed for subscribers' filters, never a condition here.
 EXTERNAL_KINDS = frozenset({"monitoring_stopped"})
@@ -289,6 +290,9 @@ class AlertEngine:
         self.policy = policy or AlertPolicy()
         self.alerts: dict[tuple[str, str], Alert] = {}
         self.silences: dict[tuple[str, str], Silence] = {}
+        # (patient, kind) -> when the last `notice` of that kind was raised, kept after the
+        # alert is acknowledged and resolved: the twin stays marked (e.g. its history lost)
+        self.noticed: dict[tuple[str, str], float] = {}
         self.stats = FatigueStats()
 
     # -- conditions ------------------------------------------------------------------------
@@ -395,6 +399,25 @@ class AlertEngine:
                                           f"{since / 60:.0f} min"))
         return events
 
+    # -- notices -----------------------------------------------------------------------------
+    def notice(self, patient_ids: list[str], kind: str, priority: Priority, message: str,
+               evidence: dict[str, object], now: float) -> list[Event]:
+        """Raise, for each patient, an alert that is not a condition of the twin but a fact
+        someone must see (`history_lost`: the broker lost the patient's stored records). It is
+        raised latched: no condition clears it, and it is resolved once acknowledged. One
+        already open for the patient is left as it is."""
+        events = []
+        for pid in patient_ids:
+            self.noticed[(pid, kind)] = now
+            if (old := self.alerts.get((pid, kind))) is not None and old.open:
+                continue
+            a = Alert(f"{pid}:{kind}:{int(now * 1000)}", pid, kind, priority, state="latched",
+                      first_seen=now, raised_at=now, evidence=dict(evidence))
+            self.alerts[(pid, kind)] = a
+            self.stats.raised += 1
+            events.append(self._event("raised", a, now, f"{self._title(a)}: {message}"))
+        return events
+
     # -- clinician actions -----------------------------------------------------------------
     def find(self, alert_id: str) -> Alert | None:
         return next((a for a in self.alerts.values() if a.alert_id == alert_id), None)
@@ -439,11 +462,14 @@ class AlertEngine:
         worker to keep beside the twin so another worker can take over exactly."""
         alerts = [a for k in KINDS if (a := self.alerts.get((patient_id, k))) is not None]
         silences = [s for k in KINDS if (s := self.silences.get((patient_id, k))) is not None]
-        if not alerts and not silences:
+        noticed = {k: t for k in KINDS if (t := self.noticed.get((patient_id, k))) is not None}
+        if not alerts and not silences and not noticed:
             return b""
-        return json.dumps({"alerts": [asdict(a) for a in alerts],
-                           "silences": [asdict(s) for s in silences]},
-                          separators=(",", ":")).encode()
+        doc: dict[str, object] = {"alerts": [asdict(a) for a in alerts],
+                                  "silences": [asdict(s) for s in silences]}
+        if noticed:
+            doc["noticed"] = noticed
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     def restore(self, patient_id: str, blob: bytes) -> None:
         """Replace what the engine holds for the patient by `blob` (from `export`)."""
@@ -455,10 +481,12 @@ class AlertEngine:
             self.alerts[(patient_id, a["kind"])] = Alert(**a)
         for s in doc["silences"]:
             self.silences[(patient_id, s["kind"])] = Silence(**s)
+        for kind, t in doc.get("noticed", {}).items():
+            self.noticed[(patient_id, kind)] = float(t)
 
     def forget(self, patient_ids: set[str]) -> None:
         """Drop what the engine holds for these patients (their worker changed)."""
-        for store in (self.alerts, self.silences):
+        for store in (self.alerts, self.silences, self.noticed):
             for key in [k for k in store if k[0] in patient_ids]:
                 del store[key]
 
@@ -483,7 +511,8 @@ class AlertEngine:
         return {"news2": "NEWS2", "news2_forecast": "Predicted red NEWS2 parameter",
                 "no_data": "No data", "sensor_off": "Sensor off",
                 "low_battery": "Low battery", "rejected_readings": "Readings rejected",
-                "monitoring_stopped": "Monitoring stopped"}[a.kind]
+                "monitoring_stopped": "Monitoring stopped",
+                "history_lost": "Stored history lost"}[a.kind]
 
     def _describe(self, a: Alert) -> str:
         ev = a.evidence

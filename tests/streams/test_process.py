@@ -161,3 +161,22 @@ def test_late_reading_within_tolerance_is_applied_in_time_order_across_batches()
         [reading(k) for k in range(1, 21) if k != 10], {}, now=T0 + 20).states, now=T0 + 21)
     assert skipped.applied == 0 and skipped.reordered == 0
     assert skipped.twin_states[0].estimate == first.twin_states[0].estimate
+
+
+def test_twins_held_through_a_broker_loss_are_marked_and_their_patients_alerted():
+    proc = TwinProcessor()
+    res = proc.process([rd(p, 1, T0, hr=70.0, spo2=97.0) for p in ("a", "b")], {}, now=T0)
+    assert all(st.history_lost_at is None for st in res.twin_states)
+    records, events = proc.history_lost(dict(res.states), lost_at=T0 + 5, now=T0 + 6)
+    assert sorted(records) == ["a", "b"]
+    assert [(e.patient_id, e.kind, e.event, e.category, e.state) for e in events] == [
+        (p, "history_lost", "raised", "technical", "latched") for p in ("a", "b")]
+    assert "lost its stored records at" in events[0].message
+    # the twin itself is unchanged (state and history); only its alerts part grew
+    assert split(records["a"])[:2] == split(res.states["a"])[:2]
+    # a restarted worker continues from these records: its twin states carry the mark
+    fresh = TwinProcessor()
+    res2 = fresh.process([rd("a", 2, T0 + 7, hr=71.0, spo2=97.0)], records, now=T0 + 7)
+    (st,) = res2.twin_states
+    assert st.history_lost_at is not None and st.history_lost_at.timestamp() == T0 + 5
+    assert st.readings_applied == 2  # carried on, not started over

@@ -248,3 +248,26 @@ def test_many_patients_only_those_with_conditions_get_alerts():
     v = dataclasses.replace(view(n, estimate=est), news2=news, components=components)
     ev = AlertEngine().update(v, 0.0)
     assert sorted(e.alert.patient_id for e in ev) == ["P3", "P500"]
+
+
+def test_a_notice_is_raised_latched_kept_past_an_update_and_resolved_by_acknowledgement():
+    eng = AlertEngine()
+    (ev,) = eng.notice(["P0"], "history_lost", "low", "the broker lost it", {"lost_at": 5.0},
+                       now=10.0)
+    assert (ev.name, ev.alert.state, ev.alert.category) == ("raised", "latched", "technical")
+    assert ev.message.startswith("Stored history lost: the broker lost it")
+    assert eng.notice(["P0"], "history_lost", "low", "again", {}, now=11.0) == []  # one open
+    # no condition of the twin clears it, however long the twin is well
+    assert [e for e in eng.update(view(), now=1000.0) if e.alert.kind == "history_lost"] == []
+    assert eng.alerts[("P0", "history_lost")].state == "latched"
+    # the mark travels with the patient's record to another worker...
+    other = AlertEngine()
+    other.restore("P0", eng.export("P0"))
+    assert other.noticed[("P0", "history_lost")] == 11.0
+    names = [e.name for e in other.acknowledge(ev.alert.alert_id, "nurse", now=1001.0)]
+    assert names == ["acknowledged", "resolved"]
+    # ...and outlives the alert: the twin stays marked once the alert is resolved
+    assert other.noticed[("P0", "history_lost")] == 11.0
+    assert b'"noticed"' in other.export("P0")
+    other.forget({"P0"})
+    assert other.export("P0") == b""
