@@ -166,8 +166,14 @@ def header(patient_id: str, record: Any, state: dict[str, Any] | None,
         "STALE: no data yet" if age is None else
         f"STALE: no reading applied for {age:.0f} s; the values below are not current",
         id="patient-stale", className="stale-banner")]
+    lost_at = (state or {}).get("history_lost_at")
+    lost = [] if not lost_at else [html.Div(
+        f"History lost at {lost_at}: the Kafka broker lost its stored records (a restart of a "
+        "memory-only broker). The twin went on from the worker's memory; readings waiting then "
+        "and the earlier record are gone.", id="patient-history-lost",
+        className="history-lost-banner")]
     return html.Div([html.H2(f"Patient {patient_id}"),
-                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), *stale])
+                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), *stale, *lost])
 
 
 ACVPU = (("A", "Alert"), ("C", "new Confusion"), ("V", "responds to Voice"),

@@ -219,3 +219,16 @@ def test_aframe_fetch_refuses_a_package_that_does_not_match_its_integrity(tmp_pa
         vr.fetch_aframe(npm=str(fake))
     assert not (tmp_path / "vendor" / "aframe.min.js").exists()
     json.dumps(vr.scene_state([]))  # an empty ward is a valid scene
+
+
+def test_the_patient_header_says_when_the_twins_history_was_lost():
+    from dashboard.patient import header
+
+    now = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
+    state = {"ts": now.isoformat(), "applied_at": now.isoformat(), "history_lost_at": None}
+    assert "patient-history-lost" not in json.dumps(header("P1", None, state, now).to_plotly_json(),
+                                                    default=str)
+    state["history_lost_at"] = "2026-11-29T07:59:00+00:00"
+    shown = json.dumps(header("P1", None, state, now).to_plotly_json(), default=str)
+    assert "patient-history-lost" in shown and "History lost at 2026-11-29T07:59:00" in shown
+    assert "patient-stale" not in shown  # lost history is not staleness: the twin is current
