@@ -23,8 +23,7 @@ from twin.channels import INDEX
 TRUTH_SCHEMA = "patient-twin.sim-truth/1"
 GRID_S = 10.0  # the true signal is evaluated every 10 s
 
-# NEWS2 component columns (twin.news2.COMPONENTS) of each scored vital sign.
-_SCORED = {"rr": 0, "spo2": 1, "sbp": 3, "hr": 4, "temp": 6}
+_SCORED = news2.COLUMN  # the NEWS2 component column of each charted vital sign
 
 
 class PatientTruth(msgspec.Struct, frozen=True, kw_only=True):

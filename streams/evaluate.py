@@ -148,7 +148,7 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
             fresh[r] = ok & ~np.isnan(z)
             # a red score in a reading that just arrived, or the aggregate reaching 5
             red_now = np.zeros(patients, dtype=bool)
-            for ch, col in (("rr", 0), ("spo2", 1), ("sbp", 3), ("hr", 4), ("temp", 6)):
+            for ch, col in news2.COLUMN.items():
                 red_now |= fresh[:, INDEX[ch]] & (comp[:, col] >= 3)
             on = red_now | (total >= 5)
             for i in np.nonzero(on & ~base_on)[0]:

@@ -162,7 +162,7 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
     p_red = red_probability(view, policy.forecast_within_min)
     # Channels already red now are the news2 alert's business; predict the ones not yet red.
     now_red = np.zeros((n, C), dtype=bool)
-    for ch, col in (("rr", 0), ("spo2", 1), ("sbp", 3), ("hr", 4), ("temp", 6)):
+    for ch, col in news2.COLUMN.items():
         now_red[:, INDEX[ch]] = view.components[:, col] >= 3
     p_new = np.where(now_red, 0.0, p_red)
     red_ch = p_new >= policy.p_raise

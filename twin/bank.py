@@ -64,16 +64,6 @@ STATE_BYTES = STATE_DTYPE.itemsize
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
 Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
 
-# Where each channel's NEWS2 component changes (RCP 2017 chart, scale 1; values are scored at the
-# chart's resolution, so a whole-number parameter changes score half-way between whole numbers).
-_BAND_EDGES = {
-    "rr": [8.5, 11.5, 20.5, 24.5],
-    "spo2": [91.5, 93.5, 95.5],
-    "sbp": [90.5, 100.5, 110.5, 219.5],
-    "hr": [40.5, 50.5, 90.5, 110.5, 130.5],
-    "temp": [35.05, 36.05, 38.05, 39.05],
-}
-_EDGE_CHANNELS = [INDEX[ch] for ch in _BAND_EDGES]
 
 
 def device_hash(device_ids: list[str]) -> np.ndarray:
@@ -411,15 +401,16 @@ def _minutes_to_band(x: np.ndarray, params: ModelParams, horizon: float = 60.0) 
     K = x.shape[0]
     out = np.full((K, C), np.nan)
     lam = params.trend_decay
-    for ch, edges in _BAND_EDGES.items():  # five channels, not patients
+    for ch, param in news2.CHART.items():  # five channels, not patients
         c = INDEX[ch]
+        edges = param.continuous_edges()
         level, trend = x[:, c, 0], x[:, c, 1]
         if c == SPO2:
             # the latent moves linearly; compare it with the edges mapped through the curve
             e = odc_inverse(np.asarray(edges))
         else:
             e = np.asarray(edges, dtype=float)
-        now_score = _component(ch, odc(level) if c == SPO2 else level)
+        now_score = news2.score_values(ch, odc(level) if c == SPO2 else level)
         dist = e[None, :] - level[:, None]  # (K, E)
         ahead = np.sign(dist) == np.sign(trend)[:, None]
         # L(h) = L + b (1 - exp(-lam h)) / lam  =>  h = -ln(1 - lam d / b) / lam
@@ -427,17 +418,11 @@ def _minutes_to_band(x: np.ndarray, params: ModelParams, horizon: float = 60.0) 
             arg = 1.0 - lam * dist / trend[:, None]
             h = np.where(ahead & (arg > 0), -np.log(arg) / lam, np.inf)
         beyond = e[None, :] + np.sign(trend)[:, None] * 1e-3
-        after = _component(ch, odc(beyond) if c == SPO2 else beyond)
+        after = news2.score_values(ch, odc(beyond) if c == SPO2 else beyond)
         h = np.where(after > now_score[:, None], h, np.inf)
         best = h.min(axis=1)
         out[:, c] = np.where(best <= horizon, best, np.nan)
     return out
-
-
-def _component(ch: str, v: np.ndarray) -> np.ndarray:
-    scores = {"rr": [3, 1, 0, 2, 3], "spo2": [3, 2, 1, 0], "sbp": [3, 2, 1, 0, 3],
-              "hr": [3, 1, 0, 1, 2, 3], "temp": [3, 1, 0, 1, 2]}[ch]
-    return np.asarray(scores)[np.searchsorted(_BAND_EDGES[ch], v)]
 
 
 def outputs(

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from twin import bank
+from twin import bank, news2
 from twin.channels import INDEX, C
 from twin.model import ModelParams
 
@@ -188,10 +188,10 @@ def test_manual_observations_complete_news2_even_when_entered_after_the_fact():
     assert s["t"][0] == T0 + 60  # the twin's clock does not go back
     out = bank.outputs(s, np.array([T0 + 60] * 2), PARAMS)
     assert out.complete.tolist() == [True, False]
-    comps = dict(zip(("rr", "spo2", "o2", "sbp", "hr", "acvpu", "temp"), out.components[0],
+    comps = dict(zip(news2.COMPONENTS, out.components[0],
                      strict=True))
     # NEWS2 (RCP 2017): new confusion scores 3, supplemental oxygen 2; the vitals score 0
-    assert (comps["acvpu"], comps["o2"], out.news2[0]) == (3, 2, 5)
+    assert (comps["consciousness"], comps["air_or_oxygen"], out.news2[0]) == (3, 2, 5)
     assert out.news2[1] == 0
     # the observation survives serialisation (the worker keeps twins as bytes)
     back = bank.from_bytes(bank.to_bytes(s))

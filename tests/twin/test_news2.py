@@ -97,3 +97,26 @@ def test_aggregate_example_and_bands():
                                  [3, 2, 2, 0, 0, 0, 0]]))
     np.testing.assert_array_equal(bands, [news2.BAND_LOW, news2.BAND_LOW, news2.BAND_LOW_MEDIUM,
                                           news2.BAND_MEDIUM, news2.BAND_MEDIUM, news2.BAND_HIGH])
+
+
+@pytest.mark.parametrize("channel", sorted(news2.CHART))
+def test_every_score_of_a_vital_sign_comes_from_the_one_chart(channel):
+    """The continuous scoring (forecasts, minutes to the next band, red limits) and the chart's
+    scoring of readings agree on every value the chart can show."""
+    p = news2.CHART[channel]
+    lo, hi = p.edges[0] - 10 * p.resolution, p.edges[-1] + 10 * p.resolution
+    values = np.round(np.arange(lo, hi, p.resolution), 1)
+    normal = {"rr": 15.0, "spo2": 97.0, "temp": 37.0, "sbp": 120.0, "hr": 70.0}
+    args = {ch: np.full(values.shape, v) for ch, v in normal.items()}
+    args[channel] = values
+    _, comps, _ = news2.news2(**args, on_oxygen=np.zeros(values.shape),
+                              alert=np.ones(values.shape))
+    assert comps[:, news2.COLUMN[channel]].tolist() == \
+        news2.score_values(channel, values).tolist()
+    low, high = news2.red_limits(np.array([1]))
+    red = comps[:, news2.COLUMN[channel]] == 3
+    from twin.channels import INDEX
+
+    lim_lo, lim_hi = low[0, INDEX[channel]], high[0, INDEX[channel]]
+    beyond = (values < lim_lo) | (values >= lim_hi)  # NaN limits compare False
+    assert red.tolist() == beyond.tolist()
