@@ -22,7 +22,7 @@ import faust
 import numpy as np
 from faust.types import TP
 
-from streams import admission, messages, topics, watchdog
+from streams import admission, compat, messages, topics, watchdog
 from streams.catchup import CatchUp, lag_after
 from streams.changelog import BatchWriter
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
@@ -44,24 +44,6 @@ ADMISSION_SYNC_S = 3.0
 REGISTRY_WAIT_S = 60.0  # for the registry at start-up
 
 
-def _embedded_fetch_wait() -> None:
-    """Faust hard-codes a 1,500 ms fetch max wait for its worker consumer, which the embedded
-    broker always waits out (streams.config.EMBEDDED_FETCH_MAX_WAIT_MS): shorten it there."""
-    from faust.transport.drivers import aiokafka as driver
-
-    create = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(create, "embedded_wait", False):
-        return
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = EMBEDDED_FETCH_MAX_WAIT_MS  # read when the consumer starts
-        return consumer
-
-    create_worker_consumer.embedded_wait = True  # type: ignore[attr-defined]
-    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
-
-
 def faust_app_config(settings: Settings) -> dict[str, Any]:
     """faust.App keyword arguments for these settings (the worker's, and the benchmark's bare
     agent, so the two are measured on the same footing)."""
@@ -76,7 +58,9 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         tuning["broker_rebalance_timeout"] = 10.0
         tuning["broker_session_timeout"] = 4.0
         tuning["broker_heartbeat_interval"] = 1.0
-        _embedded_fetch_wait()
+        # Faust hard-codes a 1,500 ms fetch max wait for its worker consumer, which the
+        # embedded broker always waits out (streams.config.EMBEDDED_FETCH_MAX_WAIT_MS)
+        compat.set_faust_fetch_max_wait(EMBEDDED_FETCH_MAX_WAIT_MS)
     else:
         # Static membership (Kafka's group.instance.id), when the site gives each worker slot a
         # stable id of its own: a worker restarted under the same id takes its partitions back

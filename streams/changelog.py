@@ -20,6 +20,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from streams import compat
+
 
 class BatchWriter:
     """Keyed records -> one record batch per partition (more when a batch fills).
@@ -55,7 +57,7 @@ class BatchWriter:
             by_partition[self.partition(key)].append((key, value))
         if not by_partition:
             return
-        kafka = self.app.producer._ensure_producer()  # Faust's aiokafka producer
+        kafka = compat.faust_kafka_producer(self.app)
         async with self._lock:
             chains = []
             for part, items in by_partition.items():

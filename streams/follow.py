@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from streams import compat
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
 from streams.errors import InvalidMessage, where
 from streams.messages import reject
@@ -58,15 +59,6 @@ def replaced(positions: Mapping[Any, int], ends: Mapping[Any, int],
     out.update(tp.topic for tp, pos in positions.items()
                if ids_now.get(tp.topic) is None and tp in ends and ends[tp] < pos)
     return out
-
-
-def topic_ids(consumer: Any, topics: Sequence[str]) -> dict[str, object]:
-    """Each topic's id from the consumer's cluster metadata (None: not known, e.g. a broker
-    without topic ids). kafka-python 3 keeps them on its client's `cluster.topic_id`; reached
-    through the private `_client`, so any change there reads as "not known"."""
-    cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
-    get = getattr(cluster, "topic_id", None)
-    return {t: get(t) if get is not None else None for t in topics}
 
 
 class Follower:
@@ -151,7 +143,7 @@ class Follower:
                 consumer.assign(parts)
                 consumer.seek_to_beginning(*parts)
                 ends = consumer.end_offsets(parts)
-                self._reconnected(topic_ids(consumer, self.topics))
+                self._reconnected(compat.kafka_topic_ids(consumer, self.topics))
                 self.connected = True
                 target = None
                 checked = time.monotonic()
@@ -160,7 +152,7 @@ class Follower:
                         checked = time.monotonic()
                         lost = replaced({tp: consumer.position(tp) for tp in parts},
                                         consumer.end_offsets(parts), self._ids,
-                                        topic_ids(consumer, self.topics))
+                                        compat.kafka_topic_ids(consumer, self.topics))
                         if lost:
                             self._lost |= lost
                             break  # read every topic again from its new start

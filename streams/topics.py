@@ -12,8 +12,8 @@ from kafka.errors import (
     KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
-from kafka.partitioner.default import murmur2
 
+from streams.compat import murmur2
 from streams.config import Settings, kafka_python_config
 from streams.errors import BrokerError
 

@@ -22,6 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 _ids = itertools.count()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session broker is marked `broker` (`-m "not broker"` runs the
+    rest without one); tests that start brokers of their own carry the mark themselves."""
+    for item in items:
+        if "broker_port" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)
+
+
 @pytest.fixture(scope="session")
 def broker_port() -> Iterator[int]:
     """A real Tansu broker on a free loopback port for the whole session, always stopped."""

@@ -66,7 +66,7 @@ def test_the_largest_sequence_number_is_accepted():
     ("1970-01-01T00:00:00Z", "behind"),
     ("0001-01-01T00:00:00+01:00", "behind"),  # before the year 1 in UTC
     ("9999-12-31T23:59:59-01:00", "ahead"),  # after the year 9999 in UTC
-])
+], ids=["2100", "just-ahead", "just-behind", "epoch", "year-1", "year-9999"])
 def test_timestamps_outside_the_window_are_dead_letters(ts, why):
     (rej,), n = one(enc({**good(), "ts": ts}))
     assert n == 0 and rej[2] == "ts_out_of_range" and why in rej[1], rej
