@@ -112,6 +112,3 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None,
         time.sleep(0.05)
     return False
 
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}

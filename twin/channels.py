@@ -35,7 +35,6 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("temp", "Body temperature", "8310-5", "Cel", 50.0, 25.0, 45.0),
 )
 SPO2_PULSE_OX_LOINC = "59408-5"
-O2_FLOW_LOINC = "3151-8"
 
 NAMES: tuple[str, ...] = tuple(c.name for c in CHANNELS)
 INDEX: dict[str, int] = {c.name: i for i, c in enumerate(CHANNELS)}
