@@ -1,9 +1,9 @@
 """A do-nothing Faust agent, the pipeline benchmark's baseline: counts events and exits.
 
-Same broker settings and Faust tuning as the worker (`streams.app.faust_app_config`). Writes one
-JSON object `{"events": n, "first": t, "last": t}` (time.monotonic of the first and last event,
-comparable across processes on Linux) to `--out` once it has seen `--events` events (a file: Faust
-redirects stdout into its log).
+Same broker settings and Faust tuning as the worker (`streams.worker.app.faust_app_config`).
+Writes one JSON object `{"events": n, "first": t, "last": t}` (time.monotonic of the first and
+last event, comparable across processes on Linux) to `--out` once it has seen `--events` events
+(a file: Faust redirects stdout into its log).
 
 Run: `python -m bench.bare_agent --events N --out FILE` with the worker's environment variables.
 """
@@ -18,7 +18,7 @@ import time
 import faust
 
 from streams import config
-from streams.app import faust_app_config
+from streams.worker.app import faust_app_config
 
 
 def main(argv: list[str] | None = None) -> int:

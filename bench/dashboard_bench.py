@@ -35,8 +35,8 @@ import numpy as np
 from dashboard.app import WARD_REFRESH_MS
 from devices.simulator import Cohort
 from streams import broker, config, messages, supervise, topics
-from streams.process import TwinProcessor
 from streams.registry import change
+from streams.worker.process import TwinProcessor
 from twin.channels import NAMES
 
 PASSWORD = "bench password 1"

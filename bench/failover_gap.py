@@ -21,7 +21,7 @@ Each variant runs on a broker of its own (memory only), so no group state carrie
 
 - baseline: the Faust settings of the worker before issue 18 item 7 (embedded broker: session
   and rebalance timeouts 10 s, Faust's 3 s heartbeat); the worker is started through this
-  module, which overlays those values on `streams.app.faust_app_config`'s;
+  module, which overlays those values on `streams.worker.app.faust_app_config`'s;
 - current:  `patient-twin worker` as it is.
 
 `--override JSON` (e.g. '{"broker_session_timeout": 6}') adds a variant with those faust.App
@@ -68,8 +68,8 @@ _OVERLAY_ENV = "FAILOVER_GAP_OVERLAY"
 def _worker_with_overlay() -> int:  # pragma: no cover - runs in the worker child
     """`patient-twin worker`, with the faust.App keyword arguments in $FAILOVER_GAP_OVERLAY
     (JSON) overlaid on `faust_app_config`'s."""
-    from streams import app as worker_app
     from streams import cli
+    from streams.worker import app as worker_app
 
     overlay = json.loads(os.environ.pop(_OVERLAY_ENV, "{}"))
     original = worker_app.faust_app_config

@@ -110,8 +110,8 @@ def pipeline_eps(s: config.Settings, messages_n: int, log: Path) -> float:
                             stderr=subprocess.STDOUT)
     try:
         # Like the bare agent's (first event to last): from the first scrape that sees events
-        # taken (a take of ~0.5 s; held ones count, streams.catchup) to the one that sees them
-        # all processed, so start-up and the first fetch count for neither side. Each scrape
+        # taken (a take of ~0.5 s; held ones count, streams.worker.catchup) to the one that sees
+        # them all processed, so start-up and the first fetch count for neither side. Each scrape
         # costs the worker (at 20 Hz a tenth of its CPU went to /metrics), so 5 Hz; a scrape lags
         # by at most 0.2 s at either end, which about cancels.
         ready: float | None = None

@@ -15,7 +15,7 @@ import numpy as np
 
 from devices.records import Recording, iso, read
 from streams.messages import ValidReading
-from streams.process import TwinProcessor
+from streams.worker.process import TwinProcessor
 from twin.channels import NAMES
 
 _enc = msgspec.json.Encoder()

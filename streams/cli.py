@@ -220,7 +220,7 @@ def _run(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"topics created: {', '.join(created) or 'none (all existed)'}")
         return 0
     if args.command == "worker":
-        from streams.app import run_worker
+        from streams.worker.app import run_worker
 
         return run_worker(settings)
     if args.command == "simulate":

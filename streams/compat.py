@@ -21,7 +21,7 @@ PINNED = {"faust-streaming": "0.15", "aiokafka": "0.14", "kafka-python": "3.0"}
 def faust_kafka_producer(app: Any) -> Any:
     """The aiokafka producer a started Faust app runs (faust-streaming 0.15:
     `Producer._ensure_producer`). The worker sends whole record batches through it
-    (`streams.changelog`); Faust's public `send` builds a future per record."""
+    (`streams.worker.changelog`); Faust's public `send` builds a future per record."""
     return app.producer._ensure_producer()
 
 

@@ -86,7 +86,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_batch_max: Positive = 5000
     worker_batch_seconds: PositiveFloat = 0.1
     # While behind (a backlog), batches of up to this many events, an event held up to this long
-    # (streams.catchup); 0 seconds: never hold.
+    # (streams.worker.catchup); 0 seconds: never hold.
     worker_catchup_max: Positive = 20_000
     worker_catchup_seconds: Annotated[float, msgspec.Meta(ge=0, le=30)] = 2.0
     # A reading up to this much older than its twin is applied in time order (twin.history);

@@ -26,7 +26,7 @@ import numpy as np
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from devices.truth import score_truth
-from streams.process import twin_view
+from streams.worker.process import twin_view
 from twin import bank, news2
 from twin.alerts import AlertEngine, AlertPolicy
 from twin.channels import INDEX, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C

@@ -33,7 +33,7 @@ MAX_ID_CHARS = 64
 MAX_TEXT_CHARS = 64  # schema names, units, observer names: short by nature
 
 # \Z, not $: "$" also matches before a final newline, which would let "P1\n" through into Kafka
-# keys and InfluxDB line protocol (streams.sink writes ids unescaped).
+# keys and InfluxDB line protocol (streams.worker.sink writes ids unescaped).
 ID_PATTERN = r"^[A-Za-z0-9._:-]+\Z"
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=ID_PATTERN)]
 # Device readings check ID_PATTERN after decoding (`_check_ids`, cached per id): msgspec's regex on
@@ -357,7 +357,7 @@ def _bad_value(ch: str, q: Quantity) -> InvalidMessage:
 # gc=False: the cyclic collector never tracks these (strings, floats and a dict of floats cannot
 # form a cycle). A batch of 8,000 gateway messages keeps ~40,000 of them alive until they become
 # arrays (`process.to_batch`), and tracked they set off about twice as many gen0 collections
-# (~25 ms each, measured in the worker before decoding moved to `streams.decoder`).
+# (~25 ms each, measured in the worker before decoding moved to `streams.worker.decoder`).
 class ValidReading(msgspec.Struct, frozen=True, gc=False):
     """A reading that passed validation, values converted to canonical units."""
 

@@ -1,10 +1,11 @@
-"""Readings apply only for admitted patients from their paired devices (streams.admission)."""
+"""Readings apply only for admitted patients from their paired devices
+(streams.worker.admission)."""
 
 from __future__ import annotations
 
-from streams import admission
 from streams.messages import ValidReading
-from streams.process import to_batch
+from streams.worker import admission
+from streams.worker.process import to_batch
 from twin import bank
 
 

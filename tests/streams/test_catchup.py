@@ -1,5 +1,5 @@
-"""Catch-up batching (streams.catchup): while a worker is behind it holds takes for bigger twin
-steps, and still applies every reading exactly once, through a shutdown in the middle."""
+"""Catch-up batching (streams.worker.catchup): while a worker is behind it holds takes for bigger
+twin steps, and still applies every reading exactly once, through a shutdown in the middle."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from streams import messages, supervise, topics
-from streams.catchup import CatchUp, lag_after
 from streams.config import kafka_python_producer_config
+from streams.worker.catchup import CatchUp, lag_after
 from tests.conftest import admit, settings_env, wait_until, worker_metric
 from tests.streams.test_failover import _latest_states
 
@@ -170,7 +170,7 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
 # step that fails is retried message by message instead: tests/streams/test_hostile.py).
 FAILING_WORKER = """
 import sys
-from streams import changelog
+from streams.worker import changelog
 real, calls = changelog.BatchWriter.write_table, []
 async def failing(self, table, records):
     calls.append(1) if records else None

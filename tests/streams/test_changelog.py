@@ -11,9 +11,9 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 
 from streams import topics
-from streams.changelog import BatchWriter
 from streams.config import kafka_python_consumer_config
 from streams.topics import partition_of as _partition
+from streams.worker.changelog import BatchWriter
 from tests.conftest import make_settings
 
 

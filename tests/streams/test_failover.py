@@ -137,7 +137,7 @@ def test_sigkill_of_one_of_two_workers_loses_nothing_and_applies_nothing_twice(
     assert all(st.duplicates >= rounds // 10 for st in states.values())
     # Exactly every reading sent, once: the new owner of a patient's readings recovers its twin
     # from the changelog partition with the same number (the table is keyed by the raw patient
-    # id); messages the consumer dropped in the rebalance are re-read (streams/offsets.py);
+    # id); messages the consumer dropped in the rebalance are re-read (streams/worker/offsets.py);
     # redeliveries are recognised by their sequence number.
     short = {p: (a, g) for p, (a, g) in accounts.items() if a != rounds}
     assert not short, (f"{sum(rounds - a for a, _ in short.values())} of "

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import fhir, messages
-from streams.decoder import Bounds, decode_batch
-from streams.process import TwinProcessor, select
+from streams.worker.decoder import Bounds, decode_batch
+from streams.worker.process import TwinProcessor, select
 
 NOW = time.time()
 BOUNDS = Bounds(NOW)

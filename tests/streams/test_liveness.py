@@ -1,4 +1,4 @@
-from streams.liveness import Liveness
+from streams.worker.liveness import Liveness
 
 
 class Clock:

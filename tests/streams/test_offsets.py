@@ -1,6 +1,6 @@
 """Offset holes: which events a batch may process and where to seek to re-read dropped ones."""
 
-from streams.offsets import OffsetTracker
+from streams.worker.offsets import OffsetTracker
 
 
 class Clock:

@@ -1,7 +1,7 @@
 import numpy as np
 
 from streams.messages import ValidReading, encode
-from streams.process import TwinProcessor, alert_event, split
+from streams.worker.process import TwinProcessor, alert_event, split
 
 T0 = 1_800_000_000.0
 

@@ -8,7 +8,7 @@ import pytest
 
 from streams import config
 from streams.messages import ValidReading
-from streams.sink import InfluxSink, reading_points, state_points
+from streams.worker.sink import InfluxSink, reading_points, state_points
 from tests.conftest import wait_until
 
 # VictoriaMetrics drops samples outside its retention (1 month by default): use recent times.
@@ -48,7 +48,7 @@ def test_points_are_written_and_read_back(victoria):
 def test_twin_points_are_read_back_with_their_types(victoria):
     """The `twin` measurement as the worker writes it: estimates, SDs, NEWS2 (integer and
     boolean fields), derived values, at the time of the twin's latest reading."""
-    from streams.process import TwinProcessor
+    from streams.worker.process import TwinProcessor
 
     readings = [ValidReading("dev-T", "T1", i, T0 + i, {"hr": 130.0, "spo2": 93.0, "sbp": 95.0},
                              0.9, 0.8) for i in range(1, 4)]

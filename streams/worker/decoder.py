@@ -30,8 +30,8 @@ import numpy as np
 from streams import messages, supervise
 from streams.config import Settings
 from streams.errors import InvalidMessage, where
-from streams.process import Batch, to_batch
-from streams.sink import reading_points
+from streams.worker.process import Batch, to_batch
+from streams.worker.sink import reading_points
 
 _LEN = struct.Struct("<Q")
 
@@ -163,7 +163,7 @@ class Decoder:
 
     def __init__(self, lines: bool) -> None:
         self.lines = lines
-        self._proc = supervise.spawn([sys.executable, "-m", "streams.decoder"],
+        self._proc = supervise.spawn([sys.executable, "-m", "streams.worker.decoder"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
     def decode(self, observation: list[bool], keys: list[bytes | None],
@@ -229,8 +229,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, so answers pickle as streams.decoder.Decoded (this copy of
-    # the module is __main__, which the parent cannot import)
-    from streams.decoder import main as _main
+    # Run the imported module's main, so answers pickle as streams.worker.decoder.Decoded (this
+    # copy of the module is __main__, which the parent cannot import)
+    from streams.worker.decoder import main as _main
 
     sys.exit(_main())

@@ -21,7 +21,8 @@ class WorkerMetrics:
         self.events = Counter("patient_twin_events", "Messages consumed from vitals.raw",
                               registry=r)
         self.taken = Counter("patient_twin_events_taken",
-                             "Messages taken from vitals.raw, held ones included (streams.catchup)",
+                             "Messages taken from vitals.raw, held ones included "
+                             "(streams.worker.catchup)",
                              registry=r)
         self.readings = Counter("patient_twin_readings", "Valid readings decoded", registry=r)
         self.applied = Counter("patient_twin_readings_applied", "Readings applied to twins",
@@ -54,7 +55,7 @@ class WorkerMetrics:
         self.states = Counter("patient_twin_states_sent", "Twin states published", registry=r)
         self.batches = Counter("patient_twin_batches", "Batches processed", registry=r)
         self.held = Counter("patient_twin_catchup_held_takes",
-                            "Takes held for a bigger batch while behind (streams.catchup)",
+                            "Takes held for a bigger batch while behind (streams.worker.catchup)",
                             registry=r)
         self.alerts = Counter("patient_twin_alert_events", "Alert events published", ["priority"],
                               registry=r)

@@ -1,8 +1,8 @@
 """The Faust application: vitals.raw -> validate -> batch -> twin step -> twin.state / alerts.
 
 Topics and the twin table are declared in `create_app`; the agent has a batch decoded (in a
-child process, `streams.decoder`), calls the twin core once per batch through `TwinProcessor`,
-and sends.
+child process, `streams.worker.decoder`), calls the twin core once per batch through
+`TwinProcessor`, and sends.
 """
 
 from __future__ import annotations
@@ -22,19 +22,20 @@ import faust
 import numpy as np
 from faust.types import TP
 
-from streams import admission, compat, messages, topics, watchdog
-from streams.catchup import CatchUp, lag_after
-from streams.changelog import BatchWriter
+from streams import compat, messages, topics, watchdog
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
-from streams.decoder import Bounds, Decoded, Decoder
 from streams.errors import BrokerError, ConfigError, InvalidMessage, where
-from streams.liveness import Liveness
-from streams.metrics import WorkerMetrics, serve
-from streams.offsets import OffsetTracker
-from streams.process import TwinProcessor, select
 from streams.registry import Registry, RegistryWriter
-from streams.sink import InfluxSink, alert_points, state_points
 from streams.topics import partition_of
+from streams.worker import admission
+from streams.worker.catchup import CatchUp, lag_after
+from streams.worker.changelog import BatchWriter
+from streams.worker.decoder import Bounds, Decoded, Decoder
+from streams.worker.liveness import Liveness
+from streams.worker.metrics import WorkerMetrics, serve
+from streams.worker.offsets import OffsetTracker
+from streams.worker.process import TwinProcessor, select
+from streams.worker.sink import InfluxSink, alert_points, state_points
 from twin.alerts import REJECT_CAUSES, AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
@@ -118,7 +119,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
     twins = app.Table("twins", key_type=bytes, value_type=bytes, default=None,
                       partitions=settings.kafka_partitions, use_partitioner=True)
     # Written once per batch through its store and changelog, one record batch per partition
-    # (streams.changelog: the table's per-key path costs more than the twin step); on the
+    # (streams.worker.changelog: the table's per-key path costs more than the twin step); on the
     # embedded broker each changelog partition's last record goes alone in its Kafka batch,
     # which keeps the high watermark exact for recovery (docs/tansu.md). twin.state likewise.
     writer = BatchWriter(app, lambda key: partition_of(key.decode(), settings.kafka_partitions),
@@ -179,7 +180,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
 
     async def flush_held() -> None:
         """Process held events that waited long enough, or before a rebalance or a shutdown
-        (Faust waits for their offsets to be released; module streams.catchup)."""
+        (Faust waits for their offsets to be released; module streams.worker.catchup)."""
         while True:
             await asyncio.sleep(0.1)
             if catchup.events and (catchup.due() or app.rebalancing or app.should_stop):
@@ -237,7 +238,7 @@ def create_app(settings: Settings, decoder: Decoder, sink: InfluxSink | None = N
 
     async def admit(decoded: Decoded, events: list[Any]) -> Decoded:
         """The readings of admitted patients from their paired devices; the messages of any
-        other go to the dead-letter topic (streams.admission)."""
+        other go to the dead-letter topic (streams.worker.admission)."""
         why = admission.check(decoded.batch, registry.paired)
         if why.any() and await asyncio.get_running_loop().run_in_executor(
                 None, registry.sync, ADMISSION_SYNC_S):
@@ -483,8 +484,8 @@ def run_worker(settings: Settings) -> int:
     atexit.register(decoder.close)
     app = create_app(settings, decoder, sink)
     # The registry is read to its end before the first batch: readings are applied only for
-    # admitted patients from paired devices (streams.admission), so a worker that started with a
-    # partial registry would refuse valid readings, and score twins on the wrong SpO2 scale.
+    # admitted patients from paired devices (streams.worker.admission), so a worker that started
+    # with a partial registry would refuse valid readings, and score twins on the wrong SpO2 scale.
     registry = app.registry.start(  # type: ignore[attr-defined]
         "patient-twin-worker-registry", on_reset=app.on_broker_reset)  # type: ignore[attr-defined]
     if not registry.follower.caught_up.wait(REGISTRY_WAIT_S):

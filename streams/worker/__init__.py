@@ -1,0 +1,16 @@
+"""The worker (`patient-twin worker`): one reading's path through it, one module per stage.
+
+1. `app`: the Faust application. Its agent takes batches of `vitals.raw` and `observations`
+   events (`catchup` gathers bigger batches while a backlog lasts; `offsets` re-reads what a
+   rebalance dropped), and its timers check liveness, alert timers and broker losses.
+2. `decoder`: the batch decoded and validated in a child process (invalid messages become dead
+   letters with their reason), into one columnar batch of readings.
+3. `admission`: only admitted patients' readings from their paired devices go on.
+4. `process`: the vectorised twin step (`twin.bank`) and the alert engine (`twin.alerts`) over
+   the batch, giving the twins' records, twin.state messages and alert events.
+5. `changelog`: the twins written to the table and its changelog, and twin.state sent, a record
+   batch per partition; `sink` writes readings, twin states and alerts to InfluxDB.
+`liveness` and `metrics` are the worker's health and its Prometheus endpoint.
+
+Nothing here imports the dashboard, the devices or the benchmarks (import-linter contract).
+"""
