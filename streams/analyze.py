@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
+from tqdm import tqdm
 
 from devices.records import Recording, iso, read
 from streams.messages import ValidReading
@@ -54,13 +55,8 @@ def analyze(paths: list[str], out_path: str, progress: bool = True) -> Summary:
     proc = TwinProcessor()
     stored: dict[str, bytes] = {}
     steps = max(len(r.t) for r in recs)
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, unit="step", file=sys.stderr, disable=not progress or None,
-                   desc="analyze")
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        bar = None
+    bar = tqdm(total=steps, unit="step", file=sys.stderr, disable=not progress or None,
+               desc="analyze")
     with open(out_path, "wb") as out:
         for k in range(steps):
             batch = []
@@ -102,8 +98,6 @@ def analyze(paths: list[str], out_path: str, progress: bool = True) -> Summary:
                     "alerts": alerts.get(r.patient_id, []),
                 }
                 out.write(_enc.encode(line) + b"\n")
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     return summary

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
@@ -120,8 +121,8 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
     dt = 1.0 / rate
     next_alert = 0.0
     steps = int(np.ceil(duration / dt))
-    report_every = max(steps // 20, 1)
-    for k in range(steps):
+    for k in tqdm(range(steps), unit="step", file=sys.stderr, disable=not progress,
+                  desc="evaluate", mininterval=1.0):
         t = k * dt
         tick = cohort.tick(t)
         fate = delivery.step(t, dt)
@@ -167,8 +168,6 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
                     twin_alarms.add(int(ev.alert.patient_id[1:]) - 1, t)
                 else:
                     technical += 1
-        if progress and k % report_every == 0:
-            print(f"evaluate: {100 * k / steps:.0f} %", file=sys.stderr, flush=True)
 
     onset = cohort.onset_s.copy()
     event_t = deterioration_events(cohort, duration)
