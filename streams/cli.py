@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from streams import config, supervise
 from streams.errors import PatientTwinError
@@ -200,94 +200,112 @@ BENCHMARKS = {"twin": "bench.twin_bench", "devices": "bench.devices_bench",
               "failover": "bench.failover_gap"}
 
 
-def _run(args: argparse.Namespace, settings: config.Settings) -> int:
-    if args.command == "analyze":
-        from streams.analyze import analyze
+Args = argparse.Namespace
 
-        summary = analyze(args.records, args.out, progress=not args.no_progress)
-        print(summary.line(), file=sys.stderr)
-        return 0
-    if args.command == "bench":
-        import importlib
 
-        return importlib.import_module(BENCHMARKS[args.which]).main(args.args)
-    if args.command == "broker":
-        return _broker(settings, args.port or settings.broker_port)
-    if args.command == "topics":
-        from streams import topics
+def _analyze(args: Args, settings: config.Settings) -> int:
+    from streams.analyze import analyze
 
-        created = topics.ensure(settings, timeout=args.wait)
-        print(f"topics created: {', '.join(created) or 'none (all existed)'}")
-        return 0
-    if args.command == "worker":
-        from streams.worker.app import run_worker
+    summary = analyze(args.records, args.out, progress=not args.no_progress)
+    print(summary.line(), file=sys.stderr)
+    return 0
 
-        return run_worker(settings)
-    if args.command == "simulate":
-        import json
 
-        from devices.faults import DeviceEffects
-        from devices.run import simulate
+def _bench(args: Args, settings: config.Settings) -> int:
+    import importlib
 
-        stats = simulate(settings, patients=args.patients, rate=args.rate,
-                         duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
-                         mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
-                         fmt=args.format,
-                         truth_file=args.truth, wards=_wards(args.wards),
-                         effects=DeviceEffects.clean() if args.clean_devices else None,
-                         progress=not args.no_progress)
-        print(f"simulate: done: patients={stats.patients} messages={stats.messages} "
-              f"readings={stats.readings} malformed={sum(stats.malformed.values())} "
-              f"errors={stats.errors}", file=sys.stderr)
-        print(json.dumps(stats.summary()), flush=True)
-        return 1 if stats.errors else 0
-    if args.command == "evaluate":
-        from streams.evaluate import main as evaluate_main
+    return importlib.import_module(BENCHMARKS[args.which]).main(args.args)
 
-        return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
-    if args.command == "replay":
-        from devices.replay import replay
 
-        rs = replay(settings, args.records, speed=args.speed, to=args.to,
-                    keep_time=args.keep_time, progress=not args.no_progress)
-        print(f"replay: done: records={rs.records} messages={rs.messages} "
-              f"empty_rows={rs.empty_rows} errors={rs.errors}", file=sys.stderr)
-        return 1 if rs.errors else 0
-    if args.command == "tokens":
-        from dashboard.auth import add_token
+def _topics(args: Args, settings: config.Settings) -> int:
+    from streams import topics
 
-        if settings.api_tokens_file is None:
-            raise config.ConfigError("API_TOKENS_FILE is not set: say where token hashes live")
-        print(add_token(settings.api_tokens_file, args.name))
-        return 0
-    if args.command == "dispatcher":
-        from streams.webhooks import Dispatcher
+    created = topics.ensure(settings, timeout=args.wait)
+    print(f"topics created: {', '.join(created) or 'none (all existed)'}")
+    return 0
 
-        d = Dispatcher(settings)
-        signal.signal(signal.SIGTERM, lambda *_: d.stop())
-        signal.signal(signal.SIGINT, lambda *_: d.stop())
-        print("dispatcher: delivering alert events to webhook subscribers", flush=True)
-        d.run()
-        print(f"dispatcher: stopped (delivered {d.delivered}, dead-lettered {d.dead})",
-              flush=True)
-        return 0
-    if args.command == "dashboard":
-        return _dashboard(settings, args)
-    if args.command == "fetch-assets":
-        from dashboard.vr import fetch_aframe
 
-        print(f"fetch-assets: {fetch_aframe()}")
-        return 0
-    if args.command == "users":
-        return _users(settings, args)
-    if args.command == "patients":
-        return _patients(settings, args)
-    if args.command == "demo":
-        from streams.demo import run_demo
+def _worker(args: Args, settings: config.Settings) -> int:
+    from streams.worker.app import run_worker
 
-        return run_demo(settings, patients=args.patients, duration=args.duration,
-                        rate=args.rate, seed=args.seed)
-    raise AssertionError(args.command)
+    return run_worker(settings)
+
+
+def _simulate(args: Args, settings: config.Settings) -> int:
+    import json
+
+    from devices.faults import DeviceEffects
+    from devices.run import simulate
+
+    stats = simulate(settings, patients=args.patients, rate=args.rate,
+                     duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
+                     mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
+                     fmt=args.format,
+                     truth_file=args.truth, wards=_wards(args.wards),
+                     effects=DeviceEffects.clean() if args.clean_devices else None,
+                     progress=not args.no_progress)
+    print(f"simulate: done: patients={stats.patients} messages={stats.messages} "
+          f"readings={stats.readings} malformed={sum(stats.malformed.values())} "
+          f"errors={stats.errors}", file=sys.stderr)
+    print(json.dumps(stats.summary()), flush=True)
+    return 1 if stats.errors else 0
+
+
+def _evaluate(args: Args, settings: config.Settings) -> int:
+    from streams.evaluate import main as evaluate_main
+
+    return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
+
+
+def _replay(args: Args, settings: config.Settings) -> int:
+    from devices.replay import replay
+
+    rs = replay(settings, args.records, speed=args.speed, to=args.to,
+                keep_time=args.keep_time, progress=not args.no_progress)
+    print(f"replay: done: records={rs.records} messages={rs.messages} "
+          f"empty_rows={rs.empty_rows} errors={rs.errors}", file=sys.stderr)
+    return 1 if rs.errors else 0
+
+
+def _tokens(args: Args, settings: config.Settings) -> int:
+    from dashboard.auth import add_token
+
+    if settings.api_tokens_file is None:
+        raise config.ConfigError("API_TOKENS_FILE is not set: say where token hashes live")
+    print(add_token(settings.api_tokens_file, args.name))
+    return 0
+
+
+def _dispatcher(args: Args, settings: config.Settings) -> int:
+    from streams.webhooks import Dispatcher
+
+    d = Dispatcher(settings)
+    signal.signal(signal.SIGTERM, lambda *_: d.stop())
+    signal.signal(signal.SIGINT, lambda *_: d.stop())
+    print("dispatcher: delivering alert events to webhook subscribers", flush=True)
+    d.run()
+    print(f"dispatcher: stopped (delivered {d.delivered}, dead-lettered {d.dead})",
+          flush=True)
+    return 0
+
+
+def _fetch_assets(args: Args, settings: config.Settings) -> int:
+    from dashboard.vr import fetch_aframe
+
+    print(f"fetch-assets: {fetch_aframe()}")
+    return 0
+
+
+def _demo(args: Args, settings: config.Settings) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, patients=args.patients, duration=args.duration,
+                    rate=args.rate, seed=args.seed)
+
+
+def _run(args: Args, settings: config.Settings) -> int:
+    """Run the sub-command `args.command` (its parser is in `build_parser`)."""
+    return COMMANDS[args.command](args, settings)
 
 
 def _dashboard(settings: config.Settings, args: argparse.Namespace) -> int:
@@ -386,6 +404,20 @@ def _broker(settings: config.Settings, port: int) -> int:
         return 0
     print(f"broker: exited unexpectedly with code {code}", file=sys.stderr)
     return 1
+
+
+# sub-command -> what runs it: the one place a command's name meets its code
+COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
+    "analyze": _analyze, "bench": _bench,
+    "broker": lambda args, settings: _broker(settings, args.port or settings.broker_port),
+    "topics": _topics, "worker": _worker, "simulate": _simulate, "evaluate": _evaluate,
+    "replay": _replay, "tokens": _tokens, "dispatcher": _dispatcher,
+    "dashboard": lambda args, settings: _dashboard(settings, args),
+    "fetch-assets": _fetch_assets,
+    "users": lambda args, settings: _users(settings, args),
+    "patients": lambda args, settings: _patients(settings, args),
+    "demo": _demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,3 +74,13 @@ def _check_broker(p, port):
         assert supervise.port_free(port)  # the Tansu child went with it
     finally:
         supervise.stop(p)
+
+
+def test_every_sub_command_has_its_code_and_every_code_its_command():
+    import argparse
+
+    from streams import cli
+
+    (subs,) = [a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)]
+    assert set(subs.choices) == set(cli.COMMANDS)
