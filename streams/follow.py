@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from streams import compat
@@ -219,18 +219,28 @@ class TopicWriter:
         self.topic = topic
         self._producer: Any = None
 
-    def put(self, key: str, value: bytes | None, wait: bool = True) -> Any:
+    def put(self, key: str, value: bytes | None, wait: bool = True) -> None:
         """Send one record; with `wait`, return only once the broker has it (KafkaError if not).
-        Returns the send's future (kafka-python's)."""
+        """
+        future = self._send(key, value)
+        if wait:
+            future.get(timeout=30)
+
+    def put_all(self, records: Iterable[tuple[str, bytes]]) -> int:
+        """Send records (key, value) at once, and return, with how many, only once the broker
+        has every one (KafkaError if not)."""
+        sent = [self._send(key, value) for key, value in records]
+        for future in sent:
+            future.get(timeout=30)
+        return len(sent)
+
+    def _send(self, key: str, value: bytes | None) -> Any:
         if self._producer is None:
             from kafka import KafkaProducer
 
             self._producer = KafkaProducer(client_id="patient-twin-api", acks="all",
                                            **kafka_python_producer_config(self.settings))
-        future = self._producer.send(self.topic, key=key.encode(), value=value)
-        if wait:
-            future.get(timeout=30)
-        return future
+        return self._producer.send(self.topic, key=key.encode(), value=value)
 
     def close(self) -> None:
         if self._producer is not None:

@@ -176,12 +176,8 @@ class RegistryWriter:
         """Write every record the registry holds again (after the broker lost them); returns
         how many. A record is written as it was, so one changed meanwhile by a clinician, and
         already read back, is written in its changed form."""
-        recs = self.registry.records()
-        sent = [self.writer.put(rec.patient_id, msgspec.json.encode(rec), wait=False)
-                for rec in recs]
-        for future in sent:
-            future.get(timeout=30)
-        return len(recs)
+        return self.writer.put_all((rec.patient_id, msgspec.json.encode(rec))
+                                   for rec in self.registry.records())
 
     def close(self) -> None:
         self.writer.close()

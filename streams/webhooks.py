@@ -179,13 +179,10 @@ class SubscriptionView:
             subs = dict(self.subscriptions)
         writer = TopicWriter(self.settings, self.settings.topic_subscriptions)
         try:
-            sent = [writer.put(sid, msgspec.json.encode(sub), wait=False)
-                    for sid, sub in subs.items()]
-            for future in sent:
-                future.get(timeout=30)
+            n = writer.put_all((sid, msgspec.json.encode(sub)) for sid, sub in subs.items())
         finally:
             writer.close()
-        log.warning("wrote back %d webhook subscription(s) the broker lost", len(subs))
+        log.warning("wrote back %d webhook subscription(s) the broker lost", n)
 
     def snapshot(self) -> tuple[list[Subscription], dict[str, str | None]]:
         with self._lock:

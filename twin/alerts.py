@@ -401,14 +401,16 @@ class AlertEngine:
 
     # -- notices -----------------------------------------------------------------------------
     def notice(self, patient_ids: list[str], kind: str, priority: Priority, message: str,
-               evidence: dict[str, object], now: float) -> list[Event]:
+               evidence: dict[str, object], now: float,
+               mark: float | None = None) -> list[Event]:
         """Raise, for each patient, an alert that is not a condition of the twin but a fact
         someone must see (`history_lost`: the broker lost the patient's stored records). It is
         raised latched: no condition clears it, and it is resolved once acknowledged. One
-        already open for the patient is left as it is."""
+        already open for the patient is left as it is. `noticed` keeps `mark` (default `now`),
+        the time the fact is about, past the alert's resolution."""
         events = []
         for pid in patient_ids:
-            self.noticed[(pid, kind)] = now
+            self.noticed[(pid, kind)] = now if mark is None else mark
             if (old := self.alerts.get((pid, kind))) is not None and old.open:
                 continue
             a = Alert(f"{pid}:{kind}:{int(now * 1000)}", pid, kind, priority, state="latched",

@@ -350,10 +350,11 @@ class TwinProcessor:
                 for i in np.flatnonzero(n).tolist():
                     self.rejects.add(pids[i], cause, float(n[i]), now)
         emitted = [pids[i] for i in rows.tolist()]
-        noticed = self.engine.noticed
+        noticed = self.engine.noticed  # empty unless the broker ever lost its records
         result.twin_states = twin_states(emitted, states, out, rows,
                                          [self.applied_at.get(p) for p in emitted],
-                                         [noticed.get((p, "history_lost")) for p in emitted])
+                                         [noticed.get((p, "history_lost")) for p in emitted]
+                                         if noticed else None)
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],
@@ -420,9 +421,7 @@ class TwinProcessor:
             f"the Kafka broker lost its stored records at {when} (a restart of a memory-only "
             "broker). The twin goes on from the worker's memory; readings sent but not yet "
             "processed then, the twin's earlier twin.state records and its alerts' history "
-            "are gone from Kafka", {"lost_at": lost_at}, now)
-        for p in pids:
-            self.engine.noticed[(p, "history_lost")] = lost_at
+            "are gone from Kafka", {"lost_at": lost_at}, now, mark=lost_at)
         return self.records(set(pids), stored), [alert_event(ev) for ev in events]
 
     def act(self, action: AlertAction, now: float | None = None,
