@@ -2,7 +2,7 @@
 
 Every field of `Settings` is read from the environment variable of the same name in upper case
 (`kafka_partitions` <- `KAFKA_PARTITIONS`). The table in README.md is generated from `FIELDS` and
-checked by a test, so it cannot drift from this file.
+checked by a test, so it cannot drift from this file; each row's meaning is the field's `doc(...)`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
+import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -48,93 +49,158 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
 
 
+def doc(text: str) -> msgspec.Meta:
+    """A setting's meaning for users (README table, config errors), kept on its field."""
+    return msgspec.Meta(description=text)
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     # Kafka. Unset bootstrap servers = start the embedded broker (demo) on BROKER_PORT.
-    kafka_bootstrap_servers: str | None = None
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT")
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: Secret | None = None
-    kafka_ssl_cafile: str | None = None
-    kafka_ssl_certfile: str | None = None
-    kafka_ssl_keyfile: str | None = None
-    kafka_ssl_key_password: Secret | None = None
-    kafka_compression: Literal["none", "lz4", "gzip"] = "none"
-    kafka_partitions: Positive = 4
-    kafka_replication_factor: Positive = 1
-    broker_port: Port = 9092
-    app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$")] = "patient-twin"
-    # Static consumer-group membership on a Kafka cluster (group.instance.id); None: dynamic.
-    worker_instance_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")] | \
-        None = None
+    kafka_bootstrap_servers: Annotated[str | None, doc(
+        "Kafka bootstrap servers, comma-separated host:port; unset: the demo starts the "
+        "embedded broker")] = None
+    kafka_security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        doc("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")] = "PLAINTEXT"
+    kafka_sasl_mechanism: Annotated[
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None,
+        doc("PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with SASL_*)")] = None
+    kafka_sasl_username: Annotated[str | None, doc("SASL user name")] = None
+    kafka_sasl_password: Annotated[Secret | None, doc(
+        "SASL password (secret: never logged)")] = None
+    kafka_ssl_cafile: Annotated[str | None, doc(
+        "PEM file of the CA that signed the brokers' certificates")] = None
+    kafka_ssl_certfile: Annotated[str | None, doc("PEM client certificate for mutual TLS")] = None
+    kafka_ssl_keyfile: Annotated[str | None, doc(
+        "PEM private key of the client certificate")] = None
+    kafka_ssl_key_password: Annotated[Secret | None, doc(
+        "password of the client key (secret)")] = None
+    kafka_compression: Annotated[Literal["none", "lz4", "gzip"], doc(
+        "compression of produced batches: none, lz4 or gzip (costs worker throughput; worth it "
+        "only over a slow network: docs/performance.md)")] = "none"
+    kafka_partitions: Annotated[Positive, doc("partitions of each topic the project creates")] = 4
+    kafka_replication_factor: Annotated[Positive, doc(
+        "replication factor of created topics (3 on a real cluster)")] = 1
+    broker_port: Annotated[Port, doc("loopback port of the embedded broker")] = 9092
+    app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$"), doc(
+        "Faust application id; also the consumer group of the workers")] = "patient-twin"
+    worker_instance_id: Annotated[
+        Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,249}$")] | None, doc(
+        "static consumer-group membership on a Kafka cluster (group.instance.id): an id unique "
+        "to this worker slot that stays the same across its restarts, e.g. `<host>-<slot>`; a "
+        "restarted worker takes its partitions back at once instead of after the session "
+        "timeout. Unset: dynamic membership. Never give two running workers the same id. "
+        "Ignored on the embedded broker")] = None
     # Topics.
-    topic_vitals_raw: TopicName = "vitals.raw"
-    topic_vitals_dlq: TopicName = "vitals.dlq"
-    topic_twin_state: TopicName = "twin.state"
-    topic_alerts: TopicName = "alerts"
-    topic_patients: TopicName = "patients"
-    topic_observations: TopicName = "observations"
-    topic_alert_actions: TopicName = "alert.actions"
-    topic_subscriptions: TopicName = "alert.subscriptions"
-    topic_webhook_dlq: TopicName = "alert.webhook-dlq"
-    topic_audit: TopicName = "audit"
-    topic_workers: TopicName = "workers"
+    topic_vitals_raw: Annotated[TopicName, doc(
+        "device readings in, keyed by patient id")] = "vitals.raw"
+    topic_vitals_dlq: Annotated[TopicName, doc(
+        "rejected device messages with the reason")] = "vitals.dlq"
+    topic_twin_state: Annotated[TopicName, doc("latest twin state per patient")] = "twin.state"
+    topic_alerts: Annotated[TopicName, doc("alert events")] = "alerts"
+    topic_patients: Annotated[TopicName, doc("patient registry (compacted)")] = "patients"
+    topic_observations: Annotated[TopicName, doc(
+        "clinicians' manual observations")] = "observations"
+    topic_alert_actions: Annotated[TopicName, doc(
+        "acknowledge and silence requests, keyed by patient id")] = "alert.actions"
+    topic_subscriptions: Annotated[TopicName, doc(
+        "webhook subscriptions (compacted, key = subscription id)")] = "alert.subscriptions"
+    topic_webhook_dlq: Annotated[TopicName, doc(
+        "webhook deliveries that failed every attempt, with their log")] = "alert.webhook-dlq"
+    topic_audit: Annotated[TopicName, doc(
+        "who viewed which patient, who acknowledged or silenced what (append-only)")] = "audit"
+    topic_workers: Annotated[TopicName, doc(
+        "workers' heartbeats: the partitions each live worker holds (key = worker)")] = "workers"
     # Worker batching: at most this many events per twin step, waiting at most this long. The
     # window is live latency (a reading waits for it); a backlog still gets big batches from
     # catch-up batching below, so a short window costs no throughput (docs/performance.md).
-    worker_batch_max: Positive = 5000
-    worker_batch_seconds: PositiveFloat = 0.1
+    worker_batch_max: Annotated[Positive, doc("most events per vectorised twin step")] = 5000
+    worker_batch_seconds: Annotated[PositiveFloat, doc(
+        "longest wait to fill a batch, seconds")] = 0.1
     # While behind (a backlog), batches of up to this many events, an event held up to this long
     # (streams.worker.catchup); 0 seconds: never hold.
-    worker_catchup_max: Positive = 20_000
-    worker_catchup_seconds: Annotated[float, msgspec.Meta(ge=0, le=30)] = 2.0
+    worker_catchup_max: Annotated[Positive, doc(
+        "most events per twin step while the worker is behind (a backlog)")] = 20_000
+    worker_catchup_seconds: Annotated[float, msgspec.Meta(ge=0, le=30), doc(
+        "while behind, longest an event is held for a bigger batch, seconds (0: off)")] = 2.0
     # A reading up to this much older than its twin is applied in time order (twin.history);
     # an older one is counted late and skipped. 0: every out-of-order reading is late.
-    worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = \
-        history.DEFAULT_TOLERANCE_S
+    worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600), doc(
+        "a reading up to this many seconds older than its twin is applied in time order; older "
+        "ones are counted late and skipped (0: off)")] = history.DEFAULT_TOLERANCE_S
     # What a device may send (everything from outside is bounded): readings dated this far
     # before or after the worker's clock, messages this large, this many readings in one.
-    ingest_ts_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)] = 86_400.0
-    ingest_ts_max_ahead_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 300.0
-    ingest_max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=8 * 1024 * 1024)] = \
-        256 * 1024
-    ingest_max_readings: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
-    # A patient whose readings are rejected (late, duplicate, outside the time window) at this
-    # many a minute or more raises a technical alert naming the cause (0: never).
-    reject_alert_per_min: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    ingest_ts_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400), doc(
+        "a device reading dated more than this many seconds before the worker's clock is dead-"
+        "lettered (`ts_out_of_range`)")] = 86_400.0
+    ingest_ts_max_ahead_s: Annotated[float, msgspec.Meta(ge=0, le=86_400), doc(
+        "a device reading dated more than this many seconds after the worker's clock is dead-"
+        "lettered (`ts_out_of_range`): one reading from the future would make every later one "
+        "late")] = 300.0
+    ingest_max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=8 * 1024 * 1024), doc(
+        "largest device message, bytes (`oversized` beyond)")] = 256 * 1024
+    ingest_max_readings: Annotated[int, msgspec.Meta(ge=1, le=10_000), doc(
+        "most readings in one device message (a gateway upload; FHIR: readings, of at most one "
+        "Observation per channel)")] = 500
+    reject_alert_per_min: Annotated[float, msgspec.Meta(ge=0), doc(
+        "a patient's readings rejected (late, duplicate, out of the time window) at this rate "
+        "or more raise the technical alert `rejected_readings` with the cause (0: never)")] = 10.0
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
-    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
-    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535), doc(
+        "port of the worker's /metrics and /healthz (0: off)")] = 9464
+    worker_metrics_host: Annotated[str, doc("bind address of /metrics and /healthz")] = "127.0.0.1"
     # Liveness: exit (for the supervisor to restart) when stalled or out of the group this long.
-    liveness_stall_seconds: PositiveFloat = 60.0
-    liveness_unassigned_seconds: PositiveFloat = 120.0
+    liveness_stall_seconds: Annotated[PositiveFloat, doc(
+        "a worker with unread messages whose position has not moved this long exits non-zero "
+        "for its supervisor to restart it")] = 60.0
+    liveness_unassigned_seconds: Annotated[PositiveFloat, doc(
+        "a worker with no partition while the topic grows this long exits non-zero")] = 120.0
     # InfluxDB sink. Unset INFLUX_URL = sink off.
-    influx_url: str | None = None
-    influx_token: Secret | None = None
-    influx_org: str | None = None
-    influx_bucket: str | None = None
-    influx_ca_cert: str | None = None
-    influx_verify_ssl: bool = True
-    influx_max_buffer: Positive = 100_000
+    influx_url: Annotated[str | None, doc(
+        "InfluxDB URL (http:// or https://); unset: sink off")] = None
+    influx_token: Annotated[Secret | None, doc("InfluxDB API token (secret)")] = None
+    influx_org: Annotated[str | None, doc("InfluxDB organisation")] = None
+    influx_bucket: Annotated[str | None, doc("InfluxDB bucket")] = None
+    influx_ca_cert: Annotated[str | None, doc(
+        "PEM CA file for an InfluxDB behind a private CA")] = None
+    influx_verify_ssl: Annotated[bool, doc("verify InfluxDB's TLS certificate (true/false)")] = True
+    influx_max_buffer: Annotated[Positive, doc(
+        "points buffered while InfluxDB is down; beyond it the oldest are dropped and "
+        "counted")] = 100_000
     # The dispatcher's watchdog: a partition no live worker has held this long leaves its
     # patients unmonitored, which raises `monitoring_stopped` for each (streams.watchdog).
-    watchdog_silent_s: Annotated[float, msgspec.Meta(ge=5, le=3600)] = 15.0
+    watchdog_silent_s: Annotated[float, msgspec.Meta(ge=5, le=3600), doc(
+        "the dispatcher raises `monitoring_stopped` for every admitted patient of a partition "
+        "no live worker has held this many seconds (worker heartbeats every 5 s)")] = 15.0
     # Alert subscribers: webhooks and the HTTP API.
-    api_tokens_file: str | None = None
-    webhook_max_attempts: Positive = 5
-    webhook_backoff_seconds: PositiveFloat = 1.0
-    webhook_timeout_seconds: PositiveFloat = 5.0
+    api_tokens_file: Annotated[str | None, doc(
+        "file of API token hashes (`patient-twin tokens add NAME`); unset: the HTTP API refuses"
+        " every request")] = None
+    webhook_max_attempts: Annotated[Positive, doc(
+        "delivery attempts per webhook before its dead letter")] = 5
+    webhook_backoff_seconds: Annotated[PositiveFloat, doc(
+        "first retry delay; doubles per attempt")] = 1.0
+    webhook_timeout_seconds: Annotated[PositiveFloat, doc(
+        "HTTP timeout of one webhook delivery")] = 5.0
     # Dashboard.
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: Port = 8050
+    dashboard_host: Annotated[str, doc("dashboard bind address")] = "127.0.0.1"
+    dashboard_port: Annotated[Port, doc("dashboard port")] = 8050
     # Web server threads. An open patient page's live push (and an API alert stream) holds one;
     # live pushes take at most half, pages beyond that poll instead.
-    dashboard_threads: Annotated[int, msgspec.Meta(ge=8, le=1024)] = 64
-    users_file: str | None = None
-    dashboard_secret_key: Secret | None = None
-    dashboard_tls_dir: str = "~/.patient-twin/tls"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    dashboard_threads: Annotated[int, msgspec.Meta(ge=8, le=1024), doc(
+        "web server threads; each open patient page's live push holds one (pushes use at most "
+        "half; pages beyond that poll every 0.5 s instead)")] = 64
+    users_file: Annotated[str | None, doc(
+        "clinician accounts (`patient-twin users add NAME`), passwords hashed with scrypt; the "
+        "dashboard needs it (no anonymous access)")] = None
+    dashboard_secret_key: Annotated[Secret | None, doc(
+        "key that signs session cookies (secret); set the same value on every replica; unset: a"
+        " random key per process (sessions end on restart)")] = None
+    dashboard_tls_dir: Annotated[str, doc(
+        "where `dashboard --https` keeps its generated self-signed "
+        "certificate")] = "~/.patient-twin/tls"
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], doc(
+        "DEBUG, INFO, WARNING or ERROR")] = "INFO"
 
     @property
     def embedded_broker(self) -> bool:
@@ -149,90 +215,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return self.influx_url is not None
 
 
-# name -> (default shown to users, what it is). Order is the README's.
-DOCS: dict[str, str] = {
-    "kafka_bootstrap_servers": "Kafka bootstrap servers, comma-separated host:port; unset: the "
-    "demo starts the embedded broker",
-    "kafka_security_protocol": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-    "kafka_sasl_mechanism": "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (required with SASL_*)",
-    "kafka_sasl_username": "SASL user name",
-    "kafka_sasl_password": "SASL password (secret: never logged)",
-    "kafka_ssl_cafile": "PEM file of the CA that signed the brokers' certificates",
-    "kafka_ssl_certfile": "PEM client certificate for mutual TLS",
-    "kafka_ssl_keyfile": "PEM private key of the client certificate",
-    "kafka_ssl_key_password": "password of the client key (secret)",
-    "kafka_compression": "compression of produced batches: none, lz4 or gzip (costs worker "
-    "throughput; worth it only over a slow network: docs/performance.md)",
-    "kafka_partitions": "partitions of each topic the project creates",
-    "kafka_replication_factor": "replication factor of created topics (3 on a real cluster)",
-    "broker_port": "loopback port of the embedded broker",
-    "app_id": "Faust application id; also the consumer group of the workers",
-    "worker_instance_id": "static consumer-group membership on a Kafka cluster "
-    "(group.instance.id): an id unique to this worker slot that stays the same across its "
-    "restarts, e.g. `<host>-<slot>`; a restarted worker takes its partitions back at once "
-    "instead of after the session timeout. Unset: dynamic membership. Never give two running "
-    "workers the same id. Ignored on the embedded broker",
-    "topic_vitals_raw": "device readings in, keyed by patient id",
-    "topic_vitals_dlq": "rejected device messages with the reason",
-    "topic_twin_state": "latest twin state per patient",
-    "topic_alerts": "alert events",
-    "topic_patients": "patient registry (compacted)",
-    "topic_observations": "clinicians' manual observations",
-    "topic_alert_actions": "acknowledge and silence requests, keyed by patient id",
-    "topic_subscriptions": "webhook subscriptions (compacted, key = subscription id)",
-    "topic_webhook_dlq": "webhook deliveries that failed every attempt, with their log",
-    "topic_audit": "who viewed which patient, who acknowledged or silenced what (append-only)",
-    "topic_workers": "workers' heartbeats: the partitions each live worker holds (key = worker)",
-    "worker_batch_max": "most events per vectorised twin step",
-    "worker_batch_seconds": "longest wait to fill a batch, seconds",
-    "worker_catchup_max": "most events per twin step while the worker is behind (a backlog)",
-    "worker_catchup_seconds": "while behind, longest an event is held for a bigger batch, "
-                              "seconds (0: off)",
-    "worker_late_tolerance_s": "a reading up to this many seconds older than its twin is applied "
-                               "in time order; older ones are counted late and skipped (0: off)",
-    "ingest_ts_max_age_s": "a device reading dated more than this many seconds before the "
-    "worker's clock is dead-lettered (`ts_out_of_range`)",
-    "ingest_ts_max_ahead_s": "a device reading dated more than this many seconds after the "
-    "worker's clock is dead-lettered (`ts_out_of_range`): one reading from the future would "
-    "make every later one late",
-    "ingest_max_message_bytes": "largest device message, bytes (`oversized` beyond)",
-    "ingest_max_readings": "most readings in one device message (a gateway upload; FHIR: "
-    "readings, of at most one Observation per channel)",
-    "reject_alert_per_min": "a patient's readings rejected (late, duplicate, out of the time "
-    "window) at this rate or more raise the technical alert `rejected_readings` with the "
-    "cause (0: never)",
-    "worker_metrics_port": "port of the worker's /metrics and /healthz (0: off)",
-    "worker_metrics_host": "bind address of /metrics and /healthz",
-    "liveness_stall_seconds": "a worker with unread messages whose position has not moved this "
-    "long exits non-zero for its supervisor to restart it",
-    "liveness_unassigned_seconds": "a worker with no partition while the topic grows this long "
-    "exits non-zero",
-    "influx_url": "InfluxDB URL (http:// or https://); unset: sink off",
-    "influx_token": "InfluxDB API token (secret)",
-    "influx_org": "InfluxDB organisation",
-    "influx_bucket": "InfluxDB bucket",
-    "influx_ca_cert": "PEM CA file for an InfluxDB behind a private CA",
-    "influx_verify_ssl": "verify InfluxDB's TLS certificate (true/false)",
-    "influx_max_buffer": "points buffered while InfluxDB is down; beyond it the oldest are "
-    "dropped and counted",
-    "watchdog_silent_s": "the dispatcher raises `monitoring_stopped` for every admitted patient "
-    "of a partition no live worker has held this many seconds (worker heartbeats every 5 s)",
-    "api_tokens_file": "file of API token hashes (`patient-twin tokens add NAME`); unset: the "
-    "HTTP API refuses every request",
-    "webhook_max_attempts": "delivery attempts per webhook before its dead letter",
-    "webhook_backoff_seconds": "first retry delay; doubles per attempt",
-    "webhook_timeout_seconds": "HTTP timeout of one webhook delivery",
-    "dashboard_host": "dashboard bind address",
-    "dashboard_port": "dashboard port",
-    "dashboard_threads": "web server threads; each open patient page's live push holds one "
-    "(pushes use at most half; pages beyond that poll every 0.5 s instead)",
-    "users_file": "clinician accounts (`patient-twin users add NAME`), passwords hashed with "
-    "scrypt; the dashboard needs it (no anonymous access)",
-    "dashboard_secret_key": "key that signs session cookies (secret); set the same value on "
-    "every replica; unset: a random key per process (sessions end on restart)",
-    "dashboard_tls_dir": "where `dashboard --https` keeps its generated self-signed certificate",
-    "log_level": "DEBUG, INFO, WARNING or ERROR",
-}
+def _descriptions() -> dict[str, str]:
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    return {f: next(m.description for m in getattr(hints[f], "__metadata__", ())
+                    if isinstance(m, msgspec.Meta) and m.description)
+            for f in Settings.__struct_fields__}
+
+
+# What each variable means, from the fields' `doc(...)`: the README table and every config error
+# quote it, so it is written once, beside the field.
+DOCS: dict[str, str] = _descriptions()
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
 SECRETS = frozenset(f for f in FIELDS if "password" in f or "token" in f or "secret" in f)
 
