@@ -204,7 +204,7 @@ Args = argparse.Namespace
 
 
 def _analyze(args: Args, settings: config.Settings) -> int:
-    from streams.analyze import analyze
+    from devices.analyze import analyze
 
     summary = analyze(args.records, args.out, progress=not args.no_progress)
     print(summary.line(), file=sys.stderr)
@@ -252,7 +252,7 @@ def _simulate(args: Args, settings: config.Settings) -> int:
 
 
 def _evaluate(args: Args, settings: config.Settings) -> int:
-    from streams.evaluate import main as evaluate_main
+    from devices.evaluate import main as evaluate_main
 
     return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
 

@@ -13,3 +13,19 @@ def test_the_import_contracts_are_kept():
                          timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "0 broken" in out.stdout and "4 kept" in out.stdout
+
+
+def test_every_streams_module_but_the_wiring_point_is_under_the_contract():
+    """A new module in streams/ is held to the contract unless it is declared a wiring point:
+    only `cli` and `demo` may start the dashboard, the devices or the benchmarks."""
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (services,) = [c for c in contracts["contracts"] if "never import the dashboard, the devices"
+                   in c["name"]]
+    held = set(services["source_modules"])
+    modules = {f"streams.{p.stem}" for p in (ROOT / "streams").glob("*.py")
+               if p.stem != "__init__"} | {
+        f"streams.{p.name}" for p in (ROOT / "streams").iterdir()
+        if p.is_dir() and (p / "__init__.py").exists()}
+    assert modules - held == {"streams.cli", "streams.demo"}

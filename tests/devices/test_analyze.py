@@ -8,7 +8,7 @@ import pytest
 import wfdb
 
 from devices.records import RecordError, read
-from streams.analyze import analyze
+from devices.analyze import analyze
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mimic2-numerics"
 RECORD = str(DATA / "s25047-2704-05-04-10-44n")
