@@ -1,5 +1,5 @@
 """The dashboard under many viewers: `--viewers` logged-in clients each refreshing a ward of
-`--patients` every `dashboard.app.WARD_REFRESH_MS` (what the ward page's timer does), for
+`--patients` every `dashboard.pages.ward.WARD_REFRESH_MS` (what the ward page's timer does), for
 `--seconds`.
 
 The ward's twins are real: a simulated cohort (devices.simulator, deterioration scenarios on)
@@ -32,7 +32,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from dashboard.app import WARD_REFRESH_MS
+from dashboard.pages.ward import WARD_REFRESH_MS
 from devices.simulator import Cohort
 from streams import broker, config, messages, supervise, topics
 from streams.registry import change

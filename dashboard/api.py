@@ -4,8 +4,8 @@ machines): webhook subscriptions and a live Server-Sent Events stream of alert e
 Every route needs `Authorization: Bearer <token>` (tokens from `patient-twin tokens add`, stored
 hashed in API_TOKENS_FILE); nothing is served anonymously.
 
-- `POST /api/subscriptions` `{"url", "secret"?, "wards"?, "patients"?, "min_priority"?, "kinds"?}`
-  -> 201 with the subscription and its secret (shown once here; `GET` never shows it)
+- `POST /api/subscriptions` `{"url", "wards"?, "patients"?, "min_priority"?, "kinds"?}` (https)
+  -> 201 with the subscription and the secret the server made (shown once here; `GET` never)
 - `GET /api/subscriptions` -> the subscriptions, without secrets
 - `DELETE /api/subscriptions/<id>` -> 204, or 404
 - `POST /api/alerts/<alert id>/acknowledge` `{"comment"?}` and `POST /api/silences`
@@ -20,7 +20,6 @@ hashed in API_TOKENS_FILE); nothing is served anonymously.
 
 from __future__ import annotations
 
-import json
 import queue
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,11 +28,11 @@ import msgspec
 from flask import Blueprint, Response, g, jsonify, request
 
 from dashboard.auth import TokenStore
-from dashboard.feed import ENDED, TwinFeed
+from dashboard.feed import TwinFeed
 from dashboard.live import KEEPALIVE_S, event_stream
 from streams.config import Settings
 from streams.follow import TopicWriter
-from streams.messages import AlertAction
+from streams.messages import AlertAction, AlertEvent, encode
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
 from twin.alerts import KINDS
 
@@ -71,12 +70,14 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or "url" not in body:
             return _error(400, "expected a JSON object with at least \"url\"")
-        allowed = {"url", "secret", "wards", "patients", "min_priority", "kinds"}
+        # no "secret": the server makes it (a client's may be short or reused)
+        allowed = {"url", "wards", "patients", "min_priority", "kinds"}
         extra = set(body) - allowed
         if extra:
             return _error(400, f"unknown fields {sorted(extra)} (allowed: {sorted(allowed)})")
         try:
-            sub = new_subscription(created_by=g.client, **body)
+            sub = new_subscription(created_by=g.client, **body,
+                                   allow_loopback_http=settings.webhook_allow_loopback_http)
         except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
         writer.put(sub.id, msgspec.json.encode(sub))
@@ -114,7 +115,7 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
             return _error(400, "expected a JSON object with patient_id, kind, reason, minutes")
         try:
             minutes = float(body["minutes"])
-            if not 0 < minutes <= 24 * 60:
+            if not 0 < minutes <= settings.alert_silence_max_minutes:
                 raise ValueError
             action = msgspec.convert({
                 "action": "silence", "patient_id": body["patient_id"], "by": g.client,
@@ -123,7 +124,8 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
                 "until": (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()},
                 AlertAction)
         except (KeyError, TypeError, ValueError, msgspec.ValidationError):
-            return _error(400, "patient_id, kind, reason and minutes (0-1440) are required")
+            return _error(400, "patient_id, kind, reason and minutes (at most "
+                          f"{settings.alert_silence_max_minutes}) are required")
         if action.kind not in KINDS or not (action.reason or "").strip():
             return _error(400, f"kind must be one of {', '.join(KINDS)}, with a reason")
         actions.put(action.patient_id, msgspec.json.encode(action))
@@ -154,17 +156,18 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
                     except queue.Empty:
                         yield ": keepalive\n\n"
                         continue
-                    if ev is ENDED:
-                        return
+                    if not isinstance(ev, AlertEvent):
+                        return  # ENDED, the feed stopped: all else here is an alert event
                     if q.dropped > dropped:
                         # this client read too slowly: say so, so it can re-read the list
                         dropped = q.dropped
                         yield f'event: dropped\ndata: {{"dropped":{dropped}}}\n\n'
                     _, wards = view.snapshot()
-                    if not matches(flt, ev, wards.get(ev.get("patient_id", ""))):
+                    if not matches(flt, ev, wards.get(ev.patient_id)):
                         continue
-                    yield (f"id: {ev.get('alert_id', '')}\nevent: {ev.get('event', 'alert')}\n"
-                           f"data: {json.dumps(ev, separators=(',', ':'))}\n\n")
+                    # the event as the worker wrote it on Kafka
+                    yield (f"id: {ev.alert_id}\nevent: {ev.event}\n"
+                           f"data: {encode(ev).decode()}\n\n")
             finally:
                 feed.unlisten(q)
 

@@ -32,7 +32,9 @@ class AuditLog:
                           patient_id=patient_id, alert_id=alert_id, detail=detail,
                           remote_addr=remote_addr)
         self._writer.put(user, msgspec.json.encode(rec), wait=wait)
-        log.info("audit: %s %s", user, action)
+        # %r: a user name is typed by whoever logs in; quoted, a newline in it cannot forge a
+        # log line
+        log.info("audit: %r %s", user, action)
         return rec
 
     def close(self) -> None:

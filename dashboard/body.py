@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from streams.messages import TwinState
+
 SCORE_COLOURS = ("#3aa655", "#f2d22e", "#f28c28", "#d7263d")
 UNKNOWN = "#9aa5b1"
 SHOCK_INDEX_HIGH = 1.0  # Allgower & Burri 1967; > 1 suggests shock
@@ -72,40 +74,40 @@ _CHANNEL_OF = {"respiration_rate": "rr", "spo2": "spo2", "systolic_bp": "sbp", "
                "temperature": "temp"}
 
 
-def signature(state: dict[str, Any] | None) -> str:
+def signature(state: TwinState | None) -> str:
     """What the figure shows, as a string: equal signatures, equal figures. Rates and the
     shock index are not in it: they animate the figure (`rates`) and caption it (`caption`)."""
     if state is None:
         return "none"
-    est = state.get("estimate") or {}
-    comps = sorted((state.get("news2_components") or {}).items())
+    est = state.estimate
+    comps = sorted(state.news2_components.items())
     return "|".join([*(f"{k}={v}" for k, v in comps),
                      *(ch for ch in ("hr", "rr", "spo2", "sbp", "temp") if est.get(ch) is None)])
 
 
-def rates(state: dict[str, Any] | None) -> dict[str, float | None]:
+def rates(state: TwinState | None) -> dict[str, float | None]:
     """Heart and breathing rate per minute for the browser's animation (None: unknown)."""
-    est = (state or {}).get("estimate") or {}
+    est = state.estimate if state else {}
     return {"hr": est.get("hr"), "rr": est.get("rr")}
 
 
-def caption(state: dict[str, Any] | None) -> str:
+def caption(state: TwinState | None) -> str:
     """The line under the body: rates and the shock index."""
     if state is None:
         return "no data yet"
-    est = state.get("estimate") or {}
-    si = (state.get("derived") or {}).get("shock_index")
+    est = state.estimate
+    si = state.derived.get("shock_index")
     return (f"HR {_num(est.get('hr'))}/min · RR {_num(est.get('rr'))}/min"
             + (f" · shock index {si:.2f}" + (" (high)" if si > SHOCK_INDEX_HIGH else "")
                if si is not None else ""))
 
 
-def figure(state: dict[str, Any] | None) -> tuple[go.Figure, dict[str, Any]]:
+def figure(state: TwinState | None) -> tuple[go.Figure, dict[str, Any]]:
     """The body figure for a twin state (None: no data) and what the browser animation needs:
     heart and lung trace indices, their centres and base vertices (the rates come from
     `rates`, which change far more often than the figure)."""
-    comps = (state or {}).get("news2_components") or {}
-    est = (state or {}).get("estimate") or {}
+    comps = state.news2_components if state else {}
+    est = state.estimate if state else {}
     fig = go.Figure()
     anim: dict[str, Any] = {"parts": []}
     for idx, (name, c, r, comp_names, opacity) in enumerate(PARTS):

@@ -7,9 +7,10 @@ Besides the latest state per patient it keeps a short history per patient for th
 (`History`: one sample per `HISTORY_STEP_S`, `HISTORY_POINTS` samples, fixed-size numpy arrays so
 memory is bounded: about 150 KB per patient) and the open alerts (raised and not yet resolved).
 
-Every record is checked against its schema in streams.messages before it is shown; one that fails
-is counted in `skipped` and passed over (streams.follow), since the feed replays its topics from
-the beginning at every start.
+Twin states and alert events are decoded as the structs the worker writes (`TwinState`,
+`AlertEvent`: streams.messages' decoders, as the dispatcher and the watchdog read alerts) and kept
+as such, so the pages read typed fields. A record that is not valid is counted in `skipped` and
+passed over (streams.follow), since the feed replays its topics from the beginning at every start.
 """
 
 from __future__ import annotations
@@ -19,23 +20,14 @@ import queue
 import threading
 from collections import deque
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Literal
 
 import msgspec
 import numpy as np
 
 from streams.config import Settings
 from streams.follow import Follower
-from streams.messages import (
-    ALERT_SCHEMA,
-    TWIN_STATE_SCHEMA,
-    AlertEvent,
-    Id,
-    TwinState,
-    check_ts,
-    decode_record,
-    reject,
-)
+from streams.messages import AlertEvent, TwinState, decode_alert, decode_twin_state, reject
 from streams.registry import Registry
 from twin.channels import NAMES
 
@@ -57,19 +49,18 @@ class History:
         self.news2 = np.zeros(points, dtype=np.int16)
         self.n = 0  # samples written in all
 
-    def add(self, doc: dict[str, Any], t: float) -> None:
+    def add(self, state: TwinState, t: float) -> None:
         last = self.ts[(self.n - 1) % len(self.ts)] if self.n else -np.inf
-        rejected = doc.get("rejected") or []
         # a rejected artifact is kept even between samples: the trend shows it was ignored
-        if t - last < HISTORY_STEP_S and not rejected:
+        if t - last < HISTORY_STEP_S and not state.rejected:
             return
         i = self.n % len(self.ts)
         self.ts[i] = t
-        for arr, key in ((self.estimate, "estimate"), (self.sd, "sd"), (self.raw, "raw")):
-            vals = doc.get(key) or {}
+        for arr, vals in ((self.estimate, state.estimate), (self.sd, state.sd),
+                          (self.raw, state.raw)):
             arr[i] = [np.nan if vals.get(ch) is None else vals[ch] for ch in NAMES]
-        self.rejected[i] = [ch in rejected for ch in NAMES]
-        self.news2[i] = int(doc.get("news2", 0))
+        self.rejected[i] = [ch in state.rejected for ch in NAMES]
+        self.news2[i] = state.news2
         self.n += 1
 
     def series(self) -> dict[str, np.ndarray]:
@@ -81,10 +72,25 @@ class History:
                 "news2": self.news2[order]}
 
 
-ENDED: dict[str, Any] = {"event": "ended"}  # a live stream's last item: the feed stopped
+class StateEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A live stream's word that a patient's twin state arrived. It carries no values: the page
+    reads them through its callbacks, which check the user."""
+
+    event: Literal["state"] = "state"
+    patient_id: str
 
 
-class Listener(queue.Queue[dict[str, Any]]):
+class Ended:
+    """A live stream's last item: the feed stopped."""
+
+
+ENDED = Ended()
+# What a live stream's queue holds: every patient's alert events or one patient's, that
+# patient's state events, and ENDED last.
+LiveEvent = AlertEvent | StateEvent | Ended
+
+
+class Listener(queue.Queue[LiveEvent]):
     """A live stream's queue. The feed never waits for a reader: when the queue is full an event
     is dropped and counted in `dropped`, so one stalled client cannot hold up the view."""
 
@@ -92,7 +98,7 @@ class Listener(queue.Queue[dict[str, Any]]):
         super().__init__(maxsize)
         self.dropped = 0
 
-    def offer(self, event: dict[str, Any]) -> None:
+    def offer(self, event: LiveEvent) -> None:
         try:
             self.put_nowait(event)
         except queue.Full:
@@ -111,46 +117,34 @@ class Listener(queue.Queue[dict[str, Any]]):
                     self.dropped += 1
 
 
-_Aware = Annotated[datetime, msgspec.Meta(tz=True)]
-_AWARE = {datetime: _Aware, datetime | None: _Aware | None}
-
-
-def _view(schema: type[msgspec.Struct], folds_on: tuple[str, ...], **stricter: Any
-          ) -> msgspec.json.Decoder[Any]:
-    """A decoder of `schema` as the feed shows it: every field with the schema's type (or the
-    stricter one given; times with a UTC offset, which the pages subtract from an aware now) and
-    default, and absent (UNSET) allowed for a field the schema requires unless the feed folds on
-    it. The worker writes whole records; tests and tools write partial ones, and the pages read
-    most fields with a fallback."""
-    fields: list[tuple[Any, ...]] = []
-    for f in msgspec.structs.fields(schema):
-        t = stricter.get(f.name, _AWARE.get(f.type, f.type))
-        if not f.required:
-            fields.append((f.name, t, f.default if f.default is not msgspec.NODEFAULT
-                           else msgspec.field(default_factory=f.default_factory)))
-        elif f.name in folds_on:
-            fields.append((f.name, t))
-        else:
-            fields.append((f.name, t | msgspec.UnsetType, msgspec.UNSET))
-    view = msgspec.defstruct(f"{schema.__name__}View", fields, kw_only=True, frozen=True)
-    return msgspec.json.Decoder(view)
-
-
 # History keeps NEWS2 as int16; an aggregate score is never negative
-_NEWS2 = Annotated[int, msgspec.Meta(ge=0, le=np.iinfo(np.int16).max)]
-_STATE_VIEW = _view(TwinState, ("patient_id", "ts"), patient_id=Id, news2=_NEWS2)
-_ALERT_VIEW = _view(AlertEvent, ("alert_id", "patient_id", "event", "ts"), patient_id=Id)
+_NEWS2_MAX = int(np.iinfo(np.int16).max)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], value: bytes | None, schema: str
-            ) -> tuple[Any, float]:
-    """A twin state or alert event as its view struct, and its time (epoch s); InvalidMessage
-    with the reason otherwise."""
-    rec = decode_record(decoder, value)
-    if rec.schema != schema:
-        raise reject(f"schema {rec.schema!r} is not supported (expected {schema!r})",
-                     "wrong_schema")
-    return rec, check_ts(rec.ts)
+def _check_times(rec: TwinState | AlertEvent) -> None:
+    """InvalidMessage for a time without a UTC offset: the pages subtract times from an aware
+    now (the decoders check `ts` only)."""
+    for name in rec.__struct_fields__:
+        value = getattr(rec, name)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise reject(f"{name} has no UTC offset (expected ISO-8601 like "
+                         "2026-01-01T12:00:00Z)", "wrong_type")
+
+
+def _twin_state(value: bytes | None) -> TwinState:
+    """A twin state as the worker wrote it; InvalidMessage with the reason otherwise."""
+    st = decode_twin_state(value)
+    _check_times(st)
+    if not 0 <= st.news2 <= _NEWS2_MAX:
+        raise reject(f"news2 {st.news2} is not a score (0 to {_NEWS2_MAX})", "wrong_type")
+    return st
+
+
+def _alert(value: bytes | None) -> AlertEvent:
+    """An alert event as the worker wrote it; InvalidMessage with the reason otherwise."""
+    ev = decode_alert(value)
+    _check_times(ev)
+    return ev
 
 
 class TwinFeed:
@@ -160,10 +154,10 @@ class TwinFeed:
     def __init__(self, settings: Settings, max_alerts: int = 500) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._states: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, TwinState] = {}
         self._history: dict[str, History] = {}
-        self._alerts: deque[dict[str, Any]] = deque(maxlen=max_alerts)
-        self._open: dict[str, dict[str, Any]] = {}  # alert id -> latest event of an open alert
+        self._alerts: deque[AlertEvent] = deque(maxlen=max_alerts)
+        self._open: dict[str, AlertEvent] = {}  # alert id -> latest event of an open alert
         # None: every alert event (the API's stream); a patient id: that patient's twin states
         # and alert events (the patient page's push)
         self._listeners: dict[str | None, list[Listener]] = {}
@@ -212,33 +206,34 @@ class TwinFeed:
         if topic == s.topic_twin_state:
             if value is None and key is not None:
                 return  # a tombstone on the compacted topic (the worker writes none)
-            rec, t = _decode(_STATE_VIEW, value, TWIN_STATE_SCHEMA)
+            self._apply_state(_twin_state(value))
         elif topic == s.topic_alerts:
-            rec, t = _decode(_ALERT_VIEW, value, ALERT_SCHEMA)
-        else:
-            return
-        # the pages read dicts: the record as the schema decoded it (times as ISO strings)
-        doc = msgspec.to_builtins(rec)
-        pid = rec.patient_id
+            self._apply_alert(_alert(value))
+
+    def _apply_state(self, st: TwinState) -> None:
+        pid = st.patient_id
         with self._lock:
-            if topic == s.topic_twin_state:
-                self._states[pid] = doc
-                for q in self._listeners.get(pid, ()):
-                    q.offer({"event": "state", "patient_id": pid, "ts": doc["ts"]})
-                self._history.setdefault(pid, History()).add(doc, t)
+            self._states[pid] = st
+            listeners = self._listeners.get(pid, ())
+            if listeners:
+                event = StateEvent(patient_id=pid)
+                for q in listeners:
+                    q.offer(event)
+            self._history.setdefault(pid, History()).add(st, st.ts.timestamp())
+
+    def _apply_alert(self, ev: AlertEvent) -> None:
+        with self._lock:
+            self._alerts.append(ev)
+            if ev.event == "resolved":
+                self._open.pop(ev.alert_id, None)
             else:
-                self._alerts.append(doc)
-                if rec.event == "resolved":
-                    self._open.pop(rec.alert_id, None)
-                else:
-                    self._open[rec.alert_id] = doc
-                for q in (*self._listeners.get(None, ()), *self._listeners.get(pid, ())):
-                    q.offer(doc)
+                self._open[ev.alert_id] = ev
+            for q in (*self._listeners.get(None, ()), *self._listeners.get(ev.patient_id, ())):
+                q.offer(ev)
 
     def listen(self, patient_id: str | None = None, maxsize: int = 10_000) -> Listener:
         """A queue of what happens from now on, for a live stream: every alert event (no
-        `patient_id`), or one patient's twin states (`{"event": "state", ...}`) and alert
-        events."""
+        `patient_id`), or one patient's state events (`StateEvent`) and alert events."""
         q = Listener(maxsize)
         with self._lock:
             self._listeners.setdefault(patient_id, []).append(q)
@@ -252,11 +247,12 @@ class TwinFeed:
                 if not qs:
                     del self._listeners[key]
 
-    def snapshot(self) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    def snapshot(self) -> tuple[dict[str, TwinState], list[AlertEvent]]:
+        """The latest twin state per patient, and the latest alert events (`max_alerts`)."""
         with self._lock:
             return dict(self._states), list(self._alerts)
 
-    def state(self, patient_id: str) -> dict[str, Any] | None:
+    def state(self, patient_id: str) -> TwinState | None:
         with self._lock:
             return self._states.get(patient_id)
 
@@ -265,10 +261,10 @@ class TwinFeed:
             h = self._history.get(patient_id)
             return None if h is None else h.series()
 
-    def open_alerts(self, patient_id: str | None = None) -> list[dict[str, Any]]:
+    def open_alerts(self, patient_id: str | None = None) -> list[AlertEvent]:
         """Open alerts (latest event of each), of one patient or all, highest priority first."""
         rank = {"high": 0, "medium": 1, "low": 2}
         with self._lock:
             alerts = [a for a in self._open.values()
-                      if patient_id is None or a["patient_id"] == patient_id]
-        return sorted(alerts, key=lambda a: (rank.get(a.get("priority"), 3), a.get("ts", "")))
+                      if patient_id is None or a.patient_id == patient_id]
+        return sorted(alerts, key=lambda a: (rank[a.priority], a.ts))

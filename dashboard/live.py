@@ -18,14 +18,11 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response
 
+from dashboard.context import Context
 from dashboard.feed import ENDED, TwinFeed
-
-if TYPE_CHECKING:
-    from dashboard.app import Context
 
 POLL_MS = 500  # without a stream (was the only way before the push)
 FALLBACK_MS = 5000  # with a stream
@@ -104,6 +101,7 @@ def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
 
 
 def blueprint(c: Context) -> Blueprint:
+    """`/live/patient/<id>`, at most `dashboard_threads // 2` streams at a time."""
     bp = Blueprint("live", __name__)
     slots = threading.BoundedSemaphore(max(1, c.settings.dashboard_threads // 2))
 

@@ -26,6 +26,7 @@ from streams.config import Settings
 PUBLIC_PREFIXES = ("/login", "/api/")
 # answered 401, not redirected to the login page
 DATA_PREFIXES = ("/_dash", "/vr/state.json", "/live/")
+NAME_MAX = 64  # longest user name (dashboard.auth)
 FAILURES_ALLOWED = 5  # failed logins per user name within FAILURE_WINDOW_S before a lockout
 FAILURE_WINDOW_S = 300.0
 
@@ -99,7 +100,7 @@ def install(server: Flask, settings: Settings, users: UserStore, audit: AuditLog
             secure_cookies: bool = False) -> None:
     """Add login, logout and the guard to the dashboard's Flask server."""
     key = settings.dashboard_secret_key
-    server.secret_key = key.value if key is not None else secrets.token_hex(32)
+    server.secret_key = key.get() if key is not None else secrets.token_hex(32)
     server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                          SESSION_COOKIE_SECURE=secure_cookies,
                          REMEMBER_COOKIE_SECURE=secure_cookies)
@@ -135,7 +136,10 @@ def install(server: Flask, settings: Settings, users: UserStore, audit: AuditLog
 
     @server.post("/login")
     def login_submit() -> Any:
-        name = (request.form.get("username") or "").strip()
+        # A name no account can have (user names are 1-64 characters, no spaces) is recorded
+        # cut, and never reaches the throttle's store whole: a megabyte of name per attempt
+        # would fill it.
+        name = (request.form.get("username") or "").strip()[:NAME_MAX + 1]
         password = request.form.get("password") or ""
         next_ = _safe_next(request.form.get("next"))
         now = time.monotonic()

@@ -5,8 +5,8 @@ values each score was computed from, and the patient's open alerts with their ac
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+import msgspec
 import numpy as np
 import plotly.graph_objects as go
 from dash import dcc, html
@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 
 from dashboard import ward
 from dashboard.body import SCORE_COLOURS, UNKNOWN
+from streams.messages import AlertEvent, PatientRecord, TwinState
 from twin.channels import CHANNELS, NAMES
 from twin.news2 import COMPONENTS
 
@@ -21,14 +22,18 @@ _PARAM = {"respiration_rate": ("Respiration rate", "rr"), "spo2": ("SpO2", "spo2
           "air_or_oxygen": ("Air or oxygen?", None), "systolic_bp": ("Systolic BP", "sbp"),
           "pulse": ("Pulse", "hr"), "consciousness": ("Consciousness", None),
           "temperature": ("Temperature", "temp")}
-SILENCE_MINUTES = (15, 30, 60, 120, 240)
 
 
 def _dt(ts: np.ndarray) -> list[datetime]:
     return [datetime.fromtimestamp(float(t), UTC) for t in ts]
 
 
-def trends(history: dict[str, np.ndarray] | None, state: dict[str, Any] | None) -> go.Figure:
+def _iso(t: datetime) -> str:
+    """A time as it is written on Kafka (msgspec's ISO 8601: `Z` for UTC)."""
+    return str(msgspec.to_builtins(t))
+
+
+def trends(history: dict[str, np.ndarray] | None, state: TwinState | None) -> go.Figure:
     """One panel per vital sign over the kept history (`history` from `TwinFeed.history`)."""
     fig = make_subplots(rows=len(CHANNELS), cols=1, shared_xaxes=True, vertical_spacing=0.025,
                         subplot_titles=[f"{c.display} ({c.unit})" for c in CHANNELS])
@@ -56,17 +61,17 @@ def trends(history: dict[str, np.ndarray] | None, state: dict[str, Any] | None) 
                                          marker={"size": 8, "color": "#d7263d",
                                                  "symbol": "x"}, showlegend=True),
                               row=r, col=1)
-    if state is not None and state.get("forecasts"):
-        t0 = datetime.fromisoformat(state["ts"])
+    if state is not None and state.forecasts:
+        t0, forecasts = state.ts, state.forecasts
         for r, ch in enumerate(CHANNELS, start=1):
-            est = state["estimate"].get(ch.name)
+            est = state.estimate.get(ch.name)
             if est is None:
                 continue
-            sd = state["sd"].get(ch.name) or 0.0
-            fx = [t0] + [t0 + timedelta(minutes=f["minutes"]) for f in state["forecasts"]]
-            mid = [est] + [f["estimate"].get(ch.name) for f in state["forecasts"]]
-            lo = [est - 1.645 * sd] + [f["low90"].get(ch.name) for f in state["forecasts"]]
-            hi = [est + 1.645 * sd] + [f["high90"].get(ch.name) for f in state["forecasts"]]
+            sd = state.sd.get(ch.name) or 0.0
+            fx = [t0] + [t0 + timedelta(minutes=f.minutes) for f in forecasts]
+            mid = [est] + [f.estimate.get(ch.name) for f in forecasts]
+            lo = [est - 1.645 * sd] + [f.low90.get(ch.name) for f in forecasts]
+            hi = [est + 1.645 * sd] + [f.high90.get(ch.name) for f in forecasts]
             fig.add_trace(go.Scatter(x=fx, y=hi, mode="lines", line={"width": 0},
                                      hoverinfo="skip", showlegend=False), row=r, col=1)
             fig.add_trace(go.Scatter(x=fx, y=lo, mode="lines", line={"width": 0},
@@ -80,7 +85,7 @@ def trends(history: dict[str, np.ndarray] | None, state: dict[str, Any] | None) 
     return fig
 
 
-def news2_table(state: dict[str, Any] | None) -> html.Table:
+def news2_table(state: TwinState | None) -> html.Table:
     """The NEWS2 breakdown: each parameter's score, the twin estimate it was computed from, the
     latest raw reading and how old the channel's data is."""
     head = html.Tr([html.Th(h) for h in ("Parameter", "Score", "Twin estimate", "Latest reading",
@@ -88,15 +93,14 @@ def news2_table(state: dict[str, Any] | None) -> html.Table:
     if state is None:
         return html.Table([head, html.Tr(html.Td("no data yet", colSpan=5))],
                           className="news2-table")
-    comps = state.get("news2_components") or {}
-    units = state.get("units") or {}
+    comps = state.news2_components
     body = []
     for name in COMPONENTS:
         label, ch = _PARAM[name]
         score = comps.get(name)
         if ch is None:
-            recorded = state.get("consciousness_alert" if name == "consciousness"
-                                 else "on_oxygen")
+            recorded = (state.consciousness_alert if name == "consciousness"
+                        else state.on_oxygen)
             if recorded is None:
                 # not measured by wearables: scored 0 by the chart's arithmetic, but unknown
                 score = None
@@ -106,94 +110,74 @@ def news2_table(state: dict[str, Any] | None) -> html.Table:
                     est = "Alert" if recorded else "new confusion, V, P or U"
                 else:
                     est = "supplemental oxygen" if recorded else "air"
-                raw = f"observation at {state.get('observed_at', '')[:19].replace('T', ' ')}"
+                at = state.observed_at
+                raw = f"observation at {at.strftime('%Y-%m-%d %H:%M:%S') if at else ''}"
                 age = "manual observation"
         else:
-            e, rw = state["estimate"].get(ch), state["raw"].get(ch)
-            unit = units.get(ch, "")
-            est = "—" if e is None else f"{e:.1f} ± {2 * (state['sd'].get(ch) or 0):.1f} {unit}"
-            rejected = ch in (state.get("rejected") or [])
+            e, rw = state.estimate.get(ch), state.raw.get(ch)
+            unit = state.units.get(ch, "")
+            est = "—" if e is None else f"{e:.1f} ± {2 * (state.sd.get(ch) or 0):.1f} {unit}"
+            rejected = ch in state.rejected
             raw = "—" if rw is None else f"{rw:g} {unit}" + (" (rejected artifact)"
                                                              if rejected else "")
-            a = (state.get("age_s") or {}).get(ch)
+            a = state.age_s.get(ch)
             age = "—" if a is None else f"{a:.0f} s"
         colour = UNKNOWN if score is None else SCORE_COLOURS[min(3, int(score))]
         body.append(html.Tr([html.Td(label), html.Td(str(score if score is not None else "—"),
                                                      style={"background": colour}),
                              html.Td(est), html.Td(raw), html.Td(age)],
                             className=f"news2-{name}"))
-    total = html.Tr([html.Th("Total"), html.Th(str(state.get("news2", "—"))),
-                     html.Th(f"on estimates; {state.get('news2_raw', '—')} on the raw readings"),
-                     html.Th("complete" if state.get("news2_complete") else
+    total = html.Tr([html.Th("Total"), html.Th(str(state.news2)),
+                     html.Th(f"on estimates; {state.news2_raw} on the raw readings"),
+                     html.Th("complete" if state.news2_complete else
                              "partial: consciousness / oxygen not recorded"), html.Th("")])
     return html.Table([head, *body, total], className="news2-table")
 
 
-def alert_rows(alerts: list[dict[str, Any]], can_act: bool) -> list[html.Div]:
+def alert_rows(alerts: list[AlertEvent], can_act: bool) -> list[html.Div]:
     """One card per open alert with what raised it and, for clinicians, acknowledge."""
     out = []
     for a in alerts:
-        aid = a["alert_id"]
-        evidence = a.get("evidence") or {}
-        ev_text = "; ".join(f"{k}: {v}" for k, v in evidence.items()
+        aid = a.alert_id
+        ev_text = "; ".join(f"{k}: {v}" for k, v in a.evidence.items()
                             if not isinstance(v, dict | list))[:300]
-        by = f" by {a['by']}" if a.get("by") else ""
+        by = f" by {a.by}" if a.by else ""
         out.append(html.Div([
-            html.Strong(f"{a['priority'].upper()} · {a['kind']} · {a.get('state', '')}{by}"),
-            html.Div(a.get("message", ""), className="alert-message"),
+            html.Strong(f"{a.priority.upper()} · {a.kind} · {a.state}{by}"),
+            html.Div(a.message, className="alert-message"),
             html.Div(ev_text, className="alert-evidence"),
             html.Div([
                 dcc.Input(id={"type": "ack-comment", "alert": aid}, placeholder="comment",
                           disabled=not can_act, debounce=False),
                 html.Button("Acknowledge", id={"type": "ack", "alert": aid},
-                            disabled=not can_act or a.get("state") == "acknowledged",
+                            disabled=not can_act or a.state == "acknowledged",
                             className="ack-button"),
             ]),
-        ], className=f"alert-card alert-{a['priority']}", **{"data-alert-id": aid}))
+        ], className=f"alert-card alert-{a.priority}", **{"data-alert-id": aid}))
     return out or [html.Div("No open alerts.", className="no-alerts")]
 
 
-def header(patient_id: str, record: Any, state: dict[str, Any] | None,
+def header(patient_id: str, record: PatientRecord | None, state: TwinState | None,
            now: datetime | None = None) -> html.Div:
+    """Who and where the patient is, the SpO2 scale, the latest reading, and a banner while the
+    data is stale or after the twin's history was lost."""
     where = (f"ward {record.ward or '—'}, bed {record.bed or '—'}" if record
              else "not in the registry")
     scale = (f"NEWS2 SpO2 scale {record.spo2_scale}"
              + (f" (set by {record.spo2_scale_set_by})" if record.spo2_scale_set_by else "")
              if record else "SpO2 scale 1")
-    fresh = "no data yet" if state is None else f"latest reading {state['ts']}"
+    fresh = "no data yet" if state is None else f"latest reading {_iso(state.ts)}"
     age = ward.data_age_s(state, now or datetime.now(UTC))
     stale = [] if not ward.is_stale(age) else [html.Div(
         "STALE: no data yet" if age is None else
         f"STALE: no reading applied for {age:.0f} s; the values below are not current",
         id="patient-stale", className="stale-banner")]
-    lost_at = (state or {}).get("history_lost_at")
-    lost = [] if not lost_at else [html.Div(
-        f"History lost at {lost_at}: the Kafka broker lost its stored records (a restart of a "
-        "memory-only broker). The twin went on from the worker's memory; readings waiting then "
-        "and the earlier record are gone.", id="patient-history-lost",
+    lost_at = state.history_lost_at if state else None
+    lost = [] if lost_at is None else [html.Div(
+        f"History lost at {_iso(lost_at)}: the Kafka broker lost its stored records (a restart "
+        "of a memory-only broker). The twin went on from the worker's memory; readings waiting "
+        "then and the earlier record are gone.", id="patient-history-lost",
         className="history-lost-banner")]
     return html.Div([html.H2(f"Patient {patient_id}"),
                      html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), *stale, *lost])
 
-
-ACVPU = (("A", "Alert"), ("C", "new Confusion"), ("V", "responds to Voice"),
-         ("P", "responds to Pain"), ("U", "Unresponsive"))
-# Hand-taken vitals a clinician may enter, with their UCUM units (as on the device schema).
-MANUAL_CHANNELS = (("rr", "RR", "/min"), ("spo2", "SpO2", "%"), ("sbp", "SBP", "mm[Hg]"),
-                   ("hr", "HR", "/min"), ("temp", "Temp", "Cel"))
-
-
-def observation_form(disabled: bool) -> html.Div:
-    """Manual observation: ACVPU, air or oxygen, and optional hand-taken vitals."""
-    return html.Div([
-        html.H4("Manual observation (scored by NEWS2 like device readings)"),
-        dcc.Dropdown([{"label": f"{k}: {v}", "value": k} for k, v in ACVPU], id="obs-acvpu",
-                     placeholder="consciousness (ACVPU)", disabled=disabled),
-        dcc.RadioItems([{"label": "air", "value": "air"},
-                        {"label": "supplemental oxygen", "value": "oxygen"}],
-                       id="obs-o2", inline=True),
-        *[dcc.Input(id=f"obs-{ch}", type="number", placeholder=f"{label} ({unit})",
-                    disabled=disabled, style={"width": "8em"})
-          for ch, label, unit in MANUAL_CHANNELS],
-        html.Button("Record observation", id="obs-submit", disabled=disabled),
-    ], className="form")

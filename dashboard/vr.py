@@ -23,15 +23,13 @@ import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file
 
 from dashboard import login, ward
+from dashboard.context import Context
 from streams.errors import PatientTwinError
-
-if TYPE_CHECKING:
-    from dashboard.app import Context
 
 log = logging.getLogger("patient_twin.vr")
 
@@ -87,21 +85,22 @@ def scene_state(beds: list[ward.Bed]) -> list[dict[str, Any]]:
         cx = 0.0
     out = []
     for b in beds:
-        est = (b.state or {}).get("estimate") or {}
+        est = b.state.estimate if b.state else {}
         out.append({
             "patient_id": b.patient_id, "ward": b.ward, "bed": b.bed,
             "x": round(pos[b.patient_id][0] - cx, 2), "z": round(-pos[b.patient_id][1], 2),
             "colour": ward.BAND_COLOURS.get("unknown" if b.stale else b.band, "#ccc"),
             "band": b.band, "stale": b.stale,
-            "news2": b.state.get("news2") if b.state else None,
+            "news2": b.state.news2 if b.state else None,
             "vitals": {ch: est.get(ch) for ch in ("hr", "rr", "spo2", "sbp", "temp")},
-            "alerts": [{"kind": a["kind"], "priority": a["priority"],
-                        "alert_id": a["alert_id"]} for a in b.alerts],
+            "alerts": [{"kind": a.kind, "priority": a.priority, "alert_id": a.alert_id}
+                       for a in b.alerts],
         })
     return out
 
 
 def blueprint(c: Context) -> Blueprint:
+    """`/vr`, its A-Frame bundle and `/vr/state.json`."""
     bp = Blueprint("vr", __name__)
     page_html = (Path(__file__).parent / "vr" / "index.html").read_text().replace(
         "{{AFRAME}}", f"/vr/aframe-v{AFRAME_VERSION}.min.js")
@@ -124,9 +123,7 @@ def blueprint(c: Context) -> Blueprint:
 
     @bp.get("/vr/state.json")
     def state() -> Response:
-        states, _ = c.feed.snapshot()
-        beds = ward.beds(c.user(), states, c.feed.registry.admitted(), c.feed.open_alerts(),
-                         datetime.now(UTC))
+        beds = c.visible_beds()
         return jsonify({"ts": datetime.now(UTC).isoformat(), "beds": scene_state(beds)})
 
     return bp

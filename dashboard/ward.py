@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from dashboard.auth import User
-from streams.messages import PatientRecord
+from streams.messages import AlertEvent, PatientRecord, TwinState
 from twin.channels import CHANNELS
 
 BAND_COLOURS = {"none": "#d0d0d0", "low": "#cfe8cf", "low-medium": "#fff3a0",
@@ -26,14 +26,13 @@ PRIORITY_RANK = {"high": 3, "medium": 2, "low": 1}
 STALE_AFTER_S = 60.0  # no reading for a minute from a 1 Hz wearable means the data stopped
 
 
-def data_age_s(state: dict[str, Any] | None, now: datetime) -> float | None:
+def data_age_s(state: TwinState | None, now: datetime) -> float | None:
     """Seconds since the twin last applied a reading (None: never). Measured from when the
     worker applied it (`applied_at`, the worker's clock), not from the reading's own time: a
     device whose clock runs ahead would otherwise look fresh while its readings are refused."""
     if state is None:
         return None
-    at = state.get("applied_at") or state["ts"]
-    return (now - datetime.fromisoformat(at)).total_seconds()
+    return (now - (state.applied_at or state.ts)).total_seconds()
 
 
 def is_stale(age_s: float | None) -> bool:
@@ -47,8 +46,8 @@ class Bed:
     patient_id: str
     ward: str | None
     bed: str | None
-    state: dict[str, Any] | None  # latest twin state; None: no data yet
-    alerts: list[dict[str, Any]]  # open alerts, highest priority first
+    state: TwinState | None  # latest twin state; None: no data yet
+    alerts: list[AlertEvent]  # open alerts, highest priority first
     age_s: float | None  # seconds since the latest applied reading
 
     @property
@@ -57,26 +56,24 @@ class Bed:
 
     @property
     def band(self) -> str:
-        if self.state is None:
-            return "unknown"
-        return str(self.state.get("news2_band", "none"))
+        return "unknown" if self.state is None else self.state.news2_band
 
     @property
     def risk(self) -> tuple[float, int, int]:
         rank: float = _BAND_RANK.get(self.band, 0)
         if self.stale:
             rank = max(rank, _UNKNOWN_RANK)
-        top = max((PRIORITY_RANK.get(a.get("priority"), 0) for a in self.alerts), default=0)
-        return rank, int(self.state.get("news2", 0)) if self.state else 0, top
+        top = max((PRIORITY_RANK[a.priority] for a in self.alerts), default=0)
+        return rank, self.state.news2 if self.state else 0, top
 
 
-def beds(user: User, states: dict[str, dict[str, Any]], records: dict[str, PatientRecord],
-         alerts: list[dict[str, Any]], now: datetime) -> list[Bed]:
+def beds(user: User, states: dict[str, TwinState], records: dict[str, PatientRecord],
+         alerts: list[AlertEvent], now: datetime) -> list[Bed]:
     """The patients `user` may see, highest risk first: admitted patients of the user's wards
     (with or without data), and for users of every ward also twins without a registry record."""
-    by_patient: dict[str, list[dict[str, Any]]] = {}
+    by_patient: dict[str, list[AlertEvent]] = {}
     for a in alerts:
-        by_patient.setdefault(a["patient_id"], []).append(a)
+        by_patient.setdefault(a.patient_id, []).append(a)
     out = []
     for pid in set(records) | set(states):
         rec = records.get(pid)
@@ -90,15 +87,15 @@ def beds(user: User, states: dict[str, dict[str, Any]], records: dict[str, Patie
     return out
 
 
-def _value(state: dict[str, Any], ch: str) -> str:
-    est = state.get("estimate", {}).get(ch)
+def _value(state: TwinState, ch: str) -> str:
+    est = state.estimate.get(ch)
     if est is None:
         return "—"
-    sd = state.get("sd", {}).get(ch)
+    sd = state.sd.get(ch)
     trend = ""
-    fc = state.get("forecasts") or []
-    if fc and fc[0]["estimate"].get(ch) is not None and sd:
-        delta = fc[0]["estimate"][ch] - est
+    fc = state.forecasts
+    if fc and (ahead := fc[0].estimate.get(ch)) is not None and sd:
+        delta = ahead - est
         trend = " ↑" if delta > sd else " ↓" if delta < -sd else " →"
     digits = 1 if ch == "temp" else 0
     return f"{est:.{digits}f}{trend}"
@@ -134,9 +131,9 @@ def rows(beds_: list[Bed]) -> list[dict[str, Any]]:
             "patient": f"[{b.patient_id}](/patient/{b.patient_id})",
             "band": b.band if st is not None else "unknown",
             "stale": "yes" if b.stale else "no",
-            "alerts": (f"{len(b.alerts)}: {b.alerts[0]['kind']} ({b.alerts[0]['priority']})"
+            "alerts": (f"{len(b.alerts)}: {b.alerts[0].kind} ({b.alerts[0].priority})"
                        if b.alerts else "—"),
-            "alert_priority": b.alerts[0]["priority"] if b.alerts else "",
+            "alert_priority": b.alerts[0].priority if b.alerts else "",
         }
         if st is None:
             row.update({"news2": f"[no data](/patient/{b.patient_id}#news2)", "last": "NO DATA",
@@ -145,7 +142,7 @@ def rows(beds_: list[Bed]) -> list[dict[str, Any]]:
             age = f"{max(b.age_s or 0.0, 0.0):.0f} s ago"  # device clocks can run ahead
             row.update({
                 # the score links to its breakdown: the readings and observations behind it
-                "news2": f"[{st['news2']}{'' if st.get('news2_complete') else ' (partial)'}]"
+                "news2": f"[{st.news2}{'' if st.news2_complete else ' (partial)'}]"
                          f"(/patient/{b.patient_id}#news2)",
                 "last": f"STALE {age}" if b.stale else age,
                 **{f"v_{c.name}": _value(st, c.name) for c in CHANNELS}})
@@ -173,10 +170,10 @@ def figure_3d(beds_: list[Bed]) -> go.Figure:
     pos = positions(beds_)
     xs = [pos[b.patient_id][0] for b in beds_]
     ys = [pos[b.patient_id][1] for b in beds_]
-    heights = [0.3 + (b.state["news2"] if b.state else 0) * 0.3 for b in beds_]
+    heights = [0.3 + (b.state.news2 if b.state else 0) * 0.3 for b in beds_]
     colours = [BAND_COLOURS.get("unknown" if b.stale else b.band, "#ccc") for b in beds_]
     text = [f"{b.patient_id} · {b.ward or '—'}/{b.bed or '—'} · "
-            + (f"NEWS2 {b.state['news2']}" if b.state else "no data")
+            + (f"NEWS2 {b.state.news2}" if b.state else "no data")
             + (" · STALE" if b.stale else "")
             + (f" · {len(b.alerts)} open alerts" if b.alerts else "") for b in beds_]
     fig = go.Figure()

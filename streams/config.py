@@ -167,6 +167,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_max_buffer: Annotated[Positive, doc(
         "points buffered while InfluxDB is down; beyond it the oldest are dropped and "
         "counted")] = 100_000
+    alert_silence_max_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60), doc(
+        "longest silence of a patient's alerts a clinician may set, minutes (the dashboard "
+        "offers no longer, the API and the worker refuse longer)")] = 240
     # The dispatcher's watchdog: a partition no live worker has held this long leaves its
     # patients unmonitored, which raises `monitoring_stopped` for each (streams.watchdog).
     watchdog_silent_s: Annotated[float, msgspec.Meta(ge=5, le=3600), doc(
@@ -182,6 +185,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "first retry delay; doubles per attempt")] = 1.0
     webhook_timeout_seconds: Annotated[PositiveFloat, doc(
         "HTTP timeout of one webhook delivery")] = 5.0
+    webhook_allow_loopback_http: Annotated[bool, doc(
+        "development only: let webhooks use plain http to a loopback address (otherwise "
+        "https to a public address only)")] = False
     # Dashboard.
     dashboard_host: Annotated[str, doc("dashboard bind address")] = "127.0.0.1"
     dashboard_port: Annotated[Port, doc("dashboard port")] = 8050
@@ -294,6 +300,10 @@ def _check(s: Settings) -> None:
         path = getattr(s, f)
         if path is not None and not os.path.isfile(path):
             raise ConfigError(f"{env_name(f)}={path}: no such file ({DOCS[f]})")
+    if s.dashboard_secret_key is not None and len(s.dashboard_secret_key.get()) < 32:
+        # it signs session cookies: a short key can be guessed offline from one cookie
+        raise ConfigError("DASHBOARD_SECRET_KEY: use at least 32 random characters, e.g. the "
+                          "output of: python3 -c 'import secrets; print(secrets.token_hex(32))'")
     if (s.kafka_ssl_certfile is None) != (s.kafka_ssl_keyfile is None):
         raise ConfigError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE must be set together")
     if s.influx_url is not None:

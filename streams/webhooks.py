@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import httpx
 import msgspec
 
 from streams.config import Settings, kafka_python_consumer_config, kafka_python_producer_config
@@ -72,19 +73,21 @@ class Subscription(msgspec.Struct, frozen=True, kw_only=True):
         return d
 
 
-def new_subscription(*, url: str, created_by: str, secret: str | None = None,
-                     wards: list[str] | None = None, patients: list[str] | None = None,
-                     min_priority: str = "low", kinds: list[str] | None = None
+def new_subscription(*, url: str, created_by: str, wards: list[str] | None = None,
+                     patients: list[str] | None = None, min_priority: str = "low",
+                     kinds: list[str] | None = None, allow_loopback_http: bool = False
                      ) -> Subscription:
-    """Validated subscription; ValueError with what to fix."""
+    """Validated subscription with a secret made here (256 bits; the creator sees it once):
+    a secret chosen by a client may be short or reused. ValueError with what to fix."""
     if min_priority not in PRIORITIES:
         raise ValueError(f"min_priority must be one of {', '.join(PRIORITIES)}")
     unknown = [k for k in kinds or [] if k not in KINDS]
     if unknown:
         raise ValueError(f"unknown kinds {unknown} (known: {', '.join(KINDS)})")
+    check_target(url, allow_loopback_http)
     try:
         return msgspec.convert({
-            "id": uuid.uuid4().hex, "url": url, "secret": secret or secrets.token_urlsafe(32),
+            "id": uuid.uuid4().hex, "url": url, "secret": secrets.token_urlsafe(32),
             "wards": wards or [], "patients": patients or [], "min_priority": min_priority,
             "kinds": kinds or [], "created_by": created_by,
             "created_at": datetime.now(UTC).isoformat()}, Subscription)
@@ -92,29 +95,31 @@ def new_subscription(*, url: str, created_by: str, secret: str | None = None,
         raise ValueError(str(exc)) from None
 
 
-def matches(sub: Subscription, event: dict[str, Any], ward: str | None) -> bool:
+def matches(sub: Subscription, event: AlertEvent, ward: str | None) -> bool:
     """Does this alert event go to this subscription? (Silenced events never do.)"""
-    if not event.get("notify", True):
+    if not event.notify:
         return False
-    if sub.patients and event.get("patient_id") not in sub.patients:
+    if sub.patients and event.patient_id not in sub.patients:
         return False
     if sub.wards and ward not in sub.wards:
         return False
-    if sub.kinds and event.get("kind") not in sub.kinds:
+    if sub.kinds and event.kind not in sub.kinds:
         return False
-    prio = event.get("priority", "low")
-    return PRIORITIES.index(prio) >= PRIORITIES.index(sub.min_priority)
+    return PRIORITIES.index(event.priority) >= PRIORITIES.index(sub.min_priority)
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header value for a body sent at `timestamp` (unix seconds)."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+def sign(secret: str, timestamp: int, delivery_id: str, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp` (unix seconds). The delivery
+    id is signed too: a receiver deduplicates on it, so an attacker who could change it would
+    make a replayed alert look new (or a new one look already seen)."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.{delivery_id}.".encode() + body,
+                   hashlib.sha256)
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify(secret: str, header: str, body: bytes, now: float | None = None,
+def verify(secret: str, header: str, delivery_id: str, body: bytes, now: float | None = None,
            tolerance: float = TOLERANCE_S) -> bool:
-    """What a receiver does: the signature matches and is recent."""
+    """What a receiver does: the signature matches this body and delivery id, and is recent."""
     try:
         parts = dict(p.split("=", 1) for p in header.split(","))
         ts = int(parts["t"])
@@ -123,7 +128,72 @@ def verify(secret: str, header: str, body: bytes, now: float | None = None,
     now = time.time() if now is None else now
     if abs(now - ts) > tolerance:
         return False
-    return hmac.compare_digest(sign(secret, ts, body), header)
+    return hmac.compare_digest(sign(secret, ts, delivery_id, body), header)
+
+
+class TargetRefused(ValueError):
+    """A webhook URL the dispatcher will not send patient data to; the text says why."""
+
+
+def _allowed_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                     allow_loopback: bool) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if ip.is_loopback:
+        return allow_loopback
+    # Global unicast only: not private (10/8, 172.16/12, 192.168/16, fc00::/7), link-local
+    # (169.254/16: cloud metadata services, fe80::/10), shared (100.64/10), reserved,
+    # multicast or unspecified: none of those is a subscriber on the internet, and each may be
+    # this site's own Kafka, InfluxDB or a cloud metadata endpoint.
+    return ip.is_global and not ip.is_multicast
+
+
+def check_target(url: str, allow_loopback_http: bool = False) -> httpx.URL:
+    """The URL of a webhook as the dispatcher may use it: https (plain http only to loopback,
+    with WEBHOOK_ALLOW_LOOPBACK_HTTP, a development setting), no credentials in it, a host
+    name or address; TargetRefused with what to fix otherwise."""
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise TargetRefused(f"not a URL ({type(exc).__name__})") from None
+    if u.scheme not in ("https", "http") or not u.host:
+        raise TargetRefused("the URL must be https://host/...")
+    if u.userinfo:
+        raise TargetRefused("the URL must not hold credentials (the signature authenticates)")
+    if u.scheme == "http" and not (allow_loopback_http and _loopback_name(u.host)):
+        raise TargetRefused("the URL must be https:// (plain http carries patient data in clear)")
+    return u
+
+
+def _loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pin(url: str, allow_loopback_http: bool = False,
+        resolve: Callable[..., list[Any]] = socket.getaddrinfo) -> tuple[httpx.URL, str]:
+    """Resolve a webhook's host now, at delivery time, and refuse it unless every address is
+    public (loopback too with the development setting): a name that resolved to a public
+    address when subscribed may point inside the site later (DNS rebinding). Returns the URL
+    with the checked address in place of the name, and the name (the Host header and the
+    certificate's name), so the connection goes to the address that was checked."""
+    u = check_target(url, allow_loopback_http)
+    try:
+        infos = resolve(u.host, u.port or (443 if u.scheme == "https" else 80),
+                        type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise TargetRefused("the host name does not resolve") from None
+    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    if not addresses:
+        raise TargetRefused("the host name does not resolve")
+    bad = [a for a in addresses if not _allowed_address(a, allow_loopback_http)]
+    if bad:
+        raise TargetRefused(f"the host resolves to a non-public address ({bad[0]})")
+    return u.copy_with(host=str(addresses[0])), u.host
 
 
 class SubscriptionView:
@@ -203,23 +273,30 @@ class WebhookDeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     subscription_id: str
     url: str
     delivery_id: str
-    event: dict[str, Any]
+    event: AlertEvent
     attempts: list[DeliveryAttempt]
 
 
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float
-         ) -> tuple[int | None, str | None]:
-    """POST; returns (status, error). Never raises for network trouble."""
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "User-Agent": "patient-twin-webhooks/1", **headers})
+def post(client: httpx.Client, url: str, body: bytes, headers: dict[str, str],
+         allow_loopback_http: bool = False) -> tuple[int | None, str | None]:
+    """POST to the address `pin` checked; returns (status, error). Never raises for network
+    trouble; TargetRefused if the target is not allowed. A redirect is an answer like any other
+    non-2xx one: following it would send a signed alert wherever the receiver points (httpx
+    does not follow redirects unless asked)."""
+    target, host = pin(url, allow_loopback_http)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError) as exc:
+        resp = client.post(target, content=body,
+                           headers={**headers, "Host": _host_header(target, host)},
+                           extensions={"sni_hostname": host})
+    except httpx.HTTPError as exc:
         return None, type(exc).__name__
+    return resp.status_code, None if resp.is_success else f"HTTP {resp.status_code}"
+
+
+def _host_header(target: httpx.URL, host: str) -> str:
+    default = 443 if target.scheme == "https" else 80
+    shown = f"[{host}]" if ":" in host else host
+    return shown if target.port in (None, default) else f"{shown}:{target.port}"
 
 
 class Dispatcher:
@@ -237,6 +314,12 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._producer: Any = None
+        # One pool for every queue's deliveries (httpx clients are thread-safe): a subscriber
+        # receiving a burst of alerts gets them over a kept-alive connection.
+        self.http = httpx.Client(
+            timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+            headers={"Content-Type": "application/json",
+                     "User-Agent": "patient-twin-webhooks/1"})
 
     def deliver(self, sub: Subscription, event_body: bytes, delivery_id: str
                 ) -> list[DeliveryAttempt]:
@@ -247,10 +330,16 @@ class Dispatcher:
         delay = s.webhook_backoff_seconds
         for n in range(s.webhook_max_attempts):
             ts = int(self.clock())
-            status, err = post(sub.url, event_body,
-                               {SIGNATURE_HEADER: sign(sub.secret, ts, event_body),
-                                DELIVERY_HEADER: delivery_id},
-                               s.webhook_timeout_seconds)
+            try:
+                status, err = post(self.http, sub.url, event_body,
+                                   {SIGNATURE_HEADER: sign(sub.secret, ts, delivery_id,
+                                                           event_body),
+                                    DELIVERY_HEADER: delivery_id},
+                                   s.webhook_allow_loopback_http)
+            except TargetRefused as exc:
+                # policy, not a network fault: no retry changes it, the dead letter says why
+                attempts.append(DeliveryAttempt(datetime.now(UTC), None, f"refused: {exc}"))
+                return attempts
             attempts.append(DeliveryAttempt(datetime.now(UTC), status, err))
             if status is not None and 200 <= status < 300:
                 return attempts
@@ -329,11 +418,12 @@ class Dispatcher:
             self._producer.flush(10)
             self._producer.close(5)
             self.view.stop()
+            self.http.close()
 
-    def handle(self, sub: Subscription, rec: Any, event: dict[str, Any]) -> None:
+    def handle(self, sub: Subscription, rec: Any, event: AlertEvent) -> None:
         """Deliver one alert event to one subscription, or dead-letter it with its log."""
         _, wards = self.view.snapshot()
-        if not matches(sub, event, wards.get(event.get("patient_id", ""))):
+        if not matches(sub, event, wards.get(event.patient_id)):
             return
         delivery_id = hashlib.sha256(
             f"{sub.id}:{rec.topic}:{rec.partition}:{rec.offset}".encode()).hexdigest()[:32]
@@ -463,7 +553,7 @@ class SubscriberQueue(threading.Thread):
                 if self._halt.is_set():
                     return False
                 try:
-                    event = msgspec.to_builtins(decode_alert(rec.value))
+                    event = decode_alert(rec.value)
                 except InvalidMessage as exc:
                     self.d.skip(rec, exc)
                 else:

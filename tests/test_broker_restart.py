@@ -104,6 +104,7 @@ def test_a_broker_restart_is_survived_and_said(tmp_path: Path):
     env = demo_env()
     port, dash = int(env["BROKER_PORT"]), env["DASHBOARD_PORT"]
     env["API_TOKENS_FILE"] = str(tmp_path / "tokens.jsonl")
+    env["WEBHOOK_ALLOW_LOOPBACK_HTTP"] = "true"  # the receiver below is on loopback http
     token = add_token(env["API_TOKENS_FILE"], "restart-test")
     base = f"http://127.0.0.1:{dash}"
     receiver = Receiver()

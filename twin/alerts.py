@@ -84,6 +84,9 @@ class AlertPolicy:
         "high": 120.0, "medium": 600.0, "low": None})
     escalate_after_s: dict[str, float | None] = field(default_factory=lambda: {
         "high": 300.0, "medium": 1800.0, "low": None})
+    # Longest silence a clinician may set: a forgotten silence hides a deteriorating patient.
+    # A site policy (ALERT_SILENCE_MAX_MINUTES), not a clinical threshold; 4 h by default.
+    max_silence_s: float = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -421,13 +424,17 @@ class AlertEngine:
         return events
 
     # -- clinician actions -----------------------------------------------------------------
-    def find(self, alert_id: str) -> Alert | None:
-        return next((a for a in self.alerts.values() if a.alert_id == alert_id), None)
+    def find(self, patient_id: str, alert_id: str) -> Alert | None:
+        """The patient's alert of this id: an id alone names no patient a caller was allowed
+        to act on, so a look-up never crosses patients (or wards)."""
+        return next((a for k in KINDS if (a := self.alerts.get((patient_id, k))) is not None
+                     and a.alert_id == alert_id), None)
 
-    def acknowledge(self, alert_id: str, by: str, now: float,
+    def acknowledge(self, patient_id: str, alert_id: str, by: str, now: float,
                     comment: str | None = None) -> list[Event]:
-        """A clinician acknowledges an open alert. KeyError if there is no such open alert."""
-        a = self.find(alert_id)
+        """A clinician acknowledges an open alert of this patient. KeyError if the patient has
+        no such open alert."""
+        a = self.find(patient_id, alert_id)
         if a is None or not a.open:
             raise KeyError(alert_id)
         if a.state == "acknowledged":
@@ -452,6 +459,8 @@ class AlertEngine:
             raise ValueError("a silence needs a reason")
         if until <= now:
             raise ValueError("a silence must end in the future")
+        if until - now > self.policy.max_silence_s:
+            raise ValueError(f"a silence may last at most {self.policy.max_silence_s / 60:g} min")
         self.silences[(patient_id, kind)] = Silence(patient_id, kind, reason, until, by)
         a = self.alerts.get((patient_id, kind))
         if a is None or not a.open:

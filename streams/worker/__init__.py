@@ -1,8 +1,9 @@
 """The worker (`patient-twin worker`): one reading's path through it, one module per stage.
 
-1. `app`: the Faust application. Its agent takes batches of `vitals.raw` and `observations`
-   events (`catchup` gathers bigger batches while a backlog lasts; `offsets` re-reads what a
-   rebalance dropped), and its timers check liveness, alert timers and broker losses.
+1. `app`: the Faust application, `Worker`, one method per stage. Its agent takes batches of
+   `vitals.raw` and `observations` events (`catchup` gathers bigger batches while a backlog
+   lasts; `offsets` re-reads what a rebalance dropped), and its timers check liveness, alert
+   timers and broker losses.
 2. `decoder`: the batch decoded and validated in a child process (invalid messages become dead
    letters with their reason), into one columnar batch of readings.
 3. `admission`: only admitted patients' readings from their paired devices go on.

@@ -12,6 +12,12 @@ Wire: one request and one answer at a time over the child's stdin and stdout, ea
 (protocol 5) behind an 8-byte length. The child exits when its stdin closes; if it dies, the
 worker's next batch fails and the worker exits for its supervisor to restart it (nothing was
 committed, so the batch is read again).
+
+Not `concurrent.futures.ProcessPoolExecutor`: its child shares the worker's process group (a
+terminal's Ctrl-C reaches it), outlives a SIGKILLed worker unless it sets PR_SET_PDEATHSIG
+itself, comes with a resource-tracker process, re-imports the worker's `__main__` (spawn), and
+neither shows the child's exit code nor where a failure in it was raised (the re-raised
+exception points into concurrent.futures); `supervise.spawn` and this pipe do all of that.
 """
 
 from __future__ import annotations

@@ -433,14 +433,14 @@ class TwinProcessor:
         self._own([action.patient_id], {action.patient_id: stored})
         try:
             if action.action == "acknowledge":
-                events = self.engine.acknowledge(action.alert_id or "", action.by, now,
-                                                 action.comment)
+                events = self.engine.acknowledge(action.patient_id, action.alert_id or "",
+                                                 action.by, now, action.comment)
             else:
                 assert action.until is not None and action.kind and action.reason
                 events = self.engine.silence(action.patient_id, action.kind, action.reason,
                                              action.until.timestamp(), action.by, now)
         except KeyError:
-            raise reject(f"no open alert {action.alert_id}", "not_open") from None
+            raise reject(f"no open alert {action.alert_id} of this patient", "not_open") from None
         except ValueError as exc:
             raise reject(str(exc), "invalid_silence") from None
         return [alert_event(ev) for ev in events]

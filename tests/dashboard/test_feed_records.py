@@ -119,9 +119,9 @@ def test_feed_counts_and_passes_over_bad_records_and_survives_a_restart(settings
         assert feed._follower is not None and feed._follower._thread is not None
         assert feed._follower._thread.is_alive()
         assert feed.skipped == expected
-        assert feed.state("P1")["estimate"]["hr"] == 80.0
+        assert feed.state("P1").estimate["hr"] == 80.0
         assert list(feed.history("P1")["estimate"][:, 0]) == [70.0, 80.0]
-        assert [a["alert_id"] for a in feed.open_alerts()] == ["P2:news2:2"]
+        assert [a.alert_id for a in feed.open_alerts()] == ["P2:news2:2"]
         assert sorted(feed.registry.admitted()) == ["P1", "P2"]
     finally:
         feed.stop()
@@ -155,6 +155,31 @@ def test_feed_apply_refuses_bad_records_and_keeps_its_view():
                 feed.apply(topic, key, value)
     assert feed.state("P1") == before and feed.snapshot()[1] == []
     assert feed.registry.admitted() == {}
+
+
+def test_feed_keeps_the_records_as_the_worker_writes_them_and_refuses_partial_ones():
+    """The feed decodes the schemas' structs: typed fields for the pages, a record missing a
+    field the worker always writes is refused (counted and passed over on Kafka), and one from
+    an older worker without the fields added since is read with their defaults."""
+    s = config.load({})
+    feed = TwinFeed(s)
+    older = msgspec.json.decode(_state("P1", 70.0, T0))
+    del older["applied_at"], older["history_lost_at"]
+    feed.apply(s.topic_twin_state, b"P1", msgspec.json.encode(older))
+    feed.apply(s.topic_alerts, b"P1", _alert("P1", 1))
+    st = feed.state("P1")
+    assert isinstance(st, messages.TwinState) and st.applied_at is None
+    assert st.estimate["hr"] == 70.0 and st.ts == messages.utc(T0)
+    (alert,) = feed.open_alerts("P1")
+    assert isinstance(alert, messages.AlertEvent) and alert.priority == "high"
+    partial_state = {"patient_id": "P1", "ts": "2026-01-01T00:00:00Z", "estimate": {"hr": 1}}
+    partial_alert = {"patient_id": "P1", "alert_id": "P1:news2:9", "event": "raised",
+                     "priority": "high", "ts": "2026-01-01T00:00:00Z"}
+    for topic, doc in ((s.topic_twin_state, partial_state), (s.topic_alerts, partial_alert)):
+        with pytest.raises(InvalidMessage, match="missing required field") as exc:
+            feed.apply(topic, b"P1", msgspec.json.encode(doc))
+        assert exc.value.kind == "missing_field"
+    assert feed.state("P1") == st and feed.open_alerts() == [alert]
 
 
 _S = config.load({})

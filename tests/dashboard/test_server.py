@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import re
 import ssl
 import threading
 
@@ -16,8 +18,10 @@ from dashboard.app import close, create_app
 from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from dashboard.login import FAILURES_ALLOWED
-from streams import supervise, topics
+from streams import messages, supervise, topics
+from streams.config import Secret
 from streams.registry import change
+from tests.dashboard.test_views import alert_event, twin_state
 from tests.test_end_to_end import _consume_all
 
 pytestmark = [pytest.mark.broker]
@@ -35,6 +39,8 @@ def app_and_settings(settings_factory, tmp_path):
     for pid, w in (("P1", "A"), ("P2", "B")):
         feed.apply(s.topic_patients, pid.encode(),
                    msgspec.json.encode(change(None, pid, "admit", "t", ward=w)))
+        feed.apply(s.topic_alerts, pid.encode(),
+                   messages.encode(alert_event(pid, f"{pid}:news2:1")))
     app = create_app(s, feed=feed)
     yield app, s, users
     close(app)
@@ -73,6 +79,59 @@ def test_sessions_lockout_and_safe_redirects(app_and_settings):
     assert all("password" not in json.dumps(a) for a in audit)
 
 
+def test_replicas_with_one_secret_key_share_sessions(settings_factory, tmp_path):
+    """DASHBOARD_SECRET_KEY set (it crashed the dashboard at start): a session made on one
+    replica is good on the other, and not on a replica with another key."""
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "ann", "clinician", ["A"], PW)
+    key = "k" * 64
+    apps = [create_app(settings_factory(users_file=users, dashboard_secret_key=Secret(k)),
+                       feed=TwinFeed(settings_factory()))
+            for k in (key, key, "o" * 64)]
+    try:
+        first = apps[0].server.test_client()
+        assert _login(first, "ann").status_code == 302
+        cookie = first.get_cookie("session")
+        for app, works in zip(apps[1:], (True, False), strict=True):
+            other = app.server.test_client()
+            other.set_cookie("session", cookie.value)
+            assert (other.get("/").status_code == 200) is works
+    finally:
+        for app in apps:
+            close(app)
+
+
+def test_a_crafted_user_name_cannot_forge_log_lines_or_fill_memory(app_and_settings, caplog):
+    app, s, _ = app_and_settings
+    caplog.set_level(logging.INFO)
+    c = app.server.test_client()
+    forged = "eve\n2026-11-29 INFO patient_twin audit: 'admin' login"
+    assert _login(c, forged, "x").status_code == 401
+    assert _login(c, "m" * 1_000_000, "x").status_code == 401
+    lines = "\n".join(r.getMessage() for r in caplog.records).splitlines()
+    assert not any(line.startswith("2026-11-29") for line in lines)
+    audit = [json.loads(r.value) for r in _consume_all(
+        s, s.topic_audit, lambda seen: len(seen) >= 2, 15)]
+    assert max(len(a["user"]) for a in audit) <= 65  # recorded cut, not a megabyte
+
+
+def test_security_headers_on_patient_data_and_not_on_code(app_and_settings):
+    app, _, _ = app_and_settings
+    c = app.server.test_client()
+    _login(c, "ann")
+    for path in ("/", "/patient/P1", "/vr/state.json", "/login"):
+        h = c.get(path).headers
+        assert h["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in \
+            h["Content-Security-Policy"], path
+        assert h["Cache-Control"] == "no-store" and h["X-Content-Type-Options"] == "nosniff"
+        assert "Strict-Transport-Security" not in h  # plain http here: HSTS only under https
+    # Dash's code (no patient data) stays cacheable: megabytes over a slow ward link
+    bundle = re.search(r'src="(/_dash-component-suites/[^"]+\.js)"', c.get("/").text).group(1)
+    r = c.get(bundle)
+    assert r.status_code == 200 and r.headers.get("Cache-Control") != "no-store"
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
 def Counter_of(audit):  # noqa: N802
     from collections import Counter
 
@@ -101,6 +160,11 @@ def test_roles_and_wards_are_enforced_on_the_server(app_and_settings):
     assert "cannot acknowledge" in r.get_json()["response"]["action-status"]["children"]
     nurse = app.server.test_client()
     _login(nurse, "ann")
+    # crafted: ann's own patient P1 with ward B's alert id, then ward B's patient itself
+    r = nurse.post("/_dash-update-component", json=_ack_payload("P2:news2:1", "P1"))
+    assert "not open for this patient" in r.get_json()["response"]["action-status"]["children"]
+    r = nurse.post("/_dash-update-component", json=_ack_payload("P2:news2:1", "P2"))
+    assert "cannot acknowledge" in r.get_json()["response"]["action-status"]["children"]
     r = nurse.post("/_dash-update-component", json=_ack_payload("P1:news2:1", "P1"))
     assert "sent as ann" in r.get_json()["response"]["action-status"]["children"]
     # ward B is not ann's: not in the VR state, and the page says not found
@@ -111,8 +175,11 @@ def test_roles_and_wards_are_enforced_on_the_server(app_and_settings):
     act = json.loads(actions[0].value)
     assert (act["action"], act["by"], act["alert_id"]) == ("acknowledge", "ann", "P1:news2:1")
     audit = [json.loads(r.value) for r in _consume_all(
-        s, s.topic_audit, lambda seen: any(b'"denied"' in r.value for r in seen), 15)]
+        s, s.topic_audit, lambda seen: sum(b'"denied"' in r.value for r in seen) >= 3, 15)]
     assert any(a["action"] == "denied" and a["user"] == "vic" for a in audit)
+    refused = {(a["patient_id"], a["alert_id"]) for a in audit
+               if a["action"] == "denied" and a["user"] == "ann"}
+    assert refused == {("P1", "P2:news2:1"), ("P2", "P2:news2:1")}
 
 
 def test_live_push_needs_a_login_the_patients_ward_and_a_free_slot(settings_factory, tmp_path):
@@ -135,8 +202,7 @@ def test_live_push_needs_a_login_the_patients_ward_and_a_free_slot(settings_fact
         assert streams[0].mimetype == "text/event-stream"
         chunks = iter(streams[0].response)
         assert next(chunks).startswith(b"retry: ")
-        feed.apply(s.topic_twin_state, b"P1",
-                   msgspec.json.encode({"patient_id": "P1", "ts": "2026-11-27T12:00:00+00:00"}))
+        feed.apply(s.topic_twin_state, b"P1", messages.encode(twin_state("P1")))
         assert next(chunks) == b"event: update\ndata: {}\n\n"
         # every slot taken: the page is told to poll instead, and a closed stream frees its slot
         assert client.get("/live/patient/P1", buffered=False).status_code == 503

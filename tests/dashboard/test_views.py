@@ -6,18 +6,39 @@ import json
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
 from dashboard import body, live, vr, ward
 from dashboard.auth import User, UserStore, add_user
 from dashboard.feed import HISTORY_STEP_S, History, TwinFeed
-from streams import config
+from streams import config, messages
 from streams.errors import ConfigError
+from streams.messages import AlertEvent, TwinState
 from streams.registry import RegistryError, change
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def twin_state(pid: str = "P1", ts: datetime = NOW, **fields: Any) -> TwinState:
+    """A whole twin state as the worker writes one (the feed reads no other), empty but for
+    `fields`."""
+    empty: dict[str, Any] = {
+        "units": {}, "estimate": {}, "sd": {}, "raw": {}, "age_s": {}, "forecasts": [],
+        "derived": {}, "minutes_to_band": {}, "news2": 0, "news2_raw": 0,
+        "news2_complete": False, "news2_band": "none", "readings_applied": 0, "artifacts": 0,
+        "missing": 0, "duplicates": 0, "late": 0, "sequence_gaps": 0, "battery": None,
+        "quality": None}
+    return TwinState(patient_id=pid, ts=ts, **{**empty, **fields})
+
+
+def alert_event(pid: str, alert_id: str, priority: str = "high", kind: str = "news2",
+                event: str = "raised") -> AlertEvent:
+    return AlertEvent(alert_id=alert_id, patient_id=pid, ts=NOW, event=event, kind=kind,
+                      category="clinical", priority=priority, message=kind)
 
 
 def test_registry_lifecycle_and_its_refusals():
@@ -70,9 +91,8 @@ def test_accounts_are_hashed_and_checked(tmp_path):
         add_user(path, "x", "nurse", ["A"], "long enough!")
 
 
-def _state(pid: str, band: str, news2: int, age_s: float) -> dict:
-    return {"patient_id": pid, "ts": (NOW - timedelta(seconds=age_s)).isoformat(),
-            "news2_band": band, "news2": news2, "estimate": {}, "sd": {}}
+def _state(pid: str, band: str, news2: int, age_s: float) -> TwinState:
+    return twin_state(pid, NOW - timedelta(seconds=age_s), news2_band=band, news2=news2)
 
 
 def test_ward_order_and_visibility():
@@ -82,8 +102,7 @@ def test_ward_order_and_visibility():
     states = {"P1": _state("P1", "low", 1, 5), "P2": _state("P2", "medium", 5, 5),
               "P3": _state("P3", "high", 9, 5), "P4": _state("P4", "low", 0, 600),
               "P9": _state("P9", "low", 0, 5)}  # P5: admitted, no data; P9: not in the registry
-    alerts = [{"patient_id": "P1", "priority": "low", "kind": "low_battery",
-               "alert_id": "P1:low_battery:1"}]
+    alerts = [alert_event("P1", "P1:low_battery:1", priority="low", kind="low_battery")]
     nurse = User("n", "clinician", ("A",), "-")
     beds = ward.beds(nurse, states, recs, alerts, NOW)
     # stale and no-data patients rank just under the high band: unknown is not healthy
@@ -105,15 +124,15 @@ def test_history_keeps_a_bounded_ordered_ring_and_every_artifact():
     h = History(points=5)
     t0 = 1_000_000.0
     for k in range(20):  # one state per second: one sample per HISTORY_STEP_S kept
-        h.add({"estimate": {"hr": 60.0 + k}, "sd": {"hr": 1.0}, "raw": {"hr": 60.0 + k},
-               "news2": k}, t0 + k)
+        h.add(twin_state(estimate={"hr": 60.0 + k}, sd={"hr": 1.0}, raw={"hr": 60.0 + k},
+                         news2=k), t0 + k)
     s = h.series()
     assert np.all(np.diff(s["ts"]) >= HISTORY_STEP_S)
-    h.add({"estimate": {"hr": 70.0}, "raw": {"rr": 80.0}, "rejected": ["rr"]}, t0 + 20.5)
+    h.add(twin_state(estimate={"hr": 70.0}, raw={"rr": 80.0}, rejected=["rr"]), t0 + 20.5)
     s = h.series()
     assert s["rejected"][-1, 1] and np.isnan(s["estimate"][-1, 1])
     for k in range(40):
-        h.add({"estimate": {"hr": 1.0 * k}}, t0 + 100 + k * HISTORY_STEP_S)
+        h.add(twin_state(estimate={"hr": 1.0 * k}), t0 + 100 + k * HISTORY_STEP_S)
     s = h.series()
     assert len(s["ts"]) == 5 and np.all(np.diff(s["ts"]) > 0)
     assert s["estimate"][-1, 0] == 39.0
@@ -125,14 +144,12 @@ def _feed() -> tuple[TwinFeed, config.Settings]:
 
 
 def _twin(s: config.Settings, pid: str, hr: float) -> tuple[str, bytes, bytes]:
-    doc = {"patient_id": pid, "ts": NOW.isoformat(), "estimate": {"hr": hr}}
-    return s.topic_twin_state, pid.encode(), json.dumps(doc).encode()
+    return (s.topic_twin_state, pid.encode(),
+            messages.encode(twin_state(pid, estimate={"hr": hr})))
 
 
 def _alert(s: config.Settings, pid: str, n: int) -> tuple[str, bytes, bytes]:
-    doc = {"patient_id": pid, "alert_id": f"{pid}:news2:{n}", "event": "raised",
-           "priority": "high", "ts": NOW.isoformat()}
-    return s.topic_alerts, pid.encode(), json.dumps(doc).encode()
+    return s.topic_alerts, pid.encode(), messages.encode(alert_event(pid, f"{pid}:news2:{n}"))
 
 
 def test_live_listeners_get_their_patient_only_and_never_hold_up_the_feed():
@@ -143,15 +160,15 @@ def test_live_listeners_get_their_patient_only_and_never_hold_up_the_feed():
     feed.apply(*_alert(s, "P1", 1))
     feed.apply(*_alert(s, "P2", 2))
     got = [p1.get_nowait() for _ in range(p1.qsize())]
-    assert [(e["event"], e["patient_id"]) for e in got] == [("state", "P1"), ("raised", "P1")]
+    assert [(e.event, e.patient_id) for e in got] == [("state", "P1"), ("raised", "P1")]
     # the alert stream: every patient's alerts, no twin states
-    assert [everyone.get_nowait()["alert_id"] for _ in range(everyone.qsize())] == \
+    assert [everyone.get_nowait().alert_id for _ in range(everyone.qsize())] == \
         ["P1:news2:1", "P2:news2:2"]
     # a reader that does not keep up loses events (counted); the feed goes on regardless
     for k in range(5):
         feed.apply(*_twin(s, "P1", 90.0 + k))
     assert tiny.qsize() == 2 and tiny.dropped == 5
-    assert feed.state("P1")["estimate"]["hr"] == 94.0
+    assert feed.state("P1").estimate["hr"] == 94.0
     assert p1.qsize() == 5 and p1.dropped == 0
     feed.unlisten(p1)
     feed.apply(*_twin(s, "P1", 95.0))
@@ -188,9 +205,10 @@ def test_body_meshes_are_closed_and_organs_take_their_score_colour():
             edges[tuple(sorted((int(a), int(b))))] += 1
     assert set(edges.values()) == {2}  # watertight: every edge between exactly two triangles
     assert np.allclose((m["x"] / 1) ** 2 + (m["y"] / 2) ** 2 + (m["z"] / 3) ** 2, 1.0)
-    st = {"estimate": {"hr": 135.0, "rr": 14.0, "spo2": None},
-          "news2_components": {"pulse": 3, "respiration_rate": 0, "spo2": 0, "temperature": 0,
-                               "systolic_bp": 0}, "derived": {"shock_index": 1.2}}
+    st = twin_state(estimate={"hr": 135.0, "rr": 14.0, "spo2": None},
+                    news2_components={"pulse": 3, "respiration_rate": 0, "spo2": 0,
+                                      "temperature": 0, "systolic_bp": 0},
+                    derived={"shock_index": 1.2})
     fig, anim = body.figure(st)
     colours = {t.name: t.color for t in fig.data}
     assert colours["heart"] == body.SCORE_COLOURS[3]
@@ -201,10 +219,10 @@ def test_body_meshes_are_closed_and_organs_take_their_score_colour():
     assert "shock index 1.20 (high)" in body.caption(st)
     assert body.rates(None) == {"hr": None, "rr": None}
     # a new heart rate moves the animation and the caption, not the figure's colours
-    faster = {**st, "estimate": {**st["estimate"], "hr": 140.0}}
+    faster = msgspec.structs.replace(st, estimate={**st.estimate, "hr": 140.0})
     assert body.signature(faster) == body.signature(st)
-    assert body.signature({**st, "news2_components": {**st["news2_components"], "pulse": 2}}) \
-        != body.signature(st)
+    assert body.signature(msgspec.structs.replace(
+        st, news2_components={**st.news2_components, "pulse": 2})) != body.signature(st)
 
 
 def test_aframe_fetch_refuses_a_package_that_does_not_match_its_integrity(tmp_path, monkeypatch):
@@ -225,10 +243,11 @@ def test_the_patient_header_says_when_the_twins_history_was_lost():
     from dashboard.patient import header
 
     now = datetime(2026, 11, 29, 8, 0, tzinfo=UTC)
-    state = {"ts": now.isoformat(), "applied_at": now.isoformat(), "history_lost_at": None}
+    state = twin_state(ts=now, applied_at=now, history_lost_at=None)
     assert "patient-history-lost" not in json.dumps(header("P1", None, state, now).to_plotly_json(),
                                                     default=str)
-    state["history_lost_at"] = "2026-11-29T07:59:00+00:00"
+    state = msgspec.structs.replace(state,
+                                    history_lost_at=datetime(2026, 11, 29, 7, 59, tzinfo=UTC))
     shown = json.dumps(header("P1", None, state, now).to_plotly_json(), default=str)
     assert "patient-history-lost" in shown and "History lost at 2026-11-29T07:59:00" in shown
     assert "patient-stale" not in shown  # lost history is not staleness: the twin is current

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from devices.records import RecordError, read
 from devices.analyze import analyze
+from devices.records import RecordError, read
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "mimic2-numerics"
 RECORD = str(DATA / "s25047-2704-05-04-10-44n")

@@ -34,12 +34,15 @@ def test_values_are_typed():
     ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
     ({"TOPIC_ALERTS": "bad topic"}, "TOPIC_ALERTS"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ({"DASHBOARD_SECRET_KEY": "hunter2"}, "DASHBOARD_SECRET_KEY"),
+    ({"ALERT_SILENCE_MAX_MINUTES": "5256000"}, "ALERT_SILENCE_MAX_MINUTES"),
 ])
 def test_bad_value_is_one_line_naming_the_variable(env, names):
     with pytest.raises(ConfigError) as exc:
         config.load(env)
     msg = str(exc.value)
     assert names in msg and "\n" not in msg
+    assert "hunter2" not in msg  # a secret's value is never echoed
 
 
 def test_secrets_never_show():

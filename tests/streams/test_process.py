@@ -56,7 +56,7 @@ def test_news2_alert_raised_once_latched_then_resolved_on_acknowledgement():
     assert latched and latched[0].event == "updated" and "latched" in latched[0].message
     assert news[-1].state == "latched" and "resolved" not in names
     (ack, resolved) = [alert_event(ev) for ev in proc.engine.acknowledge(
-        raised.alert_id, "nurse.kim", t + 1, comment="seen")]
+        raised.patient_id, raised.alert_id, "nurse.kim", t + 1, comment="seen")]
     assert (ack.event, ack.by, ack.comment) == ("acknowledged", "nurse.kim", "seen")
     assert resolved.event == "resolved" and resolved.alert_id == raised.alert_id
 

@@ -137,11 +137,13 @@ BAD_ALERTS = [
 @pytest.mark.broker
 def test_registry_and_dispatcher_count_and_pass_over_bad_records(settings_factory, caplog):
     caplog.set_level(logging.WARNING)
-    s = settings_factory(webhook_backoff_seconds=0.01)
+    s = settings_factory(webhook_backoff_seconds=0.01, webhook_allow_loopback_http=True)
     topics.ensure(s)
     receiver = Receiver()
-    gone = new_subscription(url=receiver.url, created_by="t")  # deleted after the bad records
-    sub = new_subscription(url=receiver.url, created_by="t", wards=["A"])
+    gone = new_subscription(url=receiver.url, created_by="t",  # deleted after the bad records
+                            allow_loopback_http=True)
+    sub = new_subscription(url=receiver.url, created_by="t", wards=["A"],
+                           allow_loopback_http=True)
     producer = KafkaProducer(**kafka_python_producer_config(s))
 
     def send(topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -24,20 +26,27 @@ from streams.webhooks import (
     SIGNATURE_HEADER,
     Dispatcher,
     SubscriptionView,
+    TargetRefused,
     matches,
     new_subscription,
+    pin,
     sign,
     verify,
 )
 from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
 
+# The receivers here are on loopback over plain http: allowed only by the development setting.
+DEV = {"allow_loopback_http": True}
+
 
 class Receiver:
     """A real HTTP server on loopback recording deliveries; answers from a script of statuses."""
 
-    def __init__(self, statuses: list[int] | None = None, default: int = 200) -> None:
+    def __init__(self, statuses: list[int] | None = None, default: int = 200,
+                 location: str | None = None) -> None:
         self.statuses = list(statuses or [])
         self.default = default
+        self.location = location  # sent with every answer (a redirect's target)
         self.got: list[tuple[dict[str, str], bytes]] = []
         outer = self
 
@@ -47,6 +56,8 @@ class Receiver:
                 outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                 status = outer.statuses.pop(0) if outer.statuses else outer.default
                 self.send_response(status)
+                if outer.location:
+                    self.send_header("Location", outer.location)
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -68,57 +79,144 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def _alert(pid: str = "P1", priority: str = "high", kind: str = "news2", event: str = "raised",
-           notify: bool = True) -> dict:
-    return msgspec.to_builtins(messages.AlertEvent(
+def _event(pid: str = "P1", priority: str = "high", kind: str = "news2", event: str = "raised",
+           notify: bool = True) -> messages.AlertEvent:
+    return messages.AlertEvent(
         alert_id=f"{pid}:{kind}:1", patient_id=pid, ts=messages.utc(time.time()), event=event,
         kind=kind, category="clinical", priority=priority, message="NEWS2 7", news2=7,
-        notify=notify))
+        notify=notify)
+
+
+def _alert(*args: str, **kw: object) -> dict:
+    """The event as a Kafka writer other than ours might hold it: plain JSON."""
+    return msgspec.to_builtins(_event(*args, **kw))
 
 
 def test_signature_verifies_and_rejects_tampering_and_replays():
     body = b'{"a":1}'
-    header = sign("s3cret", 1_800_000_000, body)
-    assert verify("s3cret", header, body, now=1_800_000_010)
-    assert not verify("s3cret", header, b'{"a":2}', now=1_800_000_010)  # tampered body
-    assert not verify("other", header, body, now=1_800_000_010)  # wrong secret
-    assert not verify("s3cret", header, body, now=1_800_000_000 + 301)  # too old: replay
-    assert not verify("s3cret", "garbage", body)
+    header = sign("s3cret", 1_800_000_000, "d-1", body)
+    assert verify("s3cret", header, "d-1", body, now=1_800_000_010)
+    assert not verify("s3cret", header, "d-1", b'{"a":2}', now=1_800_000_010)  # tampered body
+    assert not verify("other", header, "d-1", body, now=1_800_000_010)  # wrong secret
+    assert not verify("s3cret", header, "d-1", body, now=1_800_000_000 + 301)  # too old: replay
+    assert not verify("s3cret", "garbage", "d-1", body)
+    # a replayed alert under a new delivery id (to pass the receiver's dedupe) does not verify
+    assert not verify("s3cret", header, "d-2", body, now=1_800_000_010)
 
 
 def test_filters_by_patient_ward_priority_kind_and_silence():
-    sub = new_subscription(url="http://x/", created_by="t", wards=["W1"], min_priority="medium",
+    sub = new_subscription(url="https://x.example/", created_by="t", wards=["W1"],
+                           min_priority="medium",
                            kinds=["news2"])
-    assert matches(sub, _alert(priority="high"), "W1")
-    assert not matches(sub, _alert(priority="low"), "W1")
-    assert not matches(sub, _alert(), "W2")
-    assert not matches(sub, _alert(kind="no_data"), "W1")
-    assert not matches(sub, _alert(notify=False), "W1")
-    only = new_subscription(url="http://x/", created_by="t", patients=["P2"])
-    assert matches(only, _alert(pid="P2", priority="low"), None)
-    assert not matches(only, _alert(pid="P1"), None)
+    assert matches(sub, _event(priority="high"), "W1")
+    assert not matches(sub, _event(priority="low"), "W1")
+    assert not matches(sub, _event(), "W2")
+    assert not matches(sub, _event(kind="no_data"), "W1")
+    assert not matches(sub, _event(notify=False), "W1")
+    only = new_subscription(url="https://x.example/", created_by="t", patients=["P2"])
+    assert matches(only, _event(pid="P2", priority="low"), None)
+    assert not matches(only, _event(pid="P1"), None)
     with pytest.raises(ValueError, match="min_priority"):
-        new_subscription(url="http://x/", created_by="t", min_priority="urgent")
+        new_subscription(url="https://x.example/", created_by="t", min_priority="urgent")
     with pytest.raises(ValueError, match="unknown kinds"):
-        new_subscription(url="http://x/", created_by="t", kinds=["flu"])
+        new_subscription(url="https://x.example/", created_by="t", kinds=["flu"])
     with pytest.raises(ValueError):
         new_subscription(url="ftp://x/", created_by="t")
 
 
 def test_delivery_is_signed_and_retried_after_a_500(settings_factory):
-    s = settings_factory(webhook_backoff_seconds=0.01, webhook_max_attempts=3)
+    s = settings_factory(webhook_allow_loopback_http=True,
+                         webhook_backoff_seconds=0.01, webhook_max_attempts=3)
     r = Receiver(statuses=[500])
     try:
-        sub = new_subscription(url=r.url, created_by="t")
+        sub = new_subscription(url=r.url, created_by="t", **DEV)
         body = json.dumps(_alert()).encode()
         attempts = Dispatcher(s).deliver(sub, body, "d-1")
         assert [a.status for a in attempts] == [500, 200]
         assert len(r.got) == 2
         for headers, got in r.got:
             assert got == body and headers[DELIVERY_HEADER.lower()] == "d-1"
-            assert verify(sub.secret, headers[SIGNATURE_HEADER.lower()], got)
+            assert verify(sub.secret, headers[SIGNATURE_HEADER.lower()], "d-1", got)
     finally:
         r.close()
+
+
+def test_a_redirect_is_not_followed(settings_factory, receiver):
+    """A receiver (or whoever took over its address) answering 307 must not get the signed
+    alert sent on to another address, e.g. an internal service: it counts as a failure."""
+    s = settings_factory(webhook_allow_loopback_http=True,
+                         webhook_backoff_seconds=0.01, webhook_max_attempts=2)
+    bouncer = Receiver(default=307, location=receiver.url)
+    try:
+        sub = new_subscription(url=bouncer.url, created_by="t", **DEV)
+        attempts = Dispatcher(s).deliver(sub, messages.encode(_event()), "d-2")
+        assert [a.status for a in attempts] == [307, 307]
+        assert len(bouncer.got) == 2 and receiver.got == []
+    finally:
+        bouncer.close()
+
+
+def test_a_subscription_must_be_https_without_credentials():
+    for url, why in [("http://pager.example/hook", "https"),
+                     ("http://127.0.0.1:9092/", "https"),  # the broker, without the dev setting
+                     ("https://user:pw@pager.example/", "credentials"),
+                     ("gopher://pager.example/", "https"), ("https:///hook", "https")]:
+        with pytest.raises(ValueError, match=why):
+            new_subscription(url=url, created_by="t")
+    # the development setting opens plain http to loopback only
+    with pytest.raises(ValueError, match="https"):
+        new_subscription(url="http://10.0.0.5/", created_by="t", **DEV)
+    assert new_subscription(url="http://localhost:8/", created_by="t", **DEV).secret
+
+
+def test_a_subscription_secret_is_made_by_the_server_and_strong():
+    a = new_subscription(url="https://x.example/", created_by="t")
+    b = new_subscription(url="https://x.example/", created_by="t")
+    assert a.secret != b.secret and len(a.secret) >= 43  # 32 random bytes, base64url
+    with pytest.raises(TypeError):
+        new_subscription(url="https://x.example/", created_by="t", secret="x")
+
+
+def _resolving_to(*addresses: str):
+    def resolve(host, port, **_):
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                 (a, port)) for a in addresses]
+    return resolve
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "::1", "::ffff:127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.20",
+    "169.254.169.254",  # cloud metadata service
+    "100.64.0.1", "0.0.0.0", "fd00::1", "fe80::1", "224.0.0.1", "240.0.0.1"])
+def test_a_name_pointing_inside_the_site_is_refused_at_delivery(address):
+    with pytest.raises(TargetRefused, match="non-public"):
+        pin("https://hooks.example/x", resolve=_resolving_to(address))
+    # one bad address among good ones is enough: the client may connect to any of them
+    with pytest.raises(TargetRefused):
+        pin("https://hooks.example/x", resolve=_resolving_to("93.184.216.34", address))
+
+
+def test_a_delivery_goes_to_the_address_that_was_checked():
+    url, host = pin("https://hooks.example:8443/x?a=1", resolve=_resolving_to("93.184.216.34"))
+    assert (str(url), host) == ("https://93.184.216.34:8443/x?a=1", "hooks.example")
+
+
+def test_delivery_to_loopback_is_refused_without_the_development_setting(settings_factory,
+                                                                         receiver):
+    s = settings_factory(webhook_backoff_seconds=0.01, webhook_max_attempts=3)
+    sub = new_subscription(url=receiver.url, created_by="t", **DEV)  # as if made elsewhere
+    attempts = Dispatcher(s).deliver(sub, messages.encode(_event()), "d-3")
+    assert len(attempts) == 1 and attempts[0].status is None  # policy: no retries
+    assert attempts[0].error.startswith("refused: ") and receiver.got == []
+
+
+def test_a_pinned_delivery_keeps_the_host_name(settings_factory, receiver):
+    s = settings_factory(webhook_allow_loopback_http=True)
+    port = receiver.url.split(":")[2].split("/")[0]
+    sub = new_subscription(url=f"http://localhost:{port}/hook", created_by="t", **DEV)
+    attempts = Dispatcher(s).deliver(sub, messages.encode(_event()), "d-4")
+    assert attempts[-1].status == 200
+    assert receiver.got[0][0]["host"] == f"localhost:{port}"
 
 
 def _consume(s, topic: str, n: int, timeout: float = 30) -> list:
@@ -143,12 +241,13 @@ def _run_dispatcher(s) -> tuple[Dispatcher, threading.Thread]:
 
 
 def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factory, receiver):
-    s = settings_factory(webhook_backoff_seconds=0.01, webhook_max_attempts=3)
+    s = settings_factory(webhook_allow_loopback_http=True,
+                         webhook_backoff_seconds=0.01, webhook_max_attempts=3)
     topics.ensure(s)
     failing = Receiver(default=500)
     writer = SubscriptionWriter(s)
-    good = new_subscription(url=receiver.url, created_by="t", min_priority="medium")
-    bad = new_subscription(url=failing.url, created_by="t", patients=["P9"])
+    good = new_subscription(url=receiver.url, created_by="t", min_priority="medium", **DEV)
+    bad = new_subscription(url=failing.url, created_by="t", patients=["P9"], **DEV)
     writer.put(good.id, msgspec.json.encode(good))
     writer.put(bad.id, msgspec.json.encode(bad))
     producer = KafkaProducer(**kafka_python_producer_config(s))
@@ -165,7 +264,8 @@ def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factor
         assert wait_until(lambda: len(receiver.got) == 2 and d.dead == 1, timeout=30)
         pids = sorted(json.loads(b)["patient_id"] for _, b in receiver.got)
         assert pids == ["P1", "P9"]  # alerts of different patients may arrive in any order
-        assert all(verify(good.secret, h[SIGNATURE_HEADER.lower()], b) for h, b in receiver.got)
+        assert all(verify(good.secret, h[SIGNATURE_HEADER.lower()], h[DELIVERY_HEADER.lower()], b)
+                   for h, b in receiver.got)
         (dead,) = _consume(s, s.topic_webhook_dlq, 1)
         letter = json.loads(dead.value)
         assert letter["subscription_id"] == bad.id and letter["event"]["patient_id"] == "P9"
@@ -190,7 +290,8 @@ def test_dispatcher_delivers_dead_letters_and_survives_a_restart(settings_factor
 
 def test_a_failing_subscriber_never_delays_another(settings_factory, receiver):
     # the failing one retries for 1 + 2 + 4 = 7 s per alert before its dead letter
-    s = settings_factory(webhook_backoff_seconds=1.0, webhook_max_attempts=4)
+    s = settings_factory(webhook_allow_loopback_http=True,
+                         webhook_backoff_seconds=1.0, webhook_max_attempts=4)
     topics.ensure(s)
     failing = Receiver(default=503)
     writer = SubscriptionWriter(s)
@@ -202,7 +303,7 @@ def test_a_failing_subscriber_never_delays_another(settings_factory, receiver):
 
     try:
         for url in (failing.url, receiver.url):
-            sub = new_subscription(url=url, created_by="t")
+            sub = new_subscription(url=url, created_by="t", **DEV)
             writer.put(sub.id, msgspec.json.encode(sub))
         time.sleep(0.05)
         # an alert raised after the subscriptions exist but before any dispatcher runs is
@@ -283,8 +384,13 @@ def test_api_refuses_anonymous_and_wrong_tokens(api):
 def test_api_creates_lists_and_deletes_subscriptions(api):
     s, port, token = api
     status, created = _req(port, "POST", "/api/subscriptions", token,
-                           {"url": "http://127.0.0.1:9/hook", "min_priority": "high"})
+                           {"url": "https://pager.example/hook", "min_priority": "high"})
     assert status == 201 and created["secret"] and created["created_by"] == "integration-1"
+    # an attacker's integration: a webhook at the site's own services, or its own secret
+    for bad in ({"url": "http://127.0.0.1:9092/"}, {"url": "http://pager.example/hook"},
+                {"url": "https://pager.example/hook", "secret": "x"}):
+        status, err = _req(port, "POST", "/api/subscriptions", token, bad)
+        assert status == 400, bad
     status, listed = _req(port, "GET", "/api/subscriptions", token)
     assert status == 200 and [x["id"] for x in listed] == [created["id"]]
     assert "secret" not in listed[0]
@@ -349,6 +455,15 @@ def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api
                                   for e in events()), timeout=60), procs.log("worker")[-3000:]
     raised = next(e for e in events() if e["event"] == "raised" and e["kind"] == "news2")
     assert raised["priority"] == "high" and raised["evidence"]["estimate"]["hr"] > 120
+    # Crafted straight onto alert.actions: an acknowledge of A1's alert in the name of B1 (a
+    # patient the writer might be allowed to act on), keyed B1 and keyed A1. Neither touches it.
+    forged = messages.AlertAction(action="acknowledge", patient_id="B1", by="intruder",
+                                  ts=datetime.now(UTC), alert_id=raised["alert_id"])
+    crafted = KafkaProducer(**kafka_python_producer_config(s))
+    for key in (b"B1", b"A1"):
+        crafted.send(s.topic_alert_actions, key=key, value=messages.encode(forged))
+    crafted.flush()
+    crafted.close()
     status, body = _req(port, "POST", f"/api/alerts/{raised['alert_id']}/acknowledge", token,
                         {"comment": "rapid response called"})
     assert status == 202 and body["by"] == "integration-1"
@@ -366,3 +481,9 @@ def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api
     assert "end-of-life care plan" in silenced["message"] and silenced["by"] == "integration-1"
     assert _req(port, "POST", "/api/silences", token,
                 {"patient_id": "A1", "kind": "flu", "reason": "x", "minutes": 5})[0] == 400
+    ten_years = 10 * 365 * 24 * 60  # beyond ALERT_SILENCE_MAX_MINUTES (240)
+    assert _req(port, "POST", "/api/silences", token,
+                {"patient_id": "A1", "kind": "news2", "reason": "x", "minutes": ten_years}
+                )[0] == 400
+    assert not any(e.get("by") == "intruder" for e in events())
+    assert [e["by"] for e in events() if e["event"] == "acknowledged"] == ["integration-1"]

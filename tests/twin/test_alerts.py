@@ -143,7 +143,8 @@ def test_high_priority_raises_at_once_and_stays_latched_until_acknowledged():
     later = eng.update(view(), 2000.0)
     assert {e.name for e in later} <= {"reminder", "escalated"}
     assert alert.state == "latched" and len(eng.alerts) == 1
-    evs = eng.acknowledge(alert.alert_id, "nurse.kim", 2100.0, comment="reviewed, stable")
+    evs = eng.acknowledge(alert.patient_id, alert.alert_id, "nurse.kim", 2100.0,
+                          comment="reviewed, stable")
     assert [e.name for e in evs] == ["acknowledged", "resolved"]
     assert evs[0].by == "nurse.kim" and evs[0].alert.comment == "reviewed, stable"
     assert eng.alerts == {}
@@ -169,7 +170,7 @@ def test_unacknowledged_alerts_remind_then_escalate_and_acknowledgement_stops_th
     ev = eng.update(seven, 301.0)
     assert [e.name for e in ev] == ["escalated"]
     assert ev[0].alert.audience == "ward+rapid-response" and ev[0].alert.escalations == 1
-    eng.acknowledge(raised.alert.alert_id, "dr.li", 310.0)
+    eng.acknowledge(raised.alert.patient_id, raised.alert.alert_id, "dr.li", 310.0)
     assert eng.update(seven, 2000.0) == []
     assert eng.stats.ack_seconds == [310.0] and eng.stats.escalated == 1
 
@@ -213,6 +214,7 @@ def test_silencing_an_open_alert_is_an_event_with_who_and_why():
     ("flu", "x", 10.0, "unknown alert kind"),
     ("news2", "  ", 10.0, "needs a reason"),
     ("news2", "x", 0.0, "future"),
+    ("news2", "x", 1.0 + 4 * 3600 + 1, "at most 240 min"),  # AlertPolicy.max_silence_s
 ])
 def test_bad_silences_are_refused(kind, reason, until, match):
     with pytest.raises(ValueError, match=match):
@@ -221,7 +223,18 @@ def test_bad_silences_are_refused(kind, reason, until, match):
 
 def test_acknowledging_an_unknown_alert_is_a_key_error():
     with pytest.raises(KeyError):
-        AlertEngine().acknowledge("nope", "x", 0.0)
+        AlertEngine().acknowledge("P0", "nope", "x", 0.0)
+
+
+def test_an_alert_is_acknowledged_only_through_its_own_patient():
+    """An acknowledge naming patient P1 (whom the clinician may act on) and the alert id of
+    P0 (another ward's patient) must not touch P0's alert."""
+    eng = AlertEngine()
+    (ev,) = eng.update(view(since=400.0), 0.0)  # P0's no_data alert
+    with pytest.raises(KeyError):
+        eng.acknowledge("P1", ev.alert.alert_id, "intruder", 1.0)
+    assert eng.alerts[("P0", "no_data")].state != "acknowledged"
+    assert eng.acknowledge("P0", ev.alert.alert_id, "nurse", 2.0)
 
 
 def test_technical_alerts_and_the_fatigue_figures():
@@ -264,7 +277,8 @@ def test_a_notice_is_raised_latched_kept_past_an_update_and_resolved_by_acknowle
     other = AlertEngine()
     other.restore("P0", eng.export("P0"))
     assert other.noticed[("P0", "history_lost")] == 11.0
-    names = [e.name for e in other.acknowledge(ev.alert.alert_id, "nurse", now=1001.0)]
+    names = [e.name for e in other.acknowledge(ev.alert.patient_id, ev.alert.alert_id, "nurse",
+                                               now=1001.0)]
     assert names == ["acknowledged", "resolved"]
     # ...and outlives the alert: the twin stays marked once the alert is resolved
     assert other.noticed[("P0", "history_lost")] == 11.0
