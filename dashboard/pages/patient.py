@@ -207,6 +207,17 @@ def _refuse(c: Context, u: User, pid: str, what: str, alert_id: str | None = Non
                    detail=what, remote_addr=request.remote_addr)
 
 
+def _actor(c: Context, pid: str, what: str, alert_id: str | None = None
+           ) -> tuple[User, str | None]:
+    """The user acting on patient `pid` (the id comes from the browser: checked here), and,
+    if their role or wards do not allow it, the refusal to show (audited)."""
+    u = c.user()
+    if u.can_act and c.may_see(u, pid):
+        return u, None
+    _refuse(c, u, pid, what, alert_id)
+    return u, f"Your role cannot {what}."
+
+
 def _act(c: Context, u: User, pid: str, action: AlertAction, audit_action: str,
          detail: str) -> None:
     """Request an alert action from the worker that owns the patient."""
@@ -227,10 +238,9 @@ def _register_actions(app: Dash, c: Context) -> None:
         trig = ctx.triggered_id
         if not isinstance(trig, dict) or not any(clicks):
             raise dash.exceptions.PreventUpdate
-        u = c.user()
-        if not u.can_act or not c.may_see(u, pid):
-            _refuse(c, u, pid, "acknowledge", trig["alert"])
-            return "Your role cannot acknowledge alerts."
+        u, refused = _actor(c, pid, "acknowledge alerts", trig["alert"])
+        if refused:
+            return refused
         # The alert id comes from the browser too: it must be an open alert of this patient
         # (whom the user may act on), not any alert id of any ward.
         if all(a.alert_id != trig["alert"] for a in c.feed.open_alerts(pid)):
@@ -252,10 +262,9 @@ def _register_actions(app: Dash, c: Context) -> None:
                 pid: str) -> str:
         if not n:
             raise dash.exceptions.PreventUpdate
-        u = c.user()
-        if not u.can_act or not c.may_see(u, pid):
-            _refuse(c, u, pid, "silence")
-            return "Your role cannot silence alerts."
+        u, refused = _actor(c, pid, "silence alerts")
+        if refused:
+            return refused
         if kind not in KINDS or not (reason or "").strip():
             return "Choose a kind and give a reason to silence."
         if minutes not in silence_minutes(c.settings.alert_silence_max_minutes):
@@ -278,10 +287,9 @@ def _register_actions(app: Dash, c: Context) -> None:
         if not n:
             raise dash.exceptions.PreventUpdate
         *vals, pid = rest
-        u = c.user()
-        if not u.can_act or not c.may_see(u, pid):
-            _refuse(c, u, pid, "observation")
-            return "Your role cannot record observations."
+        u, refused = _actor(c, pid, "record observations")
+        if refused:
+            return refused
         values = {ch: {"value": float(v), "unit": unit}
                   for (ch, _, unit), v in zip(MANUAL_CHANNELS, vals, strict=True)
                   if v is not None and v != ""}
@@ -310,10 +318,9 @@ def _register_actions(app: Dash, c: Context) -> None:
                         device: str | None, pid: str) -> str:
         if not ctx.triggered_id or not (n1 or n2 or n3 or n4):
             raise dash.exceptions.PreventUpdate
-        u = c.user()
-        if not u.can_act or not c.may_see(u, pid):
-            _refuse(c, u, pid, "registry change")
-            return "Your role cannot change the registry."
+        u, refused = _actor(c, pid, "change the registry")
+        if refused:
+            return refused
         current = c.feed.registry.get(pid)
         try:
             if ctx.triggered_id == "spo2-scale-submit":
