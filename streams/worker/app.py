@@ -87,6 +87,9 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
     )
 
 
+WRITE_BACK_TRIES = 10  # after a broker loss, a second apart
+
+
 class Worker:
     """The worker's Faust app and the stages of a batch, as methods over the state they share.
 
@@ -335,10 +338,11 @@ class Worker:
             self.sink.add(decoded.lines + state_points(result.twin_states))
         await self.send_alerts(result.alerts)
 
-    async def write_records(self, records: dict[str, bytes]) -> None:
-        """Twin records (patient id -> record) into the table and its changelog."""
-        await self.writer.write_table(self.twins,
-                                      {pid.encode(): blob for pid, blob in records.items()})
+    async def write_records(self, records: dict[str, bytes]) -> list[asyncio.Future[Any]]:
+        """Twin records (patient id -> record) into the table and its changelog; returns the
+        delivery futures (`BatchWriter.send`)."""
+        return await self.writer.write_table(
+            self.twins, {pid.encode(): blob for pid, blob in records.items()})
 
     def alert_records(self, pids: set[str]) -> dict[str, bytes]:
         """Stored twins with their patients' current alerts (alerts changed outside a batch)."""
@@ -475,13 +479,31 @@ class Worker:
             async with self.batch_lock:
                 held = {k.decode(): v for k, v in self.twins.items() if v is not None}
                 records, events = self.processor.history_lost(held, lost_at)
-                await self.write_records(records)
+                tries = await self.write_back(records)
                 await self.send_alerts(events)
                 await self.app.producer.flush()
-            log.warning("wrote back %d registry records and %d twins", n, len(records))
+            log.warning("wrote back %d registry records and %d twins (%d tries)", n,
+                        len(records), tries)
         except Exception as exc:  # noqa: BLE001 - restart anyway; the loss is logged
             log.error("writing back after the broker's loss failed (%s)", where(exc))
         self.exit_for_restart()
+
+    async def write_back(self, records: dict[str, bytes], tries: int = WRITE_BACK_TRIES) -> int:
+        """Write the held twins' records until the broker has them all; returns the tries it
+        took. These records are the only copy of the twins (the broker lost its own), and the
+        first sends to a restarted broker may fail (aiokafka UnknownError for some batches,
+        seen in CI: the restarted worker then recovered 8 of 12 twins): a failed try writes all
+        of them again, which a compacted changelog takes as the same latest value."""
+        for n in range(1, tries + 1):
+            results = await asyncio.gather(*await self.write_records(records),
+                                           return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if not failed:
+                return n
+            log.warning("%d of %d record batches of the write-back failed (%s); again in 1 s",
+                        len(failed), len(results), where(failed[0]))
+            await asyncio.sleep(1.0)
+        raise RuntimeError(f"the write-back failed {tries} times")
 
     async def alert_timers(self) -> None:
         """Every 5 s: reminders, escalations, and "no data" for this worker's silent patients."""

@@ -39,24 +39,26 @@ class BatchWriter:
         # batch before this one is queued (after it, the next write ends with its own).
         self._lock = asyncio.Lock()
 
-    async def write_table(self, table: Any, records: Mapping[bytes, bytes]) -> None:
+    async def write_table(self, table: Any, records: Mapping[bytes, bytes]
+                          ) -> list[asyncio.Future[Any]]:
         """Store `records` (key -> value) in a Faust table of bytes and log them to its
-        changelog topic."""
+        changelog topic; returns the record batches' delivery futures (see `send`)."""
         store = table.data
         for key, value in records.items():
             store[key] = value
-        await self.send(table.changelog_topic.get_topic_name(), records.items(),
-                        lone_last=self.lone_last)
+        return await self.send(table.changelog_topic.get_topic_name(), records.items(),
+                               lone_last=self.lone_last)
 
     async def send(self, topic: str, records: Iterable[tuple[bytes, bytes]],
-                   lone_last: bool = False) -> None:
+                   lone_last: bool = False) -> list[asyncio.Future[Any]]:
         """Queue `records` (key, value) on `topic`, in order per partition. Returns once they are
-        queued (the producer delivers them; Faust flushes it before committing offsets)."""
+        queued (the producer delivers them; Faust flushes it before committing offsets), with
+        each record batch's delivery future, for a caller that must know they arrived."""
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for key, value in records:
             by_partition[self.partition(key)].append((key, value))
         if not by_partition:
-            return
+            return []
         kafka = compat.faust_kafka_producer(self.app)
         async with self._lock:
             chains = []
@@ -66,12 +68,13 @@ class BatchWriter:
                                                   _batches(kafka, items) + _batches(kafka, tail)))
             # partitions side by side: each batch waits for its partition's previous one to be
             # taken by the sender
-            await asyncio.gather(*chains)
+            sent = await asyncio.gather(*chains)
+        return [f for futures in sent for f in futures]
 
     @staticmethod
-    async def _send_in_order(kafka: Any, topic: str, part: int, batches: list[Any]) -> None:
-        for batch in batches:
-            await kafka.send_batch(batch, topic, partition=part)
+    async def _send_in_order(kafka: Any, topic: str, part: int, batches: list[Any]
+                             ) -> list[asyncio.Future[Any]]:
+        return [await kafka.send_batch(batch, topic, partition=part) for batch in batches]
 
 
 def _batches(kafka: Any, items: list[tuple[bytes, bytes]]) -> list[Any]:
