@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from flask import Blueprint, Response, g, jsonify, request
 
-from dashboard.auth import TokenStore
+from dashboard.audit import AuditLog
+from dashboard.auth import Client, TokenStore
 from dashboard.feed import TwinFeed
 from dashboard.live import KEEPALIVE_S, event_stream
 from streams.config import Settings
@@ -50,19 +51,40 @@ def _error(status: int, message: str) -> tuple[Response, int]:
 
 def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
               tokens: TokenStore | None = None,
-              writer: SubscriptionWriter | None = None) -> Blueprint:
+              writer: SubscriptionWriter | None = None,
+              audit: AuditLog | None = None) -> Blueprint:
     bp = Blueprint("api", __name__, url_prefix="/api")
     tokens = tokens or TokenStore(settings.api_tokens_file)
     writer = writer or SubscriptionWriter(settings)
     actions = TopicWriter(settings, settings.topic_alert_actions)
-    bp.writers = (writer, actions)  # type: ignore[attr-defined]  # closed by dashboard.app.close
+    own_audit = [] if audit is not None else [AuditLog(settings)]
+    audit = audit or own_audit[0]
+    # closed by dashboard.app.close
+    bp.writers = (writer, actions, *own_audit)  # type: ignore[attr-defined]
+
+    def client() -> Client:
+        return g.client  # type: ignore[no-any-return]
+
+    def record(action: str, *, patient_id: str | None = None, alert_id: str | None = None,
+               detail: str | None = None, wait: bool = False) -> None:
+        """Every API read and action is audited, under the token's name."""
+        audit.record(f"token:{client().name}", action, role="api", patient_id=patient_id,
+                     alert_id=alert_id, detail=detail, remote_addr=request.remote_addr,
+                     wait=wait)
+
+    def refuse(status: int, message: str, **about: str | None) -> tuple[Response, int]:
+        record("denied", detail=f"{request.method} {request.path}: {message}", **about)
+        return _error(status, message)
+
+    def may_act_on(patient_id: str) -> bool:
+        return client().may("act") and client().sees_ward(view.snapshot()[1].get(patient_id))
 
     @bp.before_request
     def authenticate() -> tuple[Response, int] | None:
-        name = tokens.check(request.headers.get("Authorization"))
-        if name is None:
+        found = tokens.check(request.headers.get("Authorization"))
+        if found is None:
             return _error(401, "a valid API token is required (Authorization: Bearer <token>)")
-        g.client = name
+        g.client = found
         return None
 
     @bp.post("/subscriptions")
@@ -75,25 +97,43 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         extra = set(body) - allowed
         if extra:
             return _error(400, f"unknown fields {sorted(extra)} (allowed: {sorted(allowed)})")
+        me = client()
+        wards = body.pop("wards", None) or []
+        if not me.sees_ward(None):  # a token of some wards subscribes to those only
+            if not isinstance(wards, list) or not set(wards) <= set(me.wards):
+                return refuse(403, f"this token covers wards {sorted(me.wards)} only")
+            wards = wards or list(me.wards)
+        subs, _ = view.snapshot()
+        if sum(s.created_by == me.name for s in subs) >= settings.api_max_subscriptions:
+            return refuse(403, f"this token has {settings.api_max_subscriptions} subscriptions"
+                               " already (API_MAX_SUBSCRIPTIONS)")
         try:
-            sub = new_subscription(created_by=g.client, **body,
+            sub = new_subscription(created_by=me.name, wards=wards, **body,
                                    allow_loopback_http=settings.webhook_allow_loopback_http)
         except (ValueError, TypeError) as exc:
             return _error(400, str(exc))
+        record("subscribe", detail=f"{sub.id} wards={sub.wards}", wait=True)
         writer.put(sub.id, msgspec.json.encode(sub))
         view.apply(settings.topic_subscriptions, sub.id.encode(), msgspec.json.encode(sub))
         return jsonify({**sub.public(), "secret": sub.secret}), 201
 
+    def own(subs: list[Subscription]) -> list[Subscription]:
+        """The subscriptions this token may see and delete: its own (admin: every one)."""
+        me = client()
+        return subs if me.may("admin") else [s for s in subs if s.created_by == me.name]
+
     @bp.get("/subscriptions")
     def list_() -> Response:
         subs, _ = view.snapshot()
-        return jsonify([s.public() for s in sorted(subs, key=lambda s: s.created_at)])
+        record("view_subscriptions")
+        return jsonify([s.public() for s in sorted(own(subs), key=lambda s: s.created_at)])
 
     @bp.delete("/subscriptions/<sub_id>")
     def delete(sub_id: str) -> tuple[Response | str, int]:
         subs, _ = view.snapshot()
-        if sub_id not in {s.id for s in subs}:
-            return _error(404, f"no subscription {sub_id}")
+        if sub_id not in {s.id for s in own(subs)}:  # another client's: as if it did not exist
+            return refuse(404, f"no subscription {sub_id}")
+        record("unsubscribe", detail=sub_id, wait=True)
         writer.put(sub_id, None)
         view.apply(settings.topic_subscriptions, sub_id.encode(), None)
         return "", 204
@@ -102,11 +142,16 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
     def acknowledge(alert_id: str) -> tuple[Response, int]:
         body = request.get_json(silent=True) or {}
         pid = alert_id.rsplit(":", 2)[0]
-        action = AlertAction(action="acknowledge", patient_id=pid, by=g.client,
+        if not may_act_on(pid):
+            return refuse(403, "this token may not act on this patient's alerts",
+                          patient_id=pid, alert_id=alert_id)
+        me = client().name
+        action = AlertAction(action="acknowledge", patient_id=pid, by=me,
                              ts=datetime.now(UTC), alert_id=alert_id,
                              comment=body.get("comment"))
+        record("acknowledge", patient_id=pid, alert_id=alert_id, wait=True)
         actions.put(pid, msgspec.json.encode(action))
-        return jsonify({"accepted": True, "alert_id": alert_id, "by": g.client}), 202
+        return jsonify({"accepted": True, "alert_id": alert_id, "by": me}), 202
 
     @bp.post("/silences")
     def silence() -> tuple[Response, int]:
@@ -118,7 +163,7 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
             if not 0 < minutes <= settings.alert_silence_max_minutes:
                 raise ValueError
             action = msgspec.convert({
-                "action": "silence", "patient_id": body["patient_id"], "by": g.client,
+                "action": "silence", "patient_id": body["patient_id"], "by": client().name,
                 "ts": datetime.now(UTC).isoformat(), "kind": body["kind"],
                 "reason": body["reason"],
                 "until": (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()},
@@ -128,6 +173,11 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
                           f"{settings.alert_silence_max_minutes}) are required")
         if action.kind not in KINDS or not (action.reason or "").strip():
             return _error(400, f"kind must be one of {', '.join(KINDS)}, with a reason")
+        if not may_act_on(action.patient_id):
+            return refuse(403, "this token may not act on this patient's alerts",
+                          patient_id=action.patient_id)
+        record("silence", patient_id=action.patient_id,
+               detail=f"{action.kind} for {minutes:g} min: {action.reason}", wait=True)
         actions.put(action.patient_id, msgspec.json.encode(action))
         return jsonify({"accepted": True, "until": action.until.isoformat()
                         if action.until else None}), 202
@@ -137,13 +187,15 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         args = request.args
         try:
             flt = msgspec.convert({
-                "id": "sse", "url": "http://sse", "secret": "-", "created_by": g.client,
+                "id": "sse", "url": "http://sse", "secret": "-", "created_by": client().name,
                 "created_at": datetime.now(UTC).isoformat(),
                 "patients": args.getlist("patient"), "wards": args.getlist("ward"),
                 "kinds": args.getlist("kind"),
                 "min_priority": args.get("min_priority", "low")}, Subscription)
         except msgspec.ValidationError as exc:
             return _error(400, str(exc))
+        me = client()
+        record("view_alerts", detail=request.query_string.decode(errors="replace")[:200])
         q = feed.listen()
 
         def events() -> Iterator[str]:
@@ -162,8 +214,8 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
                         # this client read too slowly: say so, so it can re-read the list
                         dropped = q.dropped
                         yield f'event: dropped\ndata: {{"dropped":{dropped}}}\n\n'
-                    _, wards = view.snapshot()
-                    if not matches(flt, ev, wards.get(ev.patient_id)):
+                    ward = view.snapshot()[1].get(ev.patient_id)
+                    if not me.sees_ward(ward) or not matches(flt, ev, ward):
                         continue
                     # the event as the worker wrote it on Kafka
                     yield (f"id: {ev.alert_id}\nevent: {ev.event}\n"

@@ -79,7 +79,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     app.closers = [*started, c]  # type: ignore[attr-defined]
     login.install(app.server, settings, users, audit, secure_cookies)
     headers.install(app.server, https=secure_cookies)
-    api_bp = api.blueprint(settings, feed, subscriptions)
+    api_bp = api.blueprint(settings, feed, subscriptions, audit=audit)
     app.server.register_blueprint(api_bp)
     app.closers += list(api_bp.writers)  # type: ignore[attr-defined]
     app.server.register_blueprint(vr.blueprint(c))

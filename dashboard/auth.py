@@ -1,9 +1,12 @@
 """Who may use the dashboard: API tokens for machine clients and accounts for people.
 
 API tokens (webhook subscribers, integrations) are hashed at rest. A token is 32 random bytes
-(URL-safe base64), shown once by `patient-twin tokens add NAME`; the
-file named by API_TOKENS_FILE keeps one JSON line per token with its name and the SHA-256 of the
-token, never the token. (A fast hash is right here: the token has 256 bits of entropy, unlike a
+(URL-safe base64), shown once by `patient-twin tokens add NAME --wards W --scopes S`; the
+file named by API_TOKENS_FILE keeps one JSON line per token with its name, its wards, its scopes
+and the SHA-256 of the token, never the token. Scopes: `read` (the alert stream, webhook
+subscriptions of its own), `act` (acknowledge, silence), `admin` (every client's
+subscriptions); each only on its wards. A token line from before scopes reads every ward and
+acts on nothing. (A fast hash is right here: the token has 256 bits of entropy, unlike a
 password, so there is nothing to brute-force.)
 
 Accounts (`patient-twin users add NAME --role R --wards W1,W2`) live in USERS_FILE, one JSON line
@@ -33,6 +36,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from streams.errors import ConfigError
 
 ROLES = ("viewer", "clinician", "admin")
+SCOPES = ("read", "act", "admin")
 Role = Literal["viewer", "clinician", "admin"]
 MIN_PASSWORD = 10
 ALL_WARDS = "*"
@@ -42,16 +46,46 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_token(path: str, name: str) -> str:
-    """Create a token named `name`, store its hash in `path`, return the token (shown once)."""
-    if not name or any(c.isspace() for c in name):
-        raise ConfigError("a token name must be non-empty, without spaces")
+def covers(wards: tuple[str, ...], ward: str | None) -> bool:
+    """Do these assigned wards include `ward`? "*" covers every ward, unassigned patients
+    included (for users and tokens alike)."""
+    return ALL_WARDS in wards or (ward is not None and ward in wards)
+
+
+@dataclass(frozen=True)
+class Client:
+    """The holder of an API token: its name, its wards ("*": all) and its scopes."""
+
+    name: str
+    wards: tuple[str, ...]
+    scopes: frozenset[str]
+
+    def sees_ward(self, ward: str | None) -> bool:
+        return covers(self.wards, ward)
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+def add_token(path: str, name: str, wards: list[str] | tuple[str, ...] = (ALL_WARDS,),
+              scopes: list[str] | tuple[str, ...] = ("read",)) -> str:
+    """Create a token named `name` for `wards` with `scopes`, store its hash in `path`, return
+    the token (shown once)."""
+    if not name or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
+        raise ConfigError("a token name must be 1-64 printable characters without spaces")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise ConfigError(f"--scopes: give some of {', '.join(SCOPES)} (not {unknown})")
+    wards = [w for w in wards if w]
+    if not wards:
+        raise ConfigError("--wards: give the wards the token covers, or '*' for all")
     token = secrets.token_urlsafe(32)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as f:
-        f.write(json.dumps({"name": name, "sha256": hash_token(token)}) + "\n")
+        f.write(json.dumps({"name": name, "wards": list(wards), "scopes": sorted(set(scopes)),
+                            "sha256": hash_token(token)}) + "\n")
     return token
 
 
@@ -61,15 +95,16 @@ class TokenStore:
     def __init__(self, path: str | None) -> None:
         self._file = _WatchedLines(path)
 
-    def check(self, authorization: str | None) -> str | None:
-        """The token's name for a valid `Authorization: Bearer <token>` header, else None."""
+    def check(self, authorization: str | None) -> Client | None:
+        """The client of a valid `Authorization: Bearer <token>` header, else None."""
         if not authorization or not authorization.startswith("Bearer "):
             return None
         digest = hash_token(authorization[len("Bearer "):].strip())
         with self._file.lock:
             for rec in self._file.load():
                 if hmac.compare_digest(rec["sha256"], digest):
-                    return rec["name"]
+                    return Client(rec["name"], tuple(rec.get("wards", [ALL_WARDS])),
+                                  frozenset(rec.get("scopes", ["read"])))
         return None
 
 
@@ -106,8 +141,7 @@ class User:
     password_hash: str
 
     def sees_ward(self, ward: str | None) -> bool:
-        """Admins and users assigned "*" see every ward, unassigned patients included."""
-        return ALL_WARDS in self.wards or (ward is not None and ward in self.wards)
+        return covers(self.wards, ward)
 
     @property
     def can_act(self) -> bool:

@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                                required=True)
     tka = tk_sub.add_parser("add", help="create a token (printed once; stored hashed)")
     tka.add_argument("name")
+    tka.add_argument("--wards", required=True, metavar="W1,W2",
+                     help="the wards the token covers ('*': all)")
+    tka.add_argument("--scopes", default="read", metavar="S1,S2",
+                     help="read (alert stream, own webhooks), act (acknowledge, silence), "
+                          "admin (every client's webhooks); default read")
 
     a = sub.add_parser("analyze", help="run the twin and alert logic over recorded data offline")
     a.add_argument("records", nargs="+", metavar="RECORD",
@@ -272,7 +277,8 @@ def _tokens(args: Args, settings: config.Settings) -> int:
 
     if settings.api_tokens_file is None:
         raise config.ConfigError("API_TOKENS_FILE is not set: say where token hashes live")
-    print(add_token(settings.api_tokens_file, args.name))
+    print(add_token(settings.api_tokens_file, args.name, _wards(args.wards) or [],
+                    [x.strip() for x in args.scopes.split(",") if x.strip()]))
     return 0
 
 

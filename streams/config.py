@@ -179,6 +179,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_tokens_file: Annotated[str | None, doc(
         "file of API token hashes (`patient-twin tokens add NAME`); unset: the HTTP API refuses"
         " every request")] = None
+    api_max_subscriptions: Annotated[int, msgspec.Meta(ge=1, le=10_000), doc(
+        "webhook subscriptions one API token may hold")] = 20
     webhook_max_attempts: Annotated[Positive, doc(
         "delivery attempts per webhook before its dead letter")] = 5
     webhook_backoff_seconds: Annotated[PositiveFloat, doc(

@@ -210,8 +210,9 @@ AUDIT_SCHEMA = "patient-twin.audit/1"
 
 
 class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Who did what in the dashboard (topic audit, key = user name): logins, patient views,
-    alert acknowledgements and silences, registry changes. Patient ids, never patient values."""
+    """Who did what in the dashboard and its API (topic audit, key = user name, `token:NAME`
+    for an API token): logins, patient views, alert acknowledgements and silences, registry
+    changes, subscriptions, refusals. Patient ids, never patient values."""
 
     schema: str = AUDIT_SCHEMA
     ts: datetime
@@ -219,7 +220,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     role: str | None = None
     action: Literal["login", "login_failed", "logout", "view_ward", "view_patient", "view_vr",
                     "acknowledge", "silence", "admit", "transfer", "discharge", "update",
-                    "observation", "denied"]
+                    "observation", "denied", "subscribe", "unsubscribe", "view_subscriptions",
+                    "view_alerts"]
     patient_id: str | None = None
     alert_id: str | None = None
     detail: str | None = None

@@ -335,9 +335,9 @@ def api(settings_factory, tmp_path):
     from flask import Flask
 
     tokens = tmp_path / "tokens.jsonl"
-    s = settings_factory(api_tokens_file=str(tokens))
+    s = settings_factory(api_tokens_file=str(tokens), api_max_subscriptions=3)
     topics.ensure(s)
-    token = add_token(str(tokens), "integration-1")
+    token = add_token(str(tokens), "integration-1", ["*"], ["read", "act"])
     assert token not in tokens.read_text()  # hashed at rest
     feed = TwinFeed(s).start()
     view = SubscriptionView(s).start()
@@ -430,6 +430,90 @@ def test_sse_stream_delivers_matching_alert_events_to_a_real_client(api):
     assert data["patient_id"] == "P1" and data["priority"] == "high"
     assert lines[3] == b"\n"
     c.close()
+
+
+def _wards_known(s, pids: set[str]) -> None:
+    """Wait until the registry (as the API's view reads it) holds these patients' wards."""
+    other = SubscriptionView(s).start()
+    try:
+        assert wait_until(lambda: pids <= set(other.snapshot()[1]), timeout=30)
+    finally:
+        other.stop()
+    time.sleep(1)  # the API's own view reads the same topic alongside
+
+
+def test_a_ward_scoped_token_sees_and_acts_on_its_wards_only(api):
+    """Crafted requests of an integrator holding a ward-7 token: no ward-8 event on the
+    stream, whatever its filters; no action on a ward-8 patient; no subscription beyond ward 7;
+    no read-only acknowledgement; and each refusal audited."""
+    s, port, _ = api
+    admit(s, {"P7": "d7"}, ward="7")
+    admit(s, {"P8": "d8"}, ward="8")
+    _wards_known(s, {"P7", "P8"})
+    ward7 = add_token(s.api_tokens_file, "ward-7", ["7"], ["read", "act"])
+    reader = add_token(s.api_tokens_file, "ward-7-reader", ["7"], ["read"])
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/api/alerts/stream?ward=8&patient=P8",  # asks for ward 8 explicitly
+              headers={"Authorization": f"Bearer {ward7}"})
+    r = c.getresponse()
+    assert r.status == 200 and r.readline() == b": connected\n"
+    r.readline()
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    for ev in (_alert("P8", "high"), _alert("P8", "high", event="updated"), _alert("P7", "low")):
+        producer.send(s.topic_alerts, key=ev["patient_id"].encode(),
+                      value=json.dumps(ev).encode())
+    producer.flush()
+    producer.close()
+    c2 = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c2.request("GET", "/api/alerts/stream", headers={"Authorization": f"Bearer {ward7}"})
+    r2 = c2.getresponse()
+    assert r2.readline() == b": connected\n"
+    r2.readline()
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    for ev in (_alert("P8", "high"), _alert("P7", "low")):
+        producer.send(s.topic_alerts, key=ev["patient_id"].encode(),
+                      value=json.dumps(ev).encode())
+    producer.flush()
+    producer.close()
+    # unfiltered, the ward-7 token's stream skips P8 and shows P7
+    assert r2.readline() == b"id: P7:news2:1\n"
+    c2.close()
+    # the stream that asked for ward 8 got nothing at all (P7 is not what it filters for)
+    c.sock.settimeout(3)
+    with pytest.raises(TimeoutError):
+        r.readline()
+    c.close()
+    assert _req(port, "POST", "/api/alerts/P8:news2:1/acknowledge", ward7, {})[0] == 403
+    assert _req(port, "POST", "/api/silences", ward7, {"patient_id": "P8", "kind": "news2",
+                                                       "reason": "x", "minutes": 15})[0] == 403
+    assert _req(port, "POST", "/api/alerts/P7:news2:1/acknowledge", reader, {})[0] == 403
+    assert _req(port, "POST", "/api/alerts/P7:news2:1/acknowledge", ward7, {})[0] == 202
+    assert _req(port, "POST", "/api/subscriptions", ward7,
+                {"url": "https://pager.example/", "wards": ["7", "8"]})[0] == 403
+    status, sub = _req(port, "POST", "/api/subscriptions", ward7, {"url": "https://p.example/"})
+    assert status == 201 and sub["wards"] == ["7"]  # narrowed to the token's wards
+    audit = [json.loads(r.value) for r in _consume(s, s.topic_audit, 100, timeout=5)]
+    denied = [a for a in audit if a["action"] == "denied"]
+    assert {a["user"] for a in denied} == {"token:ward-7", "token:ward-7-reader"}
+    assert len(denied) == 4
+    assert any(a["action"] == "view_alerts" and a["user"] == "token:ward-7" for a in audit)
+
+
+def test_subscriptions_belong_to_their_token_and_are_limited(api):
+    s, port, admin_token = api
+    a = add_token(s.api_tokens_file, "client-a", ["*"], ["read"])
+    b = add_token(s.api_tokens_file, "client-b", ["*"], ["read"])
+    boss = add_token(s.api_tokens_file, "ops", ["*"], ["admin"])
+    status, sub = _req(port, "POST", "/api/subscriptions", a, {"url": "https://a.example/"})
+    assert status == 201
+    assert _req(port, "GET", "/api/subscriptions", b)[1] == []  # b does not see a's
+    assert _req(port, "DELETE", f"/api/subscriptions/{sub['id']}", b)[0] == 404
+    assert [x["id"] for x in _req(port, "GET", "/api/subscriptions", boss)[1]] == [sub["id"]]
+    for _ in range(s.api_max_subscriptions - 1):
+        assert _req(port, "POST", "/api/subscriptions", a, {"url": "https://a.example/"})[0] == 201
+    assert _req(port, "POST", "/api/subscriptions", a, {"url": "https://a.example/"})[0] == 403
+    assert _req(port, "POST", "/api/subscriptions", b, {"url": "https://b.example/"})[0] == 201
+    assert _req(port, "DELETE", f"/api/subscriptions/{sub['id']}", a)[0] == 204
 
 
 def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api, procs):
