@@ -86,9 +86,15 @@ BASELINE = json.dumps({
 
 def login(port: int, user: str) -> str:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = urllib.parse.urlencode({"username": user, "password": PASSWORD})
+    c.request("GET", "/login")  # the form's CSRF token, tied to its session cookie
+    r = c.getresponse()
+    form = r.read().decode()
+    anonymous = r.getheader("Set-Cookie", "").split(";")[0]
+    token = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    body = urllib.parse.urlencode({"username": user, "password": PASSWORD, "csrf": token})
     c.request("POST", "/login", body=body,
-              headers={"Content-Type": "application/x-www-form-urlencoded"})
+              headers={"Content-Type": "application/x-www-form-urlencoded",
+                       "Cookie": anonymous})
     r = c.getresponse()
     r.read()
     c.close()
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         for v in range(args.viewers):
             add_user(users, f"viewer{v}", "clinician", ["A"], PASSWORD)
         base = config.load({"BROKER_PORT": str(port)})
-        s = msgspec.structs.replace(base, users_file=users)
+        s = msgspec.structs.replace(base, users_file=users, dashboard_allow_http=True)  # loopback
         topics.ensure(s)
         feed = TwinFeed(s)  # filled from the simulated ward below, not from Kafka
         t = time.perf_counter()

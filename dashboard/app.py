@@ -21,6 +21,7 @@ from dashboard.auth import UserStore
 from dashboard.context import Context
 from dashboard.feed import TwinFeed
 from dashboard.pages import patient, ward, ward3d
+from dashboard.sessions import RevokedSessions
 from streams.config import Settings
 from streams.errors import ConfigError
 from streams.webhooks import SubscriptionView
@@ -48,7 +49,7 @@ def _register_nav(app: Dash, c: Context) -> None:
 def create_app(settings: Settings, feed: TwinFeed | None = None,
                subscriptions: SubscriptionView | None = None,
                users: UserStore | None = None, audit: AuditLog | None = None,
-               secure_cookies: bool = False) -> Dash:
+               https: bool = False) -> Dash:
     """The dashboard for these settings; `feed` and `subscriptions` default to started views of
     their Kafka topics, `users` to USERS_FILE."""
     if users is None:
@@ -77,8 +78,10 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     _register_nav(app, c)
     app.feed = feed  # type: ignore[attr-defined]
     app.closers = [*started, c]  # type: ignore[attr-defined]
-    login.install(app.server, settings, users, audit, secure_cookies)
-    headers.install(app.server, https=secure_cookies)
+    revoked = RevokedSessions(settings).start()
+    app.closers.append(revoked)  # type: ignore[attr-defined]
+    login.install(app.server, settings, users, audit, revoked, https=https)
+    headers.install(app.server, https=https)
     api_bp = api.blueprint(settings, feed, subscriptions, audit=audit)
     app.server.register_blueprint(api_bp)
     app.closers += list(api_bp.writers)  # type: ignore[attr-defined]
@@ -101,7 +104,10 @@ def serve(settings: Settings, https: bool = False, cert: str | None = None,
 
     from dashboard import tls
 
-    app = create_app(settings, secure_cookies=https)
+    if not https and not settings.dashboard_allow_http:
+        raise ConfigError("the dashboard serves patient data: use --https (or a TLS proxy), or "
+                          "set DASHBOARD_ALLOW_HTTP=true for development on this machine")
+    app = create_app(settings, https=https)
     server = wsgi.Server((settings.dashboard_host, settings.dashboard_port), app.server,
                          numthreads=settings.dashboard_threads, server_name="patient-twin")
     if https:

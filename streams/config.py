@@ -109,6 +109,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "webhook deliveries that failed every attempt, with their log")] = "alert.webhook-dlq"
     topic_audit: Annotated[TopicName, doc(
         "who viewed which patient, who acknowledged or silenced what (append-only)")] = "audit"
+    topic_sessions: Annotated[TopicName, doc(
+        "dashboard sessions logged out, shared by every replica (compacted, key = session "
+        "id)")] = "dashboard.sessions"
     topic_workers: Annotated[TopicName, doc(
         "workers' heartbeats: the partitions each live worker holds (key = worker)")] = "workers"
     # Worker batching: at most this many events per twin step, waiting at most this long. The
@@ -198,6 +201,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     dashboard_threads: Annotated[int, msgspec.Meta(ge=8, le=1024), doc(
         "web server threads; each open patient page's live push holds one (pushes use at most "
         "half; pages beyond that poll every 0.5 s instead)")] = 64
+    session_idle_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60), doc(
+        "a dashboard session ends after this long without its user doing anything (pages "
+        "polling by themselves do not count)")] = 15
+    session_max_hours: Annotated[int, msgspec.Meta(ge=1, le=7 * 24), doc(
+        "a dashboard session ends this long after its login, whatever its use")] = 12
+    dashboard_allow_http: Annotated[bool, doc(
+        "development only: serve the dashboard over plain http with cookies not marked "
+        "Secure (the demo sets it; otherwise use --https or a TLS proxy)")] = False
     users_file: Annotated[str | None, doc(
         "clinician accounts (`patient-twin users add NAME`), passwords hashed with scrypt; the "
         "dashboard needs it (no anonymous access)")] = None

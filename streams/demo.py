@@ -142,6 +142,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         if metrics_port and not supervise.port_free(metrics_port, settings.worker_metrics_host):
             metrics_port = supervise.free_port(settings.worker_metrics_host)
         env["WORKER_METRICS_PORT"] = str(metrics_port)
+        # the demo serves its dashboard over plain http on loopback: the development setting
+        env.setdefault("DASHBOARD_ALLOW_HTTP", "true")
         login_line = None
         if settings.users_file is None:
             # a throwaway admin account for this demo only, in its temporary directory

@@ -50,6 +50,9 @@ def make_settings(broker_port: int, **overrides: object) -> config.Settings:
     fields = {f: f"{tag}.{getattr(base, f)}" for f in config.FIELDS if f.startswith("topic_")}
     fields["app_id"] = f"patient-twin-{tag}"
     fields["worker_metrics_port"] = 0
+    # tests talk to the dashboard over plain http on loopback (a test of the default, Secure
+    # cookies, sets it back)
+    fields["dashboard_allow_http"] = True
     fields.update(overrides)
     return msgspec.structs.replace(base, **fields)
 
@@ -192,3 +195,19 @@ def wait_for_stable_assignment(port: int, partitions: int, log: str) -> None:
                 return
         time.sleep(0.5)
     pytest.fail(f"the worker did not get all {partitions} partitions within 90 s\n{log}")
+
+
+def csrf_of(page: str) -> str:
+    """The CSRF token of a dashboard form (the login or logout page)."""
+    m = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert m, "the page has no CSRF token"
+    return m.group(1)
+
+
+def login(client, name: str, password: str, next_: str | None = None):  # noqa: ANN001, ANN201
+    """Log in through the form, as a browser does (GET the form for its token, then POST);
+    `client` is a Flask test client. Returns the POST's response."""
+    data = {"username": name, "password": password, "csrf": csrf_of(client.get("/login").text)}
+    if next_ is not None:
+        data["next"] = next_
+    return client.post("/login", data=data)

@@ -17,7 +17,7 @@ from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from streams import config, messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
-from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
+from tests.conftest import admit, login, settings_env, wait_for_stable_assignment, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -97,8 +97,7 @@ def test_twenty_patients_have_twin_states_within_30_s_and_dashboard_shows_them(
         stop.append(app)
         client = app.server.test_client()
         assert client.get("/").status_code == 302  # to the login page
-        resp = client.post("/login", data={"username": "nurse",
-                                           "password": "a long enough password"})
+        resp = login(client, "nurse", "a long enough password")
         assert resp.status_code == 302 and resp.headers["Location"] == "/"
         assert client.get("/").status_code == 200
         payload = {

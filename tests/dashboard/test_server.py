@@ -21,6 +21,7 @@ from dashboard.login import FAILURES_ALLOWED
 from streams import messages, supervise, topics
 from streams.config import Secret
 from streams.registry import change
+from tests.conftest import login
 from tests.dashboard.test_views import alert_event, twin_state
 from tests.test_end_to_end import _consume_all
 
@@ -47,10 +48,7 @@ def app_and_settings(settings_factory, tmp_path):
 
 
 def _login(client, name, pw=PW, next_=None):
-    data = {"username": name, "password": pw}
-    if next_ is not None:
-        data["next"] = next_
-    return client.post("/login", data=data)
+    return login(client, name, pw, next_)
 
 
 def test_sessions_lockout_and_safe_redirects(app_and_settings):
