@@ -19,7 +19,6 @@ import contextlib
 import queue
 import threading
 from collections import deque
-from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -27,7 +26,7 @@ import numpy as np
 
 from streams.config import Settings
 from streams.follow import Follower
-from streams.messages import AlertEvent, TwinState, decode_alert, decode_twin_state, reject
+from streams.messages import AlertEvent, TwinState, decode_alert, decode_twin_state
 from streams.registry import Registry
 from twin.channels import NAMES
 
@@ -117,36 +116,6 @@ class Listener(queue.Queue[LiveEvent]):
                     self.dropped += 1
 
 
-# History keeps NEWS2 as int16; an aggregate score is never negative
-_NEWS2_MAX = int(np.iinfo(np.int16).max)
-
-
-def _check_times(rec: TwinState | AlertEvent) -> None:
-    """InvalidMessage for a time without a UTC offset: the pages subtract times from an aware
-    now (the decoders check `ts` only)."""
-    for name in rec.__struct_fields__:
-        value = getattr(rec, name)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise reject(f"{name} has no UTC offset (expected ISO-8601 like "
-                         "2026-01-01T12:00:00Z)", "wrong_type")
-
-
-def _twin_state(value: bytes | None) -> TwinState:
-    """A twin state as the worker wrote it; InvalidMessage with the reason otherwise."""
-    st = decode_twin_state(value)
-    _check_times(st)
-    if not 0 <= st.news2 <= _NEWS2_MAX:
-        raise reject(f"news2 {st.news2} is not a score (0 to {_NEWS2_MAX})", "wrong_type")
-    return st
-
-
-def _alert(value: bytes | None) -> AlertEvent:
-    """An alert event as the worker wrote it; InvalidMessage with the reason otherwise."""
-    ev = decode_alert(value)
-    _check_times(ev)
-    return ev
-
-
 class TwinFeed:
     """Latest twin state, history and open alerts per patient, and the patient registry, kept
     current by a thread."""
@@ -206,9 +175,9 @@ class TwinFeed:
         if topic == s.topic_twin_state:
             if value is None and key is not None:
                 return  # a tombstone on the compacted topic (the worker writes none)
-            self._apply_state(_twin_state(value))
+            self._apply_state(decode_twin_state(value))
         elif topic == s.topic_alerts:
-            self._apply_alert(_alert(value))
+            self._apply_alert(decode_alert(value))
 
     def _apply_state(self, st: TwinState) -> None:
         pid = st.patient_id

@@ -18,6 +18,7 @@ import msgspec
 
 from streams.errors import ConfigError
 from twin import history
+from twin.alerts import AlertPolicy
 
 
 class Secret:
@@ -172,7 +173,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "counted")] = 100_000
     alert_silence_max_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60), doc(
         "longest silence of a patient's alerts a clinician may set, minutes (the dashboard "
-        "offers no longer, the API and the worker refuse longer)")] = 240
+        "offers no longer, the API and the worker refuse longer)")] = \
+        int(AlertPolicy.max_silence_s // 60)
     # The dispatcher's watchdog: a partition no live worker has held this long leaves its
     # patients unmonitored, which raises `monitoring_stopped` for each (streams.watchdog).
     watchdog_silent_s: Annotated[float, msgspec.Meta(ge=5, le=3600), doc(

@@ -29,7 +29,6 @@ from streams.config import Settings
 from streams.follow import Follower
 
 MAX_RESTARTS = 10
-RESTART_EXIT_CODE = 3  # a worker asking its supervisor for a restart (README)
 
 @dataclass
 class Status:
@@ -154,7 +153,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             add_user(env["USERS_FILE"], "demo", "admin", [], password)
             login_line = f"demo: log in as demo with password {password}"
         children.start("worker", supervise.python_argv("worker"), env,
-                       restart_on={RESTART_EXIT_CODE})
+                       restart_on={supervise.RESTART_EXIT_CODE})
         children.start("dashboard", supervise.python_argv("dashboard"), env)
         children.start("dispatcher", supervise.python_argv("dispatcher"), env)
         children.start("simulator", supervise.python_argv(

@@ -211,6 +211,11 @@ class Follower:
                 self.client_id, rec.topic, rec.partition, rec.offset, kind)
 
 
+# Sends of a write-back (the records a restarted broker lost), a second apart: the worker's
+# twins (streams.worker.app) and the registry and subscriptions (TopicWriter.put_all).
+WRITE_BACK_TRIES = 10
+
+
 class TopicWriter:
     """Writes records to one topic and waits for each (producer created on first use)."""
 
@@ -226,13 +231,34 @@ class TopicWriter:
         if wait:
             future.get(timeout=30)
 
-    def put_all(self, records: Iterable[tuple[str, bytes]]) -> int:
+    def put_all(self, records: Iterable[tuple[str, bytes]], tries: int = WRITE_BACK_TRIES,
+                pause_s: float = 1.0) -> int:
         """Send records (key, value) at once, and return, with how many, only once the broker
-        has every one (KafkaError if not)."""
-        sent = [self._send(key, value) for key, value in records]
-        for future in sent:
-            future.get(timeout=30)
-        return len(sent)
+        has every one; a record the broker refused is sent again, `pause_s` apart, up to
+        `tries` sends in all (then the last KafkaError). Its callers write back what a
+        restarted broker lost, whose first writes may fail (UnknownError, seen from aiokafka
+        and kafka-python alike): these records are then the only copy."""
+        from kafka.errors import KafkaError
+
+        pending = list(records)
+        total = len(pending)
+        for n in range(1, tries + 1):
+            sent = [(rec, self._send(*rec)) for rec in pending]
+            pending, error = [], None
+            for rec, future in sent:
+                try:
+                    future.get(timeout=30)
+                except KafkaError as exc:
+                    pending.append(rec)  # each key once: sending it again reorders nothing
+                    error = exc
+            if error is None:
+                return total
+            if n < tries:
+                log.warning("%s: the broker refused %d of %d records (%s); again in %g s",
+                            self.topic, len(pending), total, type(error).__name__, pause_s)
+                time.sleep(pause_s)
+        assert error is not None
+        raise error
 
     def _send(self, key: str, value: bytes | None) -> Any:
         if self._producer is None:

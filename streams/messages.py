@@ -103,19 +103,27 @@ class Forecast(msgspec.Struct, frozen=True):
     high90: dict[str, float | None]
 
 
+# Times the worker writes carry their UTC offset: the pages and the dispatcher compare them with
+# an aware now, and a naive one would raise there.
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
+# An aggregate NEWS2 score: 0 to 20 (seven parameters, at most 3 each but air/oxygen at most 2;
+# Royal College of Physicians 2017).
+Score = Annotated[int, msgspec.Meta(ge=0, le=20)]
+
+
 class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     """The twin of one patient after a batch (topic twin.state, key = patient id)."""
 
     schema: str = TWIN_STATE_SCHEMA
     patient_id: str
-    ts: datetime  # time of the latest applied reading (the device's clock)
+    ts: UtcTime  # time of the latest applied reading (the device's clock)
     # When the worker applied it (its own clock): what "stale" is measured from, since a
     # device clock may be ahead or behind (None: from an older worker).
-    applied_at: datetime | None = None
+    applied_at: UtcTime | None = None
     # When the broker lost the twin's stored history (a restart of a memory-only broker): the
     # twin went on from a worker's memory, and the readings not yet processed then, the twin's
     # earlier records and its alerts' history are gone. None: never.
-    history_lost_at: datetime | None = None
+    history_lost_at: UtcTime | None = None
     units: dict[str, str]
     estimate: dict[str, float | None]  # None: channel never observed
     sd: dict[str, float | None]
@@ -126,8 +134,8 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     derived: dict[str, float | None]
     # minutes until the forecast enters a worse NEWS2 score for that channel (None: not within 60)
     minutes_to_band: dict[str, float | None]
-    news2: int
-    news2_raw: int
+    news2: Score
+    news2_raw: Score
     news2_complete: bool  # False until consciousness and oxygen are known and all vitals seen
     news2_band: str
     # NEWS2 component scores on the estimates, by parameter (RCP 2017 chart order)
@@ -136,7 +144,7 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     # From the latest manual observation (None: never recorded) and the registry
     consciousness_alert: bool | None = None  # ACVPU: True = Alert
     on_oxygen: bool | None = None
-    observed_at: datetime | None = None
+    observed_at: UtcTime | None = None
     spo2_scale: int = 1
     readings_applied: int
     artifacts: int
@@ -154,7 +162,7 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     schema: str = ALERT_SCHEMA
     alert_id: str  # the same through the alert's whole lifecycle
     patient_id: str
-    ts: datetime
+    ts: UtcTime
     event: Literal["raised", "updated", "reminder", "escalated", "acknowledged", "silenced",
                    "resolved"]
     kind: str
@@ -163,11 +171,11 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     state: Literal["active", "latched", "acknowledged", "resolved"] = "active"
     channels: list[str] = []
     message: str
-    news2: int | None = None
+    news2: Score | None = None
     by: str | None = None  # who acknowledged or silenced
     comment: str | None = None
     audience: str = "ward"  # "ward+rapid-response" once escalated
-    raised_at: datetime | None = None
+    raised_at: UtcTime | None = None
     notify: bool = True  # False while the alert is silenced (subscribers skip it)
     evidence: dict[str, Any] = {}  # the values, scores and forecast that raised it
 

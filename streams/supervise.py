@@ -14,6 +14,9 @@ import time
 from collections.abc import Sequence
 
 _PR_SET_PDEATHSIG = 1
+# A worker's exit code asking its supervisor for a restart (README, "Running N workers"): the
+# demo restarts such a worker, a site's supervisor should too.
+RESTART_EXIT_CODE = 3
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

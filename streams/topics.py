@@ -48,9 +48,12 @@ def specs(s: Settings) -> list[NewTopic]:
     ]
 
 
+TWIN_TABLE = "twins"  # the worker's Faust table of twin records
+
+
 def changelog_topic(s: Settings) -> str:
     """The worker's twin table changelog, as Faust names it: `{app id}-{table}-changelog`."""
-    return f"{s.app_id}-twins-changelog"
+    return f"{s.app_id}-{TWIN_TABLE}-changelog"
 
 
 @functools.lru_cache(maxsize=1 << 17)

@@ -22,11 +22,12 @@ import faust
 import numpy as np
 from faust.types import TP
 
-from streams import compat, messages, topics, watchdog
+from streams import compat, messages, supervise, topics, watchdog
 from streams.config import EMBEDDED_FETCH_MAX_WAIT_MS, Settings, faust_broker_config
 from streams.errors import BrokerError, ConfigError, InvalidMessage, where
+from streams.follow import WRITE_BACK_TRIES
 from streams.registry import Registry, RegistryWriter
-from streams.topics import partition_of
+from streams.topics import TWIN_TABLE, partition_of
 from streams.worker import admission
 from streams.worker.catchup import CatchUp, lag_after
 from streams.worker.changelog import BatchWriter
@@ -87,9 +88,6 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
     )
 
 
-WRITE_BACK_TRIES = 10  # after a broker loss, a second apart
-
-
 class Worker:
     """The worker's Faust app and the stages of a batch, as methods over the state they share.
 
@@ -137,7 +135,7 @@ class Worker:
         # str key ('"P1"') hashes elsewhere, and after a failover the new owner of a patient's
         # readings would not own the changelog partition holding its twin (seen: twins
         # recovered one reading short).
-        self.twins = app.Table("twins", key_type=bytes, value_type=bytes, default=None,
+        self.twins = app.Table(TWIN_TABLE, key_type=bytes, value_type=bytes, default=None,
                                partitions=settings.kafka_partitions, use_partitioner=True)
         # Written once per batch through its store and changelog, one record batch per partition
         # (streams.worker.changelog: the table's per-key path costs more than the twin step); on
@@ -149,10 +147,8 @@ class Worker:
             lone_last=settings.embedded_broker)
         self.registry = Registry(settings)
         # When the broker lost its records (the registry's follower finds its topic replaced: a
-        # restart of the memory-only embedded broker), the time it was found, and whether
-        # `after_broker_loss` has acted on it.
+        # restart of the memory-only embedded broker), the time it was found.
         self.broker_lost_at: float | None = None
-        self.broker_loss_handled = False
         self.processor = TwinProcessor(
             policy=AlertPolicy(reject_alert_per_min=settings.reject_alert_per_min,
                                max_silence_s=settings.alert_silence_max_minutes * 60.0),
@@ -388,7 +384,7 @@ class Worker:
         """Exit code 3: the supervisor restarts the worker (README, "Running N workers")."""
         if self.sink is not None:
             self.sink.close(timeout=5)
-        os._exit(3)
+        os._exit(supervise.RESTART_EXIT_CODE)
 
     # Partitions moving away
 
@@ -462,10 +458,11 @@ class Worker:
         restarted worker restores the twins from the changelog written here and reads the new
         logs from their start, which Faust and the offset bookkeeping here would not do in
         place: their positions and committed offsets are those of the old logs."""
+        # Faust runs a timer's calls one after another, and this one ends in the exit: it acts
+        # once.
         lost_at = self.broker_lost_at
-        if lost_at is None or self.broker_loss_handled:
+        if lost_at is None:
             return
-        self.broker_loss_handled = True
         log.error("the broker lost its stored records (a restart of a memory-only broker?): "
                   "writing back the registry and the twins held here, then restarting")
         loop = asyncio.get_running_loop()
@@ -476,16 +473,20 @@ class Worker:
                 n = await loop.run_in_executor(None, writer_of_registry.republish)
             finally:
                 writer_of_registry.close()
+            log.warning("wrote back %d registry records", n)
+        except Exception as exc:  # noqa: BLE001 - the twins go back all the same
+            log.error("writing back the registry after the broker's loss failed (%s)",
+                      where(exc))
+        try:
             async with self.batch_lock:
                 held = {k.decode(): v for k, v in self.twins.items() if v is not None}
                 records, events = self.processor.history_lost(held, lost_at)
                 tries = await self.write_back(records)
                 await self.send_alerts(events)
                 await self.app.producer.flush()
-            log.warning("wrote back %d registry records and %d twins (%d tries)", n,
-                        len(records), tries)
+            log.warning("wrote back %d twins (%d tries)", len(records), tries)
         except Exception as exc:  # noqa: BLE001 - restart anyway; the loss is logged
-            log.error("writing back after the broker's loss failed (%s)", where(exc))
+            log.error("writing back the twins after the broker's loss failed (%s)", where(exc))
         self.exit_for_restart()
 
     async def write_back(self, records: dict[str, bytes], tries: int = WRITE_BACK_TRIES) -> int:
