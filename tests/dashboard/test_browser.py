@@ -311,5 +311,9 @@ def test_vr_scene_has_one_entity_per_patient_and_live_values(stack: Stack, brows
     heart = page.evaluate("document.querySelector('#bed-P00001 .heart')"
                           ".getAttribute('beat').rate")
     assert 30 < heart < 200
+    # each bed's panel shows its own canvas (the scene is built without markup from ids)
+    assert page.evaluate("""[...document.querySelectorAll('a-entity.patient')].every(e => {
+        const m = e.querySelector('.panel').getObject3D('mesh');
+        return m && m.material.map && m.material.map.image === e._canvas; })""")
     _shot(page, "vr")
     page.close()
