@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     from cheroot import wsgi
 
     from dashboard.app import close, create_app
-    from dashboard.audit import AuditLog
     from dashboard.auth import add_user
     from dashboard.feed import TwinFeed
+    from streams.audit import AuditLog
     from streams.webhooks import SubscriptionView
 
     ap = argparse.ArgumentParser(prog="patient-twin bench dashboard")

@@ -27,10 +27,10 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from flask import Blueprint, Response, g, jsonify, request
 
-from dashboard.audit import AuditLog
 from dashboard.auth import Client, TokenStore
 from dashboard.feed import TwinFeed
 from dashboard.live import KEEPALIVE_S, event_stream
+from streams.audit import AuditLog
 from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import AlertAction, AlertEvent, encode

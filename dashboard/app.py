@@ -16,12 +16,12 @@ import dash
 from dash import Dash, Input, Output, dcc, html
 
 from dashboard import api, headers, live, login, vr
-from dashboard.audit import AuditLog
 from dashboard.auth import UserStore
 from dashboard.context import Context
 from dashboard.feed import TwinFeed
 from dashboard.pages import patient, ward, ward3d
 from dashboard.sessions import RevokedSessions
+from streams.audit import AuditLog
 from streams.config import Settings
 from streams.errors import ConfigError
 from streams.webhooks import SubscriptionView

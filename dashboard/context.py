@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dashboard import login, ward
-from dashboard.audit import AuditLog
 from dashboard.auth import User
 from dashboard.feed import TwinFeed
+from streams.audit import AuditLog
 from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import PatientRecord

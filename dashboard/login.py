@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, jsonify, redirect, request, session
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 
-from dashboard.audit import AuditLog
 from dashboard.auth import User, UserStore
 from dashboard.sessions import RevokedSessions
+from streams.audit import AuditLog
 from streams.config import Settings
 
 PUBLIC_PREFIXES = ("/login", "/api/")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from streams import config, supervise
 from streams.errors import PatientTwinError
@@ -147,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read the password from standard input (default: prompt twice)")
     us_sub.add_parser("list", help="the accounts, without password hashes")
 
+    au = sub.add_parser("audit", help="read the audit trail back: who viewed or did what, "
+                        "when (one JSON line per record, oldest first)")
+    au.add_argument("--patient", default=None, help="only records about this patient")
+    au.add_argument("--user", default=None, help="only this user's records "
+                    "(API tokens: token:NAME)")
+    au.add_argument("--since", default=None, type=_since, metavar="TIME",
+                    help="only records from TIME on: ISO-8601 (2026-11-29T08:00:00Z) or a "
+                    "duration back from now (90m, 24h, 7d)")
+    au.add_argument("--by", required=True, help="who reads the trail (recorded in it)")
+
     pt = sub.add_parser("patients", help="the patient registry: admit, transfer, discharge, "
                         "pair devices, set the NEWS2 SpO2 scale")
     pt_sub = pt.add_subparsers(dest="patients_command", metavar="ACTION", parser_class=_Parser,
@@ -272,6 +284,38 @@ def _replay(args: Args, settings: config.Settings) -> int:
     return 1 if rs.errors else 0
 
 
+def _since(text: str) -> datetime:
+    """--since: an ISO-8601 time with its offset, or 90m / 24h / 7d back from now."""
+    units = {"m": 60, "h": 3600, "d": 86_400}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give an ISO-8601 time like 2026-11-29T08:00:00Z, or 90m, 24h, 7d"
+        ) from None
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the time's UTC offset (e.g. Z)")
+    return t
+
+
+def _audit(args: Args, settings: config.Settings) -> int:
+    import msgspec
+
+    from streams.audit import AuditLog, read
+
+    trail = AuditLog(settings)
+    try:  # reading the trail is itself a read of patient data: recorded before it happens
+        trail.record(args.by, "view_audit", role="cli", patient_id=args.patient,
+                     detail=f"user={args.user} since={args.since}", wait=True)
+    finally:
+        trail.close()
+    for rec in read(settings, args.patient, args.user, args.since):
+        print(msgspec.json.encode(rec).decode())
+    return 0
+
+
 def _tokens(args: Args, settings: config.Settings) -> int:
     from dashboard.auth import add_token
 
@@ -360,15 +404,23 @@ def _users(settings: config.Settings, args: argparse.Namespace) -> int:
 def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
     import msgspec
 
-    from streams.registry import RegistryWriter, caught_up, listing
+    from streams.audit import AuditLog
+    from streams.registry import RegistryError, RegistryWriter, caught_up, listing
 
+    cmd = args.patients_command
+    event = {"pair": "update", "scale": "update", "list": "view_ward"}.get(cmd, cmd)
+    trail = AuditLog(settings)
     reg = caught_up(settings)
+
+    def record(action: str, detail: str) -> None:
+        trail.record(getattr(args, "by", None) or getpass.getuser(), action, role="cli",
+                     patient_id=getattr(args, "patient_id", None), detail=detail, wait=True)
+
     try:
-        if args.patients_command == "list":
+        if cmd == "list":
+            record(event, "patient-twin patients list")  # safe before the read
             print("\n".join(listing(reg.admitted())))
             return 0
-        cmd = args.patients_command
-        event = {"pair": "update", "scale": "update"}.get(cmd, cmd)
         fields: dict[str, object] = {}
         if cmd in ("admit", "transfer"):
             fields.update(ward=args.ward, bed=args.bed)
@@ -377,12 +429,19 @@ def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
         if cmd == "scale":
             fields["spo2_scale"] = args.scale
         writer = RegistryWriter(settings, reg)
-        rec = writer.apply(args.patient_id, event, args.by, **fields)
-        writer.close()
+        try:
+            rec = writer.apply(args.patient_id, event, args.by, **fields)
+        except RegistryError as exc:
+            record("denied", f"patient-twin patients {cmd}: {exc}")  # a refusal is audited too
+            raise
+        finally:
+            writer.close()
+        record(event, f"patient-twin patients {cmd}")
         print(msgspec.json.encode(rec).decode())
         return 0
     finally:
         reg.stop()
+        trail.close()
 
 
 def _broker(settings: config.Settings, port: int) -> int:
@@ -422,7 +481,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": lambda args, settings: _users(settings, args),
     "patients": lambda args, settings: _patients(settings, args),
-    "demo": _demo,
+    "demo": _demo, "audit": _audit,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import dash
 from dash import Dash, Input, Output, State, dash_table, dcc, html
+from flask import request
 
 from dashboard import login, ward
 from dashboard.context import Context
@@ -23,9 +24,12 @@ from streams.registry import RegistryError, change
 WARD_REFRESH_MS = 1000
 
 
-def layout(**_: Any) -> html.Div:
+def layout(c: Context, **_: Any) -> html.Div:
     u = login.user()
     disabled = u is None or not u.can_act
+    if u is not None:
+        c.audit.record(u.name, "view_ward", role=u.role, detail="wards " + ",".join(u.wards),
+                       remote_addr=request.remote_addr)
     return html.Div([
         html.H2("Ward overview"),
         html.Details([
@@ -84,7 +88,7 @@ class WardCache:
 
 def register(app: Dash, c: Context) -> None:
     """The page at `/` and its callbacks: the table's refresh and admitting a patient."""
-    dash.register_page("ward", path="/", layout=layout, name="Ward")
+    dash.register_page("ward", path="/", layout=lambda **kw: layout(c, **kw), name="Ward")
     cache = WardCache()
 
     @app.callback(Output("ward-table", "data"), Output("ward-summary", "children"),

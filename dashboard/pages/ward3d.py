@@ -7,14 +7,19 @@ from typing import Any
 
 import dash
 from dash import Dash, Input, Output, dcc, html
+from flask import request
 
-from dashboard import ward
+from dashboard import login, ward
 from dashboard.context import Context
 from dashboard.pages import GL_CONFIG
 from dashboard.pages.ward import WARD_REFRESH_MS
 
 
-def layout(**_: Any) -> html.Div:
+def layout(c: Context, **_: Any) -> html.Div:
+    u = login.user()
+    if u is not None:
+        c.audit.record(u.name, "view_ward", role=u.role,
+                       detail="3D, wards " + ",".join(u.wards), remote_addr=request.remote_addr)
     return html.Div([
         html.H2("Ward in 3D"),
         html.P("Each column is a bed: height NEWS2, colour the response band, a diamond marks "
@@ -27,7 +32,8 @@ def layout(**_: Any) -> html.Div:
 
 def register(app: Dash, c: Context) -> None:
     """The page at `/ward3d` and its callbacks: the figure's refresh and opening a bed."""
-    dash.register_page("ward3d", path="/ward3d", layout=layout, name="3D ward")
+    dash.register_page("ward3d", path="/ward3d", layout=lambda **kw: layout(c, **kw),
+                       name="3D ward")
 
     @app.callback(Output("ward3d-graph", "figure"), Input("ward3d-refresh", "n_intervals"))
     def refresh(_n: int | None) -> Any:

@@ -50,3 +50,18 @@ def test_patients_admit_pair_scale_transfer_discharge(settings_factory):
     assert run("patients", "list", env=env).stdout.splitlines()[1:] == []
     r = run("patients", "transfer", "P7", "--ward", "A", "--by", "x", env=env)
     assert r.returncode == 2 and "not admitted" in r.stderr
+    # every CLI read and action, refusals included, is in the trail, and reads back
+    r = run("audit", "--patient", "P7", "--since", "1h", "--by", "auditor", env=env)
+    assert r.returncode == 0, r.stderr
+    trail = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(a["user"], a["action"]) for a in trail] == [
+        ("nurse-1", "admit"), ("nurse-1", "denied"), ("nurse-1", "update"),
+        ("dr-lee", "update"), ("nurse-2", "transfer"), ("nurse-2", "discharge"),
+        ("x", "denied"), ("auditor", "view_audit")]
+    assert all(a["role"] == "cli" for a in trail)
+    r = run("audit", "--user", "nurse-2", "--since", "2026-01-01T00:00:00Z", "--by", "auditor",
+            env=env)
+    assert {json.loads(line)["action"] for line in r.stdout.splitlines()} == {
+        "transfer", "discharge"}
+    r = run("audit", "--since", "yesterday", "--by", "auditor", env=env)
+    assert r.returncode == 2 and "--since" in r.stderr and r.stderr.count("\n") == 1

@@ -101,12 +101,13 @@ def test_replicas_with_one_secret_key_share_sessions(settings_factory, tmp_path)
 
 def test_a_crafted_user_name_cannot_forge_log_lines_or_fill_memory(app_and_settings, caplog):
     app, s, _ = app_and_settings
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     c = app.server.test_client()
     forged = "eve\n2026-11-29 INFO patient_twin audit: 'admin' login"
     assert _login(c, forged, "x").status_code == 401
     assert _login(c, "m" * 1_000_000, "x").status_code == 401
     lines = "\n".join(r.getMessage() for r in caplog.records).splitlines()
+    assert any("eve" in line for line in lines)  # the attempt is logged, on one line
     assert not any(line.startswith("2026-11-29") for line in lines)
     audit = [json.loads(r.value) for r in _consume_all(
         s, s.topic_audit, lambda seen: len(seen) >= 2, 15)]
