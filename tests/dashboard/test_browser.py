@@ -18,7 +18,7 @@ import pytest
 from kafka import KafkaProducer
 
 from dashboard.auth import add_user
-from streams import messages, supervise, topics
+from streams import audit, messages, supervise, topics
 from streams.config import Settings, kafka_python_producer_config
 from streams.registry import change
 from tests.conftest import ROOT, Procs, make_settings, settings_env, wait_until
@@ -162,6 +162,12 @@ def test_login_is_required_and_enforced(stack: Stack, browser) -> None:  # noqa:
     page.goto(stack.url + f"/patient/{SICK}")  # ward A: not vic's
     page.wait_for_selector("text=Patient not found")
     page.close()
+    # what vic read, and tried to read, is in the audit trail
+    def vics() -> list[tuple[str, str | None]]:
+        return [(a.action, a.patient_id) for a in audit.read(stack.settings, user="vic")]
+
+    assert wait_until(lambda: {("view_ward", None), ("denied", SICK)} <= set(vics()),
+                      timeout=15), vics()
 
 
 def test_ward_shows_exactly_the_simulated_patients(stack: Stack, browser) -> None:  # noqa: ANN001
