@@ -21,18 +21,16 @@ password hash: passwords have little entropy, so the hash must be slow). Roles:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from streams.credentials import CredentialFile, WatchedLines, issue
 from streams.errors import ConfigError
 
 ROLES = ("viewer", "clinician", "admin")
@@ -40,10 +38,6 @@ SCOPES = ("read", "act", "admin")
 Role = Literal["viewer", "clinician", "admin"]
 MIN_PASSWORD = 10
 ALL_WARDS = "*"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def covers(wards: tuple[str, ...], ward: str | None) -> bool:
@@ -79,58 +73,22 @@ def add_token(path: str, name: str, wards: list[str] | tuple[str, ...] = (ALL_WA
     wards = [w for w in wards if w]
     if not wards:
         raise ConfigError("--wards: give the wards the token covers, or '*' for all")
-    token = secrets.token_urlsafe(32)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as f:
-        f.write(json.dumps({"name": name, "wards": list(wards), "scopes": sorted(set(scopes)),
-                            "sha256": hash_token(token)}) + "\n")
-    return token
+    return issue(path, {"name": name, "wards": list(wards), "scopes": sorted(set(scopes))})
 
 
 class TokenStore:
     """The token hashes of API_TOKENS_FILE, re-read when the file changes."""
 
     def __init__(self, path: str | None) -> None:
-        self._file = _WatchedLines(path)
+        self._file = CredentialFile(path)
 
     def check(self, authorization: str | None) -> Client | None:
         """The client of a valid `Authorization: Bearer <token>` header, else None."""
-        if not authorization or not authorization.startswith("Bearer "):
+        rec = self._file.find(authorization)
+        if rec is None:
             return None
-        digest = hash_token(authorization[len("Bearer "):].strip())
-        with self._file.lock:
-            for rec in self._file.load():
-                if hmac.compare_digest(rec["sha256"], digest):
-                    return Client(rec["name"], tuple(rec.get("wards", [ALL_WARDS])),
-                                  frozenset(rec.get("scopes", ["read"])))
-        return None
-
-
-class _WatchedLines:
-    """The JSON lines of a file, re-read when its modification time changes."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._mtime: float | None = None
-        self.lines: list[dict] = []
-        self.lock = threading.Lock()
-
-    def load(self) -> list[dict]:
-        """Call with `lock` held."""
-        if self.path is None:
-            return []
-        try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
-            self.lines, self._mtime = [], None
-            return self.lines
-        if mtime != self._mtime:
-            with open(self.path) as f:
-                self.lines = [json.loads(line) for line in f if line.strip()]
-            self._mtime = mtime
-        return self.lines
+        return Client(rec["name"], tuple(rec.get("wards", [ALL_WARDS])),
+                      frozenset(rec.get("scopes", ["read"])))
 
 
 @dataclass(frozen=True)
@@ -184,7 +142,7 @@ class UserStore:
     """The accounts of USERS_FILE, re-read when the file changes."""
 
     def __init__(self, path: str | None) -> None:
-        self._file = _WatchedLines(path)
+        self._file = WatchedLines(path)
 
     def get(self, name: str) -> User | None:
         with self._file.lock:

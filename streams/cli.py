@@ -149,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read the password from standard input (default: prompt twice)")
     us_sub.add_parser("list", help="the accounts, without password hashes")
 
+    ing = sub.add_parser("ingest", help="the devices' HTTP(S) endpoint: POST /ingest with a "
+                         "device credential; readings of paired devices to Kafka")
+    ing.add_argument("--cert", default=None, help="PEM certificate to serve TLS with")
+    ing.add_argument("--key", default=None, help="PEM private key of --cert")
+    ing.add_argument("--client-ca", default=None,
+                     help="PEM CA: devices must also show a client certificate it signed")
+    dv = sub.add_parser("devices", help="device credentials for the ingest endpoint")
+    dv_sub = dv.add_subparsers(dest="devices_command", metavar="ACTION", parser_class=_Parser,
+                               required=True)
+    dva = dv_sub.add_parser("add", help="issue a device's credential (printed once; stored "
+                            "hashed in DEVICES_FILE)")
+    dva.add_argument("device_id")
+
     au = sub.add_parser("audit", help="read the audit trail back: who viewed or did what, "
                         "when (one JSON line per record, oldest first)")
     au.add_argument("--patient", default=None, help="only records about this patient")
@@ -313,6 +326,29 @@ def _audit(args: Args, settings: config.Settings) -> int:
         trail.close()
     for rec in read(settings, args.patient, args.user, args.since):
         print(msgspec.json.encode(rec).decode())
+    return 0
+
+
+def _ingest(args: Args, settings: config.Settings) -> int:
+    import threading
+
+    from streams.ingest import serve
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    serve(settings, args.cert, args.key, args.client_ca,
+          on_ready=lambda url: print(f"ingest: POST {url}", flush=True), stop=stop)
+    return 0
+
+
+def _devices(args: Args, settings: config.Settings) -> int:
+    from streams.ingest import add_device
+
+    if settings.devices_file is None:
+        raise config.ConfigError("DEVICES_FILE is not set: say where device credential "
+                                 "hashes live")
+    print(add_device(settings.devices_file, args.device_id))
     return 0
 
 
@@ -481,7 +517,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": lambda args, settings: _users(settings, args),
     "patients": lambda args, settings: _patients(settings, args),
-    "demo": _demo, "audit": _audit,
+    "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
 }
 
 

@@ -149,6 +149,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reject_alert_per_min: Annotated[float, msgspec.Meta(ge=0), doc(
         "a patient's readings rejected (late, duplicate, out of the time window) at this rate "
         "or more raise the technical alert `rejected_readings` with the cause (0: never)")] = 10.0
+    # The devices' ingest endpoint (streams.ingest, `patient-twin ingest`).
+    devices_file: Annotated[str | None, doc(
+        "file of device credential hashes (`patient-twin devices add DEVICE_ID`); the ingest "
+        "endpoint needs it")] = None
+    ingest_host: Annotated[str, doc("ingest endpoint bind address")] = "127.0.0.1"
+    ingest_port: Annotated[Port, doc("ingest endpoint port")] = 8060
+    ingest_threads: Annotated[int, msgspec.Meta(ge=2, le=1024), doc(
+        "ingest endpoint threads (each holds a request until Kafka has it)")] = 32
+    ingest_rate_per_device: Annotated[float, msgspec.Meta(gt=0, le=1000), doc(
+        "messages a second one device may send to the ingest endpoint (bursts of twice "
+        "that); beyond: 429")] = 5.0
+    ingest_allow_http: Annotated[bool, doc(
+        "development only: serve the ingest endpoint over plain http (the demo sets it; "
+        "otherwise give --cert and --key)")] = False
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535), doc(
         "port of the worker's /metrics and /healthz (0: off)")] = 9464

@@ -141,8 +141,15 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         if metrics_port and not supervise.port_free(metrics_port, settings.worker_metrics_host):
             metrics_port = supervise.free_port(settings.worker_metrics_host)
         env["WORKER_METRICS_PORT"] = str(metrics_port)
-        # the demo serves its dashboard over plain http on loopback: the development setting
+        # the demo serves its dashboard and device ingest over plain http on loopback: the
+        # development settings
         env.setdefault("DASHBOARD_ALLOW_HTTP", "true")
+        env.setdefault("INGEST_ALLOW_HTTP", "true")
+        ingest_port = settings.ingest_port
+        if not supervise.port_free(ingest_port, settings.ingest_host):
+            ingest_port = supervise.free_port(settings.ingest_host)
+        env["INGEST_PORT"] = str(ingest_port)
+        env.setdefault("DEVICES_FILE", str(log_dir / "devices.jsonl"))
         login_line = None
         if settings.users_file is None:
             # a throwaway admin account for this demo only, in its temporary directory
@@ -156,6 +163,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
                        restart_on={supervise.RESTART_EXIT_CODE})
         children.start("dashboard", supervise.python_argv("dashboard"), env)
         children.start("dispatcher", supervise.python_argv("dispatcher"), env)
+        children.start("ingest", supervise.python_argv("ingest"), env)
         children.start("simulator", supervise.python_argv(
             "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed),
             "--wards", "A,B"),
@@ -166,6 +174,9 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
               f"(VR ward at /vr)")
         if login_line:
             print(login_line)
+        print(f"demo: device ingest at http://{settings.ingest_host}:{ingest_port}/ingest "
+              "(credentials: patient-twin devices add DEVICE_ID, with DEVICES_FILE="
+              f"{env['DEVICES_FILE']})")
         if metrics_port:
             print(f"demo: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
                   "/metrics")
