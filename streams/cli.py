@@ -394,7 +394,7 @@ def _run(args: Args, settings: config.Settings) -> int:
     return COMMANDS[args.command](args, settings)
 
 
-def _dashboard(settings: config.Settings, args: argparse.Namespace) -> int:
+def _dashboard(args: Args, settings: config.Settings) -> int:
     from dashboard import tls, vr
     from dashboard.app import serve
 
@@ -414,7 +414,7 @@ def _dashboard(settings: config.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _users(settings: config.Settings, args: argparse.Namespace) -> int:
+def _users(args: Args, settings: config.Settings) -> int:
     from dashboard.auth import UserStore, add_user
 
     if settings.users_file is None:
@@ -437,7 +437,7 @@ def _users(settings: config.Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
+def _patients(args: Args, settings: config.Settings) -> int:
     import msgspec
 
     from streams.audit import AuditLog
@@ -480,11 +480,12 @@ def _patients(settings: config.Settings, args: argparse.Namespace) -> int:
         trail.close()
 
 
-def _broker(settings: config.Settings, port: int) -> int:
+def _broker(args: Args, settings: config.Settings) -> int:
     import msgspec
 
     from streams import broker
 
+    port = args.port or settings.broker_port
     # with the project's topics: a broker started again after a crash is empty
     proc = broker.start_with_topics(msgspec.structs.replace(
         settings, broker_port=port, kafka_bootstrap_servers=None))
@@ -510,13 +511,12 @@ def _broker(settings: config.Settings, port: int) -> int:
 # sub-command -> what runs it: the one place a command's name meets its code
 COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "analyze": _analyze, "bench": _bench,
-    "broker": lambda args, settings: _broker(settings, args.port or settings.broker_port),
+    "broker": _broker,
     "topics": _topics, "worker": _worker, "simulate": _simulate, "evaluate": _evaluate,
     "replay": _replay, "tokens": _tokens, "dispatcher": _dispatcher,
-    "dashboard": lambda args, settings: _dashboard(settings, args),
+    "dashboard": _dashboard,
     "fetch-assets": _fetch_assets,
-    "users": lambda args, settings: _users(settings, args),
-    "patients": lambda args, settings: _patients(settings, args),
+    "users": _users, "patients": _patients,
     "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
 }
 
