@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--key", default=None, help="PEM private key of --cert")
     ing.add_argument("--client-ca", default=None,
                      help="PEM CA: devices must also show a client certificate it signed")
-    dv = sub.add_parser("devices", help="device credentials for the ingest endpoint")
+    sub.add_parser("mqtt-bridge", help="bridge devices' MQTT readings (MQTT_URL) into the "
+                   "ingest path and Kafka")
+    dv = sub.add_parser("devices", help="device credentials for the ingest endpoint and MQTT")
     dv_sub = dv.add_subparsers(dest="devices_command", metavar="ACTION", parser_class=_Parser,
                                required=True)
     dva = dv_sub.add_parser("add", help="issue a device's credential (printed once; stored "
@@ -348,7 +350,26 @@ def _devices(args: Args, settings: config.Settings) -> int:
     if settings.devices_file is None:
         raise config.ConfigError("DEVICES_FILE is not set: say where device credential "
                                  "hashes live")
-    print(add_device(settings.devices_file, args.device_id))
+    token = add_device(settings.devices_file, args.device_id)
+    if settings.mqtt_password_file is not None:  # the same credential over MQTT
+        from streams.mqtt import add_password
+
+        add_password(settings.mqtt_password_file, args.device_id, token)
+    print(token)
+    return 0
+
+
+def _mqtt_bridge(args: Args, settings: config.Settings) -> int:
+    import threading
+
+    from streams.mqtt import run_bridge
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run_bridge(settings, stop, on_ready=lambda: print(
+        f"mqtt-bridge: {settings.mqtt_url} devices/+/readings -> {settings.topic_vitals_raw}",
+        flush=True))
     return 0
 
 
@@ -518,6 +539,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": _users, "patients": _patients,
     "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
+    "mqtt-bridge": _mqtt_bridge,
 }
 
 

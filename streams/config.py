@@ -161,8 +161,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "messages a second one device may send to the ingest endpoint (bursts of twice "
         "that); beyond: 429")] = 5.0
     ingest_allow_http: Annotated[bool, doc(
-        "development only: serve the ingest endpoint over plain http (the demo sets it; "
-        "otherwise give --cert and --key)")] = False
+        "development only: take device readings over plain http or mqtt:// (the demo sets "
+        "it; otherwise TLS: --cert and --key, mqtts://)")] = False
+    mqtt_url: Annotated[str | None, doc(
+        "the devices' MQTT broker for `patient-twin mqtt-bridge`, mqtts://host:port")] = None
+    mqtt_username: Annotated[str, doc("the bridge's MQTT user")] = "patient-twin-bridge"
+    mqtt_password: Annotated[Secret | None, doc("the bridge's MQTT password (secret)")] = None
+    mqtt_ca_file: Annotated[str | None, doc(
+        "PEM CA of the MQTT broker's certificate (default: the system's)")] = None
+    mqtt_password_file: Annotated[str | None, doc(
+        "Mosquitto's password file: `devices add` also writes the device's credential there, "
+        "hashed in Mosquitto's format (its user name is the device id)")] = None
     # Worker metrics and health (/metrics, /healthz) on loopback; 0 = off.
     worker_metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535), doc(
         "port of the worker's /metrics and /healthz (0: off)")] = 9464

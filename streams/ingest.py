@@ -28,6 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -72,6 +73,57 @@ class RateLimit:
             return 0.0 if ok else (1.0 - tokens) / self.rate
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the edge decided about one device message: `status` 202 with the `patient` it is
+    for and how many readings, or a 4xx `status` with the `kind` and reason (`error`)."""
+
+    status: int
+    kind: str = ""
+    error: str = ""
+    patient: str = ""
+    readings: int = 0
+    retry_after_s: float = 0.0
+
+
+class Gate:
+    """The checks every transport runs on a device's message before Kafka sees it (HTTPS
+    here, MQTT in streams.mqtt): rate, decoding as the worker does, own readings only, one
+    paired patient."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.limit = RateLimit(settings.ingest_rate_per_device,
+                               2 * settings.ingest_rate_per_device)
+
+    def check(self, device: str, body: bytes) -> Verdict:
+        s = self.settings
+        wait = self.limit.wait(device, time.monotonic())
+        if wait:
+            return Verdict(429, "rate_limited", "too many messages from this device",
+                           retry_after_s=wait)
+        try:
+            readings = messages.decode_readings(body, s.ingest_max_message_bytes,
+                                                s.ingest_max_readings)
+            now = time.time()
+            for r in readings:
+                messages.check_window(r.t, now, s.ingest_ts_max_age_s, s.ingest_ts_max_ahead_s)
+        except InvalidMessage as exc:
+            return Verdict(413 if exc.kind == "oversized" else 400, exc.kind, str(exc)[:500])
+        if any(r.device_id != device for r in readings):
+            return Verdict(403, "wrong_device", "a device may send only its own readings")
+        patients = {r.patient_id for r in readings}
+        if len(patients) != 1:
+            return Verdict(400, "wrong_key", "one message holds one patient's readings")
+        (patient,) = patients
+        rec = self.registry.get(patient)
+        if self.registry.paired(patient) is None or rec is None or device not in rec.devices:
+            # the same answer whether the patient exists or not: nothing to learn by probing
+            return Verdict(403, "unpaired_device", "this device is not paired with this patient")
+        return Verdict(202, patient=patient, readings=len(readings))
+
+
 def _refuse(status: int, kind: str, message: str) -> tuple[Response, int]:
     return jsonify({"error": message, "kind": kind}), status
 
@@ -82,7 +134,7 @@ def create_app(settings: Settings, devices: CredentialFile, registry: Registry,
     producer (the caller starts and stops them)."""
     app = Flask("patient-twin-ingest")
     app.config["MAX_CONTENT_LENGTH"] = settings.ingest_max_message_bytes  # 413 beyond
-    limit = RateLimit(settings.ingest_rate_per_device, 2 * settings.ingest_rate_per_device)
+    gate = Gate(settings, registry)
 
     @app.after_request
     def no_store(resp: Response) -> Response:
@@ -102,39 +154,20 @@ def create_app(settings: Settings, devices: CredentialFile, registry: Registry,
                                    "a device credential is required (Authorization: Bearer)")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="patient-twin-ingest"'
             return resp, status
-        device = holder["device_id"]
-        wait = limit.wait(device, time.monotonic())
-        if wait:
-            resp, status = _refuse(429, "rate_limited", "too many messages from this device")
-            resp.headers["Retry-After"] = str(math.ceil(wait))
-            return resp, status
         body = request.get_data(cache=False)
+        v = gate.check(holder["device_id"], body)
+        if v.status != 202:
+            resp, status = _refuse(v.status, v.kind, v.error)
+            if v.retry_after_s:
+                resp.headers["Retry-After"] = str(math.ceil(v.retry_after_s))
+            return resp, status
         try:
-            readings = messages.decode_readings(body, settings.ingest_max_message_bytes,
-                                                settings.ingest_max_readings)
-            now = time.time()
-            for r in readings:
-                messages.check_window(r.t, now, settings.ingest_ts_max_age_s,
-                                      settings.ingest_ts_max_ahead_s)
-        except InvalidMessage as exc:
-            return _refuse(400, exc.kind, str(exc)[:500])
-        if any(r.device_id != device for r in readings):
-            return _refuse(403, "wrong_device", "a device may send only its own readings")
-        patients = {r.patient_id for r in readings}
-        if len(patients) != 1:
-            return _refuse(400, "wrong_key", "one message holds one patient's readings")
-        (patient,) = patients
-        rec = registry.get(patient)
-        if registry.paired(patient) is None or rec is None or device not in rec.devices:
-            # the same answer whether the patient exists or not: nothing to learn by probing
-            return _refuse(403, "unpaired_device", "this device is not paired with this patient")
-        try:
-            producer.send(settings.topic_vitals_raw, key=patient.encode(),
+            producer.send(settings.topic_vitals_raw, key=v.patient.encode(),
                           value=body).get(timeout=10)
         except Exception as exc:  # noqa: BLE001 - any Kafka failure: the device sends again
             log.warning("Kafka did not take a message (%s)", type(exc).__name__)
             return _refuse(503, "unavailable", "not stored: send again")
-        return jsonify({"accepted": len(readings)}), 202
+        return jsonify({"accepted": v.readings}), 202
 
     return app
 

@@ -1,0 +1,167 @@
+"""Devices over MQTT, tried as devices and attackers would: a real Mosquitto over TLS with a CA
+made here, per-device passwords, its ACL, the bridge, the real broker and a real worker. A wrong
+password is refused; a right one becomes a twin; a device cannot publish as another, nor send
+readings of an unpaired patient (dead-lettered with the reason)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from streams import supervise, topics
+from streams.config import Secret
+from streams.errors import ConfigError
+from streams.ingest import add_device
+from streams.mqtt import add_password, password_line, run_bridge
+from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
+from tests.streams.test_ingest import _cert, _reading
+from tests.streams.test_webhooks import _consume
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path):
+    """Same format and hash as Mosquitto's own tool (so Mosquitto accepts them)."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    subprocess.run([tool, "-c", "-b", str(tmp_path / "pw"), "d1", "s3cret"], check=True)
+    import base64
+    import hashlib
+
+    theirs = (tmp_path / "pw").read_text().strip()
+    _, _, it, salt, digest = theirs.split(":", 1)[1].split("$")
+    assert base64.b64encode(hashlib.pbkdf2_hmac(
+        "sha512", b"s3cret", base64.b64decode(salt), int(it))).decode() == digest
+    ours = password_line("d1", "s3cret")
+    assert ours.split("$")[:3] == theirs.split("$")[:3]  # user, $7$, iterations
+
+
+def _publish(port: int, ca: Path, user: str, password: str, topic: str, payload: bytes
+             ) -> mqtt.ReasonCode | None:
+    """Connect as a device, publish once at QoS 1; the CONNACK's reason if refused."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{user}-{time.time()}",
+                    protocol=mqtt.MQTTv311)
+    c.username_pw_set(user, password)
+    c.tls_set(ca_certs=str(ca))
+    result: dict = {}
+    connected = threading.Event()
+
+    def on_connect(_c, _u, _f, reason, _p) -> None:  # noqa: ANN001
+        result["reason"] = reason
+        connected.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        assert connected.wait(10)
+        if result["reason"].is_failure:
+            return result["reason"]
+        c.publish(topic, payload, qos=1).wait_for_publish(10)
+        return None
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+@pytest.fixture
+def site(settings_factory, tmp_path: Path, procs):
+    ca = _cert(tmp_path / "ca", "test CA", ca=True)
+    _cert(tmp_path / "server", "127.0.0.1", issuer=ca, ip="127.0.0.1")
+    port = supervise.free_port()
+    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    s = settings_factory(devices_file=str(tmp_path / "devices.jsonl"),
+                         mqtt_url=f"mqtts://127.0.0.1:{port}",
+                         mqtt_ca_file=str(tmp_path / "ca.pem"),
+                         mqtt_password=Secret("bridge password 123"),
+                         mqtt_password_file=str(passwd), ingest_rate_per_device=50.0)
+    topics.ensure(s)
+    add_password(str(passwd), s.mqtt_username, "bridge password 123")
+    tokens = {}
+    for d in ("D1", "D2"):
+        tokens[d] = add_device(s.devices_file, d)
+        add_password(str(passwd), d, tokens[d])
+    acl.write_text(f"user {s.mqtt_username}\ntopic read devices/+/readings\n\n"
+                   "pattern write devices/%u/readings\n")
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\n"
+                    f"certfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n"
+                    f"password_file {passwd}\nacl_file {acl}\nallow_anonymous false\n"
+                    # started as root, Mosquitto would become user mosquitto, who cannot read
+                    # the test's private files
+                    f"persistence false\nuser {getpass.getuser()}\n")
+    log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - closed with the broker
+    broker = supervise.spawn([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+    assert wait_until(lambda: not supervise.port_free(port), timeout=10), \
+        (tmp_path / "mosquitto.log").read_text()
+    mport = supervise.free_port()
+    procs.start("worker", "worker", env={**settings_env(s), "WORKER_METRICS_PORT": str(mport)})
+    wait_for_stable_assignment(mport, s.kafka_partitions, "")
+    admit(s, {"P1": "D1"})
+    stop, ready = threading.Event(), threading.Event()
+    bridge = threading.Thread(target=run_bridge, args=(s, stop, ready.set), daemon=True)
+    bridge.start()
+    assert ready.wait(30), "the bridge did not subscribe"
+    time.sleep(2)  # the bridge's registry view reads the admission
+    try:
+        yield s, port, tmp_path / "ca.pem", tokens
+    finally:
+        stop.set()
+        bridge.join(15)
+        broker.terminate()
+        broker.wait(10)
+        log.close()
+
+
+def test_mqtt_devices_in_wrong_passwords_and_impostors_out(site):
+    s, port, ca, tokens = site
+    refused = _publish(port, ca, "D1", "wrong password", "devices/D1/readings",
+                       _reading("D1", "P1", 1))
+    assert refused is not None and refused.is_failure
+    assert _publish(port, ca, "D1", tokens["D1"], "devices/D1/readings",
+                    _reading("D1", "P1", 1)) is None
+    # a right password becomes a twin
+    def twin() -> list:
+        return [json.loads(m.value) for m in _consume(s, s.topic_twin_state, 100, timeout=2)
+                if m.key == b"P1"]
+
+    assert wait_until(lambda: any(t["readings_applied"] >= 1 for t in twin()), timeout=60)
+    # D2 (not paired with P1) publishing on D1's topic: Mosquitto's ACL drops it
+    assert _publish(port, ca, "D2", tokens["D2"], "devices/D1/readings",
+                    _reading("D1", "P1", 2)) is None
+    # D2 on its own topic, for P1 or posing as D1: the bridge dead-letters both with why
+    assert _publish(port, ca, "D2", tokens["D2"], "devices/D2/readings",
+                    _reading("D2", "P1", 3)) is None
+    assert _publish(port, ca, "D2", tokens["D2"], "devices/D2/readings",
+                    _reading("D1", "P1", 4)) is None
+    assert _publish(port, ca, "D1", tokens["D1"], "devices/D1/readings", b"\xff not json") is None
+
+    def dead() -> list[tuple[str, str]]:
+        return sorted((d["topic"], d["kind"]) for d in (
+            json.loads(m.value) for m in _consume(s, s.topic_vitals_dlq, 100, timeout=2))
+            if d["topic"].startswith("mqtt:"))
+
+    want = sorted([("mqtt:devices/D2/readings", "unpaired_device"),
+                   ("mqtt:devices/D2/readings", "wrong_device"),
+                   ("mqtt:devices/D1/readings", "invalid_json")])
+    assert wait_until(lambda: [k for _, k in dead()] and len(dead()) >= 3, timeout=20), dead()
+    assert [t for t, _ in dead()] == [t for t, _ in want]
+    assert {k for _, k in dead()} >= {"unpaired_device", "wrong_device"}
+    # only D1's one good reading reached vitals.raw through MQTT
+    raw = [json.loads(m.value) for m in _consume(s, s.topic_vitals_raw, 100, timeout=3)]
+    assert [(r["device_id"], r["seq"]) for r in raw] == [("D1", 1)]
+
+
+def test_plain_mqtt_needs_the_development_setting(settings_factory):
+    with pytest.raises(ConfigError, match="mqtts"):
+        run_bridge(settings_factory(mqtt_url="mqtt://127.0.0.1:1883"), threading.Event())
+    with pytest.raises(ConfigError, match="MQTT_URL"):
+        run_bridge(settings_factory(), threading.Event())
