@@ -20,11 +20,12 @@ from typing import Any, Protocol
 import msgspec
 import numpy as np
 
-from devices import malformed, truth
+from devices import malformed, transport, truth
 from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from streams import fhir, messages
 from streams.config import Settings, kafka_python_producer_config
+from streams.errors import ConfigError
 from streams.messages import PATIENT_SCHEMA, PatientRecord, utc
 from twin.channels import NAMES
 
@@ -47,6 +48,7 @@ class SimulationStats:
     low_battery: int = 0
     dead_batteries: int = 0
     samples: Counter[str] = field(default_factory=Counter)  # channel -> samples generated
+    refused: Counter[str] = field(default_factory=Counter)  # kind -> refused at the edge
     malformed: Counter[str] = field(default_factory=Counter)  # kind -> messages
     elapsed_s: float = 0.0  # simulated seconds
     wall_s: float = 0.0
@@ -55,6 +57,7 @@ class SimulationStats:
         d = {k: v for k, v in self.__dict__.items() if not isinstance(v, Counter)}
         d["samples"] = dict(sorted(self.samples.items()))
         d["malformed"] = dict(sorted(self.malformed.items()))
+        d["refused"] = dict(sorted(self.refused.items()))
         d["malformed_total"] = sum(self.malformed.values())
         d["elapsed_s"] = round(self.elapsed_s, 3)
         d["wall_s"] = round(self.wall_s, 3)
@@ -242,11 +245,49 @@ class Ward:
             self._send(out, key, body)
 
 
-def truth_path(to: str) -> str | None:
-    """Default ground-truth file: next to a JSONL output; none for Kafka (use --truth)."""
-    if to == "kafka":
+def truth_path(to: list[str]) -> str | None:
+    """Default ground-truth file: next to the first JSONL output; none without one (--truth)."""
+    files = [t for t in to if t != "kafka" and not transport.is_device_transport(t)]
+    if not files:
         return None
-    return (to[:-6] if to.endswith(".jsonl") else to) + ".truth.jsonl"
+    return (files[0][:-6] if files[0].endswith(".jsonl") else files[0]) + ".truth.jsonl"
+
+
+def open_output(settings: Settings, to: list[str], cohort: Cohort, stats: SimulationStats,
+                counts: transport.DeviceCounts, credentials: str | None,
+                ca_file: str | None) -> Output:
+    """The output(s) `to` names; patients are spread over several round-robin."""
+    devices: dict[bytes, tuple[str, str]] = {}
+    if any(transport.is_device_transport(t) for t in to):
+        for t in to:
+            if transport.is_device_transport(t):
+                transport.check_url(t, settings.ingest_allow_http)
+        if credentials is None:
+            raise ConfigError("--to https:// or mqtts:// sends as the devices: give "
+                              "--credentials FILE (their credentials; devices not in it are "
+                              "enrolled, which needs DEVICES_FILE)")
+        tokens = transport.load_credentials(credentials, settings, cohort.device_ids)
+        devices = {p.encode(): (d, tokens[d])
+                   for p, d in zip(cohort.patient_ids, cohort.device_ids, strict=True)}
+    outs: list[Output] = []
+    try:
+        for t in to:
+            scheme = t.split("://", 1)[0]
+            if t == "kafka":
+                outs.append(KafkaOutput(settings, stats))
+            elif scheme in ("http", "https"):
+                outs.append(transport.HttpOutput(t, devices, counts, ca_file))
+            elif scheme in ("mqtt", "mqtts"):
+                outs.append(transport.MqttOutput(t, devices, counts, ca_file))
+            else:
+                outs.append(FileOutput(t))
+    except BaseException:
+        for o in outs:
+            o.close()
+        raise
+    if len(outs) == 1:
+        return outs[0]
+    return transport.SplitOutput(outs, [p.encode() for p in cohort.patient_ids])
 
 
 def admission_records(cohort: Cohort, wards: list[str], now: float) -> list[PatientRecord]:
@@ -287,12 +328,17 @@ def admit(settings: Settings, records: list[PatientRecord]) -> None:
 
 
 def simulate(settings: Settings, *, patients: int, rate: float, duration: float | None,
-             speed: float, seed: int, to: str, mix: str | None = None,
+             speed: float, seed: int, to: str | list[str], mix: str | None = None,
              bad_fraction: float = 0.0, batch: int = 1, fmt: str = "json",
              truth_file: str | None = None, wards: list[str] | None = None,
              effects: DeviceEffects | None = None, start: float | None = None,
+             credentials: str | None = None, ca_file: str | None = None,
              progress: bool = True) -> SimulationStats:
-    """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM)."""
+    """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM).
+
+    to: "kafka", a FILE.jsonl, or the devices' transports (https://.../ingest, mqtts://...,
+    devices.transport, with the devices' `credentials` file and the servers' `ca_file`); with
+    several, patients are spread over them round-robin."""
     from devices.scenarios import DEFAULT_MIX
 
     wall0 = time.time()
@@ -301,11 +347,14 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
                 effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch,
                 fmt=fmt)
     stats = ward.stats
+    targets = [to] if isinstance(to, str) else list(to)
+    counts = transport.DeviceCounts()
+    out = open_output(settings, targets, ward.cohort, stats, counts, credentials, ca_file)
+    if wards and any(t == "kafka" or transport.is_device_transport(t) for t in targets):
+        # the devices' patients are admitted and paired, as a clinician would
+        admit(settings, admission_records(ward.cohort, wards, time.time()))
     stop = StopFlag()
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    out: Output = KafkaOutput(settings, stats) if to == "kafka" else FileOutput(to)
-    if wards and to == "kafka":
-        admit(settings, admission_records(ward.cohort, wards, time.time()))
     t0 = time.monotonic()
     last_report = t0
     try:
@@ -327,8 +376,10 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
         out.close()
         for s, h in old.items():
             signal.signal(s, h)
+        stats.errors += counts.errors
+        stats.refused.update(counts.refused)
     stats.wall_s = time.monotonic() - t0
-    path = truth_file or truth_path(to)
+    path = truth_file or truth_path(targets)
     if path:
         truth.write(path, truth.compute(ward.cohort, ward.t, ward.delivery))
     return stats

@@ -68,6 +68,12 @@ class Tick:
     active: np.ndarray
 
 
+def device_ids(n: int, seed: int) -> list[str]:
+    """The wearables of a simulated cohort of `n` (the same for a seed, so credentials issued
+    for them serve every run with that seed)."""
+    return [f"WR-{seed:04d}-{i + 1:05d}" for i in range(n)]
+
+
 class Cohort:
     """N simulated patients. Arrays are `(N, C)` in the order of `twin.channels.NAMES`.
 
@@ -85,7 +91,7 @@ class Cohort:
         self.effects = effects or DeviceEffects()
         rng = np.random.default_rng(seed)
         self.patient_ids = [f"P{i + 1:05d}" for i in range(n)]
-        self.device_ids = [f"WR-{seed:04d}-{i + 1:05d}" for i in range(n)]
+        self.device_ids = device_ids(n, seed)
         self.profiles = profiles.draw(n, rng)
         p = scenarios.parse_mix(mix)
         self.scenario = rng.choice(len(scenarios.SCENARIOS), size=n, p=p)

@@ -104,10 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "Observations (a Bundle per message)")
     s.add_argument("--clean-devices", action="store_true",
                    help="no artifacts, dropouts, duplicates, late delivery or battery drain")
-    s.add_argument("--to", default="kafka", help="kafka (default) or a FILE.jsonl")
+    s.add_argument("--to", action="append", default=None, metavar="TARGET",
+                   help="kafka (default: straight to vitals.raw, a trusted gateway), a "
+                   "FILE.jsonl, or as the devices themselves: https://HOST:PORT/ingest (the "
+                   "ingest endpoint) or mqtts://HOST:PORT (MQTT, through mqtt-bridge); http:// "
+                   "and mqtt:// with INGEST_ALLOW_HTTP. Repeat to spread the patients over "
+                   "several")
+    s.add_argument("--credentials", default=None, metavar="FILE",
+                   help="the devices' credentials for https/mqtts (JSON lines, mode 600); "
+                   "devices not in it are enrolled (DEVICES_FILE, MQTT_PASSWORD_FILE) and added")
+    s.add_argument("--ca", default=None, metavar="PEM",
+                   help="CA of the ingest endpoint's or MQTT broker's certificate (default: "
+                   "the system's)")
     s.add_argument("--wards", default="A", metavar="W1,W2",
-                   help="admit the patients round-robin to these wards in the registry (Kafka "
-                   "output only; default A); 'none' admits nobody")
+                   help="admit the patients round-robin to these wards in the registry (not "
+                   "for file output; default A); 'none' admits nobody")
     s.add_argument("--truth", default=None, metavar="FILE.jsonl",
                    help="ground-truth file (default: next to --to FILE; none for kafka)")
     s.add_argument("--no-progress", action="store_true")
@@ -270,7 +281,8 @@ def _simulate(args: Args, settings: config.Settings) -> int:
     from devices.run import simulate
 
     stats = simulate(settings, patients=args.patients, rate=args.rate,
-                     duration=args.duration, speed=args.speed, seed=args.seed, to=args.to,
+                     duration=args.duration, speed=args.speed, seed=args.seed,
+                     to=args.to or ["kafka"], credentials=args.credentials, ca_file=args.ca,
                      mix=args.scenarios, bad_fraction=args.bad_fraction, batch=args.batch,
                      fmt=args.format,
                      truth_file=args.truth, wards=_wards(args.wards),
@@ -345,17 +357,9 @@ def _ingest(args: Args, settings: config.Settings) -> int:
 
 
 def _devices(args: Args, settings: config.Settings) -> int:
-    from streams.ingest import add_device
+    from streams.enrol import enrol
 
-    if settings.devices_file is None:
-        raise config.ConfigError("DEVICES_FILE is not set: say where device credential "
-                                 "hashes live")
-    token = add_device(settings.devices_file, args.device_id)
-    if settings.mqtt_password_file is not None:  # the same credential over MQTT
-        from streams.mqtt import add_password
-
-        add_password(settings.mqtt_password_file, args.device_id, token)
-    print(token)
+    print(enrol(settings, [args.device_id])[args.device_id])
     return 0
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from streams import broker, supervise, topics
+from streams import broker, config, mqtt, supervise, topics
 from streams.config import Settings
 from streams.follow import Follower
 
@@ -114,6 +114,30 @@ class _Children:
                 supervise.stop(p, timeout=15)
 
 
+def _mqtt_site(directory: Path, env: dict[str, str]) -> str:
+    """A Mosquitto for the demo's devices in `directory` (plain MQTT on loopback: the
+    development setting, like the demo's http), the bridge's account in it and in `env`.
+    Returns its URL."""
+    directory.mkdir(mode=0o700)
+    port = supervise.free_port()
+    password = secrets.token_urlsafe(16)
+    settings = config.load(env)
+    mqtt.set_passwords(str(directory / "passwd"), {settings.mqtt_username: password})
+    mqtt.write_site(directory, port, settings.mqtt_username, tls=None)
+    env.update(MQTT_URL=f"mqtt://127.0.0.1:{port}", MQTT_PASSWORD=password,
+               MQTT_PASSWORD_FILE=str(directory / "passwd"))
+    return env["MQTT_URL"]
+
+
+def _enrol_simulated(env: dict[str, str], path: Path, patients: int, seed: int) -> None:
+    """Credentials for the simulated wearables, issued before Mosquitto reads its password
+    file."""
+    from devices.simulator import device_ids
+    from devices.transport import load_credentials
+
+    load_credentials(str(path), config.load(env), device_ids(patients, seed))
+
+
 def run_demo(settings: Settings, *, patients: int, duration: float | None, rate: float,
              seed: int) -> int:
     stop = threading.Event()
@@ -159,6 +183,25 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             env["USERS_FILE"] = str(log_dir / "users.jsonl")
             add_user(env["USERS_FILE"], "demo", "admin", [], password)
             login_line = f"demo: log in as demo with password {password}"
+        # The simulated wearables send as devices do, each with its own credential: through
+        # the ingest endpoint, and through Mosquitto and the bridge when Mosquitto is installed.
+        targets = [f"http://{settings.ingest_host}:{ingest_port}/ingest"]
+        mqtt_line = None
+        mosquitto = mqtt.mosquitto_binary()
+        if mosquitto is not None:
+            targets.append(_mqtt_site(log_dir / "mqtt", env))
+            mqtt_line = (f"demo: MQTT devices at {targets[-1]} (Mosquitto; every other patient "
+                         "publishes there)")
+        credentials = log_dir / "device-credentials.jsonl"
+        _enrol_simulated(env, credentials, patients, seed)
+        if mosquitto is not None:
+            children.start("mosquitto", [mosquitto, "-c", str(log_dir / "mqtt" /
+                                                              "mosquitto.conf")], env)
+            port = int(targets[-1].rsplit(":", 1)[1])
+            deadline = time.monotonic() + 15
+            while supervise.port_free(port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            children.start("mqtt-bridge", supervise.python_argv("mqtt-bridge"), env)
         children.start("worker", supervise.python_argv("worker"), env,
                        restart_on={supervise.RESTART_EXIT_CODE})
         children.start("dashboard", supervise.python_argv("dashboard"), env)
@@ -166,7 +209,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         children.start("ingest", supervise.python_argv("ingest"), env)
         children.start("simulator", supervise.python_argv(
             "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed),
-            "--wards", "A,B"),
+            "--wards", "A,B", "--credentials", str(credentials),
+            *(a for t in targets for a in ("--to", t))),
             env)
         print(f"demo: Kafka at {settings.bootstrap}"
               f"{' (embedded broker)' if settings.embedded_broker else ''}")
@@ -177,6 +221,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         print(f"demo: device ingest at http://{settings.ingest_host}:{ingest_port}/ingest "
               "(credentials: patient-twin devices add DEVICE_ID, with DEVICES_FILE="
               f"{env['DEVICES_FILE']})")
+        if mqtt_line:
+            print(mqtt_line)
         if metrics_port:
             print(f"demo: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
                   "/metrics")

@@ -44,11 +44,14 @@ log = logging.getLogger("patient_twin.ingest")
 
 def add_device(path: str, device_id: str) -> str:
     """Issue the credential of device `device_id` (printed once; its hash kept in `path`)."""
+    return issue(path, {"device_id": check_device_id(device_id)})
+
+
+def check_device_id(device_id: str) -> str:
     try:
-        messages.check_id(device_id, "device id")
+        return messages.check_id(device_id, "device id")
     except InvalidMessage as exc:
         raise ConfigError(f"DEVICE_ID: {exc}") from None
-    return issue(path, {"device_id": device_id})
 
 
 class RateLimit:
@@ -117,11 +120,21 @@ class Gate:
         if len(patients) != 1:
             return Verdict(400, "wrong_key", "one message holds one patient's readings")
         (patient,) = patients
-        rec = self.registry.get(patient)
-        if self.registry.paired(patient) is None or rec is None or device not in rec.devices:
-            # the same answer whether the patient exists or not: nothing to learn by probing
-            return Verdict(403, "unpaired_device", "this device is not paired with this patient")
+        if not self._paired(patient, device):
+            # Pairing travels through the registry topic, so a device paired a moment ago can
+            # be ahead of this process's view: read the registry up to now once before
+            # refusing (at most one read a second: the rate limit above bounds the waits).
+            self.registry.sync(timeout=2.0)
+            if not self._paired(patient, device):
+                # the same answer whether the patient exists or not: nothing to learn
+                return Verdict(403, "unpaired_device",
+                               "this device is not paired with this patient")
         return Verdict(202, patient=patient, readings=len(readings))
+
+    def _paired(self, patient: str, device: str) -> bool:
+        rec = self.registry.get(patient)
+        return self.registry.paired(patient) is not None and rec is not None \
+            and device in rec.devices
 
 
 def _refuse(status: int, kind: str, message: str) -> tuple[Response, int]:

@@ -15,10 +15,12 @@ once Kafka has it or its dead letter: a bridge that dies meanwhile gets it again
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import logging
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,18 +50,50 @@ def password_line(user: str, password: str) -> str:
             f"{base64.b64encode(digest).decode()}")
 
 
-def add_password(path: str, user: str, password: str) -> None:
-    """Set `user`'s password in the Mosquitto password file `path` (mode 600; written whole
-    and renamed, so Mosquitto never reads half a file). Mosquitto reads it at start and on
-    SIGHUP."""
+def set_passwords(path: str, users: dict[str, str]) -> None:
+    """Set these users' passwords (user -> password) in the Mosquitto password file `path`
+    (mode 600; written whole and renamed, so Mosquitto never reads half a file). Mosquitto
+    reads it at start and on SIGHUP."""
     p = Path(path)
     kept = [line for line in (p.read_text().splitlines() if p.exists() else [])
-            if line and line.split(":", 1)[0] != user]
+            if line and line.split(":", 1)[0] not in users]
     tmp = p.with_name(p.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("\n".join([*kept, password_line(user, password)]) + "\n")
+        f.write("\n".join([*kept, *(password_line(u, pw) for u, pw in users.items())]) + "\n")
     os.replace(tmp, p)
+
+
+def mosquitto_binary() -> str | None:
+    """Mosquitto's executable (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
+
+
+def write_site(directory: Path, port: int, bridge_user: str,
+               tls: tuple[str, str, str] | None) -> Path:
+    """A Mosquitto configuration for devices in `directory`: a loopback listener on `port`
+    (with `tls` = (CA, certificate, key): TLS; without, plain MQTT for development), no
+    anonymous clients, the password file `passwd` beside it, and the ACL: devices may only
+    publish to their own topic, the bridge may only read the device topics. Returns the
+    configuration's path."""
+    passwd, acl, conf = directory / "passwd", directory / "acl", directory / "mosquitto.conf"
+    if not passwd.exists():
+        set_passwords(str(passwd), {})
+    acl.write_text(f"user {bridge_user}\ntopic read {TOPIC}\n\n"
+                   "pattern write devices/%u/readings\n")
+    lines = [f"listener {port} 127.0.0.1", f"password_file {passwd}", f"acl_file {acl}",
+             "allow_anonymous false", "persistence false",
+             # started as root, Mosquitto would become user mosquitto, who cannot read our
+             # private files
+             f"user {getpass.getuser()}"]
+    if tls is not None:
+        ca, cert, key = tls
+        lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
 
 
 def run_bridge(settings: Settings, stop: threading.Event,

@@ -36,6 +36,25 @@ def test_bad_argument_is_one_line(args, fragment):
     assert r.stderr.count("\n") == 1 and fragment in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args,env,fragment", [
+    (("--to", "http://127.0.0.1:9/ingest"), {}, "INGEST_ALLOW_HTTP"),
+    (("--to", "https://127.0.0.1:9/ingest"), {}, "--credentials"),
+    (("--to", "mqtts://"), {}, "no host"),
+    (("--to", "mqtts://127.0.0.1:9", "--credentials", "{tmp}/c.jsonl"), {}, "DEVICES_FILE"),
+    (("--to", "https://127.0.0.1:9/ingest", "--credentials", "{tmp}/bad.jsonl"),
+     {"DEVICES_FILE": "{tmp}/d.jsonl"}, "expected JSON lines"),
+])
+def test_simulating_devices_without_what_they_need_is_one_line(args, env, fragment, tmp_path):
+    """`simulate --to https://|mqtts://` names what is missing, before sending anything."""
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    fill = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
+    r = run("simulate", "--duration", "1", *(a.replace("{tmp}", str(tmp_path)) for a in args),
+            env=fill)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and fragment in r.stderr, r.stderr
+    assert not (tmp_path / "d.jsonl").exists()  # nobody enrolled
+
+
 def test_bad_environment_is_one_line_naming_the_variable():
     r = run("topics", env={"KAFKA_PARTITIONS": "lots"})
     assert r.returncode == 2

@@ -5,28 +5,33 @@ readings of an unpaired patient (dead-lettered with the reason)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 
+from devices.faults import DeviceEffects
+from devices.run import simulate
+from devices.simulator import device_ids
+from devices.transport import load_credentials
 from streams import supervise, topics
 from streams.config import Secret
+from streams.enrol import enrol
 from streams.errors import ConfigError
-from streams.ingest import add_device
-from streams.mqtt import add_password, password_line, run_bridge
+from streams.mqtt import mosquitto_binary, password_line, run_bridge, set_passwords, write_site
 from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
-from tests.streams.test_ingest import _cert, _reading
+from tests.streams.test_ingest import _cert, _reading, _serve
 from tests.streams.test_webhooks import _consume
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO = mosquitto_binary() or "mosquitto"
 
 
 def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path):
@@ -77,27 +82,17 @@ def site(settings_factory, tmp_path: Path, procs):
     ca = _cert(tmp_path / "ca", "test CA", ca=True)
     _cert(tmp_path / "server", "127.0.0.1", issuer=ca, ip="127.0.0.1")
     port = supervise.free_port()
-    passwd, acl = tmp_path / "passwd", tmp_path / "acl"
+    passwd = tmp_path / "passwd"
     s = settings_factory(devices_file=str(tmp_path / "devices.jsonl"),
                          mqtt_url=f"mqtts://127.0.0.1:{port}",
                          mqtt_ca_file=str(tmp_path / "ca.pem"),
                          mqtt_password=Secret("bridge password 123"),
                          mqtt_password_file=str(passwd), ingest_rate_per_device=50.0)
     topics.ensure(s)
-    add_password(str(passwd), s.mqtt_username, "bridge password 123")
-    tokens = {}
-    for d in ("D1", "D2"):
-        tokens[d] = add_device(s.devices_file, d)
-        add_password(str(passwd), d, tokens[d])
-    acl.write_text(f"user {s.mqtt_username}\ntopic read devices/+/readings\n\n"
-                   "pattern write devices/%u/readings\n")
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\n"
-                    f"certfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n"
-                    f"password_file {passwd}\nacl_file {acl}\nallow_anonymous false\n"
-                    # started as root, Mosquitto would become user mosquitto, who cannot read
-                    # the test's private files
-                    f"persistence false\nuser {getpass.getuser()}\n")
+    tokens = enrol(s, ["D1", "D2"])
+    set_passwords(str(passwd), {s.mqtt_username: "bridge password 123"})
+    conf = write_site(tmp_path, port, s.mqtt_username, tls=(
+        str(tmp_path / "ca.pem"), str(tmp_path / "server.pem"), str(tmp_path / "server.key")))
     log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115 - closed with the broker
     broker = supervise.spawn([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
     assert wait_until(lambda: not supervise.port_free(port), timeout=10), \
@@ -112,7 +107,7 @@ def site(settings_factory, tmp_path: Path, procs):
     assert ready.wait(30), "the bridge did not subscribe"
     time.sleep(2)  # the bridge's registry view reads the admission
     try:
-        yield s, port, tmp_path / "ca.pem", tokens
+        yield s, port, tmp_path / "ca.pem", tokens, broker
     finally:
         stop.set()
         bridge.join(15)
@@ -122,7 +117,7 @@ def site(settings_factory, tmp_path: Path, procs):
 
 
 def test_mqtt_devices_in_wrong_passwords_and_impostors_out(site):
-    s, port, ca, tokens = site
+    s, port, ca, tokens, _ = site
     refused = _publish(port, ca, "D1", "wrong password", "devices/D1/readings",
                        _reading("D1", "P1", 1))
     assert refused is not None and refused.is_failure
@@ -165,3 +160,43 @@ def test_plain_mqtt_needs_the_development_setting(settings_factory):
         run_bridge(settings_factory(mqtt_url="mqtt://127.0.0.1:1883"), threading.Event())
     with pytest.raises(ConfigError, match="MQTT_URL"):
         run_bridge(settings_factory(), threading.Event())
+
+
+def test_the_simulator_sends_as_its_devices_over_https_and_mqtts(site, tmp_path):
+    """`simulate --to https://... --to mqtts://... --credentials FILE`: every device enrolled
+    with its own credential, half the patients through the ingest endpoint, half through
+    Mosquitto and the bridge; every reading reaches vitals.raw once, none refused."""
+    s, port, ca, _, broker = site
+    creds = tmp_path / "device-credentials.jsonl"
+    # enrolled before the run, then Mosquitto told to read its password file again (SIGHUP),
+    # as an operator would
+    load_credentials(str(creds), s, device_ids(4, 7))
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+    broker.send_signal(signal.SIGHUP)
+    s = msgspec.structs.replace(s, ingest_port=supervise.free_port())
+    serving = _serve(s, tmp_path)
+    url = next(serving)
+    try:
+        stats = simulate(s, patients=4, rate=1.0, duration=6.0, speed=2.0, seed=7,
+                         to=[url, f"mqtts://127.0.0.1:{port}"], credentials=str(creds),
+                         ca_file=str(ca), wards=["A"], effects=DeviceEffects.clean(),
+                         progress=False)
+    finally:
+        next(serving, None)
+    assert (stats.errors, dict(stats.refused)) == (0, {})
+    assert stats.messages == stats.delivered_readings == 4 * 6
+
+    def raw() -> dict[str, int]:
+        got: dict[str, int] = {}
+        for m in _consume(s, s.topic_vitals_raw, 1000, timeout=2):
+            d = json.loads(m.value)
+            if d["device_id"].startswith("WR-"):
+                got[d["device_id"]] = got.get(d["device_id"], 0) + 1
+        return got
+
+    assert wait_until(lambda: sum(raw().values()) >= 24, timeout=30), raw()
+    assert raw() == {d: 6 for d in device_ids(4, 7)}  # each reading once, both transports
+    # a second run reuses the file: nobody is enrolled twice
+    before = Path(s.devices_file).read_text().count("WR-0007-")
+    load_credentials(str(creds), s, device_ids(4, 7))
+    assert Path(s.devices_file).read_text().count("WR-0007-") == before == 4
