@@ -81,7 +81,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     revoked = RevokedSessions(settings).start()
     app.closers.append(revoked)  # type: ignore[attr-defined]
     login.install(app.server, settings, users, audit, revoked, https=https)
-    headers.install(app.server, https=https)
+    headers.install(app.server, https=https, script_hashes=app.csp_hashes)
     api_bp = api.blueprint(settings, feed, subscriptions, audit=audit)
     app.server.register_blueprint(api_bp)
     app.closers += list(api_bp.writers)  # type: ignore[attr-defined]

@@ -121,6 +121,10 @@ def blueprint(c: Context) -> Blueprint:
     def aframe() -> Response:
         return send_file(AFRAME_FILE, mimetype="text/javascript", max_age=86400)
 
+    @bp.get("/vr/<any(components, ward):name>.js")
+    def code(name: str) -> Response:
+        return send_file(Path(__file__).parent / "vr" / f"{name}.js", mimetype="text/javascript")
+
     @bp.get("/vr/state.json")
     def state() -> Response:
         beds = c.visible_beds()
