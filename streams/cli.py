@@ -13,6 +13,11 @@ from datetime import UTC, datetime, timedelta
 from streams import config, supervise
 from streams.errors import PatientTwinError
 
+# The demo's deteriorations run 80 times faster than their clinical course (devices.simulator
+# `pace`): the first NEWS2 alerts come within about 3 minutes of starting, where at pace 1
+# they take an hour or more (docs/simulator.md).
+DEMO_PACE = 80.0
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + error
@@ -77,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many seconds (default: until Ctrl-C)")
     d.add_argument("--rate", type=_positive_float, default=1.0, help="device ticks per second")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--pace", type=_positive_float, default=DEMO_PACE, metavar="X",
+                   help="deteriorations develop X times faster than their clinical course, so "
+                   f"alerts come within minutes (default {DEMO_PACE:g}; 1: real clinical time)")
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
     b.add_argument("--port", type=_port, default=None, help="loopback port (default BROKER_PORT)")
@@ -91,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speed", type=_positive_float, default=1.0,
                    help="simulated time runs this many times faster than real time")
     s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--pace", type=_positive_float, default=1.0, metavar="X",
+                   help="deteriorations start X times sooner and develop X times faster than "
+                   "their clinical course (demo, training; default 1: real clinical time)")
+    s.add_argument("--start", type=_utc_time, default=None, metavar="TIME",
+                   help="the simulated clock's start, ISO-8601 with its offset (default: now); "
+                   "a seed and a start give the same messages whatever the wall clock")
     s.add_argument("--scenarios", default=None, metavar="MIX",
                    help="scenario mix, e.g. stable=0.6,sepsis=0.2,bleeding=0.2 (scenarios: "
                    "stable, sepsis, respiratory, bleeding, af, fever; default: "
@@ -129,6 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hours", type=_positive_float, default=24.0)
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--no-progress", action="store_true")
+
+    va = sub.add_parser("validate", help="the twin against raw NEWS2, a raw-feature model (and "
+                        "SAPS-I) on labelled PhysioNet ICU stays; last line JSON")
+    va.add_argument("dataset", choices=["sepsis2019", "icu2012"])
+    va.add_argument("directory", help="sepsis2019: the training/ folder of .psv files; "
+                    "icu2012: the set-a/ folder of RECORDID.txt files")
+    va.add_argument("--outcomes", default=None, metavar="FILE",
+                    help="icu2012: Outcomes-a.txt (in-hospital death, SAPS-I)")
+    va.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                    help="only the first N stays")
+    va.add_argument("--folds", type=_positive_int, default=5,
+                    help="cross-validation folds, by stay (default 5)")
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--fit-out", default=None, metavar="FILE.json",
+                    help="also fit the twin's risk on every stay and write its parameter file")
+    va.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("replay", help="replay recorded vital signs (WFDB, CSV) into Kafka")
     r.add_argument("records", nargs="+", metavar="RECORD",
@@ -287,6 +317,7 @@ def _simulate(args: Args, settings: config.Settings) -> int:
                      fmt=args.format,
                      truth_file=args.truth, wards=_wards(args.wards),
                      effects=DeviceEffects.clean() if args.clean_devices else None,
+                     pace=args.pace, start=args.start.timestamp() if args.start else None,
                      progress=not args.no_progress)
     print(f"simulate: done: patients={stats.patients} messages={stats.messages} "
           f"readings={stats.readings} malformed={sum(stats.malformed.values())} "
@@ -301,6 +332,14 @@ def _evaluate(args: Args, settings: config.Settings) -> int:
     return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
 
 
+def _validate(args: Args, settings: config.Settings) -> int:
+    from devices.validate import main as validate_main
+
+    return validate_main(args.dataset, args.directory, args.outcomes, limit=args.limit,
+                         folds=args.folds, seed=args.seed, progress=not args.no_progress,
+                         fit_out=args.fit_out)
+
+
 def _replay(args: Args, settings: config.Settings) -> int:
     from devices.replay import replay
 
@@ -311,20 +350,27 @@ def _replay(args: Args, settings: config.Settings) -> int:
     return 1 if rs.errors else 0
 
 
+def _utc_time(text: str) -> datetime:
+    """An ISO-8601 time with its UTC offset."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give an ISO-8601 time like 2026-11-29T08:00:00Z") from None
+    if t.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the time's UTC offset (e.g. Z)")
+    return t
+
+
 def _since(text: str) -> datetime:
     """--since: an ISO-8601 time with its offset, or 90m / 24h / 7d back from now."""
     units = {"m": 60, "h": 3600, "d": 86_400}
     if text[-1:] in units and text[:-1].isdigit():
         return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
     try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give an ISO-8601 time like 2026-11-29T08:00:00Z, or 90m, 24h, 7d"
-        ) from None
-    if t.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: give the time's UTC offset (e.g. Z)")
-    return t
+        return _utc_time(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, or 90m, 24h, 7d") from None
 
 
 def _audit(args: Args, settings: config.Settings) -> int:
@@ -411,7 +457,7 @@ def _demo(args: Args, settings: config.Settings) -> int:
     from streams.demo import run_demo
 
     return run_demo(settings, patients=args.patients, duration=args.duration,
-                    rate=args.rate, seed=args.seed)
+                    rate=args.rate, seed=args.seed, pace=args.pace)
 
 
 def _run(args: Args, settings: config.Settings) -> int:
@@ -543,7 +589,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": _users, "patients": _patients,
     "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
-    "mqtt-bridge": _mqtt_bridge,
+    "mqtt-bridge": _mqtt_bridge, "validate": _validate,
 }
 
 

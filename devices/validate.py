@@ -1,0 +1,530 @@
+"""`patient-twin validate`: the twin against labelled ICU data (PhysioNet Challenges 2019, 2012).
+
+The recorded samples go through the worker's own model code (`twin.bank.step`,
+`twin.bank.outputs`, `ModelParams()` defaults) at their recorded times, gaps and missing values as
+they are, all stays side by side: one vectorised step per hour of the stays' clocks. Side by side
+in the same run: the twin's risk (`twin.risk`), NEWS2 on the twin's estimates, NEWS2 on the raw
+values (last value carried forward), the same logistic model on raw-reading features (the honest
+baseline), the two feature sets together, and SAPS-I (2012). Learned models are scored out of
+fold (folds by stay); every operating point is chosen on training folds only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from tqdm import tqdm
+
+from devices import physionet, scoring
+from devices.physionet import Stays
+from streams.errors import ConfigError
+from twin import bank, risk
+from twin.channels import INDEX, NAMES, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
+from twin.model import ModelParams
+
+DATASETS = ("sepsis2019", "icu2012")
+N_BOOT = 1000
+# L2 strength of every learned model (twin and baseline alike), fixed beforehand rather than tuned
+# on these data: per-hour sepsis rows are many, per-stay mortality rows few.
+LAM = {"sepsis2019": 1e-3, "icu2012": 1e-2}
+MORTALITY_HOURS = 48
+RULE_NEWS2 = 5  # RCP 2017 Table 2: aggregate 5 or more is the urgent-response trigger
+GCS_RANGE = (3.0, 15.0)  # the Glasgow Coma Scale's own range (Teasdale & Jennett, Lancet 1974)
+
+
+@dataclass(frozen=True)
+class TwinRun:
+    """The twin at each grid point (G,) of each stay: stay `(G,)`, t `(G,)` s, features
+    `(G, len(risk.FEATURES))`, news2 / news2_raw `(G,)`, estimate / sd `(G, C)`,
+    shock_index / map `(G,)`."""
+
+    stay: np.ndarray
+    t: np.ndarray
+    features: np.ndarray
+    news2: np.ndarray
+    news2_raw: np.ndarray
+    estimate: np.ndarray
+    sd: np.ndarray
+    shock_index: np.ndarray
+    map: np.ndarray
+
+
+def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
+             params: ModelParams | None = None, progress: bool = True) -> TwinRun:
+    """Feed every stay's samples to a bank of twins and read the twins at the grid times.
+
+    grid_start `(S + 1,)`, grid_t `(G,)` s: stay s is read at `grid_t[grid_start[s]:grid_start[
+    s + 1]]` (ascending), each time after all its samples up to that time are applied. Step h
+    applies, for every stay at once, the samples between its grid points h - 1 and h (the bank
+    orders a stay's several samples itself), then reads every stay that has a grid point h: the
+    loop runs over hours, never over patients. Samples after a stay's last grid point are unused.
+    """
+    params = params or ModelParams()
+    S = stays.n
+    G = len(grid_t)
+    glen = np.diff(grid_start)
+    gstay = np.repeat(np.arange(S), glen)
+    sstay = stays.stay
+    # each sample's grid point: the stay's first grid time at or after the sample
+    big = 1e9  # seconds; more than any stay's length, so keys of stays never interleave
+    gi = np.searchsorted(gstay * big + grid_t, sstay * big + stays.t, side="left")
+    ok = gi < G
+    ok[ok] = gstay[gi[ok]] == sstay[ok]
+    h_of = np.where(ok, gi - grid_start[sstay], -1)
+    order = np.argsort(h_of, kind="stable")
+    order = order[h_of[order] >= 0]
+    H = int(glen.max()) if S else 0
+    bounds = np.searchsorted(h_of[order], np.arange(H + 1), side="left")
+    device = np.repeat(bank.device_hash(["physionet-record"]), len(stays.t))
+    seq = np.arange(1, len(stays.t) + 1, dtype=np.int64)  # ascending within each stay
+
+    states = bank.new_states(S, params)
+    drift = risk.Drift.new(S)
+    F = len(risk.FEATURES)
+    feats = np.full((G, F), np.nan)
+    n2 = np.zeros(G, dtype=np.int64)
+    n2raw = np.zeros(G, dtype=np.int64)
+    est = np.full((G, C), np.nan)
+    sd = np.full((G, C), np.nan)
+    si = np.full(G, np.nan)
+    mapv = np.full(G, np.nan)
+    for h in tqdm(range(H), desc="twin", unit="h", file=sys.stderr, disable=not progress):
+        sel = order[bounds[h]:bounds[h + 1]]
+        if len(sel):
+            nan = np.full(len(sel), np.nan)
+            bank.step(states, bank.Readings(
+                row=sstay[sel], t=stays.t[sel], z=stays.z[sel], quality=nan, battery=nan,
+                device=device[sel], seq=seq[sel]), params)
+        active = np.flatnonzero(glen > h)
+        g = grid_start[active] + h
+        now = grid_t[g]
+        sub = states if len(active) == S else bank.take(states, active)
+        # No manual observations exist in these data: every patient is taken as alert (ACVPU A)
+        # and on room air, so NEWS2 here is its five measured parameters.
+        k = len(active)
+        out = bank.outputs(sub, now, params, on_oxygen=np.zeros(k), alert=np.ones(k),
+                           spo2_scale=1)
+        drift.update(active, out.estimate, now)
+        feats[g] = risk.features(out, risk.trend_now(sub, now, params), drift.baseline(active),
+                                 drift.slow[active])
+        n2[g], n2raw[g] = out.news2, out.news2_raw
+        est[g], sd[g], si[g], mapv[g] = out.estimate, out.sd, out.shock_index, out.map
+    return TwinRun(gstay, grid_t, feats, n2, n2raw, est, sd, si, mapv)
+
+
+def plausible(z: np.ndarray) -> np.ndarray:
+    """Raw values `(M, C)` with those the product treats as sensor-off (outside the channels'
+    plausibility limits) set to NaN: the raw baselines see what the product would believe."""
+    return np.where((z >= PLAUSIBLE_LOW) & (z <= PLAUSIBLE_HIGH), z, np.nan)
+
+
+def _dense(stay: np.ndarray, start: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rows `(M, K)` of stays with one row per hour -> `(S, H, K)`, NaN-padded."""
+    S = len(start) - 1
+    pos = np.arange(len(stay)) - start[stay]
+    H = int(pos.max()) + 1 if len(pos) else 0
+    out = np.full((S, H, v.shape[1]), np.nan)
+    out[stay, pos] = v
+    return out
+
+
+def _window(d: np.ndarray, w: int, fn: np.ufunc, fill: float) -> np.ndarray:
+    """Reduce `(S, H, K)` over the last `w` hours (this one included), NaN ignored."""
+    pad = np.concatenate([np.full((d.shape[0], w - 1, d.shape[2]), fill),
+                          np.where(np.isnan(d), fill, d)], axis=1)
+    r = fn.reduce(sliding_window_view(pad, w, axis=1), axis=-1)
+    return np.where(np.isfinite(r), r, np.nan)
+
+
+RAW_SEPSIS_FEATURES: tuple[str, ...] = (
+    *(f"{c}_last" for c in NAMES), *(f"{c}_change_6h" for c in NAMES),
+    *(f"{c}_min_12h" for c in NAMES), *(f"{c}_max_12h" for c in NAMES),
+    *(f"{c}_measured" for c in NAMES), *(f"{c}_measured_share_12h" for c in NAMES),
+    *(f"{c}_never_measured" for c in NAMES), "hours_in_icu", "age",
+)
+
+
+def raw_sepsis_features(stays: Stays) -> np.ndarray:
+    """The baseline's features per hour row `(M, len(RAW_SEPSIS_FEATURES))`: last values (carried
+    forward), 6 h changes, 12 h min and max, missingness, hours in ICU, age."""
+    stay = stays.stay
+    d = _dense(stay, stays.start, plausible(stays.z))  # (S, H, C)
+    S, H, _ = d.shape
+    seen = ~np.isnan(d)
+    idx = np.maximum.accumulate(np.where(seen, np.arange(H)[None, :, None], -1), axis=1)
+    last = np.take_along_axis(d, np.maximum(idx, 0), axis=1)
+    last[idx < 0] = np.nan
+    before = np.full_like(last, np.nan)
+    before[:, 6:] = last[:, :-6]
+    cnt = np.cumsum(seen, axis=1)
+    prev = np.zeros_like(cnt)
+    prev[:, 12:] = cnt[:, :-12]
+    hours = np.minimum(np.arange(1, H + 1), 12)[None, :, None]
+    dense = np.concatenate([
+        last, last - before, _window(d, 12, np.minimum, np.inf),
+        _window(d, 12, np.maximum, -np.inf), seen.astype(float), (cnt - prev) / hours,
+        (idx < 0).astype(float)], axis=2)
+    pos = np.arange(len(stay)) - stays.start[stay]
+    rows = dense[stay, pos]
+    return np.concatenate([rows, stays.hours[:, None], stays.age[stay][:, None]], axis=1)
+
+
+_MORT_VARS = ("hr", "rr", "sbp", "dbp", "temp", "GCS")
+RAW_MORTALITY_FEATURES: tuple[str, ...] = (
+    *(f"{v}_{s}" for s in ("mean", "min", "max", "last") for v in _MORT_VARS), "age")
+
+
+def raw_mortality_features(stays: Stays, hours: float = MORTALITY_HOURS) -> np.ndarray:
+    """The baseline's per-stay features `(S, len(RAW_MORTALITY_FEATURES))`: mean, min, max and
+    last recorded value over the first `hours` of HR, RR, SBP, DBP, temperature and GCS; age."""
+    z = plausible(stays.z)
+    gcs = stays.extra["GCS"]
+    gcs = np.where((gcs >= GCS_RANGE[0]) & (gcs <= GCS_RANGE[1]), gcs, np.nan)
+    v = np.column_stack([z[:, INDEX[c]] for c in _MORT_VARS[:-1]] + [gcs])
+    v[stays.t > hours * 3600.0] = np.nan
+    stay = stays.stay
+    S, K = stays.n, v.shape[1]
+    ok = ~np.isnan(v)
+    n = np.zeros((S, K))
+    s = np.zeros((S, K))
+    np.add.at(n, stay, ok)
+    np.add.at(s, stay, np.where(ok, v, 0.0))
+    lo = np.full((S, K), np.inf)
+    hi = np.full((S, K), -np.inf)
+    np.minimum.at(lo, stay, np.where(ok, v, np.inf))
+    np.maximum.at(hi, stay, np.where(ok, v, -np.inf))
+    li = np.full((S, K), -1)
+    np.maximum.at(li, stay, np.where(ok, np.arange(len(v))[:, None], -1))
+    last = np.where(li >= 0, v[np.maximum(li, 0), np.arange(K)], np.nan)
+    mean = np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    lo[~np.isfinite(lo)] = np.nan
+    hi[~np.isfinite(hi)] = np.nan
+    return np.concatenate([mean, lo, hi, last, stays.age[:, None]], axis=1)
+
+
+def folds_by_stay(y_stay: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold `(S,)` of each stay, stratified by the stay's outcome (0/1) so every fold gets its
+    share of positive stays."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y_stay), dtype=np.int64)
+    for cls in (0, 1):
+        idx = np.flatnonzero(y_stay == cls)
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % k
+    return fold
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray, names: tuple[str, ...],
+                   lam: float, gain: Callable[[np.ndarray], np.ndarray],
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities `(M,)` and alerts `(M,)` of the logistic model.
+
+    For each fold: fit on the other folds, choose the threshold that maximises the summed `gain`
+    (given the training rows' mask `(M,)`, it returns the gain `(M,)` of alerting each row) on
+    the training rows' own predictions, then predict and alert on the held-out fold."""
+    prob = np.full(len(y), np.nan)
+    alert = np.zeros(len(y), dtype=bool)
+    for f in np.unique(row_fold):  # folds, not patients
+        test = row_fold == f
+        train = ~test
+        m = risk.fit(x[train], y[train], names, lam=lam)
+        thr = scoring.best_threshold(risk.predict(m, x[train]), gain(train)[train])
+        prob[test] = risk.predict(m, x[test])
+        alert[test] = prob[test] >= thr
+    return prob, alert
+
+
+def fixed_score_alerts(score: np.ndarray, row_fold: np.ndarray,
+                       gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Alerts `(M,)` of a score that is not fitted (NEWS2, SAPS-I): its threshold is still chosen
+    on the training folds only, the same way as for the learned models."""
+    alert = np.zeros(len(score), dtype=bool)
+    for f in np.unique(row_fold):
+        test = row_fold == f
+        thr = scoring.best_threshold(score[~test], gain(~test)[~test])
+        alert[test] = score[test] >= thr
+    return alert
+
+
+def _utility_gain(label: np.ndarray, stay: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Per-row utility gain of alerting, computed on the given rows' stays only."""
+    def gain(mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(label))
+        u_pos, u_neg, counted = scoring.utility_rows(label[mask], stay[mask])
+        out[mask] = np.where(counted, u_pos - u_neg, 0.0)
+        return out
+    return gain
+
+
+def _youden_gain(y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def gain(mask: np.ndarray) -> np.ndarray:
+        pos = (y == 1) & mask
+        neg = (y == 0) & mask
+        return np.where(pos, 1.0 / max(pos.sum(), 1), np.where(neg, -1.0 / max(neg.sum(), 1),
+                                                                0.0))
+    return gain
+
+
+def _r(v: float, nd: int = 3) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), nd)
+
+
+def _auroc_entry(score: np.ndarray, y: np.ndarray, stay: np.ndarray, seed: int) -> dict:
+    ok = np.isfinite(score)
+    a, lo, hi = scoring.bootstrap_auroc(score[ok], y[ok], stay[ok], N_BOOT, seed)
+    return {"auroc": _r(a), "ci95": [_r(lo), _r(hi)], "n": int(ok.sum())}
+
+
+def _differences(scores: dict[str, tuple[np.ndarray, np.ndarray]], y: np.ndarray,
+                 stay: np.ndarray, seed: int) -> dict[str, dict]:
+    """AUROC of the twin's risk minus each other method's, paired bootstrap over stays (on the
+    rows both scored)."""
+    a = scores["twin_risk"][0]
+    out = {}
+    for name, (b, _) in scores.items():
+        if name == "twin_risk":
+            continue
+        ok = np.isfinite(a) & np.isfinite(b)
+        d, lo, hi = scoring.bootstrap_auroc_difference(a[ok], b[ok], y[ok], stay[ok], N_BOOT,
+                                                       seed)
+        out[name] = {"difference": _r(d), "ci95": [_r(lo), _r(hi)]}
+    return out
+
+
+def _model_doc(m: risk.RiskModel, dataset: str, training: str, entry: dict, folds: int,
+               seed: int) -> dict:
+    return {**m.to_dict(), "version": risk.PARAMS_VERSION, "dataset": dataset,
+            "training": training, "cv_auroc": entry["auroc"], "cv_auroc_ci95": entry["ci95"],
+            "cv": f"{folds}-fold by stay, seed {seed}, out-of-fold",
+            "twin_params": "twin.model.ModelParams() defaults",
+            "fitted": _dt.date.today().isoformat()}
+
+
+def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0,
+                    progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on the 2019 stays. Returns (results, the twin model fitted on all stays)."""
+    run = run_twin(stays, stays.start, stays.t, progress=progress)
+    stay = stays.stay
+    label = stays.label.astype(np.int64)
+    septic = np.zeros(stays.n, dtype=np.int64)
+    np.maximum.at(septic, stay, label)
+    row_fold = folds_by_stay(septic, folds, seed)[stay]
+    names_twin = (*risk.FEATURES, "hours_in_icu", "age")
+    x_twin = np.concatenate([run.features, stays.hours[:, None], stays.age[stay][:, None]], 1)
+    x_raw = raw_sepsis_features(stays)
+    x_both = np.concatenate([run.features, x_raw], axis=1)
+    names_both = (*risk.FEATURES, *RAW_SEPSIS_FEATURES)
+    gain = _utility_gain(label, stay)
+    lam = LAM["sepsis2019"]
+    results: dict[str, dict] = {}
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    bar = tqdm(total=3, desc="cross-validation", file=sys.stderr, disable=not progress)
+    for name, x, names in (("twin_risk", x_twin, names_twin),
+                           ("raw_logistic", x_raw, RAW_SEPSIS_FEATURES),
+                           ("twin_plus_raw", x_both, names_both)):
+        scores[name] = cross_validate(x, label, row_fold, names, lam, gain)
+        bar.update(1)
+    bar.close()
+    for name, s in (("news2_twin", run.news2.astype(float)),
+                    ("news2_raw", run.news2_raw.astype(float))):
+        scores[name] = (s, fixed_score_alerts(s, row_fold, gain))
+    for name, (s, alert) in scores.items():
+        e = _auroc_entry(s, label, stay, seed)
+        e["utility"] = _r(scoring.utility(alert, label, stay))
+        e.update({k: _r(v, 2) for k, v in scoring.sepsis_alerting(alert, label, stay).items()})
+        if name.startswith("news2"):
+            rule = s >= RULE_NEWS2
+            e["rule_news2_ge5"] = {
+                "utility": _r(scoring.utility(rule, label, stay)),
+                **{k: _r(v, 2) for k, v in scoring.sepsis_alerting(rule, label, stay).items()}}
+        results[name] = e
+    final = risk.fit(x_twin, label, names_twin, lam=lam)
+    training = (f"PhysioNet/CinC 2019 sepsis training set A, {stays.n} stays "
+                f"({int(septic.sum())} septic), {len(label)} ICU hours; label SepsisLabel per "
+                "hour; features at every hour from the twin fed the recorded hourly vitals")
+    models = {"sepsis2019": risk.RiskModel(
+        final.names, final.mean, final.scale, final.coef, final.intercept, final.lam,
+        _model_doc(final, "sepsis2019", training, results["twin_risk"], folds, seed))}
+    summary = {"stays": stays.n, "septic_stays": int(septic.sum()), "hours": int(len(label)),
+               "label_rate": _r(label.mean(), 4)}
+    return {"dataset": "sepsis2019", **summary, "methods": results,
+            "twin_risk_auroc_minus": _differences(scores, label, stay, seed)}, models
+
+
+def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
+    per = np.arange(1, MORTALITY_HOURS + 1) * 3600.0
+    return np.arange(n + 1) * MORTALITY_HOURS, np.tile(per, n)
+
+
+def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
+                     progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on the 2012 stays (in-hospital death from the first 48 h)."""
+    if stays.death is None:
+        raise ConfigError("icu2012 needs the outcomes file (Outcomes-a.txt): pass --outcomes")
+    S = stays.n
+    gstart, gt = _grid_48h(S)
+    run = run_twin(stays, gstart, gt, progress=progress)
+    y = stays.death.astype(np.int64)
+    H = MORTALITY_HOURS
+    est = run.estimate.reshape(S, H, C)
+    traj = risk.trajectory_features(est, run.sd.reshape(S, H, C),
+                                    run.news2.reshape(S, H), run.shock_index.reshape(S, H),
+                                    run.map.reshape(S, H))
+    at48 = run.features.reshape(S, H, -1)[:, -1]
+    names_twin = (*risk.FEATURES, *risk.TRAJECTORY_FEATURES, "age")
+    x_twin = np.concatenate([at48, traj, stays.age[:, None]], axis=1)
+    x_raw = raw_mortality_features(stays)
+    x_both = np.concatenate([at48, traj, x_raw], axis=1)
+    names_both = (*risk.FEATURES, *risk.TRAJECTORY_FEATURES, *RAW_MORTALITY_FEATURES)
+    fold = folds_by_stay(y, folds, seed)
+    gain = _youden_gain(y)
+    lam = LAM["icu2012"]
+    stay = np.arange(S)
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    # The twin models no GCS: the baseline without it has the same inputs as the twin's risk.
+    vitals = [i for i, n in enumerate(RAW_MORTALITY_FEATURES) if not n.startswith("GCS")]
+    names_vitals = tuple(RAW_MORTALITY_FEATURES[i] for i in vitals)
+    for name, x, names in (("twin_risk", x_twin, names_twin),
+                           ("raw_logistic", x_raw, RAW_MORTALITY_FEATURES),
+                           ("raw_vitals_only", x_raw[:, vitals], names_vitals),
+                           ("twin_plus_raw", x_both, names_both)):
+        scores[name] = cross_validate(x, y, fold, names, lam, gain)
+    n2 = run.news2.reshape(S, H).astype(float)
+    n2r = run.news2_raw.reshape(S, H).astype(float)
+    for name, s in (("news2_twin_max", n2.max(1)), ("news2_twin_mean", n2.mean(1)),
+                    ("news2_raw_max", n2r.max(1)), ("news2_raw_mean", n2r.mean(1)),
+                    ("saps1", stays.saps)):
+        ok = np.isfinite(s)
+        alert = np.zeros(S, dtype=bool)
+        # SAPS-I is missing for some stays: its threshold and scores use the stays that have it
+        alert[ok] = fixed_score_alerts(s[ok], fold[ok], _youden_gain(y[ok]))
+        scores[name] = (s, alert)
+    results: dict[str, dict] = {}
+    for name, (s, alert) in scores.items():
+        ok = np.isfinite(s)
+        e = _auroc_entry(s, y, stay, seed)
+        e.update({k: _r(v) for k, v in scoring.sens_ppv(alert[ok], y[ok]).items()})
+        results[name] = e
+    final = risk.fit(x_twin, y, names_twin, lam=lam)
+    training = (f"PhysioNet/CinC 2012 training set A, {S} stays ({int(y.sum())} in-hospital "
+                "deaths); features from the twin fed the first 48 h of recorded vitals (cuff BP, "
+                "arterial where no cuff value; SaO2 as spo2), read hourly; outcome per stay")
+    models = {"icu2012": risk.RiskModel(
+        final.names, final.mean, final.scale, final.coef, final.intercept, final.lam,
+        _model_doc(final, "icu2012", training, results["twin_risk"], folds, seed))}
+    bp = stays.bp_source
+    summary = {"stays": S, "deaths": int(y.sum()),
+               "bp_samples_cuff": int((bp == physionet.BP_CUFF).sum()),
+               "bp_samples_arterial": int((bp == physionet.BP_ARTERIAL).sum())}
+    return {"dataset": "icu2012", **summary, "methods": results,
+            "twin_risk_auroc_minus": _differences(scores, y, stay, seed)}, models
+
+
+def write_params(path: str, models: dict[str, risk.RiskModel]) -> None:
+    """Add (or replace) `models` in the versioned parameter file at `path`."""
+    p = Path(path)
+    doc: dict = {"version": risk.PARAMS_VERSION, "models": {}}
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable parameter file ({exc})") from exc
+        if old.get("version") == risk.PARAMS_VERSION:
+            doc["models"].update(old.get("models", {}))
+    doc["models"].update({k: m.to_dict() for k, m in models.items()})
+    p.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def table(result: dict) -> str:
+    """The side-by-side table of one run, for people."""
+    rows = []
+    sepsis = result["dataset"] == "sepsis2019"
+    if sepsis:
+        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'utility':>8} {'detected':>9} "
+                f"{'lead h':>7} {'alert-h/pt-day':>15}")
+    else:
+        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'sens':>6} {'PPV':>6} "
+                f"{'alerted':>8} {'n':>6}")
+    rows.append(head)
+    rows.append("-" * len(head))
+
+    def f(v: float | None, nd: int = 3) -> str:
+        return "-" if v is None else f"{v:.{nd}f}"
+
+    for name, e in result["methods"].items():
+        auc = f"{f(e['auroc'])} [{f(e['ci95'][0])}, {f(e['ci95'][1])}]"
+        if sepsis:
+            rows.append(f"{name:<16} {auc:<22} {f(e['utility']):>8} {f(e['detected'], 2):>9} "
+                        f"{f(e['median_lead_h'], 1):>7} "
+                        f"{f(e['alert_hours_per_patient_day'], 2):>15}")
+            if "rule_news2_ge5" in e:
+                r = e["rule_news2_ge5"]
+                rows.append(f"{'  (NEWS2>=5)':<16} {'':<22} {f(r['utility']):>8} "
+                            f"{f(r['detected'], 2):>9} {f(r['median_lead_h'], 1):>7} "
+                            f"{f(r['alert_hours_per_patient_day'], 2):>15}")
+        else:
+            rows.append(f"{name:<16} {auc:<22} {f(e['sensitivity'], 2):>6} "
+                        f"{f(e['ppv'], 2):>6} {f(e['alerted'], 2):>8} {e['n']:>6}")
+    rows.append("")
+    rows.append("twin_risk AUROC minus (paired bootstrap over stays, 95% CI):")
+    for name, d in result["twin_risk_auroc_minus"].items():
+        rows.append(f"  {name:<16} {f(d['difference']):>7} [{f(d['ci95'][0])}, "
+                    f"{f(d['ci95'][1])}]")
+    return "\n".join(rows)
+
+
+def load(dataset: str, directory: str, outcomes: str | None,
+         limit: int | None = None) -> Stays:
+    """The stays of `dataset` ("sepsis2019" or "icu2012") from `directory`."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1 (got {limit})")
+    if dataset == "sepsis2019":
+        return physionet.read_sepsis(directory, limit)
+    if dataset == "icu2012":
+        if outcomes is None:
+            raise ConfigError("icu2012 needs the outcomes file (Outcomes-a.txt): pass --outcomes")
+        return physionet.read_icu2012(directory, outcomes, limit)
+    raise ConfigError(f"unknown dataset {dataset!r} (expected one of {', '.join(DATASETS)})")
+
+
+def validate(dataset: str, stays: Stays, folds: int = 5, seed: int = 0,
+             progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on already-loaded stays: (results, the twin model fitted on all of them)."""
+    if folds < 2:
+        raise ConfigError(f"folds must be at least 2 (got {folds})")
+    run = validate_sepsis if dataset == "sepsis2019" else validate_icu2012
+    return run(stays, folds, seed, progress)
+
+
+def main(dataset: str, directory: str, outcomes: str | None = None, *,
+         limit: int | None = None, folds: int = 5, seed: int = 0, progress: bool = True,
+         fit_out: str | None = None) -> int:
+    """`patient-twin validate DATASET DIR [--outcomes FILE]`: print the side-by-side table, then
+    one JSON line with every number; write the fitted twin risk model to `fit_out` if given.
+
+    Raises ConfigError / RecordError (one line) for bad arguments or unreadable data."""
+    t0 = time.monotonic()
+    stays = load(dataset, directory, outcomes, limit)
+    result, models = validate(dataset, stays, folds, seed, progress)
+    result["folds"] = folds
+    result["seed"] = seed
+    result["bootstrap"] = N_BOOT
+    result["operating_point"] = (
+        "per fold, the threshold maximising the Challenge utility (sepsis) or Youden's J "
+        "(mortality) on the training folds, applied to the held-out fold")
+    result["wall_s"] = round(time.monotonic() - t0, 1)
+    if fit_out is not None:
+        write_params(fit_out, models)
+        result["fit_out"] = fit_out
+    print(f"validate {dataset}: {stays.n} stays, {folds}-fold CV by stay (seed {seed}), "
+          f"95% CI from {N_BOOT} bootstrap resamples of stays")
+    print(table(result))
+    print(json.dumps(result))
+    return 0

@@ -1,0 +1,146 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices import physionet, scoring, validate
+from streams.errors import ConfigError
+from twin import news2, risk
+from twin.channels import INDEX
+
+SHARED = Path("/work/shared/data")
+SEPSIS = SHARED / "physionet-sepsis2019-dev" / "training"
+ICU = SHARED / "physionet-icu2012-dev"
+pytestmark = pytest.mark.skipif(not SEPSIS.is_dir() or not ICU.is_dir(),
+                                reason="PhysioNet challenge data not present")
+
+
+@pytest.fixture(scope="module")
+def sepsis_stays():
+    """60 stays of the first 400: 20 that become septic, 40 that do not."""
+    s = physionet.read_sepsis(str(SEPSIS), limit=400)
+    septic = np.zeros(s.n, dtype=int)
+    np.maximum.at(septic, s.stay, s.label.astype(int))
+    pick = np.sort(np.r_[np.flatnonzero(septic)[:20], np.flatnonzero(septic == 0)[:40]])
+    return physionet.subset(s, pick)
+
+
+@pytest.fixture(scope="module")
+def icu_stays():
+    return physionet.read_icu2012(str(ICU / "set-a"), str(ICU / "Outcomes-a.txt"), limit=60)
+
+
+def _check_auroc(e):
+    assert 0.0 <= e["auroc"] <= 1.0
+    lo, hi = e["ci95"]
+    assert lo <= e["auroc"] <= hi and hi - lo > 0
+
+
+def test_sepsis_side_by_side(sepsis_stays):
+    res, models = validate.validate("sepsis2019", sepsis_stays, folds=5, seed=0, progress=False)
+    assert res["stays"] == 60 and res["septic_stays"] == 20
+    assert set(res["methods"]) == {"twin_risk", "raw_logistic", "twin_plus_raw", "news2_twin",
+                                   "news2_raw"}
+    for e in res["methods"].values():
+        _check_auroc(e)
+        assert e["n"] == res["hours"]
+        assert -2.0 <= e["utility"] <= 1.0
+        assert 0.0 <= e["detected"] <= 1.0
+        assert 0.0 <= e["alert_hours_per_patient_day"] <= 24.0
+        if e["median_lead_h"] is not None:
+            assert -3.0 <= e["median_lead_h"] <= 12.0
+    m = models["sepsis2019"]
+    # scored out of fold: the final model, fitted on every stay, looks better on its own
+    # training stays than the cross-validated figure (equal would mean leakage)
+    run = validate.run_twin(sepsis_stays, sepsis_stays.start, sepsis_stays.t, progress=False)
+    stay = sepsis_stays.stay
+    x = np.c_[run.features, sepsis_stays.hours, sepsis_stays.age[stay]]
+    in_sample = scoring.auroc(risk.predict(m, x), sepsis_stays.label)
+    assert in_sample > res["methods"]["twin_risk"]["auroc"] + 0.05
+    assert m.names[:len(risk.FEATURES)] == risk.FEATURES
+    assert m.meta["cv_auroc"] == res["methods"]["twin_risk"]["auroc"]
+
+
+def test_icu2012_side_by_side(icu_stays):
+    res, models = validate.validate("icu2012", icu_stays, folds=5, seed=0, progress=False)
+    assert res["stays"] == 60 and res["deaths"] == int(icu_stays.death.sum())
+    assert {"twin_risk", "raw_logistic", "raw_vitals_only", "twin_plus_raw", "news2_twin_max",
+            "news2_raw_max", "news2_twin_mean", "news2_raw_mean", "saps1"} == set(res["methods"])
+    for e in res["methods"].values():
+        _check_auroc(e)
+        assert 0.0 <= e["sensitivity"] <= 1.0 and 0.0 <= e["alerted"] <= 1.0
+    assert res["methods"]["saps1"]["n"] == int(np.isfinite(icu_stays.saps).sum())
+    assert "icu2012" in models
+
+
+def test_twin_is_vectorised_without_mixing_patients(sepsis_stays):
+    """Running stays together gives what each stay gives alone."""
+    stays = physionet.subset(sepsis_stays, np.arange(6))
+    together = validate.run_twin(stays, stays.start, stays.t, progress=False)
+    for s in (0, 3, 5):
+        one = physionet.subset(stays, np.array([s]))
+        alone = validate.run_twin(one, one.start, one.t, progress=False)
+        rows = together.stay == s
+        np.testing.assert_allclose(together.features[rows], alone.features, equal_nan=True)
+        np.testing.assert_array_equal(together.news2[rows], alone.news2)
+
+
+def test_raw_news2_is_last_value_carried_forward(sepsis_stays):
+    """The bank's raw NEWS2 equals NEWS2 of each channel's last recorded value (one outside the
+    plausibility limits scoring 0), computed here independently stay by stay."""
+    stays = physionet.subset(sepsis_stays, np.arange(10))
+    run = validate.run_twin(stays, stays.start, stays.t, progress=False)
+    z = stays.z
+    expected = []
+    for s in range(stays.n):  # the per-patient reference
+        kept = np.full(z.shape[1], np.nan)
+        for row in z[stays.start[s]:stays.start[s + 1]]:
+            kept = np.where(np.isnan(row), kept, row)
+            last = validate.plausible(kept[None])[0]
+            total, _, _ = news2.news2(last[INDEX["rr"]], last[INDEX["spo2"]],
+                                      last[INDEX["temp"]], last[INDEX["sbp"]],
+                                      last[INDEX["hr"]], 0.0, 1.0)
+            expected.append(int(total))
+    np.testing.assert_array_equal(run.news2_raw, expected)
+
+
+def test_raw_sepsis_features_by_hand(sepsis_stays):
+    stays = physionet.subset(sepsis_stays, np.arange(3))
+    x = validate.raw_sepsis_features(stays)
+    col = {n: i for i, n in enumerate(validate.RAW_SEPSIS_FEATURES)}
+    hr = validate.plausible(stays.z)[:, INDEX["hr"]]
+    s0 = slice(stays.start[0], stays.start[1])
+    v = hr[s0]
+    k = 20
+    window = v[k - 11:k + 1]
+    assert x[s0][k, col["hr_max_12h"]] == np.nanmax(window)
+    assert x[s0][k, col["hr_min_12h"]] == np.nanmin(window)
+    last = v[:k + 1][~np.isnan(v[:k + 1])][-1]
+    assert x[s0][k, col["hr_last"]] == last
+    assert x[s0][k, col["hours_in_icu"]] == stays.hours[s0][k]
+
+
+def test_main_prints_a_table_then_json_and_writes_the_parameter_file(tmp_path, capsys):
+    out = tmp_path / "risk.json"
+    assert validate.main("icu2012", str(ICU / "set-a"), str(ICU / "Outcomes-a.txt"), limit=60,
+                         progress=False, fit_out=str(out)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "twin_risk" in "\n".join(lines[:-1])
+    res = json.loads(lines[-1])
+    assert res["dataset"] == "icu2012" and res["folds"] == 5 and "twin_risk" in res["methods"]
+    m = risk.load("icu2012", out)
+    assert m.meta["cv_auroc"] == res["methods"]["twin_risk"]["auroc"]
+
+
+def test_bad_arguments_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="outcomes"):
+        validate.main("icu2012", str(ICU / "set-a"), None, progress=False)
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        validate.main("nope", str(tmp_path), None, progress=False)
+    with pytest.raises(ConfigError, match="limit"):
+        validate.main("sepsis2019", str(SEPSIS), None, limit=0, progress=False)
+    with pytest.raises(ConfigError, match="folds"):
+        validate.main("sepsis2019", str(SEPSIS), None, limit=5, folds=1, progress=False)
+    with pytest.raises(ConfigError, match="no such directory"):
+        validate.main("sepsis2019", str(tmp_path / "absent"), None, progress=False)
