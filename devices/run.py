@@ -125,9 +125,9 @@ class Ward:
 
     def __init__(self, patients: int, *, seed: int, rate: float, mix: str, horizon_s: float,
                  start: float, effects: DeviceEffects, bad_fraction: float = 0.0,
-                 batch: int = 1, fmt: str = "json") -> None:
+                 batch: int = 1, fmt: str = "json", pace: float = 1.0) -> None:
         self.cohort = Cohort(patients, seed=seed, mix=mix, horizon_s=horizon_s, start=start,
-                             rate=rate, effects=effects)
+                             rate=rate, effects=effects, pace=pace)
         # Separate streams so that faults and malformed messages never change the physiology.
         self.delivery = Delivery(patients, effects, np.random.default_rng([seed, 1]))
         self.bad_rng = np.random.default_rng([seed, 2])
@@ -333,7 +333,7 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
              truth_file: str | None = None, wards: list[str] | None = None,
              effects: DeviceEffects | None = None, start: float | None = None,
              credentials: str | None = None, ca_file: str | None = None,
-             progress: bool = True) -> SimulationStats:
+             pace: float = 1.0, progress: bool = True) -> SimulationStats:
     """Run until `duration` simulated seconds have passed (None: until SIGINT/SIGTERM).
 
     to: "kafka", a FILE.jsonl, or the devices' transports (https://.../ingest, mqtts://...,
@@ -345,7 +345,7 @@ def simulate(settings: Settings, *, patients: int, rate: float, duration: float 
     ward = Ward(patients, seed=seed, rate=rate, mix=mix or DEFAULT_MIX,
                 horizon_s=duration or 7200.0, start=wall0 if start is None else start,
                 effects=effects or DeviceEffects(), bad_fraction=bad_fraction, batch=batch,
-                fmt=fmt)
+                fmt=fmt, pace=pace)
     stats = ward.stats
     targets = [to] if isinstance(to, str) else list(to)
     counts = transport.DeviceCounts()

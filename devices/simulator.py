@@ -79,12 +79,18 @@ class Cohort:
 
     t is simulated seconds since the start (`start` epoch seconds). `horizon_s` bounds onset times
     (scenario onsets fall in 10-50 % of it) and the activity schedule.
+
+    `pace` > 1 compresses the scenarios' clinical time: onsets come `pace` times sooner and each
+    deterioration develops `pace` times faster (a sepsis of 3 h in 3 h / pace), while everything
+    else (noise, activity, circadian rhythm, device faults) keeps real time. It is for the demo
+    and training (something happens within minutes); evaluation and validation use pace 1.
     """
 
     def __init__(self, n: int, *, seed: int = 0, mix: str = scenarios.DEFAULT_MIX,
                  horizon_s: float = 7200.0, start: float = 0.0, rate: float = 1.0,
-                 effects: DeviceEffects | None = None) -> None:
+                 effects: DeviceEffects | None = None, pace: float = 1.0) -> None:
         self.n = n
+        self.pace = pace
         self.seed = seed
         self.start = start
         self.horizon_s = horizon_s
@@ -96,7 +102,7 @@ class Cohort:
         p = scenarios.parse_mix(mix)
         self.scenario = rng.choice(len(scenarios.SCENARIOS), size=n, p=p)
         self.onset_s = np.where(self.scenario == scenarios.STABLE, np.inf,
-                                rng.uniform(0.1, 0.5, n) * horizon_s)
+                                rng.uniform(0.1, 0.5, n) * horizon_s / pace)
         self.severity = rng.uniform(*scenarios.SEVERITY_RANGE, n)
         self._drift_period = rng.uniform(1200.0, 6 * 3600.0, (n, C, 3))
         self._drift_phase = rng.uniform(0, 2 * np.pi, (n, C, 3))
@@ -139,7 +145,7 @@ class Cohort:
                  / np.sqrt(3.0)) * DRIFT_AMP
         act = self.activity(t)[:, None] * ACTIVITY
         act[:, INDEX["hr"]] *= prof.hr_gain
-        h = (t - self.onset_s) / 3600.0
+        h = (t - self.onset_s) * self.pace / 3600.0
         scen = scenarios.effects(self.scenario, h, self.severity, prof.hr_gain, base)
         v = base + circ + drift + act + scen
         hr, rr, spo2, temp = INDEX["hr"], INDEX["rr"], INDEX["spo2"], INDEX["temp"]

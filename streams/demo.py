@@ -139,7 +139,7 @@ def _enrol_simulated(env: dict[str, str], path: Path, patients: int, seed: int) 
 
 
 def run_demo(settings: Settings, *, patients: int, duration: float | None, rate: float,
-             seed: int) -> int:
+             seed: int, pace: float = 1.0) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -209,7 +209,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         children.start("ingest", supervise.python_argv("ingest"), env)
         children.start("simulator", supervise.python_argv(
             "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed),
-            "--wards", "A,B", "--credentials", str(credentials),
+            "--wards", "A,B", "--credentials", str(credentials), "--pace", str(pace),
             *(a for t in targets for a in ("--to", t))),
             env)
         print(f"demo: Kafka at {settings.bootstrap}"

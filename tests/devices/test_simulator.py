@@ -283,3 +283,47 @@ def test_batteries_drain_warn_low_and_go_silent():
     tr = truth.compute(ward.cohort, ward.t, ward.delivery, grid_s=600)
     assert all(t.low_battery is not None and t.battery_empty is not None for t in tr)
     assert ward.stats.low_battery == 20 and ward.stats.dead_batteries == 20
+
+
+def test_pace_compresses_the_scenarios_and_nothing_else():
+    """--pace 40 (the demo's): onsets 40 times sooner, a deterioration's course 40 times
+    faster; a stable patient's signal is exactly the same."""
+    slow = Cohort(40, seed=9, start=START)
+    fast = Cohort(40, seed=9, start=START, pace=40.0)
+    stable = slow.scenario == scenarios.STABLE
+    assert stable.any() and (slow.scenario == scenarios.SEPSIS).any()
+    np.testing.assert_allclose(fast.onset_s[~stable] * 40.0, slow.onset_s[~stable], rtol=1e-12)
+    for t in (0.0, 600.0, 5000.0):
+        np.testing.assert_array_equal(fast.true_values(t)[stable], slow.true_values(t)[stable])
+    hr = INDEX["hr"]
+    sick = np.nonzero(slow.scenario == scenarios.SEPSIS)[0]
+
+    def rise(c: Cohort, after: float) -> np.ndarray:
+        return np.array([c.true_values(c.onset_s[i] + after)[i, hr]
+                         - c.true_values(c.onset_s[i] - 1.0)[i, hr] for i in sick])
+
+    # a full sepsis course (3 h) at pace 1, and in 3 h / 40 at pace 40: the same rise, give or
+    # take the real-time drift and activity that pace leaves alone
+    full, quick = rise(slow, scenarios.SEPSIS_H * 3600), rise(fast, scenarios.SEPSIS_H * 90)
+    assert np.median(full) > 15 and abs(np.median(quick) - np.median(full)) < 6
+
+
+def test_a_start_time_gives_the_same_messages_whatever_the_wall_clock(tmp_path):
+    """`simulate --start TIME`: a seed and a start give byte-identical messages and truth."""
+    import subprocess
+    import sys
+    import time
+
+    def run(name: str) -> tuple[bytes, bytes]:
+        out = tmp_path / f"{name}.jsonl"
+        subprocess.run([sys.executable, "-m", "streams.cli", "simulate", "--patients", "6",
+                        "--duration", "120", "--speed", "1000", "--seed", "4", "--pace", "40",
+                        "--start", "2026-11-29T08:00:00+00:00", "--to", str(out),
+                        "--no-progress"], check=True, capture_output=True, timeout=120)
+        return out.read_bytes(), (tmp_path / f"{name}.truth.jsonl").read_bytes()
+
+    first = run("a")
+    time.sleep(1.1)
+    second = run("b")
+    assert first == second and len(first[0].splitlines()) > 6 * 100
+    assert b'"ts":"2026-11-29T08:0' in first[0]
