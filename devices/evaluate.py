@@ -28,7 +28,7 @@ from devices.faults import Delivery, DeviceEffects
 from devices.simulator import Cohort
 from devices.truth import score_truth
 from streams.worker.process import twin_view
-from twin import bank, news2
+from twin import bank, news2, risk
 from twin.alerts import AlertEngine, AlertPolicy
 from twin.channels import INDEX, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
 from twin.model import ModelParams
@@ -109,6 +109,7 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
                     start=start, rate=rate, effects=DeviceEffects())
     delivery = Delivery(patients, cohort.effects, np.random.default_rng([seed, 1]))
     states = bank.new_states(patients, params)
+    model, policy = risk.with_live_model(policy)  # the worker's risk and its operating point
     engine = AlertEngine(policy)
     scale = cohort.profiles.spo2_scale
     ids = cohort.patient_ids
@@ -160,7 +161,9 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
             now = np.full(patients, start + t)
             out = bank.outputs(states, now, params, spo2_scale=scale)
             since = np.where(np.isnan(states["t"]), np.nan, start + t - states["t"])
-            view = twin_view(ids, states, out, since, scale)
+            risk.update_drift(states, out.estimate, now)
+            view = twin_view(ids, states, out, since, scale,
+                             p_risk=risk.score_live(model, states, out, now, params))
             for ev in engine.update(view, start + t):
                 if ev.name != "raised":
                     continue

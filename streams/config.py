@@ -194,6 +194,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_max_buffer: Annotated[Positive, doc(
         "points buffered while InfluxDB is down; beyond it the oldest are dropped and "
         "counted")] = 100_000
+    alert_sepsis_risk: Annotated[bool, doc(
+        "raise the predictive `sepsis_risk` alert at the shipped model's operating point "
+        "(docs/validation.md); the risk is published in twin.state either way")] = True
     alert_silence_max_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60), doc(
         "longest silence of a patient's alerts a clinician may set, minutes (the dashboard "
         "offers no longer, the API and the worker refuse longer)")] = \

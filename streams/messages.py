@@ -138,6 +138,9 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     news2_raw: Score
     news2_complete: bool  # False until consciousness and oxygen are known and all vitals seen
     news2_band: str
+    # the twin's sepsis risk (twin.risk, docs/validation.md): P(within 6 h of the clinical onset
+    # of sepsis, or septic), 0-1; None: not computed
+    sepsis_risk: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     # NEWS2 component scores on the estimates, by parameter (RCP 2017 chart order)
     news2_components: dict[str, int] = {}
     rejected: list[str] = []  # channels whose latest value the innovation gate rejected (artifact)

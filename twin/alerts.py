@@ -10,6 +10,10 @@ Kinds (one open alert per patient and kind, updated in place):
   parameter scoring 3, aggregate 5-6 (urgent response), aggregate 7 or more (emergency).
 - `news2_forecast` (clinical, predictive): the probability that a vital sign is in its red (score 3)
   range at a forecast horizon, from the twin's forecast mean and SD, reaches `p_raise`.
+- `sepsis_risk` (clinical, predictive): the twin's risk (`twin.risk`, fitted on PhysioNet 2019
+  ICU stays: the probability that the patient is within 6 h of the clinical onset of sepsis, or
+  septic) has reached the model's operating point, chosen where it was fitted
+  (docs/validation.md). Low priority: a prompt to look, not a response trigger.
 - `no_data` (technical): the device has been silent for `no_data_s`; the twin's uncertainty keeps
   growing meanwhile, and a silent twin is never shown as a healthy patient.
 - `sensor_off` (technical): readings arrive but a worn sensor's values have not been believed
@@ -37,9 +41,11 @@ from twin.channels import INDEX, NAMES, C
 
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
-KINDS: tuple[str, ...] = ("news2", "news2_forecast", "no_data", "sensor_off", "low_battery",
-                          "rejected_readings", "monitoring_stopped", "history_lost")
-CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "no_data": "technical",
+KINDS: tuple[str, ...] = ("news2", "news2_forecast", "sepsis_risk", "no_data", "sensor_off",
+                          "low_battery", "rejected_readings", "monitoring_stopped",
+                          "history_lost")
+CATEGORY = {"news2": "clinical", "news2_forecast": "clinical", "sepsis_risk": "clinical",
+            "no_data": "technical",
             "sensor_off": "technical", "low_battery": "technical",
             "rejected_readings": "technical", "monitoring_stopped": "technical",
             "history_lost": "technical"}
@@ -63,7 +69,8 @@ class AlertPolicy:
 
     # A condition must hold this long before an alert is raised (0: at once). Emergencies at once.
     raise_after_s: dict[str, float] = field(default_factory=lambda: {
-        "news2": 60.0, "news2_forecast": 120.0, "no_data": 0.0, "sensor_off": 0.0,
+        "news2": 60.0, "news2_forecast": 120.0, "sepsis_risk": 300.0, "no_data": 0.0,
+        "sensor_off": 0.0,
         "low_battery": 0.0, "rejected_readings": 0.0})
     raise_high_at_once: bool = True
     # ...and must be clear this long before it resolves (hysteresis in time).
@@ -73,6 +80,11 @@ class AlertPolicy:
     p_raise: float = 0.8
     p_clear: float = 0.5
     forecast_within_min: float = 30.0
+    # The twin's sepsis risk: raise at `risk_raise` (None: never; the worker passes the shipped
+    # model's operating point), clear below `risk_clear_ratio` times it (hysteresis).
+    risk_raise: float | None = None
+    risk_clear_ratio: float = 0.75
+    risk_alert: bool = True  # False: the worker sets no risk_raise (ALERT_SEPSIS_RISK)
     no_data_s: float = 300.0
     sensor_off_s: float = 120.0
     low_battery: float = 0.2
@@ -115,6 +127,7 @@ class TwinView:
     battery: np.ndarray
     rejects_per_min: np.ndarray | None = None
     reject_cause: list[str | None] | None = None
+    risk: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +185,12 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
     on[:, k["news2_forecast"]] = red_ch.any(axis=1) & ~stale
     clear[:, k["news2_forecast"]] = (p_new < policy.p_clear).all(axis=1) | stale
     prio[:, k["news2_forecast"]] = 0
+
+    if view.risk is not None and policy.risk_raise is not None:
+        r = np.nan_to_num(view.risk, nan=0.0)
+        on[:, k["sepsis_risk"]] = (r >= policy.risk_raise) & ~stale
+        clear[:, k["sepsis_risk"]] = (r < policy.risk_raise * policy.risk_clear_ratio) | stale
+    prio[:, k["sepsis_risk"]] = 0  # not computed (a silent twin's check): neither on nor clear
 
     on[:, k["no_data"]] = stale & ~np.isnan(view.since_reading_s)
     clear[:, k["no_data"]] = ~stale
@@ -522,6 +541,7 @@ class AlertEngine:
     @staticmethod
     def _title(a: Alert) -> str:
         return {"news2": "NEWS2", "news2_forecast": "Predicted red NEWS2 parameter",
+                "sepsis_risk": "Sepsis risk",
                 "no_data": "No data", "sensor_off": "Sensor off",
                 "low_battery": "Low battery", "rejected_readings": "Readings rejected",
                 "monitoring_stopped": "Monitoring stopped",
@@ -536,6 +556,10 @@ class AlertEngine:
             parts = [f"P({c} red within {self.policy.forecast_within_min:.0f} min) = {p:.2f}"
                      for c, p in ev.get("p_red", {}).items()]
             return "; ".join(parts)
+        if a.kind == "sepsis_risk":
+            return (f"the twin's sepsis risk is {ev.get('risk', 0):.3f} (operating point "
+                    f"{ev.get('threshold', 0):.3f}): P(within 6 h of sepsis onset, or septic), "
+                    "from a model fitted on ICU stays (docs/validation.md)")
         if a.kind == "no_data":
             return f"no reading for {ev.get('since_reading_s', 0) / 60:.0f} min"
         if a.kind == "sensor_off":
@@ -563,6 +587,10 @@ class AlertEngine:
             ev["forecast"] = {f"{int(h)}min": {ch: _fmt(view.forecast[i, hj, j])
                                                 for j, ch in enumerate(NAMES)}
                               for hj, h in enumerate(view.horizons_min)}
+        elif kind == "sepsis_risk" and view.risk is not None:
+            r = float(view.risk[i])
+            ev["risk"] = round(r, 4) if math.isfinite(r) else None
+            ev["threshold"] = self.policy.risk_raise
         elif kind == "no_data":
             ev["since_reading_s"] = _fmt(view.since_reading_s[i])
         elif kind == "sensor_off":

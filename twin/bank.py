@@ -26,13 +26,12 @@ from twin.model import (
     transition,
 )
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 DEVICE_SLOTS = 4
 MAX_GAP = 2**31 - 1  # most readings one sequence jump counts as lost
 _U32_MAX = np.iinfo(np.uint32).max  # the counters saturate instead of wrapping
 
-STATE_DTYPE = np.dtype(
-    [
+_V4_FIELDS = [
         ("version", "u1"),
         ("band", "i1"),  # NEWS2 response band last reported (-1: none yet)
         ("rejects", "u2", (C,)),  # consecutive artifact rejections per channel
@@ -57,9 +56,21 @@ STATE_DTYPE = np.dtype(
         ("seq", "i8", (DEVICE_SLOTS,)),  # last applied sequence number of that device
         ("x", "f8", (C, 2)),  # level, trend per channel (spo2: latent PaO2)
         ("P", "f8", (C, 3)),  # covariance p00, p01, p11 per channel
-    ]
-)
+]
+# Version 5: each channel's running baselines, for the risk's drift features (`twin.risk`).
+_DRIFT_FIELDS = [
+    ("base_first_t", "f8", (C,)),  # when the channel's estimate first existed (NaN: not yet)
+    ("base_sum", "f8", (C,)),  # sum and count of its estimates in its first hours
+    ("base_n", "u4", (C,)),
+    ("slow", "f8", (C,)),  # an exponential running mean of the estimate (NaN: none yet)
+    ("slow_t", "f8"),  # when `slow` was last updated
+]
+STATE_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS)
 STATE_BYTES = STATE_DTYPE.itemsize
+# Records of earlier versions still read (a site's changelog outlives an upgrade): their size,
+# and the dtype to read them with.
+_OLD_DTYPES = {4: np.dtype(_V4_FIELDS)}
+_SIZES = {STATE_VERSION: STATE_BYTES, **{v: d.itemsize for v, d in _OLD_DTYPES.items()}}
 
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
 Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
@@ -82,6 +93,8 @@ def _prior(params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
     return x0, p0
 
 
+_MIGRATION_PARAMS = ModelParams()  # only for the defaults of fields an old record lacks
+
 State = dict[str, np.ndarray]
 """A bank's working state: one contiguous array per field of `STATE_DTYPE`, patients on axis 0
 (struct of arrays: the filter's elementwise passes run over contiguous memory)."""
@@ -94,7 +107,8 @@ def new_states(n: int, params: ModelParams) -> State:
     x0, p0 = _prior(params)
     s["version"][:] = STATE_VERSION
     s["band"][:] = -1
-    for f in ("t", "last_obs", "raw", "quality", "battery", "obs_alert", "obs_oxygen", "obs_t"):
+    for f in ("t", "last_obs", "raw", "quality", "battery", "obs_alert", "obs_oxygen", "obs_t",
+              "base_first_t", "slow", "slow_t"):
         s[f][:] = np.nan
     s["spo2_scale"][:] = 1
     s["x"][:] = x0
@@ -122,17 +136,42 @@ def to_bytes(states: State) -> list[bytes]:
     return [rec[i].tobytes() for i in range(n)]
 
 
-def from_bytes(blobs: list[bytes]) -> State:
-    """Records written by `to_bytes` back to a `State` (writable arrays of their own).
+def record_bytes(data: bytes, offset: int = 0) -> int:
+    """The size of the twin record at `offset` of `data`, from its version byte; ValueError for
+    a version this code cannot read."""
+    v = data[offset] if len(data) > offset else -1
+    if v not in _SIZES:
+        raise ValueError(f"unsupported twin state version {v} (this code reads "
+                         f"{', '.join(map(str, sorted(_SIZES)))})")
+    return _SIZES[v]
 
-    Raises ValueError if a blob has the wrong size or version.
+
+def from_bytes(blobs: list[bytes]) -> State:
+    """Records written by `to_bytes` (this version or an earlier one, brought up to this one)
+    back to a `State` (writable arrays of their own).
+
+    Raises ValueError if a blob has an unknown version or the wrong size.
     """
-    if any(len(b) != STATE_BYTES for b in blobs):
+    sizes = [record_bytes(b) if b else -1 for b in blobs]
+    if any(len(b) != n for b, n in zip(blobs, sizes, strict=True)):
         raise ValueError(f"twin state must be {STATE_BYTES} bytes (version {STATE_VERSION})")
-    rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
-    if (rec["version"] != STATE_VERSION).any():
-        raise ValueError(f"unsupported twin state version (expected {STATE_VERSION})")
-    return {f: rec[f].copy() for f in STATE_DTYPE.names}
+    if all(n == STATE_BYTES for n in sizes):
+        rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
+        return {f: rec[f].copy() for f in STATE_DTYPE.names}
+    out = new_states(len(blobs), _MIGRATION_PARAMS)
+    for version, dtype in _OLD_DTYPES.items():
+        rows = [i for i, n in enumerate(sizes) if n == dtype.itemsize and blobs[i][0] == version]
+        if rows:
+            old = np.frombuffer(b"".join(blobs[i] for i in rows), dtype=dtype)
+            for f in dtype.names:
+                out[f][rows] = old[f]
+    now = [i for i, n in enumerate(sizes) if n == STATE_BYTES]
+    if now:
+        rec = np.frombuffer(b"".join(blobs[i] for i in now), dtype=STATE_DTYPE)
+        for f in STATE_DTYPE.names:
+            out[f][now] = rec[f]
+    out["version"][:] = STATE_VERSION  # the new fields start empty: baselines begin now
+    return out
 
 
 def _pair_cov(p: np.ndarray) -> np.ndarray:

@@ -83,7 +83,11 @@ def block_size(data: bytes, offset: int = 0) -> int:
     if len(data) < offset + HEADER_BYTES or data[offset] != _VERSION:
         return 0
     _, k = _HEADER.unpack_from(data, offset)
-    return HEADER_BYTES + bank.STATE_BYTES + k * READING_DTYPE.itemsize
+    try:
+        base = bank.record_bytes(data, offset + HEADER_BYTES)
+    except ValueError:
+        return 0
+    return HEADER_BYTES + base + k * READING_DTYPE.itemsize
 
 
 def decode(blocks: list[bytes | None], states: bank.State) -> History:
@@ -102,8 +106,9 @@ def decode(blocks: list[bytes | None], states: bank.State) -> History:
             raise ValueError(f"twin history block of an unknown version or size (expected "
                              f"version {_VERSION})")
         counts[i] = _HEADER.unpack_from(b)[1]
-        bases.append(b[HEADER_BYTES:HEADER_BYTES + bank.STATE_BYTES])
-        bufs.append(b[HEADER_BYTES + bank.STATE_BYTES:])
+        end = HEADER_BYTES + bank.record_bytes(b, HEADER_BYTES)
+        bases.append(b[HEADER_BYTES:end])
+        bufs.append(b[end:])
     base = {f: a.copy() for f, a in states.items()}
     if bases:
         had = np.flatnonzero([bool(b) for b in blocks])

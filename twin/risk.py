@@ -10,15 +10,16 @@ coefficients ship in `risk_params.json` and `load` reads them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
+from twin.alerts import AlertPolicy
 from twin.bank import Outputs, State
-from twin.channels import INDEX, NAMES, C
+from twin.channels import INDEX, NAMES
 from twin.model import ModelParams, transition
 from twin.news2 import CHART, COLUMN
 
@@ -44,6 +45,17 @@ FEATURES: tuple[str, ...] = (
 )
 """Names of the columns of `features`, in order."""
 
+# The model the live alert engine uses (`twin.alerts`, kind `sepsis_risk`), fitted by `patient-twin
+# validate sepsis2019 --fit-out` on the features a twin computes the same way whatever its
+# sampling rate. Left out: the SDs, the time since each channel was observed and whether it ever
+# was (in the ICU data they say how often a nurse charted it; for a wearable they are its
+# schedule, so they would not carry over), and age (not in the registry).
+LIVE_MODEL = "sepsis_risk"
+LIVE_FEATURES: tuple[str, ...] = (
+    *(f for f in FEATURES if not f.endswith(("_sd", "_log_hours_since_obs", "_never_observed"))),
+    "hours_monitored",
+)
+
 TRAJECTORY_FEATURES: tuple[str, ...] = (
     *(f"{c}_level_mean" for c in NAMES),
     *(f"{c}_level_min" for c in NAMES),
@@ -64,47 +76,40 @@ def trend_now(states: State, now: np.ndarray, params: ModelParams) -> np.ndarray
     return states["x"][..., 1] * phi * 60.0
 
 
-@dataclass
-class Drift:
-    """Running per-patient baselines of the twin's levels, all `(N, C)`.
+def update_drift(states: State, estimate: np.ndarray, now: np.ndarray) -> None:
+    """Fold K twins' estimates `(K, C)` at `now (K,)` epoch s into their running baselines (the
+    `base_*` and `slow*` fields of `states`, K twins, updated in place): each channel's mean
+    estimate over its first `BASELINE_H` hours, and an exponential running mean with time
+    constant `SLOW_TAU_H` (weighted by time, so it is the same at any sampling rate)."""
+    seen = ~np.isnan(estimate)
+    first = np.where(np.isnan(states["base_first_t"]) & seen, now[:, None],
+                     states["base_first_t"])
+    early = seen & (now[:, None] - first <= BASELINE_H * 3600.0)
+    states["base_first_t"] = first
+    states["base_sum"] += np.where(early, estimate, 0.0)
+    states["base_n"] += early.astype(states["base_n"].dtype)
+    # slow += alpha (estimate - slow), alpha = 1 - exp(-dt / tau)
+    last = states["slow_t"]
+    dt_h = np.where(np.isnan(last), 0.0, np.maximum(now - last, 0.0) / 3600.0)
+    alpha = 1.0 - np.exp(-dt_h / SLOW_TAU_H)[:, None]
+    old = states["slow"]
+    states["slow"] = np.where(np.isnan(old), estimate,
+                              np.where(seen, old + alpha * (estimate - old), old))
+    states["slow_t"] = np.where(seen.any(axis=1), now, last)
 
-    first_t: when each channel's estimate first existed (NaN: not yet); base_sum, base_n: sum and
-    count of the estimates in its first `BASELINE_H` hours; slow: an exponential running mean with
-    time constant `SLOW_TAU_H`; last_t: `(N,)` when it was last updated."""
 
-    first_t: np.ndarray
-    base_sum: np.ndarray
-    base_n: np.ndarray
-    slow: np.ndarray
-    last_t: np.ndarray
+def baseline(states: State) -> np.ndarray:
+    """Each channel's baseline level `(K, C)` of K twins (NaN: not observed yet)."""
+    n = states["base_n"]
+    return np.where(n > 0, states["base_sum"] / np.maximum(n, 1), np.nan)
 
-    @classmethod
-    def new(cls, n: int) -> Drift:
-        nan = np.full((n, C), np.nan)
-        return cls(nan.copy(), np.zeros((n, C)), np.zeros((n, C)), nan.copy(),
-                   np.full(n, np.nan))
 
-    def update(self, rows: np.ndarray, estimate: np.ndarray, now: np.ndarray) -> None:
-        """Fold the estimates `(K, C)` of patients `rows (K,)` at `now (K,)` epoch s in."""
-        seen = ~np.isnan(estimate)
-        first = np.where(np.isnan(self.first_t[rows]) & seen, now[:, None], self.first_t[rows])
-        early = seen & (now[:, None] - first <= BASELINE_H * 3600.0)
-        self.first_t[rows] = first
-        self.base_sum[rows] += np.where(early, estimate, 0.0)
-        self.base_n[rows] += early
-        # slow += alpha (estimate - slow), alpha = 1 - exp(-dt / tau)
-        dt_h = np.where(np.isnan(self.last_t[rows]), 0.0,
-                        np.maximum(now - self.last_t[rows], 0.0) / 3600.0)
-        alpha = 1.0 - np.exp(-dt_h / SLOW_TAU_H)[:, None]
-        old = self.slow[rows]
-        self.slow[rows] = np.where(np.isnan(old), estimate,
-                                   np.where(seen, old + alpha * (estimate - old), old))
-        self.last_t[rows] = now
-
-    def baseline(self, rows: np.ndarray) -> np.ndarray:
-        """Each channel's baseline level `(K, C)` (NaN: not observed yet)."""
-        n = self.base_n[rows]
-        return np.where(n > 0, self.base_sum[rows] / np.maximum(n, 1), np.nan)
+def hours_monitored(states: State, now: np.ndarray) -> np.ndarray:
+    """Hours since any channel of each of K twins was first estimated, `(K,)` (NaN: never)."""
+    first = states["base_first_t"]
+    seen = ~np.isnan(first).all(axis=1)
+    start = np.where(seen, np.nanmin(np.where(np.isnan(first), np.inf, first), axis=1), np.nan)
+    return (now - start) / 3600.0
 
 
 def features(out: Outputs, trend: np.ndarray, baseline: np.ndarray,
@@ -249,3 +254,39 @@ def load(name: str, path: Path | None = None) -> RiskModel:
     if name not in models:
         raise ValueError(f"risk parameters: no model {name!r} (have: {', '.join(models)})")
     return RiskModel.from_dict(models[name])
+
+
+def live_features(states: State, out: Outputs, now: np.ndarray,
+                  params: ModelParams) -> np.ndarray:
+    """`LIVE_FEATURES` of K twins at `now (K,)` epoch s, `(K, len(LIVE_FEATURES))` (NaN:
+    unknown). out: `twin.bank.outputs` of the same K twins at `now`."""
+    x = features(out, trend_now(states, now, params), baseline(states), states["slow"])
+    full = np.concatenate([x, hours_monitored(states, now)[:, None]], axis=1)
+    return full[:, _LIVE_COLUMNS]
+
+
+_LIVE_COLUMNS = np.array([(*FEATURES, "hours_monitored").index(f) for f in LIVE_FEATURES])
+
+
+def threshold(model: RiskModel) -> float:
+    """The model's operating point (a probability), chosen when it was fitted."""
+    return float(model.meta.get("threshold", float("nan")))
+
+
+def with_live_model(policy: AlertPolicy | None) -> tuple[RiskModel, AlertPolicy]:
+    """The shipped live model, and `policy` with its operating point as the `sepsis_risk`
+    alert's level (unless the policy turns the alert off or sets its own level)."""
+    model = load(LIVE_MODEL)
+    policy = policy or AlertPolicy()
+    if policy.risk_alert and policy.risk_raise is None:
+        policy = replace(policy, risk_raise=threshold(model))
+    return model, policy
+
+
+def score_live(model: RiskModel, states: State, out: Outputs, now: np.ndarray,
+               params: ModelParams) -> np.ndarray:
+    """The live model's probability for K twins at `now (K,)` epoch s, `(K,)` (NaN: a twin that
+    has seen nothing). out: `twin.bank.outputs` of the K twins at `now`."""
+    p = predict(model, live_features(states, out, now, params))
+    p[np.isnan(states["t"])] = np.nan
+    return p

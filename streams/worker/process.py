@@ -22,7 +22,7 @@ from streams.messages import (
     reject,
     utc,
 )
-from twin import alerts, bank, history, news2
+from twin import alerts, bank, history, news2, risk
 from twin.channels import INDEX, NAMES, UNITS, C
 from twin.model import ModelParams
 
@@ -91,22 +91,25 @@ def _by_channel(rows: list) -> list[dict[str, float | None]]:
 def split(record: bytes) -> tuple[bytes, bytes, bytes]:
     """A twin table record -> (the twin's fixed-size state, its history (`twin.history`, b"" if
     it was kept without one), the patient's alerts (JSON, b"" for none))."""
-    end = bank.STATE_BYTES + history.block_size(record, bank.STATE_BYTES)
-    return record[:bank.STATE_BYTES], record[bank.STATE_BYTES:end], record[end:]
+    n = bank.record_bytes(record)
+    end = n + history.block_size(record, n)
+    return record[:n], record[n:end], record[end:]
 
 
 def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
               since_reading_s: np.ndarray, spo2_scale: np.ndarray,
-              rejects: tuple[np.ndarray, list[str | None]] | None = None) -> alerts.TwinView:
+              rejects: tuple[np.ndarray, list[str | None]] | None = None,
+              p_risk: np.ndarray | None = None) -> alerts.TwinView:
     """The alert engine's view of K twins from the bank's outputs. since_reading_s: `(K,)`;
-    rejects: readings rejected per minute `(K,)` and the commonest cause (`RejectRates.of`)."""
+    rejects: readings rejected per minute `(K,)` and the commonest cause (`RejectRates.of`);
+    p_risk: `(K,)` the twin's sepsis risk (`twin.risk`)."""
     return alerts.TwinView(
         patient_ids=pids, estimate=out.estimate, sd=out.sd, forecast=out.forecast,
         forecast_sd=(out.high90 - out.low90) / (2 * Z90), horizons_min=bank.FORECAST_MINUTES,
         news2=out.news2, components=out.components, spo2_scale=spo2_scale,
         since_reading_s=since_reading_s, channel_age_s=out.age_s, battery=states["battery"],
         rejects_per_min=None if rejects is None else rejects[0],
-        reject_cause=None if rejects is None else rejects[1])
+        reject_cause=None if rejects is None else rejects[1], risk=p_risk)
 
 
 class RejectRates:
@@ -240,6 +243,9 @@ class TwinProcessor:
         self.late_tolerance_s = late_tolerance_s
         # the registry's NEWS2 SpO2 scale per patient (None: scale 1 unless the twin has one)
         self.spo2_scale = spo2_scale
+        # The twin's risk, the model `validate` fitted and ships (twin/risk_params.json): its
+        # operating point raises `sepsis_risk` unless the policy says otherwise.
+        self.risk, policy = risk.with_live_model(policy)
         self.engine = alerts.AlertEngine(policy)
         self.clock = clock
         # Patients' last applied reading, on the clock: a twin whose readings all arrive and are
@@ -332,6 +338,15 @@ class TwinProcessor:
         at = np.where(np.isnan(states["t"]), 0.0, states["t"])
         out = bank.outputs(states, at, self.params)
         states["band"] = np.where(np.isnan(states["t"]), old_band, out.band)
+        # Only twins that applied a reading in this batch are fresh: one whose readings are all
+        # rejected (late, duplicates) is frozen, and its state says when it last applied one.
+        fresh = np.bincount(batch.row[report.applied], minlength=len(pids)) > 0
+        if fresh.any():  # the baselines follow what the twin believed, once per new belief
+            upd = np.flatnonzero(fresh)
+            part = bank.take(states, upd)
+            risk.update_drift(part, out.estimate[upd], at[upd])
+            bank.put(states, upd, part)
+        p_risk = risk.score_live(self.risk, states, out, at, self.params)
 
         blobs = bank.to_bytes(states)
         seen = ~np.isnan(states["t"])
@@ -339,9 +354,6 @@ class TwinProcessor:
         rows = np.flatnonzero(seen)
         for i in rows.tolist():
             result.states[pids[i]] = blobs[i] + kept[i]  # + alerts, once the engine has run
-        # Only twins that applied a reading in this batch are fresh: one whose readings are all
-        # rejected (late, duplicates) is frozen, and its state says when it last applied one.
-        fresh = np.bincount(batch.row[report.applied], minlength=len(pids)) > 0
         for i in np.flatnonzero(fresh).tolist():
             self.last_arrival[pids[i]] = self.applied_at[pids[i]] = now
         if (report.duplicate | report.late).any():
@@ -354,11 +366,11 @@ class TwinProcessor:
         result.twin_states = twin_states(emitted, states, out, rows,
                                          [self.applied_at.get(p) for p in emitted],
                                          [noticed.get((p, "history_lost")) for p in emitted]
-                                         if noticed else None)
+                                         if noticed else None, p_risk)
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],
-                         self.rejects.of(pids, now))
+                         self.rejects.of(pids, now), p_risk)
         events = self.engine.update(view, now)
         result.alerts = [alert_event(ev) for ev in events]
         # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
@@ -461,7 +473,8 @@ class TwinProcessor:
 
 def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
                 applied_at: list[float | None] | None = None,
-                history_lost_at: list[float | None] | None = None) -> list[TwinState]:
+                history_lost_at: list[float | None] | None = None,
+                p_risk: np.ndarray | None = None) -> list[TwinState]:
     """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
     and outputs `out`; applied_at: K times their latest readings were applied (the worker's
     clock; None: not known); history_lost_at: K times the broker lost their stored history
@@ -488,6 +501,7 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndar
         ("duplicates", s["duplicates"]), ("late", s["late"]), ("gaps", s["gaps"]))}
     components = take(out.components).astype(np.int64).tolist()
     complete = take(out.complete).tolist()
+    sepsis = [None] * len(pids) if p_risk is None else _values(take(p_risk))
     horizons = [int(h) for h in bank.FORECAST_MINUTES]
     at = [None if a is None else utc(a) for a in applied_at or [None] * len(pids)]
     lost = [None if a is None else utc(a) for a in history_lost_at or [None] * len(pids)]
@@ -502,6 +516,7 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndar
             minutes_to_band=to_band[k],
             news2=ints["news2"][k], news2_raw=ints["news2_raw"][k],
             news2_complete=complete[k], news2_band=news2.BAND_NAMES[ints["band"][k]],
+            sepsis_risk=sepsis[k],
             news2_components=_component_dict(components[k]),
             rejected=[ch for ch, r in zip(NAMES, rejected[k], strict=True) if r],
             consciousness_alert=alert_l[k], on_oxygen=oxygen_l[k],

@@ -61,6 +61,8 @@ def state_points(states: Iterable[TwinState]) -> list[str]:
         fields.append(f"news2={st.news2}i,news2_raw={st.news2_raw}i,"
                       f"news2_complete={'true' if st.news2_complete else 'false'}")
         fields.extend(f"{k}={v!r}" for k, v in st.derived.items() if v is not None)
+        if st.sepsis_risk is not None:
+            fields.append(f"sepsis_risk={st.sepsis_risk!r}")
         out.append(f"twin,patient_id={st.patient_id} {','.join(fields)} "
                    f"{round(st.ts.timestamp() * 1e6) * 1000}")
     return out

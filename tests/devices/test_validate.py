@@ -40,8 +40,8 @@ def _check_auroc(e):
 def test_sepsis_side_by_side(sepsis_stays):
     res, models = validate.validate("sepsis2019", sepsis_stays, folds=5, seed=0, progress=False)
     assert res["stays"] == 60 and res["septic_stays"] == 20
-    assert set(res["methods"]) == {"twin_risk", "raw_logistic", "twin_plus_raw", "news2_twin",
-                                   "news2_raw"}
+    assert set(res["methods"]) == {"twin_risk", "twin_risk_live", "raw_logistic",
+                                   "twin_plus_raw", "news2_twin", "news2_raw"}
     for e in res["methods"].values():
         _check_auroc(e)
         assert e["n"] == res["hours"]
@@ -60,6 +60,11 @@ def test_sepsis_side_by_side(sepsis_stays):
     assert in_sample > res["methods"]["twin_risk"]["auroc"] + 0.05
     assert m.names[:len(risk.FEATURES)] == risk.FEATURES
     assert m.meta["cv_auroc"] == res["methods"]["twin_risk"]["auroc"]
+    # the live model: the live feature columns, with an operating point inside (0, 1)
+    live = models[risk.LIVE_MODEL]
+    assert live.names == risk.LIVE_FEATURES and 0.0 < risk.threshold(live) < 1.0
+    assert live.meta["cv_auroc"] == res["methods"]["twin_risk_live"]["auroc"]
+    assert run.live.shape == (res["hours"], len(risk.LIVE_FEATURES))
 
 
 def test_icu2012_side_by_side(icu_stays):

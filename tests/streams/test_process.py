@@ -180,3 +180,34 @@ def test_twins_held_through_a_broker_loss_are_marked_and_their_patients_alerted(
     (st,) = res2.twin_states
     assert st.history_lost_at is not None and st.history_lost_at.timestamp() == T0 + 5
     assert st.readings_applied == 2  # carried on, not started over
+
+
+def test_the_twins_sepsis_risk_rises_with_a_septic_course_and_raises_its_alert():
+    """The risk `validate` fitted, live: a patient whose vital signs take a septic course over
+    hours (RCP 2017 and Sepsis-3 signs: tachycardia, tachypnoea, fever, falling pressure) gets
+    a rising risk and one low-priority `sepsis_risk` alert; a stable patient neither."""
+    from twin import risk
+
+    proc = TwinProcessor()
+    threshold = risk.threshold(proc.risk)
+    stored: dict[str, bytes] = {}
+    events, seq, risks = [], 0, {"sick": [], "well": []}
+    for k in range(12 * 12):  # every 5 minutes for 12 hours
+        t = T0 + k * 300.0
+        f = min(max((k / 12.0 - 2.0) / 8.0, 0.0), 1.0)  # hours 2-10: the course
+        seq += 1
+        batch = [rd("sick", seq, t, hr=75 + 50 * f, rr=14 + 14 * f, temp=36.8 + 2.4 * f,
+                    sbp=125 - 35 * f, dbp=75 - 20 * f, spo2=97 - 4 * f),
+                 rd("well", seq, t, hr=72.0, rr=14.0, temp=36.8, sbp=125.0, dbp=75.0,
+                    spo2=97.0)]
+        res = proc.process(batch, stored, now=t)
+        stored.update(res.states)
+        events += res.alerts
+        for st in res.twin_states:
+            risks[st.patient_id].append(st.sepsis_risk)
+    assert risks["sick"][-1] > threshold > risks["well"][-1] >= 0.0
+    assert risks["sick"][-1] > 3 * risks["sick"][12]  # it rose with the course
+    raised = [e for e in events if e.kind == "sepsis_risk" and e.event == "raised"]
+    assert [e.patient_id for e in raised] == ["sick"]
+    assert (raised[0].category, raised[0].priority) == ("clinical", "low")
+    assert raised[0].evidence["risk"] >= threshold

@@ -56,12 +56,16 @@ def test_round_trip_through_the_parameter_file(tmp_path):
         risk.load("demo", path)
 
 
-@pytest.mark.parametrize("name", ["sepsis2019", "icu2012"])
+@pytest.mark.parametrize("name", ["sepsis2019", "icu2012", risk.LIVE_MODEL])
 def test_shipped_parameter_file_loads_and_predicts(name):
     m = risk.load(name)
-    assert m.meta["version"] == 1 and m.meta["dataset"] == name
+    assert m.meta["version"] == 1
+    assert m.meta["dataset"] == ("sepsis2019" if name == risk.LIVE_MODEL else name)
     assert len(m.names) == len(m.coef) == len(m.mean) == len(m.scale)
-    assert set(risk.FEATURES) <= set(m.names)
+    if name == risk.LIVE_MODEL:
+        assert m.names == risk.LIVE_FEATURES and 0 < risk.threshold(m) < 1
+    else:
+        assert set(risk.FEATURES) <= set(m.names)
     assert (m.scale > 0).all() and np.isfinite(m.coef).all()
     assert 0.5 < m.meta["cv_auroc"] <= 1.0
     p = risk.predict(m, np.tile(m.mean, (4, 1)))
@@ -87,11 +91,8 @@ def test_features_shapes_and_physiology():
     s, params = _twins()
     now = np.full(3, 1800.0)
     out = bank.outputs(s, now, params, on_oxygen=np.zeros(3), alert=np.ones(3))
-    drift = risk.Drift.new(3)
-    rows = np.arange(3)
-    drift.update(rows, out.estimate, now)
-    f = risk.features(out, risk.trend_now(s, now, params), drift.baseline(rows),
-                      drift.slow[rows])
+    risk.update_drift(s, out.estimate, now)
+    f = risk.features(out, risk.trend_now(s, now, params), risk.baseline(s), s["slow"])
     assert f.shape == (3, len(risk.FEATURES))
     col = {n: i for i, n in enumerate(risk.FEATURES)}
     # the second twin is tachycardic and hypotensive: the higher shock index
@@ -108,18 +109,68 @@ def test_features_shapes_and_physiology():
 
 
 def test_drift_tracks_a_change_from_the_patients_own_baseline():
-    d = risk.Drift.new(2)
-    rows = np.arange(2)
+    params = ModelParams()
+    s = bank.new_states(2, params)
     est = np.full((2, C), np.nan)
     for h in range(30):  # hours, not patients
         est[:, INDEX["hr"]] = [80.0, 80.0 if h < 10 else 120.0]
-        d.update(rows, est.copy(), np.full(2, h * 3600.0))
-    base = d.baseline(rows)
+        risk.update_drift(s, est.copy(), np.full(2, h * 3600.0))
+    base = risk.baseline(s)
     assert base[:, INDEX["hr"]] == pytest.approx([80.0, 80.0])  # the first 6 h only
-    drift_slow = est[:, INDEX["hr"]] - d.slow[:, INDEX["hr"]]
+    drift_slow = est[:, INDEX["hr"]] - s["slow"][:, INDEX["hr"]]
     assert drift_slow[0] == pytest.approx(0.0)
     assert 5.0 < drift_slow[1] < 40.0  # the slow mean lags the jump
     assert np.isnan(base[:, INDEX["temp"]]).all()
+    np.testing.assert_allclose(risk.hours_monitored(s, np.full(2, 30 * 3600.0)), 30.0)
+    # the baselines travel with the twin's record
+    back = bank.from_bytes(bank.to_bytes(s))
+    np.testing.assert_array_equal(risk.baseline(back), base)
+
+
+def test_the_slow_mean_is_the_same_at_any_sampling_rate():
+    """A wearable's twin (every minute) and a charted one (every hour) get the same running
+    mean of the same course: the live risk sees what the fitted one saw."""
+    params = ModelParams()
+    fine, coarse = bank.new_states(1, params), bank.new_states(1, params)
+    est = np.full((1, C), np.nan)
+    for m in range(0, 12 * 60 + 1):  # minutes of one patient
+        est[0, INDEX["hr"]] = 70.0 + 30.0 * min(m / 600.0, 1.0)
+        risk.update_drift(fine, est.copy(), np.array([m * 60.0]))
+        if m % 60 == 0:
+            risk.update_drift(coarse, est.copy(), np.array([m * 60.0]))
+    a, b = fine["slow"][0, INDEX["hr"]], coarse["slow"][0, INDEX["hr"]]
+    assert abs(a - b) < 1.5, (a, b)
+
+
+def test_live_features_are_the_fitted_columns_of_the_full_set():
+    s, params = _twins()
+    now = np.full(3, 1800.0)
+    out = bank.outputs(s, now, params, on_oxygen=np.zeros(3), alert=np.ones(3))
+    risk.update_drift(s, out.estimate, now)
+    full = risk.features(out, risk.trend_now(s, now, params), risk.baseline(s), s["slow"])
+    live = risk.live_features(s, out, now, params)
+    assert live.shape == (3, len(risk.LIVE_FEATURES))
+    for j, name in enumerate(risk.LIVE_FEATURES[:-1]):
+        np.testing.assert_array_equal(live[:, j], full[:, risk.FEATURES.index(name)])
+    assert not any(n.endswith(("_sd", "_never_observed")) for n in risk.LIVE_FEATURES)
+    np.testing.assert_allclose(live[:, -1], 0.0)  # monitored since this very estimate
+
+
+def test_an_older_twin_record_is_read_and_its_baselines_begin_empty():
+    """A site's changelog outlives an upgrade: version-4 records (before the baselines) are
+    brought up to date instead of refused."""
+    s, params = _twins()
+    v4 = np.dtype(bank._V4_FIELDS)
+    rec = np.zeros(3, v4)
+    for f in v4.names:
+        rec[f] = s[f]
+    rec["version"] = 4
+    back = bank.from_bytes([r.tobytes() for r in rec])
+    np.testing.assert_array_equal(back["x"], s["x"])
+    assert (back["version"] == bank.STATE_VERSION).all()
+    assert np.isnan(back["slow"]).all() and (back["base_n"] == 0).all()
+    with pytest.raises(ValueError, match="version"):
+        bank.from_bytes([b"\x09" + bytes(bank.STATE_BYTES - 1)])
 
 
 def test_trajectory_features_shapes_and_nan_handling():
