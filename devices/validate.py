@@ -37,6 +37,13 @@ N_BOOT = 1000
 LAM = {"sepsis2019": 1e-3, "icu2012": 1e-2}
 MORTALITY_HOURS = 48
 RULE_NEWS2 = 5  # RCP 2017 Table 2: aggregate 5 or more is the urgent-response trigger
+# Forecast horizons whose 90 % intervals are checked against the readings that came (the 2019
+# rows are hourly, so whole hours).
+CALIBRATION_MINUTES = np.array([60.0, 120.0, 240.0])
+# What one step of the recorded values is (the 2019 files: whole /min, %, mm[Hg]; temperature
+# to 0.1 degC or finer).
+RESOLUTION = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])
+Z90 = 1.6448536269514722
 GCS_RANGE = (3.0, 15.0)  # the Glasgow Coma Scale's own range (Teasdale & Jennett, Lancet 1974)
 
 
@@ -56,6 +63,9 @@ class TwinRun:
     shock_index: np.ndarray
     map: np.ndarray
     live: np.ndarray  # (G, len(risk.LIVE_FEATURES)): what the live alert engine computes
+    forecast: np.ndarray  # (G, H, C) the forecast mean at CALIBRATION_MINUTES
+    low90: np.ndarray  # (G, H, C) its 90 % interval (of the twin's level)
+    high90: np.ndarray
 
 
 def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
@@ -91,6 +101,9 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
     F = len(risk.FEATURES)
     feats = np.full((G, F), np.nan)
     live = np.full((G, len(risk.LIVE_FEATURES)), np.nan)
+    low90 = np.full((G, len(CALIBRATION_MINUTES), C), np.nan)
+    high90 = np.full_like(low90, np.nan)
+    fc = np.full_like(low90, np.nan)
     n2 = np.zeros(G, dtype=np.int64)
     n2raw = np.zeros(G, dtype=np.int64)
     est = np.full((G, C), np.nan)
@@ -112,7 +125,8 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
         # and on room air, so NEWS2 here is its five measured parameters.
         k = len(active)
         out = bank.outputs(sub, now, params, on_oxygen=np.zeros(k), alert=np.ones(k),
-                           spo2_scale=1)
+                           spo2_scale=1, horizons=CALIBRATION_MINUTES)
+        fc[g], low90[g], high90[g] = out.forecast, out.low90, out.high90
         risk.update_drift(sub, out.estimate, now)
         if sub is not states:
             bank.put(states, active, sub)
@@ -121,7 +135,43 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
         live[g] = risk.live_features(sub, out, now, params)
         n2[g], n2raw[g] = out.news2, out.news2_raw
         est[g], sd[g], si[g], mapv[g] = out.estimate, out.sd, out.shock_index, out.map
-    return TwinRun(gstay, grid_t, feats, n2, n2raw, est, sd, si, mapv, live)
+    return TwinRun(gstay, grid_t, feats, n2, n2raw, est, sd, si, mapv, live, fc, low90,
+                   high90)
+
+
+def forecast_coverage(run: TwinRun, stays: Stays) -> dict[str, dict[str, dict]]:
+    """Share of later readings inside the twin's 90 % forecast interval, per horizon and
+    channel: `{"60min": {"hr": {"coverage": .., "n": .., "median_width": ..}, ...}, ...}`.
+
+    For data read at every sample (the 2019 rows): the interval made at a row against the same
+    stay's reading exactly `h` later, plausible readings only (a sensor-off value is not the
+    patient). A reading is the level plus measurement noise, rounded: the twin's interval of the
+    level is widened by the measurement SD (in quadrature, at quality 1) and by half the
+    recording's resolution (`RESOLUTION`), so a 100 % SpO2 counts when the interval reaches
+    99.5 %."""
+    out: dict[str, dict[str, dict]] = {}
+    z = plausible(stays.z)
+    m = Z90 * ModelParams().measurement_sd
+    lo_all = run.forecast - np.sqrt((run.forecast - run.low90) ** 2 + m**2) - RESOLUTION / 2
+    hi_all = run.forecast + np.sqrt((run.high90 - run.forecast) ** 2 + m**2) + RESOLUTION / 2
+    for j, h in enumerate(CALIBRATION_MINUTES):
+        res: dict[str, dict] = {}
+        g = np.arange(len(run.t))
+        key = run.stay * 1e9 + run.t  # ascending: stays in order, each stay's rows in time
+        later = np.searchsorted(key, key + h * 60.0)
+        ok = later < len(run.t)
+        ok[ok] &= (run.stay[later[ok]] == run.stay[ok]) & (run.t[later[ok]] == run.t[ok] + h * 60)
+        for c, name in enumerate(NAMES):
+            lo, hi = lo_all[g[ok], j, c], hi_all[g[ok], j, c]
+            target = z[later[ok], c]
+            use = np.isfinite(target) & np.isfinite(lo) & np.isfinite(hi)
+            inside = (target[use] >= lo[use]) & (target[use] <= hi[use])
+            res[name] = {"coverage": _r(inside.mean(), 3) if use.any() else None,
+                         "n": int(use.sum()),
+                         "median_width": _r(float(np.median(hi[use] - lo[use])), 2)
+                         if use.any() else None}
+        out[f"{h:.0f}min"] = res
+    return out
 
 
 def plausible(z: np.ndarray) -> np.ndarray:
@@ -371,7 +421,8 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0,
     summary = {"stays": stays.n, "septic_stays": int(septic.sum()), "hours": int(len(label)),
                "label_rate": _r(label.mean(), 4)}
     return {"dataset": "sepsis2019", **summary, "methods": results,
-            "twin_risk_auroc_minus": _differences(scores, label, stay, seed)}, models
+            "twin_risk_auroc_minus": _differences(scores, label, stay, seed),
+            "forecast_coverage_90": forecast_coverage(run, stays)}, models
 
 
 def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -493,6 +544,14 @@ def table(result: dict) -> str:
     for name, d in result["twin_risk_auroc_minus"].items():
         rows.append(f"  {name:<16} {f(d['difference']):>7} [{f(d['ci95'][0])}, "
                     f"{f(d['ci95'][1])}]")
+    if "forecast_coverage_90" in result:
+        rows.append("")
+        rows.append("share of later readings inside the twin's 90% forecast interval "
+                    "(median width):")
+        for h, per in result["forecast_coverage_90"].items():
+            cells = "  ".join(f"{ch} {f(v['coverage'], 2)} ({f(v['median_width'], 1)})"
+                              for ch, v in per.items())
+            rows.append(f"  {h:>7}  {cells}")
     return "\n".join(rows)
 
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime, timedelta
 from streams import config, supervise
 from streams.errors import PatientTwinError
 
-# The demo's deteriorations run 80 times faster than their clinical course (devices.simulator
+# The demo's deteriorations run 100 times faster than their clinical course (devices.simulator
 # `pace`): the first NEWS2 alerts come within about 3 minutes of starting, where at pace 1
 # they take an hour or more (docs/simulator.md).
-DEMO_PACE = 80.0
+DEMO_PACE = 100.0
 
 
 class _Parser(argparse.ArgumentParser):

@@ -471,12 +471,14 @@ def outputs(
     on_oxygen: np.ndarray | None = None,
     alert: np.ndarray | None = None,
     spo2_scale: np.ndarray | int | None = None,
+    horizons: np.ndarray = FORECAST_MINUTES,
 ) -> Outputs:
     """Estimates, forecasts and NEWS2 for K twins at times `now (K,)` epoch s.
 
     on_oxygen, alert: `(K,)` float (NaN: no manual observation yet, so NEWS2 is incomplete);
     default: the twins' latest manual observations. spo2_scale: 1, 2 or `(K,)`; default: the
-    twins' scale from the registry.
+    twins' scale from the registry. horizons: `(H,)` minutes ahead of the forecasts (forecast,
+    low90, high90 are then `(K, H, C)`).
     """
     K = states["t"].shape[0]
     never = np.isnan(states["last_obs"])
@@ -486,9 +488,9 @@ def outputs(
     est[never] = np.nan
     sd[never] = np.nan
 
-    H = len(FORECAST_MINUTES)
+    H = len(horizons)
     fc, lo, hi = (np.empty((K, H, C)) for _ in range(3))
-    for j, h in enumerate(FORECAST_MINUTES):  # three horizons, not patients
+    for j, h in enumerate(horizons):  # a few horizons, not patients
         xh, ph = kalman.predict_trend(x, p, *transition(np.full(K, h), params))
         fc[:, j], _, lo[:, j], hi[:, j] = _channels(xh, ph)
     for arr in (fc, lo, hi):

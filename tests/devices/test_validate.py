@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,6 +66,26 @@ def test_sepsis_side_by_side(sepsis_stays):
     assert live.names == risk.LIVE_FEATURES and 0.0 < risk.threshold(live) < 1.0
     assert live.meta["cv_auroc"] == res["methods"]["twin_risk_live"]["auroc"]
     assert run.live.shape == (res["hours"], len(risk.LIVE_FEATURES))
+    # forecast intervals checked against the readings that came, per horizon and channel
+    cov = res["forecast_coverage_90"]
+    assert list(cov) == ["60min", "120min", "240min"]
+    for per in cov.values():
+        assert set(per) == {"hr", "rr", "spo2", "sbp", "dbp", "temp"}
+        assert per["hr"]["n"] > 100 and 0.0 <= per["hr"]["coverage"] <= 1.0
+    # a longer horizon is a wider interval
+    assert cov["240min"]["hr"]["median_width"] > cov["60min"]["hr"]["median_width"]
+
+
+def test_forecast_coverage_counts_a_reading_inside_or_outside(sepsis_stays):
+    """The coverage is what it says: readings moved far outside the intervals are not
+    covered, and the same readings are, where they were."""
+    run = validate.run_twin(sepsis_stays, sepsis_stays.start, sepsis_stays.t, progress=False)
+    base = validate.forecast_coverage(run, sepsis_stays)["60min"]["hr"]
+    far = dataclasses.replace(sepsis_stays, z=sepsis_stays.z.copy())
+    far.z[:, 0] += 80.0  # most beyond the interval, still plausible heart rates
+    moved = validate.forecast_coverage(run, far)["60min"]["hr"]
+    assert base["coverage"] > 0.9
+    assert moved["n"] > 0.9 * base["n"] and moved["coverage"] < base["coverage"] - 0.4
 
 
 def test_icu2012_side_by_side(icu_stays):
