@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="benchmarks that print numbers side by side")
     bn.add_argument("which", choices=list(BENCHMARKS),
-                    help="twin: the twin core's throughput; devices: the simulator into Kafka; "
+                    help="twin: the twin core's throughput; kalman: the generic filter API "
+                    "beside filterpy; devices: the simulator into Kafka; "
                     "pipeline: the Faust worker beside a do-nothing agent, and live latency; "
                     "dashboard: callback latency under many viewers; failover: how long "
                     "monitoring stops when a worker is killed and replaced")
@@ -268,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # `patient-twin bench WHICH` -> the module whose main(argv) runs it
-BENCHMARKS = {"twin": "bench.twin_bench", "devices": "bench.devices_bench",
+BENCHMARKS = {"twin": "bench.twin_bench", "kalman": "bench.kalman_bench",
+              "devices": "bench.devices_bench",
               "pipeline": "bench.pipeline_bench", "dashboard": "bench.dashboard_bench",
               "failover": "bench.failover_gap"}
 

@@ -19,6 +19,18 @@ def test_bench_twin_prints_table_and_json():
         assert row["state_bytes"] < 2048
 
 
+def test_bench_kalman_prints_the_api_beside_filterpy_and_plain_numpy():
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "kalman", "--patients",
+                        "500", "--repeats", "3", "--reference", "50"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert "filterpy" in lines[0] and "plain" in lines[0]
+    res = json.loads(lines[-1])
+    assert res["patients"] == 500 and res["api_per_s"] > 0 and res["filterpy_per_s"] > 0
+    assert res["api_vs_filterpy"] == res["api_per_s"] / res["filterpy_per_s"]
+
+
 def test_bench_rejects_bad_sizes_in_one_line():
     r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "twin", "--sizes", "many"],
                        capture_output=True, text=True, timeout=60)

@@ -107,3 +107,30 @@ def test_closed_form_level_trend_equals_the_general_kernels():
     np.testing.assert_allclose(pc[..., 1].ravel(), Pg[:, 0, 1], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(pc[..., 2].ravel(), Pg[:, 1, 1], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(nis_c.ravel(), nis_g, rtol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 6), m=st.integers(1, 5))
+def test_closed_form_inverse_equals_lapack(seed, N, m):
+    rng = np.random.default_rng(seed)
+    S = np.stack([_spd(rng, m, scale=10.0 ** rng.uniform(-3, 3)) for _ in range(N)])
+    np.testing.assert_allclose(kalman.inverse(S) @ S, np.broadcast_to(np.eye(m), S.shape),
+                               atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), N=st.integers(1, 6), n=st.integers(1, 5),
+       m=st.integers(1, 4))
+def test_every_channel_observed_takes_the_shared_matrix_path_to_the_same_answer(seed, N, n, m):
+    """No mask (shared H and R stay shared) and a per-patient H with an all-True mask agree."""
+    x, P, F, Q, H, R, z, _ = _case(seed, N, n, m)
+    fast = kalman.update(x, P, z, H, R)
+    slow = kalman.update(x, P, z, np.broadcast_to(H, (N, m, n)).copy(),
+                         np.broadcast_to(R, (N, m, m)).copy(), np.ones((N, m), bool))
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # a shared F in predict is the same as the same F per patient
+    Fs = F[0]
+    np.testing.assert_allclose(kalman.predict(x, P, Fs, Q)[1],
+                               kalman.predict(x, P, np.broadcast_to(Fs, (N, n, n)), Q)[1],
+                               rtol=1e-12, atol=1e-12)
