@@ -8,7 +8,7 @@ hashed in API_TOKENS_FILE); nothing is served anonymously.
   -> 201 with the subscription and the secret the server made (shown once here; `GET` never)
 - `GET /api/subscriptions` -> the subscriptions, without secrets
 - `DELETE /api/subscriptions/<id>` -> 204, or 404
-- `POST /api/alerts/<alert id>/acknowledge` `{"comment"?}` and `POST /api/silences`
+- `POST /api/alerts/<alert id>/acknowledge` or `/escalate` `{"comment"?}` and `POST /api/silences`
   `{"patient_id", "kind", "reason", "minutes"}` -> 202: the action goes to the alert.actions topic
   and the worker that owns the patient applies it (the alert event then shows who and why)
 - `GET /api/alerts/stream?patient=&ward=&min_priority=&kind=` -> `text/event-stream`: one event
@@ -138,18 +138,21 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         view.apply(settings.topic_subscriptions, sub_id.encode(), None)
         return "", 204
 
-    @bp.post("/alerts/<alert_id>/acknowledge")
-    def acknowledge(alert_id: str) -> tuple[Response, int]:
-        body = request.get_json(silent=True) or {}
+    @bp.post("/alerts/<alert_id>/<any(acknowledge, escalate):verb>")
+    def act(alert_id: str, verb: str) -> tuple[Response, int]:
+        body = request.get_json(silent=True)
+        body = body if isinstance(body, dict) else {}
+        comment = body.get("comment")
+        if comment is not None and not (isinstance(comment, str) and len(comment) <= 500):
+            return _error(400, "comment must be text of at most 500 characters")
         pid = alert_id.rsplit(":", 2)[0]
         if not may_act_on(pid):
             return refuse(403, "this token may not act on this patient's alerts",
                           patient_id=pid, alert_id=alert_id)
         me = client().name
-        action = AlertAction(action="acknowledge", patient_id=pid, by=me,
-                             ts=datetime.now(UTC), alert_id=alert_id,
-                             comment=body.get("comment"))
-        record("acknowledge", patient_id=pid, alert_id=alert_id, wait=True)
+        action = AlertAction(action=verb, patient_id=pid, by=me,  # type: ignore[arg-type]
+                             ts=datetime.now(UTC), alert_id=alert_id, comment=comment)
+        record(verb, patient_id=pid, alert_id=alert_id, wait=True)
         actions.put(pid, msgspec.json.encode(action))
         return jsonify({"accepted": True, "alert_id": alert_id, "by": me}), 202
 

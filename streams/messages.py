@@ -188,14 +188,15 @@ ALERT_ACTION_SCHEMA = "patient-twin.alert-action/1"
 
 class AlertAction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A clinician's action on alerts (topic alert.actions, key = patient id): acknowledge one
-    alert, or silence a patient's alerts of one kind until a time, with a reason."""
+    alert, escalate one (call for help now: a priority up and the rapid-response team told), or
+    silence a patient's alerts of one kind until a time, with a reason."""
 
     schema: _Text = ALERT_ACTION_SCHEMA
-    action: Literal["acknowledge", "silence"]
+    action: Literal["acknowledge", "escalate", "silence"]
     patient_id: Id
     by: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     ts: datetime
-    alert_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None  # acknowledge
+    alert_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None  # acknowledge, escalate
     comment: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     kind: _Text | None = None  # silence
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
@@ -210,8 +211,8 @@ def decode_action(data: bytes) -> AlertAction:
     a = decode_with(_action_decoder, data)
     _check_schema(a.schema, ALERT_ACTION_SCHEMA)
     check_ts(a.ts)
-    if a.action == "acknowledge" and not a.alert_id:
-        raise reject("acknowledge needs alert_id", "missing_field")
+    if a.action in ("acknowledge", "escalate") and not a.alert_id:
+        raise reject(f"{a.action} needs alert_id", "missing_field")
     if a.action == "silence" and (not a.kind or not a.reason or a.until is None):
         raise reject("silence needs kind, reason and until", "missing_field")
     return a
@@ -230,9 +231,9 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     user: str
     role: str | None = None
     action: Literal["login", "login_failed", "logout", "view_ward", "view_patient", "view_vr",
-                    "acknowledge", "silence", "admit", "transfer", "discharge", "update",
-                    "observation", "denied", "subscribe", "unsubscribe", "view_subscriptions",
-                    "view_alerts", "view_audit"]
+                    "acknowledge", "escalate", "silence", "admit", "transfer", "discharge",
+                    "update", "observation", "denied", "subscribe", "unsubscribe",
+                    "view_subscriptions", "view_alerts", "view_audit"]
     patient_id: str | None = None
     alert_id: str | None = None
     detail: str | None = None

@@ -469,6 +469,25 @@ class AlertEngine:
             events.append(self._resolve(a, now, "condition had cleared"))
         return events
 
+    def escalate(self, patient_id: str, alert_id: str, by: str, now: float,
+                 comment: str | None = None) -> list[Event]:
+        """A clinician calls for help with an open alert of this patient now, without waiting
+        for the unacknowledged-alert escalation: the priority goes up one level (high stays
+        high) and the rapid-response team is in its audience. KeyError if the patient has no
+        such open alert."""
+        a = self.find(patient_id, alert_id)
+        if a is None or not a.open:
+            raise KeyError(alert_id)
+        a.escalations += 1
+        self.stats.escalated += a.escalations == 1
+        if a.priority != "high":
+            a.priority = PRIORITIES[PRIORITIES.index(a.priority) + 1]
+        a.audience = "ward+rapid-response"
+        if comment is not None:
+            a.comment = comment
+        return [self._event("escalated", a, now,
+                            f"{self._title(a)}: escalated by {by} to {a.audience}", by=by)]
+
     def silence(self, patient_id: str, kind: str, reason: str, until: float, by: str,
                 now: float) -> list[Event]:
         """Silence a patient's alerts of one kind until `until` (reason and who, required)."""

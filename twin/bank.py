@@ -387,10 +387,11 @@ class Outputs:
     estimate, sd: `(K, C)` (NaN for a channel never observed); forecast, low90, high90:
     `(K, H, C)` at the forecast horizons (`FORECAST_MINUTES` unless asked); news2, news2_raw:
     `(K,)` int on the estimates and on the last raw values (a last value outside the plausibility
-    limits, e.g. a sensor-off zero, scores nothing for its parameter); components `(K, 7)`; complete `(K,)` bool; band `(K,)` int; age_s
-    `(K, C)` seconds since each channel was last believed; map, map_sd, shock_index,
-    shock_index_sd: `(K,)` derived (NaN when an input is unknown); minutes_to_band `(K, C)`: when
-    the forecast mean crosses into a worse NEWS2 score within an hour (NaN: not within the hour).
+    limits, e.g. a sensor-off zero, scores nothing for its parameter); components `(K, 7)`;
+    complete `(K,)` bool; band `(K,)` int; age_s `(K, C)` seconds since each channel was last
+    believed; map, map_sd, shock_index, shock_index_sd: `(K,)` derived (NaN when an input is
+    unknown); minutes_to_band `(K, C)`: when the forecast mean crosses into a worse NEWS2 score
+    within an hour (NaN: not within the hour).
     """
 
     estimate: np.ndarray

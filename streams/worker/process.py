@@ -438,7 +438,7 @@ class TwinProcessor:
 
     def act(self, action: AlertAction, now: float | None = None,
             stored: bytes | None = None) -> list[AlertEvent]:
-        """Apply a clinician's acknowledge or silence (stored: the patient's record, for a
+        """Apply a clinician's acknowledge, escalate or silence (stored: the patient's record, for a
         patient this worker has not seen yet). InvalidMessage if it cannot apply (an alert that
         is not open, a silence that is not valid)."""
         now = self.clock() if now is None else now
@@ -447,6 +447,9 @@ class TwinProcessor:
             if action.action == "acknowledge":
                 events = self.engine.acknowledge(action.patient_id, action.alert_id or "",
                                                  action.by, now, action.comment)
+            elif action.action == "escalate":
+                events = self.engine.escalate(action.patient_id, action.alert_id or "",
+                                              action.by, now, action.comment)
             else:
                 assert action.until is not None and action.kind and action.reason
                 events = self.engine.silence(action.patient_id, action.kind, action.reason,

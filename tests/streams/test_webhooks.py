@@ -548,6 +548,16 @@ def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api
         crafted.send(s.topic_alert_actions, key=key, value=messages.encode(forged))
     crafted.flush()
     crafted.close()
+    # escalate first: the rapid-response team told now, by this client
+    status, _ = _req(port, "POST", f"/api/alerts/{raised['alert_id']}/escalate", token,
+                     {"comment": "looks worse"})
+    assert status == 202
+    assert wait_until(lambda: any(e["event"] == "escalated" and e.get("by") == "integration-1"
+                                  for e in events()), timeout=30)
+    esc = next(e for e in events() if e["event"] == "escalated")
+    assert esc["audience"] == "ward+rapid-response" and esc["alert_id"] == raised["alert_id"]
+    assert _req(port, "POST", f"/api/alerts/{raised['alert_id']}/escalate", token,
+                {"comment": 7})[0] == 400
     status, body = _req(port, "POST", f"/api/alerts/{raised['alert_id']}/acknowledge", token,
                         {"comment": "rapid response called"})
     assert status == 202 and body["by"] == "integration-1"

@@ -237,6 +237,26 @@ def test_an_alert_is_acknowledged_only_through_its_own_patient():
     assert eng.acknowledge("P0", ev.alert.alert_id, "nurse", 2.0)
 
 
+def test_a_clinician_escalates_an_open_alert_of_its_own_patient_only():
+    """Calling for help now: priority up one level, the rapid-response team in the audience,
+    recorded by whom; never through another patient, never on a closed alert."""
+    eng = AlertEngine()
+    (ev,) = eng.update(view(since=400.0), 0.0)  # P0's no_data alert, medium
+    with pytest.raises(KeyError):
+        eng.escalate("P1", ev.alert.alert_id, "intruder", 1.0)
+    assert eng.alerts[("P0", "no_data")].priority == "medium"
+    (esc,) = eng.escalate("P0", ev.alert.alert_id, "nurse.kim", 2.0, comment="worse")
+    assert (esc.name, esc.by, esc.alert.priority) == ("escalated", "nurse.kim", "high")
+    assert esc.alert.audience == "ward+rapid-response" and "nurse.kim" in esc.message
+    (again,) = eng.escalate("P0", ev.alert.alert_id, "nurse.kim", 3.0)
+    assert again.alert.priority == "high"  # high stays high
+    eng.acknowledge("P0", ev.alert.alert_id, "nurse.kim", 4.0)
+    eng.update(view(since=1.0), 10.0)
+    eng.update(view(since=1.0), 400.0)  # cleared and resolved
+    with pytest.raises(KeyError):
+        eng.escalate("P0", ev.alert.alert_id, "nurse.kim", 500.0)
+
+
 def test_technical_alerts_and_the_fatigue_figures():
     eng = AlertEngine()
     (ev,) = eng.update(view(since=400.0), 0.0)
