@@ -9,7 +9,6 @@ the audit trail), and at DEBUG (a command's stderr holds only its one-line resul
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime
 
 import msgspec
@@ -52,38 +51,20 @@ def read(settings: Settings, patient_id: str | None = None, user: str | None = N
     """The audit records now on the topic, oldest first, that match every filter given (a
     patient, a user, a time); records that are not audit records are skipped and counted in
     the log."""
-    from kafka import KafkaConsumer, TopicPartition
+    from streams.follow import read_all
 
-    from streams.config import kafka_python_consumer_config
-
-    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
-                             **kafka_python_consumer_config(settings))
-    try:
-        parts = consumer.partitions_for_topic(settings.topic_audit) or set()
-        tps = [TopicPartition(settings.topic_audit, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[AuditRecord] = []
-        skipped = 0
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the audit topic was not read to its end in {timeout_s} s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                for r in recs:
-                    try:
-                        rec = _decoder.decode(r.value or b"")
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        skipped += 1
-                        continue
-                    if ((patient_id is None or rec.patient_id == patient_id)
-                            and (user is None or rec.user == user)
-                            and (since is None or rec.ts >= since)):
-                        out.append(rec)
-        if skipped:
-            log.warning("skipped %d records of the audit topic that are not audit records",
-                        skipped)
-        return sorted(out, key=lambda a: a.ts)
-    finally:
-        consumer.close()
+    out: list[AuditRecord] = []
+    skipped = 0
+    for _, value in read_all(settings, settings.topic_audit, timeout_s):
+        try:
+            rec = _decoder.decode(value or b"")
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            skipped += 1
+            continue
+        if ((patient_id is None or rec.patient_id == patient_id)
+                and (user is None or rec.user == user)
+                and (since is None or rec.ts >= since)):
+            out.append(rec)
+    if skipped:
+        log.warning("skipped %d records of the audit topic that are not audit records", skipped)
+    return sorted(out, key=lambda a: a.ts)

@@ -17,6 +17,8 @@ from streams.errors import PatientTwinError
 # `pace`): the first NEWS2 alerts come within about 3 minutes of starting, where at pace 1
 # they take an hour or more (docs/simulator.md).
 DEMO_PACE = 100.0
+# Training runs slower than the demo: a trainee has minutes, not seconds, to notice a patient.
+TRAIN_PACE = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pace", type=_positive_float, default=DEMO_PACE, metavar="X",
                    help="deteriorations develop X times faster than their clinical course, so "
                    f"alerts come within minutes (default {DEMO_PACE:g}; 1: real clinical time)")
+
+    tr = sub.add_parser("train", help="a training ward on its own topics: scripted "
+                        "deteriorations, trainee accounts, their actions timed against the NEWS2 "
+                        "escalation guidance, and a debrief at the end")
+    tr.add_argument("--scenario", default="sepsis", metavar="NAME",
+                    help="the deterioration half the patients go through: sepsis, respiratory, "
+                    "bleeding, af or fever (the others stay stable; default sepsis)")
+    tr.add_argument("--trainees", type=_positive_int, default=2,
+                    help="trainee accounts trainee1..N (clinicians of the training ward T)")
+    tr.add_argument("--patients", type=_positive_int, default=6)
+    tr.add_argument("--speed", type=_positive_float, default=TRAIN_PACE, metavar="X",
+                    help="deteriorations develop X times faster than their clinical course "
+                    f"(default {TRAIN_PACE:g})")
+    tr.add_argument("--duration", type=_positive_float, default=None,
+                    help="stop after this many seconds and write the debrief (default: Ctrl-C)")
+    tr.add_argument("--seed", type=int, default=1)
+    tr.add_argument("--start", type=_utc_time, default=None, metavar="TIME",
+                    help="the simulated clock's start (ISO-8601 with offset, within the last "
+                    "day): the same seed and start give the same patients")
 
     b = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
     b.add_argument("--port", type=_port, default=None, help="loopback port (default BROKER_PORT)")
@@ -462,6 +483,41 @@ def _demo(args: Args, settings: config.Settings) -> int:
                     rate=args.rate, seed=args.seed, pace=args.pace)
 
 
+def _train(args: Args, settings: config.Settings) -> int:
+    import json
+    from pathlib import Path
+
+    from streams.demo import Session, run_demo
+
+    scenarios = ("sepsis", "respiratory", "bleeding", "af", "fever")
+    if args.scenario not in scenarios:
+        raise config.ConfigError(f"--scenario {args.scenario}: expected one of "
+                                 f"{', '.join(scenarios)}")
+    trainees = {f"trainee{i}" for i in range(1, args.trainees + 1)}
+
+    def finish(s: config.Settings, log_dir: Path) -> None:
+        from streams.debrief import read
+
+        result = read(s, trainees)
+        result["scenario"] = args.scenario
+        path = log_dir / "debrief.json"
+        path.write_text(json.dumps(result, indent=1))
+        sm = result["summary"]
+        print(f"train: debrief in {path}: {sm['clinical_alerts']} clinical alerts, "
+              f"{sm['recognised']} recognised, {sm['missed']} missed, "
+              f"{sm['escalated_as_expected']} of {sm['escalation_expected']} escalated as the "
+              "NEWS2 guidance expects", flush=True)
+        print(json.dumps(result["summary"]), flush=True)
+
+    accounts = {t: ("clinician", ["T"]) for t in sorted(trainees)}
+    accounts["instructor"] = ("admin", [])
+    session = Session(name="train", mix=f"{args.scenario}=0.5,stable=0.5", wards="T",
+                      accounts=accounts, training=True,
+                      start=args.start.isoformat() if args.start else None, on_finish=finish)
+    return run_demo(settings, patients=args.patients, duration=args.duration, rate=1.0,
+                    seed=args.seed, pace=args.speed, session=session)
+
+
 def _run(args: Args, settings: config.Settings) -> int:
     """Run the sub-command `args.command` (its parser is in `build_parser`)."""
     return COMMANDS[args.command](args, settings)
@@ -591,7 +647,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": _users, "patients": _patients,
     "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
-    "mqtt-bridge": _mqtt_bridge, "validate": _validate,
+    "mqtt-bridge": _mqtt_bridge, "validate": _validate, "train": _train,
 }
 
 

@@ -83,6 +83,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1
     broker_port: Annotated[Port, doc("loopback port of the embedded broker")] = 9092
+    training: Annotated[bool, doc(
+        "a training ward (`patient-twin train`): every topic name gets the prefix `training.` "
+        "and the Faust app id `-training`, so training patients never meet real ones; every "
+        "view and message says TRAINING")] = False
     app_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$"), doc(
         "Faust application id; also the consumer group of the workers")] = "patient-twin"
     worker_instance_id: Annotated[
@@ -322,7 +326,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             f"{env_name(field)}={shown!s}: {what.lower()} ({DOCS.get(field, '')})"
         ) from exc
     _check(settings)
-    return settings
+    return training_namespace(settings) if settings.training else settings
+
+
+TRAINING_PREFIX = "training."
+
+
+def training_namespace(s: Settings) -> Settings:
+    """The same settings on the training ward's own topics and consumer group: nothing a
+    training worker, dashboard or simulator reads or writes is a real patient's topic."""
+    topics = {f: TRAINING_PREFIX + getattr(s, f) for f in FIELDS
+              if f.startswith("topic_") and not getattr(s, f).startswith(TRAINING_PREFIX)}
+    app_id = s.app_id if s.app_id.endswith("-training") else s.app_id + "-training"
+    return msgspec.structs.replace(s, app_id=app_id, **topics)
 
 
 def _check(s: Settings) -> None:

@@ -138,20 +138,40 @@ def _enrol_simulated(env: dict[str, str], path: Path, patients: int, seed: int) 
     load_credentials(str(path), config.load(env), device_ids(patients, seed))
 
 
+@dataclass(frozen=True)
+class Session:
+    """What `run_demo` runs: the demo by default, or a training session (`patient-twin train`):
+    its scenario mix, wards, accounts (name -> (role, wards); None: one throwaway admin), the
+    training ward's own topics, the simulated clock's start, and what to do at the end while
+    everything still runs (the training debrief)."""
+
+    name: str = "demo"
+    mix: str | None = None
+    wards: str = "A,B"
+    accounts: dict[str, tuple[str, list[str]]] | None = None
+    training: bool = False
+    start: str | None = None
+    on_finish: Callable[[Settings, Path], None] | None = None
+
+
 def run_demo(settings: Settings, *, patients: int, duration: float | None, rate: float,
-             seed: int, pace: float = 1.0) -> int:
+             seed: int, pace: float = 1.0, session: Session = Session()) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    log_dir = Path(tempfile.mkdtemp(prefix="patient-twin-demo-"))
+    log_dir = Path(tempfile.mkdtemp(prefix=f"patient-twin-{session.name}-"))
     children = _Children(log_dir)
     env = dict(os.environ)
+    if session.training:
+        # every child on the training ward's own topics (config.training_namespace)
+        env["TRAINING"] = "true"
+        settings = config.training_namespace(msgspec.structs.replace(settings, training=True))
     try:
         if settings.embedded_broker:
             port = settings.broker_port
             if not supervise.port_free(port):
                 port = supervise.free_port()
-                print(f"demo: port {settings.broker_port} is taken; broker uses {port}")
+                print(f"{session.name}: port {settings.broker_port} is taken; broker uses {port}")
             env["BROKER_PORT"] = str(port)
             settings = msgspec.structs.replace(settings, broker_port=port)
             children.add("broker", broker.start(port), again=lambda: broker.start_with_topics(
@@ -174,15 +194,17 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             ingest_port = supervise.free_port(settings.ingest_host)
         env["INGEST_PORT"] = str(ingest_port)
         env.setdefault("DEVICES_FILE", str(log_dir / "devices.jsonl"))
-        login_line = None
-        if settings.users_file is None:
-            # a throwaway admin account for this demo only, in its temporary directory
+        login_lines = []
+        if settings.users_file is None or session.accounts is not None:
+            # throwaway accounts for this session only, in its temporary directory
             from dashboard.auth import add_user
 
-            password = secrets.token_urlsafe(12)
             env["USERS_FILE"] = str(log_dir / "users.jsonl")
-            add_user(env["USERS_FILE"], "demo", "admin", [], password)
-            login_line = f"demo: log in as demo with password {password}"
+            for name, (role, wards) in (session.accounts or {"demo": ("admin", [])}).items():
+                password = secrets.token_urlsafe(12)
+                add_user(env["USERS_FILE"], name, role, wards, password)
+                login_lines.append(f"{session.name}: log in as {name} ({role}) with password "
+                                   f"{password}")
         # The simulated wearables send as devices do, each with its own credential: through
         # the ingest endpoint, and through Mosquitto and the bridge when Mosquitto is installed.
         targets = [f"http://{settings.ingest_host}:{ingest_port}/ingest"]
@@ -190,8 +212,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         mosquitto = mqtt.mosquitto_binary()
         if mosquitto is not None:
             targets.append(_mqtt_site(log_dir / "mqtt", env))
-            mqtt_line = (f"demo: MQTT devices at {targets[-1]} (Mosquitto; every other patient "
-                         "publishes there)")
+            mqtt_line = (f"{session.name}: MQTT devices at {targets[-1]} (Mosquitto; every "
+                         "other patient publishes there)")
         credentials = log_dir / "device-credentials.jsonl"
         _enrol_simulated(env, credentials, patients, seed)
         if mosquitto is not None:
@@ -209,24 +231,30 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         children.start("ingest", supervise.python_argv("ingest"), env)
         children.start("simulator", supervise.python_argv(
             "simulate", "--patients", str(patients), "--rate", str(rate), "--seed", str(seed),
-            "--wards", "A,B", "--credentials", str(credentials), "--pace", str(pace),
+            "--wards", session.wards, "--credentials", str(credentials), "--pace", str(pace),
+            *(("--scenarios", session.mix) if session.mix else ()),
+            *(("--start", session.start) if session.start else ()),
             *(a for t in targets for a in ("--to", t))),
             env)
-        print(f"demo: Kafka at {settings.bootstrap}"
+        print(f"{session.name}: Kafka at {settings.bootstrap}"
               f"{' (embedded broker)' if settings.embedded_broker else ''}")
-        print(f"demo: dashboard at http://{settings.dashboard_host}:{dash_port}/ "
+        print(f"{session.name}: dashboard at http://{settings.dashboard_host}:{dash_port}/ "
               f"(VR ward at /vr)")
-        if login_line:
-            print(login_line)
-        print(f"demo: device ingest at http://{settings.ingest_host}:{ingest_port}/ingest "
-              "(credentials: patient-twin devices add DEVICE_ID, with DEVICES_FILE="
-              f"{env['DEVICES_FILE']})")
+        if session.training:
+            print(f"{session.name}: TRAINING ward {session.wards}: simulated patients only, on "
+                  f"the training topics ({settings.topic_vitals_raw}, ...); the debrief is "
+                  "written when it stops")
+        for line in login_lines:
+            print(line)
+        print(f"{session.name}: device ingest at "
+              f"http://{settings.ingest_host}:{ingest_port}/ingest (credentials: patient-twin "
+              f"devices add DEVICE_ID, with DEVICES_FILE={env['DEVICES_FILE']})")
         if mqtt_line:
             print(mqtt_line)
         if metrics_port:
-            print(f"demo: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
+            print(f"{session.name}: worker metrics at http://{settings.worker_metrics_host}:{metrics_port}"
                   "/metrics")
-        print(f"demo: logs in {log_dir}; Ctrl-C stops everything", flush=True)
+        print(f"{session.name}: logs in {log_dir}; Ctrl-C stops everything", flush=True)
         feed = StatusFeed(settings).start()
         t0 = time.monotonic()
         failure = None
@@ -240,7 +268,7 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             if failure:
                 break
             st = feed.status
-            line = (f"demo: {elapsed:5.0f} s  readings sent {st.readings}  twins updated "
+            line = (f"{session.name}: {elapsed:5.0f} s  readings sent {st.readings}  twins updated "
                     f"{len(st.patients)}/{patients} patients ({st.states} states)  "
                     f"alerts {st.alerts}")
             if tty:
@@ -257,11 +285,14 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         st = feed.status
         if tty:
             print()
-        print(f"demo: readings sent {st.readings}; twins updated for {len(st.patients)} of "
-              f"{patients} patients ({st.states} twin states); alerts {st.alerts}", flush=True)
+        print(f"{session.name}: readings sent {st.readings}; twins updated for "
+              f"{len(st.patients)} of {patients} patients ({st.states} twin states); "
+              f"alerts {st.alerts}", flush=True)
         if failure:
-            print(f"demo: stopped because the {failure}; see {log_dir}", file=sys.stderr)
+            print(f"{session.name}: stopped because the {failure}; see {log_dir}", file=sys.stderr)
             return 1
+        if session.on_finish is not None:
+            session.on_finish(settings, log_dir)
         return 0
     finally:
         children.stop()

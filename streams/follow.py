@@ -61,6 +61,44 @@ def replaced(positions: Mapping[Any, int], ends: Mapping[Any, int],
     return out
 
 
+def read_all(settings: Settings, topic: str, timeout_s: float = 30.0,
+             idle_s: float = 1.0) -> list[tuple[bytes | None, bytes | None]]:
+    """Every record now on `topic` as (key, value), in offset order per partition: read to the
+    end offsets, then until nothing new came for `idle_s` (the embedded broker's end offset can
+    lag the tail of a producer batch, docs/tansu.md). TimeoutError after `timeout_s`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
+                             **kafka_python_consumer_config(settings))
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout_s
+        quiet_since: float | None = None
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"{topic} was not read to its end in {timeout_s} s")
+            batch = consumer.poll(timeout_ms=200)
+            for recs in batch.values():
+                out.extend((r.key, r.value) for r in recs)
+            at_end = all(consumer.position(tp) >= end[tp] for tp in tps)
+            if batch or not at_end:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= idle_s:
+                return out
+    finally:
+        consumer.close()
+
+
 class Follower:
     """A thread that feeds every record of `topics` (key, value) to `apply`, reconnecting on
     Kafka errors. `connected` says whether it currently reads; `skipped` counts, by topic, the

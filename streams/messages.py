@@ -141,6 +141,7 @@ class TwinState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=False):
     # the twin's sepsis risk (twin.risk, docs/validation.md): P(within 6 h of the clinical onset
     # of sepsis, or septic), 0-1; None: not computed
     sepsis_risk: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    training: bool = False  # a training ward's simulated patient (`patient-twin train`)
     # NEWS2 component scores on the estimates, by parameter (RCP 2017 chart order)
     news2_components: dict[str, int] = {}
     rejected: list[str] = []  # channels whose latest value the innovation gate rejected (artifact)
@@ -181,6 +182,7 @@ class AlertEvent(msgspec.Struct, frozen=True, kw_only=True):
     raised_at: UtcTime | None = None
     notify: bool = True  # False while the alert is silenced (subscribers skip it)
     evidence: dict[str, Any] = {}  # the values, scores and forecast that raised it
+    training: bool = False  # a training ward's alert: its message starts "TRAINING: " too
 
 
 ALERT_ACTION_SCHEMA = "patient-twin.alert-action/1"

@@ -135,9 +135,10 @@ class Watchdog:
                     alert_id=f"{pid}:{KIND}:{int(since * 1000)}", patient_id=pid,
                     ts=messages.utc(now), event="raised", kind=KIND, category="technical",
                     priority="high", message=(
-                        f"no worker has processed this patient's readings for "
-                        f"{now - since:.0f} s: the twin is not being updated and no clinical "
-                        "alert can be raised"),
+                        f"{'TRAINING: ' if self.settings.training else ''}no worker has "
+                        f"processed this patient's readings for {now - since:.0f} s: the twin "
+                        "is not being updated and no clinical alert can be raised"),
+                    training=self.settings.training,
                     raised_at=messages.utc(now),
                     evidence={"partition": part, "since": messages.utc(since).isoformat()})
                 self.open[pid] = ev

@@ -154,7 +154,7 @@ class Worker:
                                max_silence_s=settings.alert_silence_max_minutes * 60.0,
                                risk_alert=settings.alert_sepsis_risk),
             spo2_scale=self.registry.spo2_scale,
-            late_tolerance_s=settings.worker_late_tolerance_s)
+            late_tolerance_s=settings.worker_late_tolerance_s, training=settings.training)
         self.metrics = WorkerMetrics()
         self.liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                                  unassigned_seconds=settings.liveness_unassigned_seconds)

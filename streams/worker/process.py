@@ -158,8 +158,9 @@ class RejectRates:
                     del self._counts[p]
 
 
-def alert_event(ev: alerts.Event) -> AlertEvent:
-    """The Kafka message of an alert engine event."""
+def alert_event(ev: alerts.Event, training: bool = False) -> AlertEvent:
+    """The Kafka message of an alert engine event (of a training ward: marked, and its message
+    says so first, wherever it is forwarded)."""
     a = ev.alert
     channels: list[str] = []
     if a.kind == "news2":
@@ -174,7 +175,8 @@ def alert_event(ev: alerts.Event) -> AlertEvent:
     return AlertEvent(
         alert_id=a.alert_id, patient_id=a.patient_id, ts=utc(ev.t), event=ev.name,
         kind=a.kind, category=a.category, priority=a.priority, state=state,  # type: ignore[arg-type]
-        channels=channels, message=ev.message,
+        channels=channels, message=f"TRAINING: {ev.message}" if training else ev.message,
+        training=training,
         news2=int(news) if isinstance(news, int) else None, by=ev.by, comment=a.comment,
         audience=a.audience, notify=ev.notify, evidence=a.evidence,
         raised_at=None if a.raised_at is None else utc(a.raised_at))
@@ -237,8 +239,10 @@ class TwinProcessor:
                  policy: alerts.AlertPolicy | None = None,
                  clock: Callable[[], float] = time.time,
                  spo2_scale: Callable[[list[str]], list[int]] | None = None,
-                 late_tolerance_s: float = history.DEFAULT_TOLERANCE_S) -> None:
+                 late_tolerance_s: float = history.DEFAULT_TOLERANCE_S,
+                 training: bool = False) -> None:
         self.params = params or ModelParams()
+        self.training = training  # a training ward: every message it makes says so
         # readings up to this much older than their twin are applied in time order (0: late)
         self.late_tolerance_s = late_tolerance_s
         # the registry's NEWS2 SpO2 scale per patient (None: scale 1 unless the twin has one)
@@ -366,13 +370,13 @@ class TwinProcessor:
         result.twin_states = twin_states(emitted, states, out, rows,
                                          [self.applied_at.get(p) for p in emitted],
                                          [noticed.get((p, "history_lost")) for p in emitted]
-                                         if noticed else None, p_risk)
+                                         if noticed else None, p_risk, self.training)
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],
                          self.rejects.of(pids, now), p_risk)
         events = self.engine.update(view, now)
-        result.alerts = [alert_event(ev) for ev in events]
+        result.alerts = [alert_event(ev, self.training) for ev in events]
         # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
         # the patient over (restart, failover) continues the same alerts instead of raising new
         # ones. Timers can change alerts of patients outside the batch: those records too.
@@ -408,14 +412,14 @@ class TwinProcessor:
         pids = [p for p in self.silent_candidates(now) if stored.get(p) is not None]
         self.rejects.forget(set(), now, keep=set(self._rejected_open()))
         if not pids:
-            return [alert_event(ev) for ev in self.engine.tick(now)]
+            return [alert_event(ev, self.training) for ev in self.engine.tick(now)]
         states, _ = self._states(pids, stored)
         since = np.array([now - self.last_arrival.setdefault(p, now) for p in pids])
         # the twin predicted forward over the silence: its uncertainty has grown
         out = bank.outputs(states, states["t"] + since, self.params)
         view = twin_view(pids, states, out, since, states["spo2_scale"],
                          self.rejects.of(pids, now))
-        return [alert_event(ev) for ev in self.engine.update(view, now)]
+        return [alert_event(ev, self.training) for ev in self.engine.update(view, now)]
 
     def history_lost(self, stored: Mapping[str, bytes], lost_at: float,
                      now: float | None = None) -> tuple[dict[str, bytes], list[AlertEvent]]:
@@ -434,7 +438,8 @@ class TwinProcessor:
             "broker). The twin goes on from the worker's memory; readings sent but not yet "
             "processed then, the twin's earlier twin.state records and its alerts' history "
             "are gone from Kafka", {"lost_at": lost_at}, now, mark=lost_at)
-        return self.records(set(pids), stored), [alert_event(ev) for ev in events]
+        return self.records(set(pids), stored), [alert_event(ev, self.training)
+                                                  for ev in events]
 
     def act(self, action: AlertAction, now: float | None = None,
             stored: bytes | None = None) -> list[AlertEvent]:
@@ -458,7 +463,7 @@ class TwinProcessor:
             raise reject(f"no open alert {action.alert_id} of this patient", "not_open") from None
         except ValueError as exc:
             raise reject(str(exc), "invalid_silence") from None
-        return [alert_event(ev) for ev in events]
+        return [alert_event(ev, self.training) for ev in events]
 
     def silent_candidates(self, now: float) -> list[str]:
         """Patients silent for at least the no-data time without an open no-data alert, and
@@ -477,7 +482,7 @@ class TwinProcessor:
 def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
                 applied_at: list[float | None] | None = None,
                 history_lost_at: list[float | None] | None = None,
-                p_risk: np.ndarray | None = None) -> list[TwinState]:
+                p_risk: np.ndarray | None = None, training: bool = False) -> list[TwinState]:
     """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
     and outputs `out`; applied_at: K times their latest readings were applied (the worker's
     clock; None: not known); history_lost_at: K times the broker lost their stored history
@@ -519,7 +524,7 @@ def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndar
             minutes_to_band=to_band[k],
             news2=ints["news2"][k], news2_raw=ints["news2_raw"][k],
             news2_complete=complete[k], news2_band=news2.BAND_NAMES[ints["band"][k]],
-            sepsis_risk=sepsis[k],
+            sepsis_risk=sepsis[k], training=training,
             news2_components=_component_dict(components[k]),
             rejected=[ch for ch, r in zip(NAMES, rejected[k], strict=True) if r],
             consciousness_alert=alert_l[k], on_oxygen=oxygen_l[k],
