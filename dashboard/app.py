@@ -4,7 +4,9 @@ Pages: `/` ward overview, `/ward3d` the ward in 3D, `/patient/<id>` the patient'
 module of dashboard/pages/ with its layout and callbacks), `/vr` the WebXR ward (dashboard/vr.py),
 `/api/*` the subscribers' API (dashboard/api.py). Every page needs a logged-in user
 (dashboard/login.py); what a user sees is limited to their wards. This module builds the app
-around them: the header with the navigation, the Kafka views and writers, and their closing.
+around them: the frame of every page (a skip link, the header with the navigation and the
+low-bandwidth toggle of dashboard/lite.py, `<main>`), the Kafka views and writers, and their
+closing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import dash
 from dash import Dash, Input, Output, dcc, html
 
-from dashboard import api, headers, live, login, vr
+from dashboard import api, headers, lite, live, login, vr
 from dashboard.auth import UserStore
 from dashboard.context import Context
 from dashboard.feed import TwinFeed
@@ -32,10 +34,25 @@ log = logging.getLogger("patient_twin.dashboard")
 
 
 def _nav() -> html.Nav:
-    return html.Nav([dcc.Link("Ward", href="/"), " · ", dcc.Link("3D ward", href="/ward3d"),
-                     " · ", html.A("VR ward", href="/vr"), " · ",
-                     html.Span(id="whoami"), " · ", html.A("Log out", href="/logout")],
-                    className="nav")
+    if lite.on():
+        links = [dcc.Link("Ward", href="/"), " · ", dcc.Link("Beds (list)", href="/ward3d"),
+                 " · ", html.A("Low bandwidth: on (switch off)", href="?lite=0",
+                               id="lite-toggle")]
+    else:
+        links = [dcc.Link("Ward", href="/"), " · ", dcc.Link("3D ward", href="/ward3d"), " · ",
+                 html.A("VR ward", href="/vr"), " · ",
+                 html.A("Low bandwidth: off (switch on)", href="?lite=1", id="lite-toggle")]
+    return html.Nav([*links, " · ", html.Span(id="whoami"), " · ",
+                     html.A("Log out", href="/logout")], className="nav",
+                    **{"aria-label": "main"})
+
+
+def _layout() -> html.Div:
+    """The frame of every page, built per page load (the low-bandwidth mode changes the nav):
+    a skip link to the page's content first, for keyboard and screen-reader users."""
+    return html.Div([html.A("Skip to content", href="#main", className="skip-link"),
+                     html.Header([html.H1("patient-twin"), _nav()]),
+                     html.Main(dash.page_container, id="main", tabIndex="-1")])
 
 
 def _register_nav(app: Dash, c: Context) -> None:
@@ -73,14 +90,15 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
                suppress_callback_exceptions=True)
     for page in (ward, ward3d, patient):
         page.register(app, c)
-    app.layout = html.Div([html.Header([html.H1("patient-twin"), _nav()]),
-                           dash.page_container])
+    app.index_string = app.index_string.replace("<html>", '<html lang="en">', 1)
+    app.layout = _layout
     _register_nav(app, c)
     app.feed = feed  # type: ignore[attr-defined]
     app.closers = [*started, c]  # type: ignore[attr-defined]
     revoked = RevokedSessions(settings).start()
     app.closers.append(revoked)  # type: ignore[attr-defined]
     login.install(app.server, settings, users, audit, revoked, https=https)
+    lite.install(app.server)
     headers.install(app.server, https=https, script_hashes=app.csp_hashes)
     api_bp = api.blueprint(settings, feed, subscriptions, audit=audit)
     app.server.register_blueprint(api_bp)

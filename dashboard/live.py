@@ -30,13 +30,14 @@ STREAM_S = 300.0
 KEEPALIVE_S = 15.0  # also the API's alert stream: proxies close idle connections
 RETRY_MS = 2000  # the browser's wait before it opens a new stream
 
-# Inputs: the patient id (a new page). Opens the page's stream, closing the previous page's;
-# each event sets `patient-push.data`, the input of the page's value callbacks.
+# Inputs: the patient id (a new page), and the page's mode. Opens the page's stream, closing
+# the previous page's; each event sets `patient-push.data`, the input of the page's value
+# callbacks. None in low-bandwidth mode (dashboard/lite.py): that page polls every 5 s.
 CONNECT_JS = f"""
-function(pid) {{
+function(pid, mode) {{
   const dc = window.dash_clientside;
   if (window.__patientLive) {{ window.__patientLive.close(); window.__patientLive = null; }}
-  if (!pid || typeof EventSource === 'undefined') {{ return dc.no_update; }}
+  if (!pid || mode === 'lite' || typeof EventSource === 'undefined') {{ return dc.no_update; }}
   const es = new EventSource('/live/patient/' + encodeURIComponent(pid));
   window.__patientLive = es;
   let n = 0;

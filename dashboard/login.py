@@ -100,19 +100,20 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 justify-content:center;margin-top:12vh}}form{{background:#fff;padding:2em;border-radius:8px;
 box-shadow:0 1px 4px #0002;min-width:18em}}label,input,button{{display:block;width:100%;
 margin:.4em 0}}input{{padding:.5em;box-sizing:border-box}}button{{padding:.6em;background:#1f5f9f;
-color:#fff;border:0;border-radius:4px}}.error{{color:#b00020}}</style></head><body>
+color:#fff;border:0;border-radius:4px}}.error{{color:#b00020}}:focus-visible{{outline:3px solid
+#1f5f9f;outline-offset:2px}}</style></head><body><main>
 <form method="post" action="/login"><h1>patient-twin</h1>{error}
 <input type="hidden" name="next" value="{next}"><input type="hidden" name="csrf" value="{csrf}">
 <label for="username">User name</label><input id="username" name="username" required autofocus
 autocomplete="username"><label for="password">Password</label><input id="password"
 name="password" type="password" required autocomplete="current-password">
-<button id="login" type="submit">Log in</button></form></body></html>"""
+<button id="login" type="submit">Log in</button></form></main></body></html>"""
 
 
 _LOGOUT = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>patient-twin · log out</title></head><body><form method="post" action="/logout">
+<title>patient-twin · log out</title></head><body><main><form method="post" action="/logout">
 <input type="hidden" name="csrf" value="{csrf}"><button id="logout" type="submit">Log out</button>
-</form></body></html>"""
+</form></main></body></html>"""
 
 
 def csrf_token() -> str:

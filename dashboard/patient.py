@@ -130,7 +130,7 @@ def news2_table(state: TwinState | None) -> html.Table:
     total = html.Tr([html.Th("Total"), html.Th(str(state.news2)),
                      html.Th(f"on estimates; {state.news2_raw} on the raw readings"),
                      html.Th("complete" if state.news2_complete else
-                             "partial: consciousness / oxygen not recorded"), html.Th("")])
+                             "partial: consciousness / oxygen not recorded"), html.Td("")])
     return html.Table([head, *body, total], className="news2-table")
 
 
@@ -178,6 +178,16 @@ def header(patient_id: str, record: PatientRecord | None, state: TwinState | Non
         "of a memory-only broker). The twin went on from the worker's memory; readings waiting "
         "then and the earlier record are gone.", id="patient-history-lost",
         className="history-lost-banner")]
+    # the response band in words and shape beside its colour, as in the ward views
+    shown = "unknown" if state is None or ward.is_stale(age) else state.news2_band
+    band = html.Div([
+        f"NEWS2 {state.news2}" if state is not None else "NEWS2 no data", " · response band ",
+        html.Strong(ward.band_label(shown)),
+        f" (last {ward.BAND_TEXT.get(state.news2_band, state.news2_band)})"
+        if state is not None and shown == "unknown" else ""],
+        id="patient-band", className=f"band-badge band-{shown}",
+        style={"background": ward.BAND_COLOURS.get(shown, ward.BAND_COLOURS["unknown"])})
     return html.Div([html.H2(f"Patient {patient_id}"),
-                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), *stale, *lost])
+                     html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), band,
+                     *stale, *lost])
 

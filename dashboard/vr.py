@@ -44,36 +44,44 @@ class AssetError(PatientTwinError):
     """The VR front-end package could not be fetched."""
 
 
-def fetch_aframe(npm: str | None = None, timeout: float = 180.0) -> Path:
-    """Fetch A-Frame's browser bundle from the npm registry once; return its path."""
-    if AFRAME_FILE.exists():
-        return AFRAME_FILE
+def fetch_npm_file(package: str, version: str, integrity: str, member: str, dest: Path,
+                   npm: str | None = None, timeout: float = 180.0) -> Path:
+    """One file of an npm package (`npm pack PACKAGE@VERSION`, the tarball checked against its
+    pinned sha512 `integrity`), written to `dest` once; return `dest`. Also the tests' axe-core."""
+    if dest.exists():
+        return dest
     npm = npm or shutil.which("npm")
     if npm is None:
         raise AssetError("npm is not installed: install Node.js/npm (Debian: apt-get install "
                          "npm) and run `patient-twin fetch-assets`")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            subprocess.run([npm, "pack", f"aframe@{AFRAME_VERSION}", "--pack-destination", tmp,
+            subprocess.run([npm, "pack", f"{package}@{version}", "--pack-destination", tmp,
                             "--silent"], check=True, capture_output=True, timeout=timeout)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             err = getattr(exc, "stderr", b"") or b""
-            raise AssetError(f"npm pack aframe@{AFRAME_VERSION} failed: "
+            raise AssetError(f"npm pack {package}@{version} failed: "
                              f"{err.decode(errors='replace').strip()[:200] or exc}") from None
-        tgz = Path(tmp) / f"aframe-{AFRAME_VERSION}.tgz"
+        tgz = Path(tmp) / f"{package}-{version}.tgz"
         digest = "sha512-" + base64.b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
-        if digest != AFRAME_INTEGRITY:
-            raise AssetError(f"aframe-{AFRAME_VERSION}.tgz does not match its pinned integrity")
-        member = f"package/dist/aframe-v{AFRAME_VERSION}.min.js"
+        if digest != integrity:
+            raise AssetError(f"{package}-{version}.tgz does not match its pinned integrity")
         with tarfile.open(tgz) as tar:
             data = tar.extractfile(member)
             if data is None:
                 raise AssetError(f"{member} missing from the package")
-            VENDOR_DIR.mkdir(parents=True, exist_ok=True)
-            part = AFRAME_FILE.with_suffix(f".{os.getpid()}.part")  # concurrent first starts
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_suffix(f".{os.getpid()}.part")  # concurrent first starts
             part.write_bytes(data.read())
-            part.replace(AFRAME_FILE)
-    return AFRAME_FILE
+            part.replace(dest)
+    return dest
+
+
+def fetch_aframe(npm: str | None = None, timeout: float = 180.0) -> Path:
+    """Fetch A-Frame's browser bundle from the npm registry once; return its path."""
+    return fetch_npm_file("aframe", AFRAME_VERSION, AFRAME_INTEGRITY,
+                          f"package/dist/aframe-v{AFRAME_VERSION}.min.js", AFRAME_FILE,
+                          npm=npm, timeout=timeout)
 
 
 def scene_state(beds: list[ward.Bed]) -> list[dict[str, Any]]:
@@ -90,7 +98,7 @@ def scene_state(beds: list[ward.Bed]) -> list[dict[str, Any]]:
             "patient_id": b.patient_id, "ward": b.ward, "bed": b.bed,
             "x": round(pos[b.patient_id][0] - cx, 2), "z": round(-pos[b.patient_id][1], 2),
             "colour": ward.BAND_COLOURS.get("unknown" if b.stale else b.band, "#ccc"),
-            "band": b.band, "stale": b.stale,
+            "band": b.band, "stale": b.stale, "band_label": ward.band_label(b.shown_band),
             "news2": b.state.news2 if b.state else None,
             "vitals": {ch: est.get(ch) for ch in ("hr", "rr", "spo2", "sbp", "temp")},
             "alerts": [{"kind": a.kind, "priority": a.priority, "alert_id": a.alert_id}

@@ -15,7 +15,7 @@ import msgspec
 from dash import ALL, Dash, Input, Output, State, ctx, dcc, html
 from flask import request
 
-from dashboard import body, live
+from dashboard import body, lite, live
 from dashboard.auth import User
 from dashboard.context import Context
 from dashboard.pages import GL_CONFIG
@@ -64,15 +64,27 @@ def layout(c: Context, patient_id: str | None = None, **_: Any) -> html.Div:
                    remote_addr=request.remote_addr)
     rec = c.feed.registry.get(patient_id)
     disabled = not u.can_act
+    low = lite.on()
+    # low-bandwidth mode: no 3D body, no trends figure, no live stream; values every 5 s
+    body_col = [html.Div(id="body-caption", className="body-caption"),
+                dcc.Store(id="body-rates")] if low else [
+        dcc.Graph(id="body3d", config=GL_CONFIG),
+        html.Div(id="body-caption", className="body-caption"),
+        html.P("Organs take the colour of their NEWS2 parameter's score (green 0, yellow 1, "
+               "orange 2, red 3, grey no data); the scores are in the NEWS2 table.",
+               className="body-legend"),
+        dcc.Store(id="body-anim"), dcc.Store(id="body-rates"), dcc.Store(id="body-seen")]
+    trends_part = [html.P("Trends are not drawn in low-bandwidth mode (switch it off in the "
+                          "header to see them).")] if low else [
+        dcc.Graph(id="trends", config={"displaylogo": False}),
+        dcc.Interval(id="trends-refresh", interval=5 * WARD_REFRESH_MS),
+        dcc.Interval(id="animate", interval=ANIMATE_MS)]
     return html.Div([
         dcc.Store(id="patient-id", data=patient_id),
+        dcc.Store(id="patient-mode", data="lite" if low else "full"),
         html.Div(id="patient-header"),
         html.Div([
-            html.Div([dcc.Graph(id="body3d", config=GL_CONFIG),
-                      html.Div(id="body-caption", className="body-caption"),
-                      dcc.Store(id="body-anim"), dcc.Store(id="body-rates"),
-                      dcc.Store(id="body-seen")],
-                     className="col body-col"),
+            html.Div(body_col, className="col body-col"),
             html.Div([html.H3("NEWS2", id="news2"), html.Div(id="news2-breakdown"),
                       html.H3("Open alerts"), html.Div(id="patient-alerts"),
                       dcc.Store(id="patient-alerts-seen"),
@@ -115,11 +127,10 @@ def layout(c: Context, patient_id: str | None = None, **_: Any) -> html.Div:
             ], className="form"),
         ]),
         html.H3("Trends"),
-        dcc.Graph(id="trends", config={"displaylogo": False}),
+        *trends_part,
         dcc.Store(id="patient-push"), dcc.Store(id="patient-live"),
-        dcc.Interval(id="patient-refresh", interval=live.POLL_MS),
-        dcc.Interval(id="trends-refresh", interval=5 * WARD_REFRESH_MS),
-        dcc.Interval(id="animate", interval=ANIMATE_MS),
+        dcc.Interval(id="patient-refresh",
+                     interval=lite.LITE_REFRESH_MS if low else live.POLL_MS),
     ])
 
 
@@ -189,7 +200,7 @@ def _register_views(app: Dash, c: Context) -> None:
         return trends(feed.history(pid), feed.state(pid))
 
     app.clientside_callback(live.CONNECT_JS, Output("patient-live", "data"),
-                            Input("patient-id", "data"))
+                            Input("patient-id", "data"), State("patient-mode", "data"))
     app.clientside_callback(body.ANIMATE_JS, Output("body3d", "figure", allow_duplicate=True),
                             Input("animate", "n_intervals"), State("body3d", "figure"),
                             State("body-anim", "data"), State("body-rates", "data"),

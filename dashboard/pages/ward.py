@@ -13,7 +13,7 @@ import dash
 from dash import Dash, Input, Output, State, dash_table, dcc, html
 from flask import request
 
-from dashboard import login, ward
+from dashboard import lite, login, ward
 from dashboard.context import Context
 from streams.registry import RegistryError, change
 
@@ -49,10 +49,12 @@ def layout(c: Context, **_: Any) -> html.Div:
                              markdown_options={"link_target": "_self"},
                              page_action="native", page_size=100, sort_action="none",
                              style_data_conditional=ward.STYLES, style_as_list_view=True,
+                             # a tablet scrolls the table, not the page
+                             style_table={"overflowX": "auto"},
                              style_cell={"textAlign": "left", "padding": "4px 8px",
                                          "fontFamily": "system-ui, sans-serif"},
                              style_header={"fontWeight": "bold", "whiteSpace": "normal"}),
-        dcc.Interval(id="ward-refresh", interval=WARD_REFRESH_MS),
+        dcc.Interval(id="ward-refresh", interval=lite.refresh_ms(WARD_REFRESH_MS)),
     ])
 
 

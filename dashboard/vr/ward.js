@@ -24,7 +24,9 @@ function panelText(b) {
   const v = b.vitals;
   const lines = [
     b.patient_id + '  ' + (b.ward || '-') + '/' + (b.bed || '-'),
-    'NEWS2 ' + (b.news2 === null ? 'no data' : b.news2) + (b.stale ? '  STALE' : ''),
+    // the band in words and shape, not the panel's colour alone
+    'NEWS2 ' + (b.news2 === null ? 'no data' : b.news2) + '  ' + b.band_label
+      + (b.stale && b.news2 !== null ? '  STALE' : ''),
     'HR ' + fmt(v.hr, 0) + '/min  RR ' + fmt(v.rr, 0) + '/min',
     'SpO2 ' + fmt(v.spo2, 0) + '%  SBP ' + fmt(v.sbp, 0) + ' mmHg',
     'Temp ' + fmt(v.temp, 1) + ' Cel',

@@ -251,3 +251,69 @@ def test_the_patient_header_says_when_the_twins_history_was_lost():
     shown = json.dumps(header("P1", None, state, now).to_plotly_json(), default=str)
     assert "patient-history-lost" in shown and "History lost at 2026-11-29T07:59:00" in shown
     assert "patient-stale" not in shown  # lost history is not staleness: the twin is current
+
+
+def _vr_bed(stale_s: float = 2.0) -> ward.Bed:
+    st = twin_state("P7", NOW, news2=9, news2_band="high",
+                    estimate={"hr": 131.0, "rr": 26.0, "spo2": 90.0, "sbp": 88.0, "temp": 38.6},
+                    sd={"hr": 1.0, "rr": 1.0, "spo2": 1.0, "sbp": 1.0, "temp": 0.1})
+    alerts = [alert_event("P7", "P7:news2:1"),
+              alert_event("P7", "P7:sepsis_risk:1", priority="medium", kind="sepsis_risk")]
+    return ward.Bed("P7", "A", "12", st, alerts, stale_s)
+
+
+@pytest.mark.parametrize("age_s", [2.0, 600.0])
+def test_the_ward_row_shows_everything_the_vr_panel_shows(age_s: float):
+    """Issue 21 item 5: what /vr shows per bed has a desktop and tablet equivalent, the ward
+    table's row (and the patient page its link opens: heart and breathing animated there)."""
+    b = _vr_bed(age_s)
+    scene = vr.scene_state([b])[0]
+    row = ward.rows([b])[0]
+    shown = " ".join(str(v) for v in row.values())
+    assert scene["patient_id"] in row["patient"] and f"/patient/{b.patient_id}" in row["patient"]
+    assert row["where"] == f"{scene['ward']} / {scene['bed']}"
+    assert str(scene["news2"]) in row["news2"]
+    assert scene["band_label"] == row["band_label"].split(" (")[0]  # words and shape, both
+    for ch, v in scene["vitals"].items():
+        digits = 1 if ch == "temp" else 0
+        assert row[f"v_{ch}"].startswith(f"{v:.{digits}f}"), (ch, row)
+    for a in scene["alerts"]:  # every open alert, not only the first
+        assert f"{a['kind']} ({a['priority']})" in row["alerts"]
+    assert ("STALE" in shown) == scene["stale"]
+
+
+def test_bands_are_words_and_shapes_not_colour_alone():
+    from twin.news2 import BAND_NAMES
+
+    bands = [*BAND_NAMES, "unknown"]
+    # every band has a colour, a word, a 3D marker shape and a glyph; no two share a shape
+    for table in (ward.BAND_COLOURS, ward.BAND_TEXT, ward.BAND_SYMBOLS, ward.BAND_GLYPHS):
+        assert set(table) == set(bands)
+    assert len(set(ward.BAND_SYMBOLS.values())) == len(bands)
+    assert len(set(ward.BAND_GLYPHS.values())) == len(bands)
+    assert len(set(ward.BAND_TEXT.values())) == len(bands)
+    assert ward.band_label("high") == "✖ HIGH"
+    stale = ward.rows([_vr_bed(600.0)])[0]
+    assert stale["band_label"] == "□ UNKNOWN (last HIGH)"  # stale: not shown as its old band
+
+
+def test_the_3d_ward_makes_the_highest_risk_bed_the_tallest_and_labels_it():
+    beds = [ward.Bed(f"Q{i}", "AB"[i % 2], str(i), twin_state(f"Q{i}", news2=i % 3,
+                                                               news2_band="low"), [], 2.0)
+            for i in range(1, 9)]
+    worst = _vr_bed()
+    beds = [worst, *beds]  # `beds` gives them highest risk first
+    fig = ward.figure_3d(beds)
+    ids = list(fig.data[0].customdata)
+    mesh = fig.data[1]
+    tops = {pid: mesh.z[8 * n + 4] for n, pid in enumerate(ids)}
+    assert max(tops, key=tops.get) == "P7" and tops["P7"] == 9
+    assert min(tops.values()) == ward.BAR_STUB  # a NEWS2 of 0 still stands out of the floor
+    assert len(mesh.facecolor) == 12 * len(beds)
+    assert fig.data[2].marker.symbol[0] == ward.BAND_SYMBOLS["high"]
+    (label,) = fig.layout.scene.annotations
+    assert "Highest risk: P7" in label.text and "✖ HIGH" in label.text
+    assert (label.x, label.y, label.z) == (fig.data[0].x[0], fig.data[0].y[0], 9)
+    # one fixed height scale, whatever the ward: heights compare between refreshes
+    assert tuple(fig.layout.scene.zaxis.range) == (0, ward.NEWS2_MAX + 2)
+    assert ward.figure_3d([]).layout.scene.annotations == ()
