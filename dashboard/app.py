@@ -12,6 +12,7 @@ closing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import dash
@@ -47,12 +48,20 @@ def _nav() -> html.Nav:
                     **{"aria-label": "main"})
 
 
-def _layout() -> html.Div:
+TRAINING_TEXT = "TRAINING: simulated patients of a training session, not real patients"
+
+
+def _layout(training: bool) -> Callable[[], html.Div]:
     """The frame of every page, built per page load (the low-bandwidth mode changes the nav):
-    a skip link to the page's content first, for keyboard and screen-reader users."""
-    return html.Div([html.A("Skip to content", href="#main", className="skip-link"),
-                     html.Header([html.H1("patient-twin"), _nav()]),
-                     html.Main(dash.page_container, id="main", tabIndex="-1")])
+    a skip link to the page's content first, for keyboard and screen-reader users; on a
+    training ward, the TRAINING banner above everything."""
+    def frame() -> html.Div:
+        banner = [html.Div(TRAINING_TEXT, className="training-banner", role="status")] \
+            if training else []
+        return html.Div([*banner, html.A("Skip to content", href="#main", className="skip-link"),
+                         html.Header([html.H1("patient-twin"), _nav()]),
+                         html.Main(dash.page_container, id="main", tabIndex="-1")])
+    return frame
 
 
 def _register_nav(app: Dash, c: Context) -> None:
@@ -91,7 +100,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     for page in (ward, ward3d, patient):
         page.register(app, c)
     app.index_string = app.index_string.replace("<html>", '<html lang="en">', 1)
-    app.layout = _layout
+    app.layout = _layout(settings.training)
     _register_nav(app, c)
     app.feed = feed  # type: ignore[attr-defined]
     app.closers = [*started, c]  # type: ignore[attr-defined]

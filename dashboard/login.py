@@ -102,7 +102,7 @@ box-shadow:0 1px 4px #0002;min-width:18em}}label,input,button{{display:block;wid
 margin:.4em 0}}input{{padding:.5em;box-sizing:border-box}}button{{padding:.6em;background:#1f5f9f;
 color:#fff;border:0;border-radius:4px}}.error{{color:#b00020}}:focus-visible{{outline:3px solid
 #1f5f9f;outline-offset:2px}}</style></head><body><main>
-<form method="post" action="/login"><h1>patient-twin</h1>{error}
+<form method="post" action="/login"><h1>patient-twin</h1>{training}{error}
 <input type="hidden" name="next" value="{next}"><input type="hidden" name="csrf" value="{csrf}">
 <label for="username">User name</label><input id="username" name="username" required autofocus
 autocomplete="username"><label for="password">Password</label><input id="password"
@@ -209,6 +209,8 @@ def install(server: Flask, settings: Settings, users: UserStore, audit: AuditLog
 
     def page(error: str = "", next_: str = "/", status: int = 200) -> Response:
         body = _PAGE.format(error=f'<p class="error">{html.escape(error)}</p>' if error else "",
+                            training='<p class="training"><strong>TRAINING</strong> session: '
+                            'simulated patients only</p>' if settings.training else "",
                             next=html.escape(next_, quote=True), csrf=csrf_token())
         return Response(body, status=status, mimetype="text/html")
 

@@ -135,7 +135,8 @@ def news2_table(state: TwinState | None) -> html.Table:
 
 
 def alert_rows(alerts: list[AlertEvent], can_act: bool) -> list[html.Div]:
-    """One card per open alert with what raised it and, for clinicians, acknowledge."""
+    """One card per open alert with what raised it and, for clinicians, acknowledge and
+    escalate."""
     out = []
     for a in alerts:
         aid = a.alert_id
@@ -152,6 +153,10 @@ def alert_rows(alerts: list[AlertEvent], can_act: bool) -> list[html.Div]:
                 html.Button("Acknowledge", id={"type": "ack", "alert": aid},
                             disabled=not can_act or a.state == "acknowledged",
                             className="ack-button"),
+                # call for help now: the rapid-response team joins the alert's audience
+                html.Button("Escalate", id={"type": "escalate", "alert": aid},
+                            disabled=not can_act, className="escalate-button",
+                            title="call the rapid-response team now"),
             ]),
         ], className=f"alert-card alert-{a.priority}", **{"data-alert-id": aid}))
     return out or [html.Div("No open alerts.", className="no-alerts")]
@@ -187,7 +192,13 @@ def header(patient_id: str, record: PatientRecord | None, state: TwinState | Non
         if state is not None and shown == "unknown" else ""],
         id="patient-band", className=f"band-badge band-{shown}",
         style={"background": ward.BAND_COLOURS.get(shown, ward.BAND_COLOURS["unknown"])})
-    return html.Div([html.H2(f"Patient {patient_id}"),
+    risk = [] if state is None or state.sepsis_risk is None else [html.Div(
+        f"Sepsis risk (the twin's model, docs/validation.md): {state.sepsis_risk * 100:.1f} % "
+        "chance of being within 6 h of sepsis onset or septic", id="patient-sepsis-risk",
+        className="risk-line")]
+    training = [] if state is None or not state.training else [html.Div(
+        "TRAINING: a simulated patient of a training session", className="training-banner")]
+    return html.Div([*training, html.H2(f"Patient {patient_id}"),
                      html.Div(f"{where} · {scale} · {fresh}", id="patient-meta"), band,
-                     *stale, *lost])
+                     *risk, *stale, *lost])
 

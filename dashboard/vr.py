@@ -112,6 +112,9 @@ def blueprint(c: Context) -> Blueprint:
     bp = Blueprint("vr", __name__)
     page_html = (Path(__file__).parent / "vr" / "index.html").read_text().replace(
         "{{AFRAME}}", f"/vr/aframe-v{AFRAME_VERSION}.min.js")
+    if c.settings.training:
+        page_html = page_html.replace('<div id="hud">', '<div id="hud"><strong>TRAINING</strong>'
+                                      ' (simulated patients) · ', 1)
 
     @bp.get("/vr")
     def page() -> Response:

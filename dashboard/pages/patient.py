@@ -243,26 +243,32 @@ def _register_actions(app: Dash, c: Context) -> None:
 
     @app.callback(Output("action-status", "children"),
                   Input({"type": "ack", "alert": ALL}, "n_clicks"),
+                  Input({"type": "escalate", "alert": ALL}, "n_clicks"),
                   State({"type": "ack-comment", "alert": ALL}, "value"),
                   State("patient-id", "data"), prevent_initial_call=True)
-    def acknowledge(clicks: list[int | None], comments: list[str | None], pid: str) -> str:
+    def alert_action(acks: list[int | None], escalations: list[int | None],
+                     comments: list[str | None], pid: str) -> str:
         trig = ctx.triggered_id
-        if not isinstance(trig, dict) or not any(clicks):
+        if not isinstance(trig, dict) or not any(acks + escalations):
             raise dash.exceptions.PreventUpdate
-        u, refused = _actor(c, pid, "acknowledge alerts", trig["alert"])
+        verb = "acknowledge" if trig["type"] == "ack" else "escalate"
+        u, refused = _actor(c, pid, f"{verb} alerts", trig["alert"])
         if refused:
             return refused
         # The alert id comes from the browser too: it must be an open alert of this patient
         # (whom the user may act on), not any alert id of any ward.
         if all(a.alert_id != trig["alert"] for a in c.feed.open_alerts(pid)):
-            _refuse(c, u, pid, "acknowledge: not an open alert of this patient", trig["alert"])
+            _refuse(c, u, pid, f"{verb}: not an open alert of this patient", trig["alert"])
             return "That alert is not open for this patient."
         ids = [i["id"]["alert"] for i in ctx.states_list[0]]
         comment = comments[ids.index(trig["alert"])] if trig["alert"] in ids else None
-        action = AlertAction(action="acknowledge", patient_id=pid, by=u.name,
+        action = AlertAction(action=verb, patient_id=pid, by=u.name,  # type: ignore[arg-type]
                              ts=datetime.now(UTC), alert_id=trig["alert"],
                              comment=(comment or None))
-        _act(c, u, pid, action, "acknowledge", comment or "")
+        _act(c, u, pid, action, verb, comment or "")
+        if verb == "escalate":
+            return (f"Escalation of {trig['alert']} sent as {u.name}: rapid-response team "
+                    "called.")
         return f"Acknowledgement of {trig['alert']} sent as {u.name}."
 
     @app.callback(Output("action-status", "children", allow_duplicate=True),

@@ -137,14 +137,18 @@ def Counter_of(audit):  # noqa: N802
     return Counter((a["user"], a["action"]) for a in audit)
 
 
-def _ack_payload(alert_id: str, pid: str) -> dict:
+def _ack_payload(alert_id: str, pid: str, button: str = "ack") -> dict:
+    """A crafted click of an alert card's button (`ack` or `escalate`), as the browser sends it."""
     aid = {"type": "ack", "alert": alert_id}
+    eid = {"type": "escalate", "alert": alert_id}
     cid = {"type": "ack-comment", "alert": alert_id}
+    clicked = aid if button == "ack" else eid
     return {
         "output": "action-status.children", "outputs": {"id": "action-status",
                                                         "property": "children"},
-        "inputs": [[{"id": aid, "property": "n_clicks", "value": 1}]],
-        "changedPropIds": [json.dumps(aid, separators=(",", ":")) + ".n_clicks"],
+        "inputs": [[{"id": aid, "property": "n_clicks", "value": int(button == "ack")}],
+                   [{"id": eid, "property": "n_clicks", "value": int(button != "ack")}]],
+        "changedPropIds": [json.dumps(clicked, separators=(",", ":")) + ".n_clicks"],
         "state": [[{"id": cid, "property": "value", "value": "x"}],
                   {"id": "patient-id", "property": "data", "value": pid}],
     }
@@ -166,19 +170,29 @@ def test_roles_and_wards_are_enforced_on_the_server(app_and_settings):
     assert "cannot acknowledge" in r.get_json()["response"]["action-status"]["children"]
     r = nurse.post("/_dash-update-component", json=_ack_payload("P1:news2:1", "P1"))
     assert "sent as ann" in r.get_json()["response"]["action-status"]["children"]
+    # escalate goes through the same checks: ward B's alert is refused, her own is sent
+    r = nurse.post("/_dash-update-component",
+                   json=_ack_payload("P2:news2:1", "P1", button="escalate"))
+    assert "not open for this patient" in r.get_json()["response"]["action-status"]["children"]
+    r = nurse.post("/_dash-update-component",
+                   json=_ack_payload("P1:news2:1", "P1", button="escalate"))
+    assert "rapid-response team called" in \
+        r.get_json()["response"]["action-status"]["children"]
     # ward B is not ann's: not in the VR state, and the page says not found
     beds = nurse.get("/vr/state.json").get_json()["beds"]
     assert [b["patient_id"] for b in beds] == ["P1"]
-    actions = _consume_all(s, s.topic_alert_actions, lambda seen: len(seen) >= 1, 15)
-    assert len(actions) == 1  # the viewer's attempt never reached the worker
-    act = json.loads(actions[0].value)
-    assert (act["action"], act["by"], act["alert_id"]) == ("acknowledge", "ann", "P1:news2:1")
+    actions = _consume_all(s, s.topic_alert_actions, lambda seen: len(seen) >= 2, 15)
+    assert len(actions) == 2  # the viewer's and the crafted attempts never reached the worker
+    acts = [json.loads(a.value) for a in actions]
+    assert [(a["action"], a["by"], a["alert_id"]) for a in acts] == [
+        ("acknowledge", "ann", "P1:news2:1"), ("escalate", "ann", "P1:news2:1")]
     audit = [json.loads(r.value) for r in _consume_all(
-        s, s.topic_audit, lambda seen: sum(b'"denied"' in r.value for r in seen) >= 3, 15)]
+        s, s.topic_audit, lambda seen: sum(b'"denied"' in r.value for r in seen) >= 4, 15)]
     assert any(a["action"] == "denied" and a["user"] == "vic" for a in audit)
     refused = {(a["patient_id"], a["alert_id"]) for a in audit
                if a["action"] == "denied" and a["user"] == "ann"}
     assert refused == {("P1", "P2:news2:1"), ("P2", "P2:news2:1")}
+    assert any(a["action"] == "escalate" and a["user"] == "ann" for a in audit)
 
 
 def test_live_push_needs_a_login_the_patients_ward_and_a_free_slot(settings_factory, tmp_path):
@@ -296,3 +310,29 @@ def test_admit_and_pair_from_the_dashboard_write_the_registry(app_and_settings):
     p7 = [r for r in recs if r["patient_id"] == "P7"]
     assert (p7[-1]["ward"], p7[-1]["bed"], p7[-1]["devices"], p7[-1]["by"]) == (
         "A", "4", ["D7", "D8"], "ann")
+
+
+def test_a_training_dashboard_says_training_on_every_view(settings_factory, tmp_path):
+    """TRAINING=true: the login page, every page's frame and the VR page say so; a normal
+    dashboard says nothing of the kind."""
+    from streams import config
+
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "ann", "clinician", ["T"], PW)
+    for training in (True, False):
+        s = settings_factory(users_file=users)
+        if training:
+            s = config.training_namespace(msgspec.structs.replace(s, training=True))
+        topics.ensure(s)
+        app = create_app(s, feed=TwinFeed(s))
+        try:
+            c = app.server.test_client()
+            assert ("TRAINING" in c.get("/login").text) is training
+            _login(c, "ann")
+            assert ("TRAINING" in c.get("/_dash-layout").text) is training
+            vr = c.get("/vr")
+            assert vr.status_code in (200, 503)  # 503: A-Frame not fetched on this machine
+            if vr.status_code == 200:
+                assert ("TRAINING" in vr.text) is training
+        finally:
+            close(app)
