@@ -18,7 +18,7 @@ from typing import Any
 import dash
 from dash import Dash, Input, Output, dcc, html
 
-from dashboard import api, headers, lite, live, login, vr
+from dashboard import api, headers, lite, live, login, training, vr
 from dashboard.auth import UserStore
 from dashboard.context import Context
 from dashboard.feed import TwinFeed
@@ -56,8 +56,8 @@ def _layout(training: bool) -> Callable[[], html.Div]:
     a skip link to the page's content first, for keyboard and screen-reader users; on a
     training ward, the TRAINING banner above everything."""
     def frame() -> html.Div:
-        banner = [html.Div(TRAINING_TEXT, className="training-banner", role="status")] \
-            if training else []
+        banner = [html.Div([TRAINING_TEXT, " · ", html.A("Debrief", href="/debrief")],
+                           className="training-banner", role="status")] if training else []
         return html.Div([*banner, html.A("Skip to content", href="#main", className="skip-link"),
                          html.Header([html.H1("patient-twin"), _nav()]),
                          html.Main(dash.page_container, id="main", tabIndex="-1")])
@@ -113,6 +113,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     app.server.register_blueprint(api_bp)
     app.closers += list(api_bp.writers)  # type: ignore[attr-defined]
     app.server.register_blueprint(vr.blueprint(c))
+    app.server.register_blueprint(training.blueprint(c, users))
     app.server.register_blueprint(live.blueprint(c))
     return app
 

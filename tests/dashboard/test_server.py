@@ -334,5 +334,13 @@ def test_a_training_dashboard_says_training_on_every_view(settings_factory, tmp_
             assert vr.status_code in (200, 503)  # 503: A-Frame not fetched on this machine
             if vr.status_code == 200:
                 assert ("TRAINING" in vr.text) is training
+            # the debrief exists only on a training ward, and reading it is audited
+            page, doc = c.get("/debrief"), c.get("/debrief.json")
+            if training:
+                assert page.status_code == 200 and "Training debrief" in page.text
+                assert doc.get_json()["summary"]["clinical_alerts"] == 0
+                assert doc.get_json()["trainees"] == ["ann"]
+            else:
+                assert (page.status_code, doc.status_code) == (404, 404)
         finally:
             close(app)
