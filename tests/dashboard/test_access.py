@@ -69,7 +69,7 @@ LITE_PAGES = {
 
 def test_axe_finds_no_serious_or_critical_violation(stack: Stack, browser, axe_source) -> None:  # noqa: ANN001, F811
     """Login, ward, patient (its forms opened), 3D ward, and the same pages in low-bandwidth
-    mode. (There is no training page in the dashboard.)"""
+    mode (the training pages: test_axe_on_a_training_wards_pages)."""
     found: dict[str, list[dict]] = {}
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(stack.url + "/login")
@@ -293,3 +293,53 @@ def test_low_bandwidth_mode(stack: Stack, browser) -> None:  # noqa: ANN001, F81
     page.wait_for_selector("#ward3d-graph .js-plotly-plot", timeout=45_000)
     assert "Low bandwidth: off" in page.locator("#lite-toggle").inner_text()
     ctx.close()
+
+
+def test_axe_on_a_training_wards_pages(stack: Stack, browser, axe_source, tmp_path) -> None:  # noqa: ANN001, F811
+    """The training pages: a training ward's dashboard (its own topics on the same broker) with
+    the TRAINING banner on the login page and the ward, and the debrief page."""
+    import urllib.request
+
+    import msgspec
+
+    from dashboard.auth import add_user
+    from streams import config, supervise, topics
+    from tests.conftest import settings_env, wait_until
+
+    users = str(tmp_path / "users.jsonl")
+    add_user(users, "trainee1", "clinician", ["T"], PASSWORD)
+    port = supervise.free_port()
+    s = config.training_namespace(msgspec.structs.replace(
+        stack.settings, training=True, users_file=users, dashboard_port=port))
+    topics.ensure(s)
+    stack.procs.start("training-dashboard", "dashboard",
+                      env={**settings_env(s), "TRAINING": "true"})
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/login", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    assert wait_until(up, timeout=90), stack.procs.log("training-dashboard")[-2000:]
+    found: dict[str, list[dict]] = {}
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(url + "/login")
+    page.wait_for_selector("#username")
+    assert "TRAINING" in page.inner_text("body")
+    found["training /login"] = _axe(page, axe_source)
+    page.fill("#username", "trainee1")
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(lambda u: "/login" not in u, timeout=15_000)
+    page.wait_for_selector(".training-banner", timeout=30_000)
+    time.sleep(1.0)
+    found["training /"] = _axe(page, axe_source)
+    page.goto(url + "/debrief")
+    page.wait_for_selector("table.debrief")
+    found["training /debrief"] = _axe(page, axe_source)
+    page.close()
+    bad = {p: [v for v in vs if v["impact"] in BLOCKING] for p, vs in found.items()}
+    assert not any(bad.values()), bad
