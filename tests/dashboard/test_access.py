@@ -24,6 +24,7 @@ from tests.dashboard.test_browser import (  # noqa: F401  (fixtures)
     Stack,
     _login,
     browser,
+    dashboard_up,
     stack,
 )
 
@@ -298,8 +299,6 @@ def test_low_bandwidth_mode(stack: Stack, browser) -> None:  # noqa: ANN001, F81
 def test_axe_on_a_training_wards_pages(stack: Stack, browser, axe_source, tmp_path) -> None:  # noqa: ANN001, F811
     """The training pages: a training ward's dashboard (its own topics on the same broker) with
     the TRAINING banner on the login page and the ward, and the debrief page."""
-    import urllib.request
-
     import msgspec
 
     from dashboard.auth import add_user
@@ -315,15 +314,8 @@ def test_axe_on_a_training_wards_pages(stack: Stack, browser, axe_source, tmp_pa
     stack.procs.start("training-dashboard", "dashboard",
                       env={**settings_env(s), "TRAINING": "true"})
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/login", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    assert wait_until(up, timeout=90), stack.procs.log("training-dashboard")[-2000:]
+    assert wait_until(lambda: dashboard_up(url), timeout=90), \
+        stack.procs.log("training-dashboard")[-2000:]
     found: dict[str, list[dict]] = {}
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(url + "/login")

@@ -64,6 +64,15 @@ def _send_sick_patient(s: Settings) -> None:
     producer.close()
 
 
+def dashboard_up(url: str) -> bool:
+    """Whether a dashboard answers its login page at `url`."""
+    try:
+        with urllib.request.urlopen(f"{url}/login", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def stack(broker_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert os.path.exists(CHROMIUM), f"{CHROMIUM} missing: run `bash .ci/deps` (as root)"
@@ -85,15 +94,8 @@ def stack(broker_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     "--no-progress", env=env)
         procs.start("dashboard", "dashboard", env=env)
         url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"{url}/login", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        assert wait_until(up, timeout=90), procs.log("dashboard")[-2000:]
+        assert wait_until(lambda: dashboard_up(url), timeout=90), \
+            procs.log("dashboard")[-2000:]
         _send_sick_patient(s)
         yield Stack(s, url, procs)
     finally:
