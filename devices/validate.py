@@ -139,7 +139,8 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
                    high90)
 
 
-def forecast_coverage(run: TwinRun, stays: Stays) -> dict[str, dict[str, dict]]:
+def forecast_coverage(run: TwinRun, stays: Stays,
+                      params: ModelParams | None = None) -> dict[str, dict[str, dict]]:
     """Share of later readings inside the twin's 90 % forecast interval, per horizon and
     channel: `{"60min": {"hr": {"coverage": .., "n": .., "median_width": ..}, ...}, ...}`.
 
@@ -148,10 +149,10 @@ def forecast_coverage(run: TwinRun, stays: Stays) -> dict[str, dict[str, dict]]:
     patient). A reading is the level plus measurement noise, rounded: the twin's interval of the
     level is widened by the measurement SD (in quadrature, at quality 1) and by half the
     recording's resolution (`RESOLUTION`), so a 100 % SpO2 counts when the interval reaches
-    99.5 %."""
+    99.5 %. params: the model the run used (its measurement SDs)."""
     out: dict[str, dict[str, dict]] = {}
     z = plausible(stays.z)
-    m = Z90 * ModelParams().measurement_sd
+    m = Z90 * (params or ModelParams()).measurement_sd
     lo_all = run.forecast - np.sqrt((run.forecast - run.low90) ** 2 + m**2) - RESOLUTION / 2
     hi_all = run.forecast + np.sqrt((run.high90 - run.forecast) ** 2 + m**2) + RESOLUTION / 2
     for j, h in enumerate(CALIBRATION_MINUTES):

@@ -340,7 +340,9 @@ def step(states: State, readings: Readings, params: ModelParams,
 
         dt_min = np.where(np.isnan(s["t"]), 0.0, np.maximum(t - s["t"], 0.0) / 60.0)
         fresh = obs & (np.isnan(s["last_obs"])
-                       | (s["rejects"] >= params.max_consecutive_rejections))
+                       | (s["rejects"] >= params.max_consecutive_rejections)
+                       | ((s["rejects"] >= 1)
+                          & (t[:, None] - s["last_obs"] >= params.max_rejected_s)))
         x, p, reject, use = _filter(s["x"], s["P"], dt_min, z, obs, fresh,
                                     measurement_var(readings.quality[sel], params), params)
         artifact[sel] = reject

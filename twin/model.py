@@ -88,6 +88,10 @@ class ModelParams:
     # After this many consecutive rejections the channel restarts on the new reading: a sustained
     # change is physiology, not an artifact.
     max_consecutive_rejections: int = 5
+    # ...or after a second rejection in a row once nothing was believed for this long: counted in
+    # readings alone, a device reading once a minute (or a cuff every 15 min) would have a real
+    # change thrown away for 5 minutes (5 hours).
+    max_rejected_s: float = 120.0
 
     @cached_property
     def gate(self) -> float:

@@ -89,6 +89,30 @@ def test_single_spike_is_rejected_but_a_sustained_change_is_accepted():
     assert abs(out.estimate[0, INDEX["hr"]] - 130.0) < 10
 
 
+def test_a_real_change_read_once_a_minute_is_not_rejected_for_five_minutes():
+    """The restart rule counts time as well as readings: a device reading once a minute gets
+    a sustained step accepted at its second reading, not its sixth; a lone spike is still
+    rejected."""
+    s = bank.new_states(1, PARAMS)
+    n = 30
+    bank.step(s, readings([0] * n, T0 + 60.0 * np.arange(n), [{"hr": 70.0}] * n), PARAMS)
+    spike = bank.step(s, readings([0], [T0 + 60.0 * n], [{"hr": 170.0}], seq=[n + 1]), PARAMS)
+    assert spike.artifact[0, INDEX["hr"]]
+    back = bank.step(s, readings([0], [T0 + 60.0 * (n + 1)], [{"hr": 71.0}], seq=[n + 2]),
+                     PARAMS)
+    assert not back.artifact[0, INDEX["hr"]]  # one spike: nothing restarted
+    k = n + 2
+    est = []
+    for i in range(4):  # a step to 150 /min, one reading a minute
+        rep = bank.step(s, readings([0], [T0 + 60.0 * (k + i)], [{"hr": 150.0}],
+                                    seq=[k + 1 + i]), PARAMS)
+        est.append(bank.outputs(s, np.array([T0 + 60.0 * (k + i)]), PARAMS)
+                   .estimate[0, INDEX["hr"]])
+        if i == 0:
+            assert rep.artifact[0, INDEX["hr"]]
+    assert abs(est[1] - 150.0) < 10 and abs(est[3] - 150.0) < 5
+
+
 def test_batched_step_equals_each_patient_alone():
     rng = np.random.default_rng(4)
     N, K = 30, 400
