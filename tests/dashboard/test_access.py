@@ -248,7 +248,10 @@ def test_low_bandwidth_mode(stack: Stack, browser) -> None:  # noqa: ANN001, F81
             return
         resp = req.response()
         body = resp.body() if resp is not None and resp.status == 200 else b""
-        seen.append({"t": time.monotonic(), "output": json.loads(req.post_data)["output"],
+        # when the browser sent it (not when the answer came back: a slow answer under load
+        # would make the next period look short)
+        seen.append({"t": req.timing["startTime"] / 1000.0,
+                     "output": json.loads(req.post_data)["output"],
                      "request": len(req.post_data_buffer or b""), "response": len(body),
                      "status": resp.status if resp else None})
 
