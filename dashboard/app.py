@@ -2,7 +2,8 @@
 
 Pages: `/` ward overview, `/ward3d` the ward in 3D, `/patient/<id>` the patient's twin (each a
 module of dashboard/pages/ with its layout and callbacks), `/vr` the WebXR ward (dashboard/vr.py),
-`/api/*` the subscribers' API (dashboard/api.py). Every page needs a logged-in user
+`/api/*` the subscribers' API (dashboard/api.py),
+`/presence/*` who else is in the ward (dashboard/presence.py). Every page needs a logged-in user
 (dashboard/login.py); what a user sees is limited to their wards. This module builds the app
 around them: the frame of every page (a skip link, the header with the navigation and the
 low-bandwidth toggle of dashboard/lite.py, `<main>`), the Kafka views and writers, and their
@@ -18,7 +19,7 @@ from typing import Any
 import dash
 from dash import Dash, Input, Output, dcc, html
 
-from dashboard import api, headers, lite, live, login, training, vr
+from dashboard import api, headers, lite, live, login, presence, training, vr
 from dashboard.auth import UserStore
 from dashboard.context import Context
 from dashboard.feed import TwinFeed
@@ -95,6 +96,9 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
         audit = AuditLog(settings)
         started.append(audit)
     c = Context(settings, feed, audit)
+    board = presence.PresenceBoard(settings).start()
+    started.append(board)
+    c.presence = presence.Presence(c, board)
     app = Dash(__name__, use_pages=True, pages_folder="", title="patient-twin",
                suppress_callback_exceptions=True)
     for page in (ward, ward3d, patient):
@@ -115,6 +119,7 @@ def create_app(settings: Settings, feed: TwinFeed | None = None,
     app.server.register_blueprint(vr.blueprint(c))
     app.server.register_blueprint(training.blueprint(c, users))
     app.server.register_blueprint(live.blueprint(c))
+    app.server.register_blueprint(presence.blueprint(c, c.presence))
     return app
 
 

@@ -5,8 +5,9 @@ each of them, so none of them imports the app that assembles them."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dashboard import login, ward
 from dashboard.auth import User
@@ -16,6 +17,9 @@ from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import PatientRecord
 from streams.registry import RegistryWriter
+
+if TYPE_CHECKING:
+    from dashboard.presence import Presence
 
 
 class Context:
@@ -28,6 +32,10 @@ class Context:
         self.actions = TopicWriter(settings, settings.topic_alert_actions)
         self.registry_writer = RegistryWriter(settings, feed.registry)
         self.observations = TopicWriter(settings, settings.topic_observations)
+        # Each open Server-Sent Events stream (a patient page's live push, a VR or ward page's
+        # presence) holds a web server thread: together they take at most half of them.
+        self.stream_slots = threading.BoundedSemaphore(max(1, settings.dashboard_threads // 2))
+        self.presence: Presence | None = None  # set by dashboard.app.create_app
 
     def close(self) -> None:
         for w in (self.actions, self.registry_writer, self.observations):

@@ -15,7 +15,6 @@ without a word frees its thread.
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Iterator
 
@@ -102,9 +101,10 @@ def events(feed: TwinFeed, patient_id: str, stream_s: float = STREAM_S,
 
 
 def blueprint(c: Context) -> Blueprint:
-    """`/live/patient/<id>`, at most `dashboard_threads // 2` streams at a time."""
+    """`/live/patient/<id>`, within the streams' budget of threads (`Context.stream_slots`,
+    shared with the presence streams)."""
     bp = Blueprint("live", __name__)
-    slots = threading.BoundedSemaphore(max(1, c.settings.dashboard_threads // 2))
+    slots = c.stream_slots
 
     @bp.get("/live/patient/<patient_id>")
     def patient_stream(patient_id: str) -> Response:

@@ -27,7 +27,7 @@ from streams.config import Settings
 
 PUBLIC_PREFIXES = ("/login", "/api/")
 # answered 401, not redirected to the login page
-DATA_PREFIXES = ("/_dash", "/vr/state.json", "/live/")
+DATA_PREFIXES = ("/_dash", "/vr/state.json", "/live/", "/presence")
 NAME_MAX = 64  # longest user name (dashboard.auth)
 FAILURES_ALLOWED = 5  # failed logins of a name from one address in FAILURE_WINDOW_S
 ADDRESS_FAILURES_ALLOWED = 20  # failed logins from one address, any names
@@ -132,8 +132,9 @@ def _csrf_ok() -> bool:
 def _passive() -> bool:
     """A request a page makes by itself (timers, live push, the VR scene's polling): not a
     sign that its user is there."""
-    if request.path.startswith(("/live/", "/vr/state.json")):
-        return True
+    if request.path.startswith(("/live/", "/vr/state.json", "/presence/stream",
+                                "/presence.json", "/presence/pose")):
+        return True  # a headset's pose changes by itself: a call or a click is activity
     if request.path == "/_dash-update-component":
         body = request.get_json(silent=True) or {}
         changed = body.get("changedPropIds") or []

@@ -117,6 +117,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     topic_sessions: Annotated[TopicName, doc(
         "dashboard sessions logged out, shared by every replica (compacted, key = session "
         "id)")] = "dashboard.sessions"
+    topic_presence: Annotated[TopicName, doc(
+        "who is in the VR ward or on the ward page, where they stand and look, and the calls to "
+        "a bed, shared by every replica (compacted, key = presence or ward)")] = (
+        "dashboard.presence")
     topic_workers: Annotated[TopicName, doc(
         "workers' heartbeats: the partitions each live worker holds (key = worker)")] = "workers"
     # Worker batching: at most this many events per twin step, waiting at most this long. The

@@ -235,7 +235,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     action: Literal["login", "login_failed", "logout", "view_ward", "view_patient", "view_vr",
                     "acknowledge", "escalate", "silence", "admit", "transfer", "discharge",
                     "update", "observation", "denied", "subscribe", "unsubscribe",
-                    "view_subscriptions", "view_alerts", "view_audit"]
+                    "view_subscriptions", "view_alerts", "view_audit", "join_presence",
+                    "leave_presence", "presence_focus", "presence_call"]
     patient_id: str | None = None
     alert_id: str | None = None
     detail: str | None = None

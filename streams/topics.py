@@ -42,6 +42,8 @@ def specs(s: Settings) -> list[NewTopic]:
         NewTopic(s.topic_audit, 1, r, topic_configs=durable),
         NewTopic(s.topic_workers, 1, r, topic_configs=compact),
         NewTopic(s.topic_sessions, 1, r, topic_configs=compact),
+        # compacted: a replica that starts needs each presence's latest pose, not its history
+        NewTopic(s.topic_presence, 1, r, topic_configs=compact),
         # the worker's twin table (Faust creates it too when a worker starts; here so that it
         # is there again, with its config, after a memory-only broker restarted)
         NewTopic(changelog_topic(s), p, r, topic_configs=compact),

@@ -11,10 +11,11 @@ from typing import Any
 
 import dash
 from dash import Dash, Input, Output, State, dash_table, dcc, html
-from flask import request
+from flask import request, session
 
 from dashboard import lite, login, ward
 from dashboard.context import Context
+from dashboard.presence import Refused
 from streams.registry import RegistryError, change
 
 # Live updates reach the screen within 2 s: the worker's batch window (0.1 s), then the patient
@@ -44,6 +45,16 @@ def layout(c: Context, **_: Any) -> html.Div:
                 html.Span(id="admit-status", role="status"),
             ], className="form"),
         ]),
+        html.Section([
+            html.H3("Who is here", id="presence-heading"),
+            html.Ul(id="presence-here", **{"aria-labelledby": "presence-heading"}),
+            html.Div([
+                html.Label("Call colleagues to the bed of patient", htmlFor="call-patient"),
+                dcc.Input(id="call-patient", placeholder="patient id", debounce=False),
+                html.Button("Call colleagues", id="call-submit"),
+            ], className="form"),
+            html.Div(id="call-status", role="status", **{"aria-live": "assertive"}),
+        ], className="presence"),
         html.Div(id="ward-summary"),
         dash_table.DataTable(id="ward-table", columns=ward.COLUMNS, data=[],
                              markdown_options={"link_target": "_self"},
@@ -66,6 +77,27 @@ def view(beds: list[ward.Bed], connected: bool) -> tuple[list[dict[str, Any]], s
     summary = (f"{len(beds)} patients · {with_data} with data · {stale} stale or no data · "
                f"{alerts} open alerts" if connected or beds else "waiting for Kafka…")
     return ward.rows(beds), summary
+
+
+def presence_items(doc: dict[str, Any]) -> list[html.Li]:
+    """Who is here (dashboard/presence.py) in words: each person, where they are, which
+    patient they look at (a link to that patient), and the wards' open calls."""
+    items = []
+    for p in doc["people"]:
+        where = "in the 3D ward" if p["device"] == "vr" else "on the ward page"
+        parts: list[Any] = [f"{'you' if p['me'] else p['user']} ({p['role']}, {where}, "
+                            f"ward {p['ward']})"]
+        if p["looking"]:
+            parts += [" looking at ", dcc.Link(p["looking"], href=f"/patient/{p['looking']}")]
+        items.append(html.Li(parts, className="presence-person",
+                             **{"data-user": p["user"]}))
+    for cl in doc["calls"]:
+        items.append(html.Li([f"{cl['by']} ({cl['role']}) called colleagues to ",
+                              dcc.Link(cl["patient_id"], href=f"/patient/{cl['patient_id']}"),
+                              f" (ward {cl['ward']}) at "
+                              f"{time.strftime('%H:%M:%S', time.localtime(cl['ts']))}"],
+                             className="presence-call"))
+    return items or [html.Li("nobody else yet", className="presence-none")]
 
 
 class WardCache:
@@ -98,6 +130,36 @@ def register(app: Dash, c: Context) -> None:
     def refresh(_n: int | None) -> tuple[list[dict[str, Any]], str]:
         # every viewer of the same wards within the cache's ttl shares one computation
         return cache.get(c.user().wards, lambda: view(c.visible_beds(), c.feed.connected))
+
+    @app.callback(Output("presence-here", "children"), Input("ward-refresh", "n_intervals"))
+    def here(_n: int | None) -> list[html.Li]:
+        # on the ward page of one ward, this user is in that ward's presence (desktop)
+        u, sid, p = c.user(), str(session.get("sid") or ""), c.presence
+        assert p is not None
+        own = [w for w in u.wards if w != "*"]
+        if len(own) == 1 and sid:
+            try:
+                p.update(u, sid, None, "desktop", ward=own[0])
+            except Refused:
+                pass  # over the rate (several tabs of one session): shown next time
+        return presence_items(p.snapshot(u, sid or None))
+
+    @app.callback(Output("call-status", "children"), Input("call-submit", "n_clicks"),
+                  Input("call-patient", "n_submit"), State("call-patient", "value"),
+                  prevent_initial_call=True)
+    def call(n: int | None, entered: int | None, pid: str | None) -> str:
+        if not n and not entered:
+            raise dash.exceptions.PreventUpdate
+        u, sid, p = c.user(), str(session.get("sid") or ""), c.presence
+        assert p is not None
+        pid = (pid or "").strip()
+        if not pid:
+            return "Give the patient id of the bed."
+        try:
+            made = p.call(u, sid, pid)
+        except Refused as why:
+            return f"Not called: {why.message}."
+        return f"You called your colleagues of ward {made.ward} to {made.patient_id}."
 
     @app.callback(Output("admit-status", "children"), Input("admit-submit", "n_clicks"),
                   State("admit-patient", "value"), State("admit-ward", "value"),
