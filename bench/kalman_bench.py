@@ -90,7 +90,7 @@ def rates(n: int, repeats: int, reference: int) -> dict[str, float]:
 
     api()  # warm up
     return {"api": _median_rate(api, n, repeats), "plain": _median_rate(plain, n, repeats),
-            "filterpy": _median_rate(loop, reference, max(3, repeats // 2))}
+            "filterpy": _median_rate(loop, reference, repeats)}
 
 
 def main(argv: list[str] | None = None) -> int:
