@@ -23,6 +23,7 @@ from tests.dashboard.test_browser import (  # noqa: F401  (fixtures)
     SICK,
     Stack,
     _login,
+    _shot,
     browser,
     dashboard_up,
     stack,
@@ -193,9 +194,13 @@ def test_every_action_is_reachable_by_keyboard(stack: Stack, browser) -> None:  
     _tab_to(page, "#obs-acvpu")  # a dropdown: Enter opens it, arrows choose, Enter takes
     page.keyboard.press("Enter")
     page.wait_for_selector(".dash-dropdown-search", timeout=5_000)
+    # the options render after the search box: an arrow pressed before them moves nothing
+    page.wait_for_selector(".dash-dropdown-option", timeout=5_000)
     page.keyboard.press("ArrowDown")
     page.keyboard.press("Enter")
-    assert "A: Alert" in page.locator("#obs-acvpu").inner_text()
+    # the chosen value shows once the dropdown re-renders
+    page.wait_for_function("() => document.querySelector('#obs-acvpu').innerText"
+                           ".includes('A: Alert')", timeout=5_000)
     _tab_to(page, "#obs-o2 input[value='air']")
     page.keyboard.press("Space")
     _tab_to(page, "#obs-submit")
@@ -332,9 +337,33 @@ def test_axe_on_a_training_wards_pages(stack: Stack, browser, axe_source, tmp_pa
     page.wait_for_selector(".training-banner", timeout=30_000)
     time.sleep(1.0)
     found["training /"] = _axe(page, axe_source)
+    # a session's worth of events: an urgent-response alert the trainee opened and escalated
+    from datetime import UTC, datetime, timedelta
+
+    from kafka import KafkaProducer
+
+    from streams import messages
+    from streams.config import kafka_python_producer_config
+
+    t0 = datetime.now(UTC) - timedelta(minutes=3)
+    raised = messages.AlertEvent(alert_id="P00001:news2:1", patient_id="P00001", ts=t0,
+                                 event="raised", kind="news2", category="clinical",
+                                 priority="medium", message="TRAINING: NEWS2 6", news2=6,
+                                 raised_at=t0, training=True)
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    for ev in (raised, msgspec.structs.replace(raised, event="escalated", by="trainee1",
+                                               ts=t0 + timedelta(seconds=95))):
+        producer.send(s.topic_alerts, key=b"P00001", value=messages.encode(ev))
+    producer.send(s.topic_audit, key=b"trainee1", value=messages.encode(messages.AuditRecord(
+        ts=t0 + timedelta(seconds=40), user="trainee1", action="view_patient",
+        patient_id="P00001")))
+    producer.flush()
+    producer.close()
     page.goto(url + "/debrief")
     page.wait_for_selector("table.debrief")
+    assert "urgent response" in page.inner_text("table.debrief")
     found["training /debrief"] = _axe(page, axe_source)
+    _shot(page, "debrief")
     page.close()
     bad = {p: [v for v in vs if v["impact"] in BLOCKING] for p, vs in found.items()}
     assert not any(bad.values()), bad

@@ -9,6 +9,7 @@ them, and a call reaches the VR page and the ward page both ways.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -34,6 +35,7 @@ from tests.dashboard.test_browser import (  # noqa: F401  (fixtures)
     SICK,
     Stack,
     _login,
+    _shot,
     browser,
     stack,
 )
@@ -392,6 +394,14 @@ def test_clinicians_of_a_ward_see_each_other_in_vr_and_others_do_not(
     at = amy.evaluate("(() => { const p = document.querySelector('.call-marker')"
                       ".object3D.position; return [p.x, p.z]; })()")
     assert at == pytest.approx([bed["x"], bed["z"]], abs=0.01)
+    # docs/dashboard.md's pictures: amy's view (alice's avatar, her ray, the marker) and the
+    # sick patient's bedside panel as drawn on its canvas
+    amy.set_viewport_size({"width": 1200, "height": 800})
+    time.sleep(2.0)
+    _shot(amy, "vr-two-clinicians")
+    panel = amy.evaluate(f"document.getElementById('panel-{SICK}').toDataURL('image/png')")
+    (ARTIFACTS / "vr-bedside-panel.png").write_bytes(base64.b64decode(panel.split(",", 1)[1]))
+    amy.set_viewport_size({"width": 320, "height": 240})
     assert "You called" in alice.inner_text("#presence-msg")
     time.sleep(1.0)
     assert bert.locator(".call-marker").count() == 0
