@@ -76,6 +76,10 @@ def trend_now(states: State, now: np.ndarray, params: ModelParams) -> np.ndarray
     return states["x"][..., 1] * phi * 60.0
 
 
+# the twin record's fields `update_drift` reads and writes (twin.bank state version 5)
+DRIFT_FIELDS = ("base_first_t", "base_sum", "base_n", "slow", "slow_t")
+
+
 def update_drift(states: State, estimate: np.ndarray, now: np.ndarray) -> None:
     """Fold K twins' estimates `(K, C)` at `now (K,)` epoch s into their running baselines (the
     `base_*` and `slow*` fields of `states`, K twins, updated in place): each channel's mean

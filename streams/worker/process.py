@@ -345,11 +345,16 @@ class TwinProcessor:
         # Only twins that applied a reading in this batch are fresh: one whose readings are all
         # rejected (late, duplicates) is frozen, and its state says when it last applied one.
         fresh = np.bincount(batch.row[report.applied], minlength=len(pids)) > 0
-        if fresh.any():  # the baselines follow what the twin believed, once per new belief
+        # the baselines follow what the twin believed, once per new belief; only their own
+        # fields are copied when some twins of the batch applied nothing
+        if fresh.all():
+            risk.update_drift(states, out.estimate, at)
+        elif fresh.any():
             upd = np.flatnonzero(fresh)
-            part = bank.take(states, upd)
+            part = {f: states[f][upd] for f in risk.DRIFT_FIELDS}
             risk.update_drift(part, out.estimate[upd], at[upd])
-            bank.put(states, upd, part)
+            for f in risk.DRIFT_FIELDS:
+                states[f][upd] = part[f]
         p_risk = risk.score_live(self.risk, states, out, at, self.params)
 
         blobs = bank.to_bytes(states)

@@ -9,10 +9,12 @@ from streams.errors import ConfigError
 from twin.channels import INDEX
 
 SHARED = Path("/work/shared/data")
+# The challenge files are not redistributed in this repository (docs/validation.md cites them)
+NO_DATA = f"the PhysioNet development files are not at {SHARED}"
 SEPSIS = SHARED / "physionet-sepsis2019-dev" / "training"
 ICU = SHARED / "physionet-icu2012-dev"
 needs_data = pytest.mark.skipif(not SEPSIS.is_dir() or not ICU.is_dir(),
-                                reason="PhysioNet challenge data not present")
+                                reason=NO_DATA)
 
 HEADER = ("HR|O2Sat|Temp|SBP|MAP|DBP|Resp|EtCO2|Age|Gender|Unit1|Unit2|HospAdmTime|ICULOS|"
           "SepsisLabel")

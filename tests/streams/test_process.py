@@ -211,3 +211,20 @@ def test_the_twins_sepsis_risk_rises_with_a_septic_course_and_raises_its_alert()
     assert [e.patient_id for e in raised] == ["sick"]
     assert (raised[0].category, raised[0].priority) == ("clinical", "low")
     assert raised[0].evidence["risk"] >= threshold
+
+
+def test_only_twins_that_applied_a_reading_move_their_baselines():
+    """A batch where one twin applies readings and another's are all duplicates: the first
+    twin's running baselines move, the second's record stays exactly as it was."""
+    from twin import bank
+
+    proc = TwinProcessor()
+    first = proc.process([rd(p, 1, T0 + 1, hr=70.0) for p in ("a", "b")], {})
+    again = proc.process([rd("a", 2, T0 + 61, hr=90.0), rd("b", 1, T0 + 1, hr=70.0)],
+                         first.states)
+    assert again.duplicates == 1
+    a0, a1 = (bank.from_bytes([split(r.states["a"])[0]]) for r in (first, again))
+    assert a1["slow_t"][0] > a0["slow_t"][0] and a1["base_n"][0].sum() > a0["base_n"][0].sum()
+    b0, b1 = (bank.from_bytes([split(r.states["b"])[0]]) for r in (first, again))
+    for f in ("base_first_t", "base_sum", "base_n", "slow", "slow_t"):
+        np.testing.assert_array_equal(b1[f], b0[f])
