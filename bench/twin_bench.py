@@ -64,25 +64,29 @@ def copy_rate(N: int, params: ModelParams, repeats: int = 5) -> float:
 
 def filterpy_rate(n_patients: int, params: ModelParams) -> float:
     """The same model, one patient at a time, with filterpy: a KalmanFilter over the five linear
-    level/trend pairs and an UnscentedKalmanFilter for the SpO2 pair through the curve."""
+    (fast, slow) level pairs and an UnscentedKalmanFilter for the SpO2 pair through the curve."""
     from filterpy.kalman import KalmanFilter, MerweScaledSigmaPoints, UnscentedKalmanFilter
 
     rng = np.random.default_rng(2)
     dt_min = 5.0 / 60.0
-    a, phi, q = transition(np.array([dt_min]), params)
+    f, q = transition(np.array([dt_min]), params)
+
+    def pair(m: np.ndarray, c: int) -> np.ndarray:
+        return np.array([[m[0, c, 0], m[0, c, 1]], [m[0, c, 1] if m is q else 0.0, m[0, c, 2]]])
+
     lin = len(LINEAR)
     F = np.zeros((2 * lin, 2 * lin))
     Q = np.zeros_like(F)
     for j, c in enumerate(LINEAR):
-        F[2 * j:2 * j + 2, 2 * j:2 * j + 2] = [[1.0, a[0, 0]], [0.0, phi[0, 0]]]
-        Q[2 * j, 2 * j], Q[2 * j + 1, 2 * j + 1] = q[0, c]
-    Fs = np.array([[1.0, a[0, 0]], [0.0, phi[0, 0]]])
+        F[2 * j:2 * j + 2, 2 * j:2 * j + 2] = pair(f, c)
+        Q[2 * j:2 * j + 2, 2 * j:2 * j + 2] = pair(q, c)
+    Fs = pair(f, SPO2)
     r = measurement_var(np.array([0.95]), params)[0]
     filters = []
     for _ in range(n_patients):
         kf = KalmanFilter(dim_x=2 * lin, dim_z=lin)
         kf.x = np.zeros(2 * lin)
-        kf.x[0::2] = params.prior_level[LINEAR]
+        kf.x[0::2] = kf.x[1::2] = params.prior_level[LINEAR]
         kf.F, kf.Q = F, Q
         kf.H = np.zeros((lin, 2 * lin))
         kf.H[np.arange(lin), 2 * np.arange(lin)] = 1.0
@@ -90,9 +94,9 @@ def filterpy_rate(n_patients: int, params: ModelParams) -> float:
         pts = MerweScaledSigmaPoints(2, alpha=1.0, beta=2.0, kappa=0.0)
         uk = UnscentedKalmanFilter(dim_x=2, dim_z=1, dt=dt_min, points=pts,
                                    fx=lambda s, dt: Fs @ s, hx=lambda s: odc(s[:1]))
-        uk.x = np.array([90.0, 0.0])
-        uk.P = np.diag([25.0**2, 0.25])
-        uk.Q = np.diag(q[0, SPO2])
+        uk.x = np.array([90.0, 90.0])
+        uk.P = np.array([[25.0**2 + 15.0, 25.0**2], [25.0**2, 25.0**2]])
+        uk.Q = pair(q, SPO2)
         uk.R = np.array([[r[SPO2]]])
         filters.append((kf, uk))
     z = rng.normal([80, 16, 120, 75, 37], [3, 2, 6, 5, 0.2], (n_patients, lin))

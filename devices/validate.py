@@ -130,7 +130,7 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
         risk.update_drift(sub, out.estimate, now)
         if sub is not states:
             bank.put(states, active, sub)
-        feats[g] = risk.features(out, risk.trend_now(sub, now, params), risk.baseline(sub),
+        feats[g] = risk.features(out, risk.fast_deviation(sub, now, params), risk.baseline(sub),
                                  sub["slow"])
         live[g] = risk.live_features(sub, out, now, params)
         n2[g], n2raw[g] = out.news2, out.news2_raw
@@ -446,9 +446,15 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
                                     run.news2.reshape(S, H), run.shock_index.reshape(S, H),
                                     run.map.reshape(S, H))
     at48 = run.features.reshape(S, H, -1)[:, -1]
-    names_twin = (*risk.FEATURES, *risk.TRAJECTORY_FEATURES, "age")
-    x_twin = np.concatenate([at48, traj, stays.age[:, None]], axis=1)
     x_raw = raw_mortality_features(stays)
+    # GCS is a clinician's observation the twin does not filter (like ACVPU): the risk
+    # is "from the first 48 h of vital signs, GCS and age", so its summaries join the twin's own
+    # features; `twin_vitals_only` keeps the comparison with `raw_vitals_only` like for like.
+    gcs = [i for i, n in enumerate(RAW_MORTALITY_FEATURES) if n.startswith("GCS")]
+    names_vit = (*risk.FEATURES, *risk.TRAJECTORY_FEATURES, "age")
+    x_vit = np.concatenate([at48, traj, stays.age[:, None]], axis=1)
+    names_twin = (*names_vit, *(RAW_MORTALITY_FEATURES[i] for i in gcs))
+    x_twin = np.concatenate([x_vit, x_raw[:, gcs]], axis=1)
     x_both = np.concatenate([at48, traj, x_raw], axis=1)
     names_both = (*risk.FEATURES, *risk.TRAJECTORY_FEATURES, *RAW_MORTALITY_FEATURES)
     fold = folds_by_stay(y, folds, seed)
@@ -456,10 +462,10 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
     lam = LAM["icu2012"]
     stay = np.arange(S)
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    # The twin models no GCS: the baseline without it has the same inputs as the twin's risk.
     vitals = [i for i, n in enumerate(RAW_MORTALITY_FEATURES) if not n.startswith("GCS")]
     names_vitals = tuple(RAW_MORTALITY_FEATURES[i] for i in vitals)
     for name, x, names in (("twin_risk", x_twin, names_twin),
+                           ("twin_vitals_only", x_vit, names_vit),
                            ("raw_logistic", x_raw, RAW_MORTALITY_FEATURES),
                            ("raw_vitals_only", x_raw[:, vitals], names_vitals),
                            ("twin_plus_raw", x_both, names_both)):

@@ -2,8 +2,8 @@
 
 Each patient's twin is one fixed-size record (`STATE_DTYPE`), so a patient's state serialises to
 bytes and back without a schema library, and a batch of states unpacks with one `np.frombuffer`.
-The channels are independent level/trend pairs (`twin.model`), so a record keeps three covariance
-entries per channel instead of a 12 x 12 matrix.
+The channels are independent (fast level, slow level) pairs (`twin.model`), so a record keeps three
+covariance entries per channel instead of a 12 x 12 matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from twin.model import (
     transition,
 )
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 DEVICE_SLOTS = 4
 MAX_GAP = 2**31 - 1  # most readings one sequence jump counts as lost
 _U32_MAX = np.iinfo(np.uint32).max  # the counters saturate instead of wrapping
@@ -54,7 +54,7 @@ _V4_FIELDS = [
         ("spo2_scale", "u1"),  # NEWS2 SpO2 scale 1 or 2 from the registry (a clinician's call)
         ("device", "u8", (DEVICE_SLOTS,)),  # 64-bit hash of the device id (0: free slot)
         ("seq", "i8", (DEVICE_SLOTS,)),  # last applied sequence number of that device
-        ("x", "f8", (C, 2)),  # level, trend per channel (spo2: latent PaO2)
+        ("x", "f8", (C, 2)),  # fast level L, slow level u per channel (spo2: latent PaO2)
         ("P", "f8", (C, 3)),  # covariance p00, p01, p11 per channel
 ]
 # Version 5: each channel's running baselines, for the risk's drift features (`twin.risk`).
@@ -65,11 +65,13 @@ _DRIFT_FIELDS = [
     ("slow", "f8", (C,)),  # an exponential running mean of the estimate (NaN: none yet)
     ("slow_t", "f8"),  # when `slow` was last updated
 ]
+# Version 6: the same layout, but `x[:, 1]` is the slow level (was a trend per minute, whose
+# covariance entries `P[:, 1:]` are re-made on reading: `_from_trend`).
 STATE_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS)
 STATE_BYTES = STATE_DTYPE.itemsize
 # Records of earlier versions still read (a site's changelog outlives an upgrade): their size,
 # and the dtype to read them with.
-_OLD_DTYPES = {4: np.dtype(_V4_FIELDS)}
+_OLD_DTYPES = {4: np.dtype(_V4_FIELDS), 5: STATE_DTYPE}
 _SIZES = {STATE_VERSION: STATE_BYTES, **{v: d.itemsize for v, d in _OLD_DTYPES.items()}}
 
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
@@ -88,9 +90,20 @@ def device_hash(device_ids: list[str]) -> np.ndarray:
 
 
 def _prior(params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
-    x0 = np.stack([params.prior_level, np.zeros(C)], axis=-1)  # (C, 2)
-    p0 = np.stack([params.prior_level_sd**2, np.zeros(C), params.prior_trend_sd**2], axis=-1)
+    """`x0 (C, 2)`, `p0 (C, 3)`: u ~ N(prior level, prior SD^2), L - u ~ N(0, fast_var)."""
+    x0 = np.stack([params.prior_level, params.prior_level], axis=-1)
+    s0 = params.prior_level_sd**2
+    p0 = np.stack([s0 + params.fast_var, s0, s0], axis=-1)
     return x0, p0
+
+
+def _from_trend(x: np.ndarray, p: np.ndarray, params: ModelParams) -> None:
+    """Bring records of version <= 5 (level, trend) to (fast level, slow level) in place:
+    x `(k, C, 2)`, p `(k, C, 3)`. The slow level starts at the level, as uncertain as the level
+    plus the fast part's stationary spread (the old record cannot say how much of it is fast)."""
+    x[..., 1] = x[..., 0]
+    p[..., 1] = p[..., 0]
+    p[..., 2] = p[..., 0] + params.fast_var
 
 
 _MIGRATION_PARAMS = ModelParams()  # only for the defaults of fields an old record lacks
@@ -155,22 +168,21 @@ def from_bytes(blobs: list[bytes]) -> State:
     sizes = [record_bytes(b) if b else -1 for b in blobs]
     if any(len(b) != n for b, n in zip(blobs, sizes, strict=True)):
         raise ValueError(f"twin state must be {STATE_BYTES} bytes (version {STATE_VERSION})")
-    if all(n == STATE_BYTES for n in sizes):
+    if all(b[0] == STATE_VERSION for b in blobs):
         rec = np.frombuffer(b"".join(blobs), dtype=STATE_DTYPE)
         return {f: rec[f].copy() for f in STATE_DTYPE.names}
     out = new_states(len(blobs), _MIGRATION_PARAMS)
-    for version, dtype in _OLD_DTYPES.items():
-        rows = [i for i, n in enumerate(sizes) if n == dtype.itemsize and blobs[i][0] == version]
+    for version, dtype in (*_OLD_DTYPES.items(), (STATE_VERSION, STATE_DTYPE)):
+        rows = [i for i, b in enumerate(blobs) if b[0] == version]
         if rows:
             old = np.frombuffer(b"".join(blobs[i] for i in rows), dtype=dtype)
             for f in dtype.names:
                 out[f][rows] = old[f]
-    now = [i for i, n in enumerate(sizes) if n == STATE_BYTES]
-    if now:
-        rec = np.frombuffer(b"".join(blobs[i] for i in now), dtype=STATE_DTYPE)
-        for f in STATE_DTYPE.names:
-            out[f][now] = rec[f]
-    out["version"][:] = STATE_VERSION  # the new fields start empty: baselines begin now
+            if version < 6:
+                x, p = out["x"][rows], out["P"][rows]
+                _from_trend(x, p, _MIGRATION_PARAMS)
+                out["x"][rows], out["P"][rows] = x, p
+    out["version"][:] = STATE_VERSION  # fields an old record lacks start empty: baselines begin now
     return out
 
 
@@ -224,8 +236,7 @@ def _filter(x: np.ndarray, p: np.ndarray, dt_min: np.ndarray, z: np.ndarray,
             params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Predict and update k twins' channels. x `(k, C, 2)`, p `(k, C, 3)`, dt_min `(k,)`,
     z/obs/fresh/r `(k, C)`. Returns new x, p, the gate rejections and the accepted mask."""
-    a, phi, q = transition(dt_min, params)
-    xp, pp = kalman.predict_trend(x, p, a, phi, q)
+    xp, pp = kalman.predict_pair(x, p, *transition(dt_min, params))
     if fresh.any():
         # A channel seen for the first time (or forced after repeated rejections) starts from the
         # broad prior, centred on the reading so the first update is not a large jump.
@@ -233,7 +244,7 @@ def _filter(x: np.ndarray, p: np.ndarray, dt_min: np.ndarray, z: np.ndarray,
         start = np.where(obs, z, x0[:, 0])
         start[:, SPO2] = odc_inverse(np.minimum(start[:, SPO2], SPO2_INIT_CAP))
         xp[..., 0] = np.where(fresh, start, xp[..., 0])
-        xp[..., 1] = np.where(fresh, 0.0, xp[..., 1])
+        xp[..., 1] = np.where(fresh, start, xp[..., 1])
         pp = np.where(fresh[..., None], p0, pp)
     zf = np.where(obs, z, 0.0)
     xu, pu, nis = kalman.update_level(xp, pp, zf, r)
@@ -440,27 +451,26 @@ def _channels(x: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _minutes_to_band(x: np.ndarray, params: ModelParams, horizon: float = 60.0) -> np.ndarray:
-    """Minutes until each channel's forecast mean enters a worse NEWS2 score. `(K, C)`."""
+    """Minutes until each channel's forecast mean enters a worse NEWS2 score. `(K, C)`.
+
+    x: `(K, C, 2)`. The mean fast level moves monotonically from `L` towards the slow level `u`,
+    `L(h) = u + (L - u) exp(-kappa h)`, so it can cross only the edges between the two."""
     K = x.shape[0]
     out = np.full((K, C), np.nan)
-    lam = params.trend_decay
     for ch, param in news2.CHART.items():  # five channels, not patients
         c = INDEX[ch]
+        kappa = params.fast_reversion[c]
         edges = param.continuous_edges()
-        level, trend = x[:, c, 0], x[:, c, 1]
-        if c == SPO2:
-            # the latent moves linearly; compare it with the edges mapped through the curve
-            e = odc_inverse(np.asarray(edges))
-        else:
-            e = np.asarray(edges, dtype=float)
+        level, slow = x[:, c, 0], x[:, c, 1]
+        # the latent moves as above; compare it with the edges mapped through the curve
+        e = odc_inverse(np.asarray(edges)) if c == SPO2 else np.asarray(edges, dtype=float)
         now_score = news2.score_values(ch, odc(level) if c == SPO2 else level)
-        dist = e[None, :] - level[:, None]  # (K, E)
-        ahead = np.sign(dist) == np.sign(trend)[:, None]
-        # L(h) = L + b (1 - exp(-lam h)) / lam  =>  h = -ln(1 - lam d / b) / lam
+        dev = (level - slow)[:, None]  # (K, 1)
+        # e = u + d exp(-kappa h)  =>  h = -ln((e - u) / d) / kappa, for a ratio in (0, 1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            arg = 1.0 - lam * dist / trend[:, None]
-            h = np.where(ahead & (arg > 0), -np.log(arg) / lam, np.inf)
-        beyond = e[None, :] + np.sign(trend)[:, None] * 1e-3
+            ratio = (e[None, :] - slow[:, None]) / dev
+            h = np.where((ratio > 0) & (ratio < 1), -np.log(ratio) / kappa, np.inf)
+        beyond = e[None, :] - np.sign(dev) * 1e-3  # just past the edge, on the way to u
         after = news2.score_values(ch, odc(beyond) if c == SPO2 else beyond)
         h = np.where(after > now_score[:, None], h, np.inf)
         best = h.min(axis=1)
@@ -487,7 +497,7 @@ def outputs(
     K = states["t"].shape[0]
     never = np.isnan(states["last_obs"])
     dt_min = np.where(np.isnan(states["t"]), 0.0, np.maximum(now - states["t"], 0.0) / 60.0)
-    x, p = kalman.predict_trend(states["x"], states["P"], *transition(dt_min, params))
+    x, p = kalman.predict_pair(states["x"], states["P"], *transition(dt_min, params))
     est, sd, _, _ = _channels(x, p)
     est[never] = np.nan
     sd[never] = np.nan
@@ -495,7 +505,7 @@ def outputs(
     H = len(horizons)
     fc, lo, hi = (np.empty((K, H, C)) for _ in range(3))
     for j, h in enumerate(horizons):  # a few horizons, not patients
-        xh, ph = kalman.predict_trend(x, p, *transition(np.full(K, h), params))
+        xh, ph = kalman.predict_pair(x, p, *transition(np.full(K, h), params))
         fc[:, j], _, lo[:, j], hi[:, j] = _channels(xh, ph)
     for arr in (fc, lo, hi):
         arr[np.broadcast_to(never[:, None, :], arr.shape)] = np.nan

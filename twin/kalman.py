@@ -123,32 +123,35 @@ def keep_unobserved(mask: np.ndarray, x: np.ndarray, P: np.ndarray, x_new: np.nd
     return x_new, P_new, nis
 
 
-def predict_trend(
-    x: np.ndarray, p: np.ndarray, a: np.ndarray, phi: np.ndarray, q: np.ndarray
+def predict_pair(
+    x: np.ndarray, p: np.ndarray, F: np.ndarray, q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`predict` for many independent level/trend pairs, in closed form (elementwise).
+    """`predict` for many independent 2-state pairs with upper-triangular transitions, in closed
+    form (elementwise).
 
-    x: `(..., 2)` (level, trend); p: `(..., 3)` covariance entries (p00, p01, p11);
-    a, phi: `(...)` or broadcastable to it, the transition `F = [[1, a], [0, phi]]`;
-    q: `(..., 2)` diagonal process noise.
+    x: `(..., 2)` means; p: `(..., 3)` covariance entries (p00, p01, p11); F: `(..., 3)` the
+    transition's entries (f00, f01, f11) of `[[f00, f01], [0, f11]]`; q: `(..., 3)` process
+    noise entries (q00, q01, q11). Shapes broadcast.
     Equal to `predict` with those 2x2 matrices, without the cost of tiny matmuls.
     """
-    xn = np.empty(np.broadcast_shapes(x.shape, q.shape))
-    pn = np.empty(xn.shape[:-1] + (3,))
-    xn[..., 0] = x[..., 0] + a * x[..., 1]
-    xn[..., 1] = phi * x[..., 1]
+    f00, f01, f11 = F[..., 0], F[..., 1], F[..., 2]
+    shape = np.broadcast_shapes(x.shape[:-1], p.shape[:-1], F.shape[:-1], q.shape[:-1])
+    xn = np.empty(shape + (2,))
+    pn = np.empty(shape + (3,))
+    xn[..., 0] = f00 * x[..., 0] + f01 * x[..., 1]
+    xn[..., 1] = f11 * x[..., 1]
     p00, p01, p11 = p[..., 0], p[..., 1], p[..., 2]
     # P = F P F^T + Q
-    pn[..., 0] = p00 + 2.0 * a * p01 + a * a * p11 + q[..., 0]
-    pn[..., 1] = phi * (p01 + a * p11)
-    pn[..., 2] = phi * phi * p11 + q[..., 1]
+    pn[..., 0] = f00 * f00 * p00 + 2.0 * f00 * f01 * p01 + f01 * f01 * p11 + q[..., 0]
+    pn[..., 1] = f11 * (f00 * p01 + f01 * p11) + q[..., 1]
+    pn[..., 2] = f11 * f11 * p11 + q[..., 2]
     return xn, pn
 
 
 def update_level(
     x: np.ndarray, p: np.ndarray, z: np.ndarray, r: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`update` of level/trend pairs observed through their level (`H = [1, 0]`), closed form.
+    """`update` of 2-state pairs observed through their first state (`H = [1, 0]`), closed form.
 
     x: `(..., 2)`; p: `(..., 3)`; z, r: `(...)` observation and its variance (no mask: the caller
     keeps the prior where a value is not observed). Returns `(x, p, nis)` with `nis (...)`.

@@ -1,10 +1,11 @@
 """The twin's risk: a regularised logistic model on features only a twin has.
 
-Features come from the twin's filtered state and `twin.bank.outputs`: per-channel levels, trends
-and their uncertainty, time since each channel was last believed, derived physiology (shock index,
-mean arterial pressure, SpO2-respiration coupling), NEWS2 on the estimates, and each channel's
-drift from the patient's own baseline. Fitted offline (`devices/validate.py`); the fitted
-coefficients ship in `risk_params.json` and `load` reads them.
+Features come from the twin's filtered state and `twin.bank.outputs`: per-channel levels, how far
+the fast level stands from the slow one (a change the slow level has not absorbed yet), their
+uncertainty, time since each channel was last believed, derived physiology (shock index, mean
+arterial pressure, SpO2-respiration coupling), NEWS2 on the estimates, and each channel's drift
+from the patient's own baseline. Fitted offline (`devices/validate.py`); the fitted coefficients
+ship in `risk_params.json` and `load` reads them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from scipy.special import expit, log_expit
 from twin.alerts import AlertPolicy
 from twin.bank import Outputs, State
 from twin.channels import INDEX, NAMES
-from twin.model import ModelParams, transition
+from twin.model import SPO2, ModelParams, odc
 from twin.news2 import CHART, COLUMN
 
 PARAMS_FILE = Path(__file__).with_name("risk_params.json")
@@ -34,7 +35,7 @@ _NEWS2_CHANNELS = tuple(CHART)  # the charted vital signs, in the chart's order
 
 FEATURES: tuple[str, ...] = (
     *(f"{c}_level" for c in NAMES),
-    *(f"{c}_trend_per_h" for c in NAMES),
+    *(f"{c}_fast_deviation" for c in NAMES),
     *(f"{c}_sd" for c in NAMES),
     *(f"{c}_log_hours_since_obs" for c in NAMES),
     *(f"{c}_never_observed" for c in NAMES),
@@ -67,13 +68,17 @@ TRAJECTORY_FEATURES: tuple[str, ...] = (
 """Names of the columns of `trajectory_features`, in order."""
 
 
-def trend_now(states: State, now: np.ndarray, params: ModelParams) -> np.ndarray:
-    """Each channel's trend predicted to `now (K,)` epoch s, per hour, `(K, C)`.
+def fast_deviation(states: State, now: np.ndarray, params: ModelParams) -> np.ndarray:
+    """Each channel's fast level minus its slow level, predicted to `now (K,)` epoch s, in the
+    channel's units, `(K, C)`: a change of the last minutes the slow level has not absorbed.
 
-    The trend decays between readings (`twin.model.transition`), as the twin's forecast does."""
+    The deviation fades between readings (`twin.model.transition`), as the twin's forecast does;
+    SpO2's is the saturation difference of the two latent tensions."""
     dt_min = np.where(np.isnan(states["t"]), 0.0, np.maximum(now - states["t"], 0.0) / 60.0)
-    _, phi, _ = transition(dt_min, params)
-    return states["x"][..., 1] * phi * 60.0
+    level, slow = states["x"][..., 0], states["x"][..., 1]
+    d = (level - slow) * np.exp(-params.fast_reversion * dt_min[:, None])
+    d[:, SPO2] = odc(slow[:, SPO2] + d[:, SPO2]) - odc(slow[:, SPO2])
+    return d
 
 
 # the twin record's fields `update_drift` reads and writes (twin.bank state version 5)
@@ -82,9 +87,9 @@ DRIFT_FIELDS = ("base_first_t", "base_sum", "base_n", "slow", "slow_t")
 
 def update_drift(states: State, estimate: np.ndarray, now: np.ndarray) -> None:
     """Fold K twins' estimates `(K, C)` at `now (K,)` epoch s into their running baselines (the
-    `base_*` and `slow*` fields of `states`, K twins, updated in place): each channel's mean
-    estimate over its first `BASELINE_H` hours, and an exponential running mean with time
-    constant `SLOW_TAU_H` (weighted by time, so it is the same at any sampling rate)."""
+    `DRIFT_FIELDS` of `states`, K twins, updated in place): each channel's mean estimate over
+    its first `BASELINE_H` hours, and an exponential running mean with time constant
+    `SLOW_TAU_H` (weighted by time, so it is the same at any sampling rate)."""
     seen = ~np.isnan(estimate)
     first = np.where(np.isnan(states["base_first_t"]) & seen, now[:, None],
                      states["base_first_t"])
@@ -92,13 +97,14 @@ def update_drift(states: State, estimate: np.ndarray, now: np.ndarray) -> None:
     states["base_first_t"] = first
     states["base_sum"] += np.where(early, estimate, 0.0)
     states["base_n"] += early.astype(states["base_n"].dtype)
-    # slow += alpha (estimate - slow), alpha = 1 - exp(-dt / tau)
+    # mean += alpha (estimate - mean), alpha = 1 - exp(-dt / tau)
     last = states["slow_t"]
     dt_h = np.where(np.isnan(last), 0.0, np.maximum(now - last, 0.0) / 3600.0)
-    alpha = 1.0 - np.exp(-dt_h / SLOW_TAU_H)[:, None]
-    old = states["slow"]
-    states["slow"] = np.where(np.isnan(old), estimate,
-                              np.where(seen, old + alpha * (estimate - old), old))
+    for f, tau in (("slow", SLOW_TAU_H),):
+        alpha = 1.0 - np.exp(-dt_h / tau)[:, None]
+        old = states[f]
+        states[f] = np.where(np.isnan(old), estimate,
+                             np.where(seen, old + alpha * (estimate - old), old))
     states["slow_t"] = np.where(seen.any(axis=1), now, last)
 
 
@@ -116,16 +122,16 @@ def hours_monitored(states: State, now: np.ndarray) -> np.ndarray:
     return (now - start) / 3600.0
 
 
-def features(out: Outputs, trend: np.ndarray, baseline: np.ndarray,
+def features(out: Outputs, deviation: np.ndarray, baseline: np.ndarray,
              slow: np.ndarray) -> np.ndarray:
     """The twin's features of K patients at one time each, `(K, len(FEATURES))` (NaN: unknown).
 
-    out: `twin.bank.outputs` for the K patients; trend: `(K, C)` per hour (`trend_now`);
-    baseline, slow: `(K, C)` from `Drift` (NaN where none yet)."""
+    out: `twin.bank.outputs` for the K patients; deviation: `(K, C)` (`fast_deviation`);
+    baseline, slow: `(K, C)` from `baseline` and the twins' `slow` (NaN where none yet)."""
     est, sd = out.estimate, out.sd
     never = np.isnan(est)
     hours_since = np.log1p(np.maximum(out.age_s, 0.0) / 3600.0)
-    trend = np.where(never, np.nan, trend)
+    deviation = np.where(never, np.nan, deviation)
     # SpO2 over respiratory rate: the ROX index without FiO2 (Roca O et al. J Crit Care
     # 2016;35:200-205); with FiO2 unknown (room air assumed) it couples oxygenation to the work
     # of breathing that maintains it.
@@ -133,7 +139,7 @@ def features(out: Outputs, trend: np.ndarray, baseline: np.ndarray,
         rox = est[:, INDEX["spo2"]] / est[:, INDEX["rr"]]
     comps = out.components
     news_cols = np.stack([comps[:, COLUMN[c]] for c in _NEWS2_CHANNELS], axis=1)
-    cols = [est, trend, sd, hours_since, never.astype(float), est - baseline, est - slow,
+    cols = [est, deviation, sd, hours_since, never.astype(float), est - baseline, est - slow,
             out.shock_index[:, None], out.shock_index_sd[:, None], out.map[:, None],
             out.map_sd[:, None], rox[:, None], out.news2[:, None].astype(float),
             news_cols.astype(float)]
@@ -264,7 +270,7 @@ def live_features(states: State, out: Outputs, now: np.ndarray,
                   params: ModelParams) -> np.ndarray:
     """`LIVE_FEATURES` of K twins at `now (K,)` epoch s, `(K, len(LIVE_FEATURES))` (NaN:
     unknown). out: `twin.bank.outputs` of the same K twins at `now`."""
-    x = features(out, trend_now(states, now, params), baseline(states), states["slow"])
+    x = features(out, fast_deviation(states, now, params), baseline(states), states["slow"])
     full = np.concatenate([x, hours_monitored(states, now)[:, None]], axis=1)
     return full[:, _LIVE_COLUMNS]
 

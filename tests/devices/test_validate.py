@@ -93,8 +93,12 @@ def test_forecast_coverage_counts_a_reading_inside_or_outside(sepsis_stays):
 def test_icu2012_side_by_side(icu_stays):
     res, models = validate.validate("icu2012", icu_stays, folds=5, seed=0, progress=False)
     assert res["stays"] == 60 and res["deaths"] == int(icu_stays.death.sum())
-    assert {"twin_risk", "raw_logistic", "raw_vitals_only", "twin_plus_raw", "news2_twin_max",
-            "news2_raw_max", "news2_twin_mean", "news2_raw_mean", "saps1"} == set(res["methods"])
+    assert {"twin_risk", "twin_vitals_only", "raw_logistic", "raw_vitals_only", "twin_plus_raw",
+            "news2_twin_max", "news2_raw_max", "news2_twin_mean", "news2_raw_mean",
+            "saps1"} == set(res["methods"])
+    # the risk is "from the first 48 h of vital signs, GCS and age" (issue 20): GCS is in it
+    assert any(n.startswith("GCS_") for n in models["icu2012"].names)
+    assert any(n.startswith("GCS_") for n in risk.load("icu2012").names)  # the shipped one too
     for e in res["methods"].values():
         _check_auroc(e)
         assert 0.0 <= e["sensitivity"] <= 1.0 and 0.0 <= e["alerted"] <= 1.0

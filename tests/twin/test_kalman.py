@@ -83,23 +83,24 @@ def test_masked_values_may_be_nan_and_are_ignored():
         np.testing.assert_array_equal(p, q)
 
 
-def test_closed_form_level_trend_equals_the_general_kernels():
+def test_closed_form_pairs_equal_the_general_kernels():
     rng = np.random.default_rng(9)
     N, C = 50, 6
     x = rng.standard_normal((N, C, 2))
     A = rng.standard_normal((N, C, 2, 2))
     P = A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(2)
     p = np.stack([P[..., 0, 0], P[..., 0, 1], P[..., 1, 1]], -1)
-    a, phi = rng.uniform(0, 5, (N, C)), rng.uniform(0.5, 1, (N, C))
-    q = rng.uniform(0, 1, (N, C, 2))
+    f = np.stack([rng.uniform(0, 1, (N, C)), rng.uniform(-2, 5, (N, C)),
+                  rng.uniform(0.5, 1.5, (N, C))], -1)
+    B = rng.standard_normal((N, C, 2, 2))
+    Qf = B @ np.swapaxes(B, -1, -2)  # a full (correlated) process noise
+    q = np.stack([Qf[..., 0, 0], Qf[..., 0, 1], Qf[..., 1, 1]], -1)
     z, r = rng.standard_normal((N, C)), rng.uniform(0.1, 2, (N, C))
-    xc, pc = kalman.predict_trend(x, p, a, phi, q)
+    xc, pc = kalman.predict_pair(x, p, f, q)
     xc, pc, nis_c = kalman.update_level(xc, pc, z, r)
     F = np.zeros((N * C, 2, 2))
-    F[:, 0, 0], F[:, 0, 1], F[:, 1, 1] = 1.0, a.ravel(), phi.ravel()
-    Q = np.zeros((N * C, 2, 2))
-    Q[:, 0, 0], Q[:, 1, 1] = q[..., 0].ravel(), q[..., 1].ravel()
-    xg, Pg = kalman.predict(x.reshape(-1, 2), P.reshape(-1, 2, 2), F, Q)
+    F[:, 0, 0], F[:, 0, 1], F[:, 1, 1] = f[..., 0].ravel(), f[..., 1].ravel(), f[..., 2].ravel()
+    xg, Pg = kalman.predict(x.reshape(-1, 2), P.reshape(-1, 2, 2), F, Qf.reshape(-1, 2, 2))
     xg, Pg, nis_g = kalman.update(xg, Pg, z.reshape(-1, 1), np.array([[1.0, 0.0]]),
                                   r.reshape(-1, 1, 1))
     np.testing.assert_allclose(xc.reshape(-1, 2), xg, rtol=1e-9, atol=1e-12)

@@ -92,7 +92,7 @@ def test_features_shapes_and_physiology():
     now = np.full(3, 1800.0)
     out = bank.outputs(s, now, params, on_oxygen=np.zeros(3), alert=np.ones(3))
     risk.update_drift(s, out.estimate, now)
-    f = risk.features(out, risk.trend_now(s, now, params), risk.baseline(s), s["slow"])
+    f = risk.features(out, risk.fast_deviation(s, now, params), risk.baseline(s), s["slow"])
     assert f.shape == (3, len(risk.FEATURES))
     col = {n: i for i, n in enumerate(risk.FEATURES)}
     # the second twin is tachycardic and hypotensive: the higher shock index
@@ -147,7 +147,7 @@ def test_live_features_are_the_fitted_columns_of_the_full_set():
     now = np.full(3, 1800.0)
     out = bank.outputs(s, now, params, on_oxygen=np.zeros(3), alert=np.ones(3))
     risk.update_drift(s, out.estimate, now)
-    full = risk.features(out, risk.trend_now(s, now, params), risk.baseline(s), s["slow"])
+    full = risk.features(out, risk.fast_deviation(s, now, params), risk.baseline(s), s["slow"])
     live = risk.live_features(s, out, now, params)
     assert live.shape == (3, len(risk.LIVE_FEATURES))
     for j, name in enumerate(risk.LIVE_FEATURES[:-1]):
@@ -166,9 +166,19 @@ def test_an_older_twin_record_is_read_and_its_baselines_begin_empty():
         rec[f] = s[f]
     rec["version"] = 4
     back = bank.from_bytes([r.tobytes() for r in rec])
-    np.testing.assert_array_equal(back["x"], s["x"])
+    # versions <= 5 held (level, trend): the level is kept, the slow level starts at it
+    np.testing.assert_array_equal(back["x"][..., 0], s["x"][..., 0])
+    np.testing.assert_array_equal(back["x"][..., 1], s["x"][..., 0])
+    np.testing.assert_array_equal(back["P"][..., 0], s["P"][..., 0])
+    assert (back["P"][..., 2] > back["P"][..., 0]).all()
     assert (back["version"] == bank.STATE_VERSION).all()
     assert np.isnan(back["slow"]).all() and (back["base_n"] == 0).all()
+    # a version-5 record has today's size: its version byte alone says how to read it
+    v5 = [b"\x05" + b[1:] for b in bank.to_bytes(s)]
+    back5 = bank.from_bytes([*v5, *bank.to_bytes(s)])
+    np.testing.assert_array_equal(back5["x"][:3, :, 1], s["x"][..., 0])
+    np.testing.assert_array_equal(back5["x"][3:], s["x"])
+    np.testing.assert_array_equal(back5["slow"][:3], s["slow"])  # v5 had the baselines
     with pytest.raises(ValueError, match="version"):
         bank.from_bytes([b"\x09" + bytes(bank.STATE_BYTES - 1)])
 
