@@ -121,8 +121,11 @@ def _value(state: TwinState, ch: str) -> str:
     trend = ""
     fc = state.forecasts
     if fc and (ahead := fc[0].estimate.get(ch)) is not None and sd:
-        delta = ahead - est
-        trend = " ↑" if delta > sd else " ↓" if delta < -sd else " →"
+        # The twin's forecast returns from the fast level towards the slow one (twin/model.py),
+        # so a value standing above where it is heading has risen recently: the arrow shows that
+        # recent change, as a monitor's trend arrow does, not the expected return.
+        recent = est - ahead
+        trend = " ↑" if recent > sd else " ↓" if recent < -sd else " →"
     digits = 1 if ch == "temp" else 0
     return f"{est:.{digits}f}{trend}"
 

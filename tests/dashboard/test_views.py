@@ -317,3 +317,33 @@ def test_the_3d_ward_makes_the_highest_risk_bed_the_tallest_and_labels_it():
     # one fixed height scale, whatever the ward: heights compare between refreshes
     assert tuple(fig.layout.scene.zaxis.range) == (0, ward.NEWS2_MAX + 2)
     assert ward.figure_3d([]).layout.scene.annotations == ()
+
+
+def test_the_ward_arrow_shows_a_recent_rise_of_the_real_twin_as_a_rise():
+    """The twin's forecast returns towards its slow level, so after a rise it points down; the
+    ward's arrow must still say the value rose (a trend arrow read the other way round would
+    tell a nurse a rising heart rate is falling)."""
+    from streams.worker.process import twin_states
+    from twin import bank
+    from twin.model import ModelParams
+
+    params = ModelParams()
+    s = bank.new_states(3, params)
+    t0 = 1.7e9
+    hr = {"rising": [80.0] * 60 + [80.0 + 2 * i for i in range(1, 16)],
+          "falling": [110.0] * 60 + [110.0 - 2 * i for i in range(1, 16)],
+          "steady": [80.0] * 75}
+    for row, values in enumerate(hr.values()):
+        n = len(values)
+        z = np.full((n, len(params.measurement_sd)), np.nan)
+        z[:, 0] = values
+        bank.step(s, bank.Readings(np.full(n, row), t0 + 60.0 * np.arange(n), z, np.ones(n),
+                                   np.ones(n), np.full(n, row + 1, np.uint64),
+                                   np.arange(1, n + 1)), params)
+    now = np.full(3, t0 + 60.0 * 74)
+    out = bank.outputs(s, now, params)
+    states = twin_states(list(hr), s, out, np.arange(3))
+    rows = ward.rows([ward.Bed(st.patient_id, "A", str(i), st, [], 0.0)
+                      for i, st in enumerate(states)])
+    got = {pid: next(r["v_hr"][-1] for r in rows if pid in r["patient"]) for pid in hr}
+    assert got == {"rising": "↑", "falling": "↓", "steady": "→"}, rows
