@@ -188,9 +188,35 @@ def install(server: Flask, settings: Settings, users: UserStore, audit: AuditLog
             return None  # account removed or password changed: the session is over
         return SessionUser(u)
 
+    allowed = {urlsplit(o.strip()).netloc.lower()
+               for o in (settings.dashboard_origins or "").split(",") if o.strip()}
+
+    def foreign_origin() -> str | None:
+        """Why a state-changing request comes from another site's page, or None. Defence in
+        depth behind the SameSite cookie and the CSRF and JSON-only rules: a browser names the
+        page's origin on every POST (and says cross-site in Sec-Fetch-Site); clients that are
+        not browsers send neither and are judged by their credentials alone."""
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        if request.headers.get("Sec-Fetch-Site") == "cross-site":
+            return "cross-site request"
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        host = urlsplit(origin).netloc.lower()
+        # the scheme is left out: behind a TLS proxy the page is https and this server http
+        if host and (host == request.host.lower() or host in allowed):
+            return None
+        return f"origin {origin[:100]!r}"
+
     @server.before_request
     def guard() -> Any:
         path = request.path
+        if (why := foreign_origin()) is not None:
+            user = current_user.name if current_user.is_authenticated else "-"
+            audit.record(user, "denied", detail=f"{request.method} {path[:200]}: {why}",
+                         remote_addr=request.remote_addr)
+            return jsonify({"error": "request from another site's page refused"}), 403
         if current_user.is_authenticated:
             now = time.time()
             why = ended(now)

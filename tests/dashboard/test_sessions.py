@@ -13,7 +13,7 @@ from dashboard.app import close, create_app, serve
 from dashboard.auth import add_user
 from dashboard.feed import TwinFeed
 from dashboard.login import ADDRESS_FAILURES_ALLOWED, FAILURES_ALLOWED, _Throttle
-from streams import topics
+from streams import audit, topics
 from streams.config import Secret
 from streams.errors import ConfigError
 from tests.conftest import csrf_of, login, wait_until
@@ -38,6 +38,7 @@ def make_app(settings_factory, tmp_path):
         apps.append(app)
         return app
 
+    make.settings = s  # type: ignore[attr-defined]
     yield make
     for app in apps:
         close(app)
@@ -137,3 +138,46 @@ def test_cookies_are_secure_unless_plain_http_is_asked_for(make_app, settings_fa
     assert "Secure" in r.headers["Set-Cookie"] and "HttpOnly" in r.headers["Set-Cookie"]
     with pytest.raises(ConfigError, match="--https"):
         serve(settings_factory(dashboard_allow_http=False, users_file="/dev/null"))
+
+
+def test_a_post_from_another_sites_page_is_refused_even_with_the_cookie_and_token(make_app):
+    """What a browser sends when another site's page posts to the dashboard with the clinician's
+    cookie (a stolen token included): Origin and Sec-Fetch-Site name the other site. Refused,
+    and audited; the same request from the dashboard's own pages, from an origin the site
+    configured (a TLS proxy's) or from a client that is no browser goes through."""
+    app = make_app(dashboard_origins="https://ward.example.org")
+    c = _logged_in(app)
+    token = csrf_of(c.get("/logout").text)
+    for headers in ({"Origin": "https://evil.example"},
+                    {"Origin": "null"},  # a sandboxed frame or a data: URL
+                    {"Origin": "http://localhost.evil.example"},
+                    {"Sec-Fetch-Site": "cross-site"}):
+        r = c.post("/logout", data={"csrf": token}, headers=headers)
+        assert r.status_code == 403, headers
+        assert c.get("/").status_code == 200  # still logged in: the logout was not done
+    # a login posted from another site is refused before its password is even checked
+    other = app.server.test_client()
+    r = other.post("/login", data={"username": "ann", "password": PW,
+                                   "csrf": csrf_of(other.get("/login").text)},
+                   headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    # the dashboard's own origin (scheme aside: behind a TLS proxy it is https), the
+    # configured one, and no Origin at all (curl, an API client) reach the handler
+    assert c.post("/logout", data={"csrf": token},
+                  headers={"Origin": "https://localhost"}).status_code == 302
+    c = _logged_in(app)
+    token = csrf_of(c.get("/logout").text)
+    assert c.post("/logout", data={"csrf": token},
+                  headers={"Origin": "https://ward.example.org",
+                           "Sec-Fetch-Site": "same-site"}).status_code == 302
+    c = _logged_in(app)
+    assert c.post("/logout", data={"csrf": csrf_of(c.get("/logout").text)}).status_code == 302
+
+    def refusals() -> list[tuple[str, str]]:
+        return [(a.user, a.detail or "") for a in audit.read(make_app.settings)
+                if a.action == "denied"]
+
+    assert wait_until(lambda: len(refusals()) >= 5, timeout=15), refusals()
+    got = refusals()
+    assert [u for u, _ in got].count("ann") == 4 and "POST /login: origin 'https://evil" in \
+        " ".join(d for _, d in got)
