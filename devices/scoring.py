@@ -1,5 +1,7 @@
 """Scores for `patient-twin validate`: AUROC with a bootstrap over stays, the PhysioNet 2019
-Challenge's normalised utility, and alerting figures (lead time, alert burden, sensitivity, PPV).
+Challenge's normalised utility, alerting figures (lead time, alert burden, sensitivity, PPV), the
+spread of AUROC over cross-validation folds, and calibration (Brier score, calibration intercept and
+slope, a reliability table).
 
 Everything is over flat arrays: `score (M,)` or `alert (M,) bool` per hour (or per stay), with
 `stay (M,)` the stay index of each row when rows are hours.
@@ -8,6 +10,8 @@ Everything is over flat arrays: `score (M,)` or `alert (M,) bool` per hour (or p
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import brentq, minimize
+from scipy.special import expit, log_expit, logit
 from scipy.stats import rankdata
 
 # PhysioNet/CinC Challenge 2019 utility (Reyna et al., Crit Care Med 2020; the Challenge's
@@ -234,3 +238,58 @@ def best_threshold(score: np.ndarray, gain: np.ndarray) -> float:
     cut = np.flatnonzero(last)
     best = int(cut[np.argmax(total[cut])])
     return float(s[best]) if total[best] > 0 else float("inf")
+
+
+def fold_aurocs(score: np.ndarray, y: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """AUROC within each cross-validation fold, `(K,)` in fold order (NaN: a fold with one class
+    only). score, y, fold: `(M,)`. The spread over folds says how much a figure moves with the
+    split, which one pooled AUROC hides."""
+    return np.array([auroc(score[fold == f], y[fold == f]) for f in np.unique(fold)])
+
+
+def calibration(prob: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
+    """How far predicted probabilities are from observed frequencies. prob, y: `(M,)`.
+
+    brier: mean squared error of the probabilities (Brier, Mon Weather Rev 1950;78:1-3);
+    intercept: calibration-in-the-large, the a of logit P(y) = a + logit(p) (slope fixed at 1;
+    0 is right, < 0 means the model predicts too high); slope: the b of logit P(y) = a + b
+    logit(p) (1 is right, < 1 means predictions too extreme, over-fitting), both by maximum
+    likelihood (Cox, Biometrika 1958;45:562-565; Van Calster et al., BMC Med 2019;17:230);
+    bins: `bins` equal-count bins of ascending p, each with its mean prediction, observed
+    frequency, its 95 % Wilson interval (rows taken as independent) and its size."""
+    p = np.asarray(prob, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(p)
+    p, y = p[ok], y[ok]
+    if not len(p) or y.min() == y.max():
+        return {"brier": None, "intercept": None, "slope": None, "bins": []}
+    lp = logit(np.clip(p, 1e-12, 1.0 - 1e-12))
+
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = theta
+        eta = a + b * lp
+        r = expit(eta) - y
+        return (float(-(y * log_expit(eta) + (1.0 - y) * log_expit(-eta)).mean()),
+                np.array([r.mean(), (r * lp).mean()]))
+
+    slope = minimize(nll, np.array([0.0, 1.0]), jac=True, method="L-BFGS-B",
+                     options={"gtol": 1e-10}).x[1]
+    # the intercept with the slope held at 1: its score equation is monotone in a
+    intercept = brentq(lambda a: float((expit(a + lp) - y).sum()), -30.0, 30.0)
+    order = np.argsort(p, kind="stable")
+    rows = []
+    for idx in np.array_split(order, min(bins, len(p))):
+        n = len(idx)
+        obs = float(y[idx].mean())
+        lo, hi = _wilson(obs, n)
+        rows.append({"predicted": float(p[idx].mean()), "observed": obs, "low95": lo,
+                     "high95": hi, "n": n})
+    return {"brier": float(((p - y) ** 2).mean()), "intercept": float(intercept),
+            "slope": float(slope), "bins": rows}
+
+
+def _wilson(share: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (Wilson, JASA 1927;22:209-212)."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))

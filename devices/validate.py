@@ -45,6 +45,13 @@ CALIBRATION_MINUTES = np.array([60.0, 120.0, 240.0])
 RESOLUTION = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])
 Z90 = 1.6448536269514722
 GCS_RANGE = (3.0, 15.0)  # the Glasgow Coma Scale's own range (Teasdale & Jennett, Lancet 1974)
+# Equal-count bins of the reliability table: the 2019 data have ~77,000 hours, so 20 bins still
+# hold ~3,800 each and resolve the rare high-risk hours a decile would lump together; the 2012
+# data's 4,000 stays make deciles of 400.
+CALIBRATION_BINS = {"sepsis2019": 20, "icu2012": 10}
+# The learned models the calibration plot shows, per dataset (the live one is `twin_risk_live`).
+PLOTTED = {"sepsis2019": ("twin_risk", "twin_risk_live", "raw_logistic"),
+           "icu2012": ("twin_risk", "twin_vitals_only", "raw_logistic")}
 
 
 @dataclass(frozen=True)
@@ -327,14 +334,35 @@ def _youden_gain(y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return gain
 
 
+def _nz(v: float | None) -> float | None:
+    """No "-0.00" shown for a value that rounds to zero."""
+    return None if v is None else round(v, 2) + 0.0
+
+
 def _r(v: float, nd: int = 3) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), nd)
 
 
-def _auroc_entry(score: np.ndarray, y: np.ndarray, stay: np.ndarray, seed: int) -> dict:
+def _auroc_entry(score: np.ndarray, y: np.ndarray, stay: np.ndarray, seed: int,
+                 fold: np.ndarray) -> dict:
+    """AUROC with its bootstrap interval, and its spread over the cross-validation folds
+    (`fold (M,)`: each row's fold; the same split for every method, learned or not)."""
     ok = np.isfinite(score)
     a, lo, hi = scoring.bootstrap_auroc(score[ok], y[ok], stay[ok], N_BOOT, seed)
-    return {"auroc": _r(a), "ci95": [_r(lo), _r(hi)], "n": int(ok.sum())}
+    per = scoring.fold_aurocs(score[ok], y[ok], fold[ok])
+    has = per[np.isfinite(per)]
+    return {"auroc": _r(a), "ci95": [_r(lo), _r(hi)], "n": int(ok.sum()),
+            "fold_auroc": [_r(v) for v in per],
+            "fold_auroc_range": [_r(has.min()), _r(has.max())] if len(has) else [None, None],
+            "fold_auroc_sd": _r(float(has.std(ddof=1))) if len(has) > 1 else None}
+
+
+def _calibration_entry(prob: np.ndarray, y: np.ndarray, bins: int) -> dict:
+    """The out-of-fold probabilities' calibration (`scoring.calibration`), rounded."""
+    c = scoring.calibration(prob, y, bins)
+    return {"brier": _r(c["brier"], 5), "intercept": _r(c["intercept"]),
+            "slope": _r(c["slope"]), "bins": [{k: (v if k == "n" else _r(v, 5))
+                                               for k, v in b.items()} for b in c["bins"]]}
 
 
 def _differences(scores: dict[str, tuple[np.ndarray, np.ndarray]], y: np.ndarray,
@@ -359,12 +387,15 @@ def _model_doc(m: risk.RiskModel, dataset: str, training: str, entry: dict, fold
             "training": training, "cv_auroc": entry["auroc"], "cv_auroc_ci95": entry["ci95"],
             "cv": f"{folds}-fold by stay, seed {seed}, out-of-fold",
             "twin_params": "twin.model.ModelParams() defaults",
+            "twin_state_version": bank.STATE_VERSION,
             "fitted": _dt.date.today().isoformat()}
 
 
-def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0,
-                    progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
-    """Every method on the 2019 stays. Returns (results, the twin model fitted on all stays)."""
+def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool = True,
+                    source: str = "PhysioNet/CinC 2019 sepsis training set A",
+                    ) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on the 2019 stays. Returns (results, the twin models fitted on all stays).
+    source: what the stays are, written into the fitted models' description."""
     run = run_twin(stays, stays.start, stays.t, progress=progress)
     stay = stays.stay
     label = stays.label.astype(np.int64)
@@ -388,11 +419,14 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0,
         scores[name] = cross_validate(x, label, row_fold, names, lam, gain)
         bar.update(1)
     bar.close()
+    learned = set(scores)
     for name, s in (("news2_twin", run.news2.astype(float)),
                     ("news2_raw", run.news2_raw.astype(float))):
         scores[name] = (s, fixed_score_alerts(s, row_fold, gain))
     for name, (s, alert) in scores.items():
-        e = _auroc_entry(s, label, stay, seed)
+        e = _auroc_entry(s, label, stay, seed, row_fold)
+        if name in learned:
+            e["calibration"] = _calibration_entry(s, label, CALIBRATION_BINS["sepsis2019"])
         e["utility"] = _r(scoring.utility(alert, label, stay))
         e.update({k: _r(v, 2) for k, v in scoring.sepsis_alerting(alert, label, stay).items()})
         if name.startswith("news2"):
@@ -402,7 +436,7 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0,
                 **{k: _r(v, 2) for k, v in scoring.sepsis_alerting(rule, label, stay).items()}}
         results[name] = e
     final = risk.fit(x_twin, label, names_twin, lam=lam)
-    training = (f"PhysioNet/CinC 2019 sepsis training set A, {stays.n} stays "
+    training = (f"{source}, {stays.n} stays "
                 f"({int(septic.sum())} septic), {len(label)} ICU hours; label SepsisLabel per "
                 "hour; features at every hour from the twin fed the recorded hourly vitals")
     models = {"sepsis2019": risk.RiskModel(
@@ -431,9 +465,11 @@ def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(n + 1) * MORTALITY_HOURS, np.tile(per, n)
 
 
-def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
-                     progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
-    """Every method on the 2012 stays (in-hospital death from the first 48 h)."""
+def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0, progress: bool = True,
+                     source: str = "PhysioNet/CinC 2012 training set A",
+                     ) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on the 2012 stays (in-hospital death from the first 48 h). source: as for
+    `validate_sepsis`."""
     if stays.death is None:
         raise ConfigError("icu2012 needs the outcomes file (Outcomes-a.txt): pass --outcomes")
     S = stays.n
@@ -470,6 +506,7 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
                            ("raw_vitals_only", x_raw[:, vitals], names_vitals),
                            ("twin_plus_raw", x_both, names_both)):
         scores[name] = cross_validate(x, y, fold, names, lam, gain)
+    learned = set(scores)
     n2 = run.news2.reshape(S, H).astype(float)
     n2r = run.news2_raw.reshape(S, H).astype(float)
     for name, s in (("news2_twin_max", n2.max(1)), ("news2_twin_mean", n2.mean(1)),
@@ -483,11 +520,13 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0,
     results: dict[str, dict] = {}
     for name, (s, alert) in scores.items():
         ok = np.isfinite(s)
-        e = _auroc_entry(s, y, stay, seed)
+        e = _auroc_entry(s, y, stay, seed, fold)
+        if name in learned:
+            e["calibration"] = _calibration_entry(s, y, CALIBRATION_BINS["icu2012"])
         e.update({k: _r(v) for k, v in scoring.sens_ppv(alert[ok], y[ok]).items()})
         results[name] = e
     final = risk.fit(x_twin, y, names_twin, lam=lam)
-    training = (f"PhysioNet/CinC 2012 training set A, {S} stays ({int(y.sum())} in-hospital "
+    training = (f"{source}, {S} stays ({int(y.sum())} in-hospital "
                 "deaths); features from the twin fed the first 48 h of recorded vitals (cuff BP, "
                 "arterial where no cuff value; SaO2 as spo2), read hourly; outcome per stay")
     models = {"icu2012": risk.RiskModel(
@@ -513,7 +552,77 @@ def write_params(path: str, models: dict[str, risk.RiskModel]) -> None:
         if old.get("version") == risk.PARAMS_VERSION:
             doc["models"].update(old.get("models", {}))
     doc["models"].update({k: m.to_dict() for k, m in models.items()})
-    p.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    try:
+        p.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the parameter file ({exc.strerror})") from exc
+
+
+def plot_calibration(result: dict, path: str, threshold: float | None = None) -> None:
+    """The reliability diagram of a run's learned models (`PLOTTED`): observed frequency against
+    mean predicted probability in the equal-count bins of their out-of-fold predictions, the
+    twin's risk with 95 % intervals, Brier score and calibration intercept / slope in the legend;
+    written as PNG to `path`. Sepsis on log axes (hourly risks span 0.1 % to tens of %), with
+    the live model's operating point `threshold` marked if given."""
+    # The object API on the Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dataset = result["dataset"]
+    sepsis = dataset == "sepsis2019"
+    fig = Figure(figsize=(7.0, 6.0), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    values: list[float] = []
+    for i, name in enumerate(PLOTTED[dataset]):
+        cal = result["methods"].get(name, {}).get("calibration")
+        if not cal or not cal["bins"]:
+            continue
+        pred = np.array([b["predicted"] for b in cal["bins"]], dtype=float)
+        obs = np.array([b["observed"] for b in cal["bins"]], dtype=float)
+        label = (f"{name}: Brier {cal['brier']:.4f}, intercept {_nz(cal['intercept']):+.2f}, "
+                 f"slope {cal['slope']:.2f}")
+        if i == 0:
+            lo = np.array([b["low95"] for b in cal["bins"]], dtype=float)
+            hi = np.array([b["high95"] for b in cal["bins"]], dtype=float)
+            ax.errorbar(pred, obs, yerr=[obs - lo, hi - obs], fmt="o-", capsize=3, lw=1.5,
+                        label=label, zorder=3)
+            values += [*lo[lo > 0], *hi]
+        else:
+            ax.plot(pred, obs, "s--" if i == 1 else "^:", lw=1, ms=4, label=label)
+        values += [*pred, *obs[obs > 0]]
+    if not values:
+        raise ConfigError("calibration plot: no learned model could be scored on these stays")
+    if sepsis:
+        ax.set_xscale("log", nonpositive="mask")
+        ax.set_yscale("log", nonpositive="mask")
+        lim = (min(values) / 1.5, min(max(values) * 1.5, 1.0))
+    else:
+        lim = (0.0, min(max(values) * 1.05, 1.0))
+    ax.plot(lim, lim, color="grey", lw=1, label="perfect calibration")
+    if sepsis and threshold is not None and np.isfinite(threshold):
+        ax.axvline(threshold, color="tab:red", lw=0.8, ls="-.",
+                   label=f"live alert's operating point ({threshold:.4f})")
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    unit = "hour (SepsisLabel)" if sepsis else "stay (in-hospital death)"
+    bins = len(result["methods"][PLOTTED[dataset][0]]["calibration"]["bins"])
+    ax.set_xlabel("mean predicted probability (out of fold)")
+    ax.set_ylabel(f"observed frequency per {unit}")
+    hours = f", {result['hours']} hours" if sepsis else ""
+    cv = f", {result['folds']}-fold CV by stay" if "folds" in result else ""
+    ax.set_title(f"{dataset}: {result['stays']} stays{hours}{cv}, {bins} equal-count bins",
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    first = [i for i, lab in enumerate(labels) if lab.startswith(PLOTTED[dataset][0] + ":")]
+    order = first + [i for i in range(len(labels)) if i not in first]  # the twin's risk first
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8,
+              loc="upper left")
+    try:
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the calibration plot ({exc.strerror})") from exc
 
 
 def table(result: dict) -> str:
@@ -521,11 +630,11 @@ def table(result: dict) -> str:
     rows = []
     sepsis = result["dataset"] == "sepsis2019"
     if sepsis:
-        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'utility':>8} {'detected':>9} "
-                f"{'lead h':>7} {'alert-h/pt-day':>15}")
+        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'folds min-max':<13} {'utility':>8} "
+                f"{'detected':>9} {'lead h':>7} {'alert-h/pt-day':>15}")
     else:
-        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'sens':>6} {'PPV':>6} "
-                f"{'alerted':>8} {'n':>6}")
+        head = (f"{'method':<16} {'AUROC [95% CI]':<22} {'folds min-max':<13} {'sens':>6} "
+                f"{'PPV':>6} {'alerted':>8} {'n':>6}")
     rows.append(head)
     rows.append("-" * len(head))
 
@@ -534,18 +643,28 @@ def table(result: dict) -> str:
 
     for name, e in result["methods"].items():
         auc = f"{f(e['auroc'])} [{f(e['ci95'][0])}, {f(e['ci95'][1])}]"
+        spread = f"{f(e['fold_auroc_range'][0])}-{f(e['fold_auroc_range'][1])}"
         if sepsis:
-            rows.append(f"{name:<16} {auc:<22} {f(e['utility']):>8} {f(e['detected'], 2):>9} "
+            rows.append(f"{name:<16} {auc:<22} {spread:<13} {f(e['utility']):>8} "
+                        f"{f(e['detected'], 2):>9} "
                         f"{f(e['median_lead_h'], 1):>7} "
                         f"{f(e['alert_hours_per_patient_day'], 2):>15}")
             if "rule_news2_ge5" in e:
                 r = e["rule_news2_ge5"]
-                rows.append(f"{'  (NEWS2>=5)':<16} {'':<22} {f(r['utility']):>8} "
+                rows.append(f"{'  (NEWS2>=5)':<16} {'':<22} {'':<13} {f(r['utility']):>8} "
                             f"{f(r['detected'], 2):>9} {f(r['median_lead_h'], 1):>7} "
                             f"{f(r['alert_hours_per_patient_day'], 2):>15}")
         else:
-            rows.append(f"{name:<16} {auc:<22} {f(e['sensitivity'], 2):>6} "
+            rows.append(f"{name:<16} {auc:<22} {spread:<13} {f(e['sensitivity'], 2):>6} "
                         f"{f(e['ppv'], 2):>6} {f(e['alerted'], 2):>8} {e['n']:>6}")
+    cal = [(n, e["calibration"]) for n, e in result["methods"].items() if "calibration" in e]
+    if cal:
+        rows.append("")
+        rows.append("calibration of the out-of-fold probabilities (Brier; intercept: 0 is right; "
+                    "slope: 1 is right):")
+        for name, c in cal:
+            rows.append(f"  {name:<16} Brier {f(c['brier'], 4)}  "
+                        f"intercept {f(_nz(c['intercept']), 2)}  slope {f(c['slope'], 2)}")
     rows.append("")
     rows.append("twin_risk AUROC minus (paired bootstrap over stays, 95% CI):")
     for name, d in result["twin_risk_auroc_minus"].items():
@@ -577,24 +696,45 @@ def load(dataset: str, directory: str, outcomes: str | None,
 
 
 def validate(dataset: str, stays: Stays, folds: int = 5, seed: int = 0,
-             progress: bool = True) -> tuple[dict, dict[str, risk.RiskModel]]:
-    """Every method on already-loaded stays: (results, the twin model fitted on all of them)."""
+             progress: bool = True, source: str | None = None,
+             ) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on already-loaded stays: (results, the twin models fitted on all of them).
+    source: what the stays are, for the fitted models' description (default: the Challenge's
+    training set A)."""
     if folds < 2:
         raise ConfigError(f"folds must be at least 2 (got {folds})")
     run = validate_sepsis if dataset == "sepsis2019" else validate_icu2012
-    return run(stays, folds, seed, progress)
+    return run(stays, folds, seed, progress, **({} if source is None else {"source": source}))
+
+
+def _writable(path: str, what: str) -> None:
+    """Refuse an output path that cannot be written before the minutes of a run, not after."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: no such directory {parent}")
+    if Path(path).is_dir():
+        raise ConfigError(f"{what} {path}: is a directory")
 
 
 def main(dataset: str, directory: str, outcomes: str | None = None, *,
          limit: int | None = None, folds: int = 5, seed: int = 0, progress: bool = True,
-         fit_out: str | None = None) -> int:
-    """`patient-twin validate DATASET DIR [--outcomes FILE]`: print the side-by-side table, then
-    one JSON line with every number; write the fitted twin risk model to `fit_out` if given.
+         fit_out: str | None = None, calibration_plot: str | None = None,
+         source: str | None = None) -> int:
+    """`patient-twin validate DATASET DIR [--outcomes FILE]`, and `patient-twin fit` (the same
+    with `fit_out`): print the side-by-side table, then one JSON line with every number; write
+    the twin risk models fitted on every stay to `fit_out` (described as `source`, default the
+    directory) and the reliability diagram to `calibration_plot` (PNG) if given.
 
     Raises ConfigError / RecordError (one line) for bad arguments or unreadable data."""
     t0 = time.monotonic()
+    if fit_out is not None:
+        _writable(fit_out, "parameter file")
+    if calibration_plot is not None:
+        _writable(calibration_plot, "calibration plot")
     stays = load(dataset, directory, outcomes, limit)
-    result, models = validate(dataset, stays, folds, seed, progress)
+    if fit_out is not None and source is None:
+        source = f"the {dataset} stays in {Path(directory).resolve()}"
+    result, models = validate(dataset, stays, folds, seed, progress, source)
     result["folds"] = folds
     result["seed"] = seed
     result["bootstrap"] = N_BOOT
@@ -605,6 +745,11 @@ def main(dataset: str, directory: str, outcomes: str | None = None, *,
     if fit_out is not None:
         write_params(fit_out, models)
         result["fit_out"] = fit_out
+    if calibration_plot is not None:
+        live = models.get(risk.LIVE_MODEL)
+        plot_calibration(result, calibration_plot,
+                         threshold=risk.threshold(live) if live is not None else None)
+        result["calibration_plot"] = calibration_plot
     print(f"validate {dataset}: {stays.n} stays, {folds}-fold CV by stay (seed {seed}), "
           f"95% CI from {N_BOOT} bootstrap resamples of stays")
     print(table(result))

@@ -72,6 +72,26 @@ def _port(text: str) -> int:
     return v
 
 
+def _validation_args(p: argparse.ArgumentParser) -> None:
+    """What `validate` and `fit` share: they are one run (devices.validate.main)."""
+    p.add_argument("dataset", choices=["sepsis2019", "icu2012"])
+    p.add_argument("directory", help="sepsis2019: a folder of .psv files (one per stay, the 2019 "
+                   "Challenge's format); icu2012: a folder of RECORDID.txt files (the 2012 one's)")
+    p.add_argument("--outcomes", default=None, metavar="FILE",
+                   help="icu2012: the outcomes file (Outcomes-a.txt: in-hospital death, SAPS-I)")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="only the first N stays")
+    p.add_argument("--folds", type=_positive_int, default=5,
+                   help="cross-validation folds, by stay (default 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", default=None, metavar="TEXT",
+                   help="what the stays are, written into the fitted models' description "
+                   "(default: the directory)")
+    p.add_argument("--calibration-plot", default=None, metavar="FILE.png",
+                   help="write the reliability diagram of the out-of-fold probabilities")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="patient-twin", description="Remote patient monitoring with a live "
                 "physiological digital twin per patient. Configuration comes from environment "
@@ -167,19 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     va = sub.add_parser("validate", help="the twin against raw NEWS2, a raw-feature model (and "
                         "SAPS-I) on labelled PhysioNet ICU stays; last line JSON")
-    va.add_argument("dataset", choices=["sepsis2019", "icu2012"])
-    va.add_argument("directory", help="sepsis2019: the training/ folder of .psv files; "
-                    "icu2012: the set-a/ folder of RECORDID.txt files")
-    va.add_argument("--outcomes", default=None, metavar="FILE",
-                    help="icu2012: Outcomes-a.txt (in-hospital death, SAPS-I)")
-    va.add_argument("--limit", type=_positive_int, default=None, metavar="N",
-                    help="only the first N stays")
-    va.add_argument("--folds", type=_positive_int, default=5,
-                    help="cross-validation folds, by stay (default 5)")
-    va.add_argument("--seed", type=int, default=0)
+    _validation_args(va)
     va.add_argument("--fit-out", default=None, metavar="FILE.json",
-                    help="also fit the twin's risk on every stay and write its parameter file")
-    va.add_argument("--no-progress", action="store_true")
+                    help="also write the risk models fitted on every stay (as `fit --out`)")
+    fi = sub.add_parser("fit", help="fit the twin's risk models on a site's own labelled stays "
+                        "(the PhysioNet Challenges' formats) and write their parameter file "
+                        "(RISK_PARAMS_FILE); prints the cross-validated table like validate")
+    _validation_args(fi)
+    fi.add_argument("--out", required=True, metavar="FILE.json",
+                    help="the parameter file to write (models already in it are kept unless "
+                    "refitted)")
 
     r = sub.add_parser("replay", help="replay recorded vital signs (WFDB, CSV) into Kafka")
     r.add_argument("records", nargs="+", metavar="RECORD",
@@ -293,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 BENCHMARKS = {"twin": "bench.twin_bench", "kalman": "bench.kalman_bench",
               "devices": "bench.devices_bench",
               "pipeline": "bench.pipeline_bench", "dashboard": "bench.dashboard_bench",
-              "failover": "bench.failover_gap"}
+              "failover": "bench.failover_gap", "broker-memory": "bench.broker_memory"}
 
 
 Args = argparse.Namespace
@@ -358,9 +375,26 @@ def _evaluate(args: Args, settings: config.Settings) -> int:
 def _validate(args: Args, settings: config.Settings) -> int:
     from devices.validate import main as validate_main
 
+    # `fit` is `validate` that writes the parameter file: the same run, so a site sees the
+    # cross-validated figures of the models it is about to use.
+    out = args.out if args.command == "fit" else args.fit_out
     return validate_main(args.dataset, args.directory, args.outcomes, limit=args.limit,
                          folds=args.folds, seed=args.seed, progress=not args.no_progress,
-                         fit_out=args.fit_out)
+                         fit_out=out, calibration_plot=args.calibration_plot,
+                         source=args.source)
+
+
+def use_risk_params(settings: config.Settings) -> None:
+    """Point the twin's risk at RISK_PARAMS_FILE (if set) for this process, checked now: a
+    worker must not start, and then fail on its first batch, with a file it cannot use."""
+    if settings.risk_params_file is None:
+        return
+    from twin import risk
+
+    try:
+        risk.use_params_file(settings.risk_params_file)
+    except ValueError as exc:
+        raise config.ConfigError(f"RISK_PARAMS_FILE: {exc}") from None
 
 
 def _replay(args: Args, settings: config.Settings) -> int:
@@ -610,6 +644,9 @@ def _patients(args: Args, settings: config.Settings) -> int:
 
 
 def _broker(args: Args, settings: config.Settings) -> int:
+    import contextlib
+    import subprocess
+
     import msgspec
 
     from streams import broker
@@ -629,7 +666,13 @@ def _broker(args: Args, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    code = proc.wait()
+    memory = broker.MemoryWatch(settings.broker_memory_warn_fraction)
+    while (code := proc.poll()) is None:
+        warning = memory.check(proc.pid)
+        if warning:
+            print(f"broker: {warning}", file=sys.stderr, flush=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
     if stopping:
         print("broker: stopped", flush=True)
         return 0
@@ -647,7 +690,7 @@ COMMANDS: dict[str, Callable[[Args, config.Settings], int]] = {
     "fetch-assets": _fetch_assets,
     "users": _users, "patients": _patients,
     "demo": _demo, "audit": _audit, "ingest": _ingest, "devices": _devices,
-    "mqtt-bridge": _mqtt_bridge, "validate": _validate, "train": _train,
+    "mqtt-bridge": _mqtt_bridge, "validate": _validate, "train": _train, "fit": _validate,
 }
 
 
@@ -671,6 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ...and logs a metadata refresh it cancelled itself while a client closes normally.
         logging.getLogger("kafka.cluster").addFilter(
             lambda rec: "failed Cancelled" not in rec.getMessage())
+        if args.command not in ("fit", "validate"):  # they fit models, never read the live one
+            use_risk_params(settings)
         return _run(args, settings)
     except PatientTwinError as exc:
         print(f"patient-twin {args.command}: {exc}", file=sys.stderr)

@@ -83,6 +83,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1
     broker_port: Annotated[Port, doc("loopback port of the embedded broker")] = 9092
+    # Tansu's memory storage deletes nothing (docs/tansu.md), so the demo and `broker` watch it.
+    broker_memory_warn_fraction: Annotated[float, msgspec.Meta(gt=0, le=1), doc(
+        "the demo and `patient-twin broker` warn when the embedded broker holds this share of "
+        "the memory it could grow into (its own plus what is available), and again each time "
+        "half of the rest is gone")] = 0.5
     training: Annotated[bool, doc(
         "a training ward (`patient-twin train`): every topic name gets the prefix `training.` "
         "and the Faust app id `-training`, so training patients never meet real ones; every "
@@ -140,6 +145,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600), doc(
         "a reading up to this many seconds older than its twin is applied in time order; older "
         "ones are counted late and skipped (0: off)")] = history.DEFAULT_TOLERANCE_S
+    # twin.state is for people and the dashboard: one per patient per interval is what they can
+    # take in; readings faster than that replace the waiting state (streams.worker.coalesce).
+    twin_state_interval_s: Annotated[float, msgspec.Meta(ge=0, le=60), doc(
+        "a patient's twin.state goes out at most this often, seconds; the latest waits for its "
+        "turn, except a patient's first state, a NEWS2 band change, an alert change or a "
+        "clinician's observation, which go out at once (0: every state at once)")] = 1.0
+    # Kafka Streams' commit interval: the twin table's changelog gets each patient's latest
+    # record once per interval (not once per batch), and offsets follow once it is written.
+    worker_commit_interval_s: Annotated[float, msgspec.Meta(gt=0, le=300), doc(
+        "the worker writes its twins' changed records to the table's changelog and commits its "
+        "offsets about this often, seconds; a crash re-reads about this much")] = 2.8
     # What a device may send (everything from outside is bounded): readings dated this far
     # before or after the worker's clock, messages this large, this many readings in one.
     ingest_ts_max_age_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400), doc(
@@ -205,6 +221,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     alert_sepsis_risk: Annotated[bool, doc(
         "raise the predictive `sepsis_risk` alert at the shipped model's operating point "
         "(docs/validation.md); the risk is published in twin.state either way")] = True
+    # A site's own fit (`patient-twin fit`) in place of the packaged one; checked at start-up.
+    risk_params_file: Annotated[str | None, doc(
+        "the risk models' parameter file the worker, `analyze` and `evaluate` use, e.g. a "
+        "site's own from `patient-twin fit sepsis2019` (docs/risk-model.md); unset: the "
+        "packaged twin/risk_params.json. A file without a usable `sepsis_risk` model stops "
+        "every command but `fit` and `validate` at start")] = None
     alert_silence_max_minutes: Annotated[int, msgspec.Meta(ge=1, le=24 * 60), doc(
         "longest silence of a patient's alerts a clinician may set, minutes (the dashboard "
         "offers no longer, the API and the worker refuse longer)")] = \
@@ -248,6 +270,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     users_file: Annotated[str | None, doc(
         "clinician accounts (`patient-twin users add NAME`), passwords hashed with scrypt; the "
         "dashboard needs it (no anonymous access)")] = None
+    dashboard_origins: Annotated[str | None, doc(
+        "comma-separated origins (scheme://host[:port]) whose pages may send the dashboard "
+        "state-changing requests besides its own host, e.g. the address of a TLS proxy that "
+        "rewrites the Host header; a browser request from any other origin is refused (403)")] \
+        = None
     dashboard_secret_key: Annotated[Secret | None, doc(
         "key that signs session cookies (secret); set the same value on every replica; unset: a"
         " random key per process (sessions end on restart)")] = None

@@ -108,6 +108,9 @@ class _Children:
             self.procs[i] = (name, again())
         return None
 
+    def pid(self, name: str) -> int:
+        return next(p.pid for n, p in self.procs if n == name)
+
     def stop(self, name: str | None = None) -> None:
         for n, p in reversed(self.procs):
             if name is None or n == name:
@@ -189,6 +192,11 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         # development settings
         env.setdefault("DASHBOARD_ALLOW_HTTP", "true")
         env.setdefault("INGEST_ALLOW_HTTP", "true")
+        if settings.embedded_broker and not env.get("KAFKA_COMPRESSION"):
+            # The embedded broker keeps every byte and deletes none (docs/tansu.md): lz4 takes
+            # its growth from about 12 to 5 KB a reading at 40 patients (docs/performance.md,
+            # "Broker memory"), for a few percent of a worker's throughput.
+            env["KAFKA_COMPRESSION"] = "lz4"
         ingest_port = settings.ingest_port
         if not supervise.port_free(ingest_port, settings.ingest_host):
             ingest_port = supervise.free_port(settings.ingest_host)
@@ -256,6 +264,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
                   "/metrics")
         print(f"{session.name}: logs in {log_dir}; Ctrl-C stops everything", flush=True)
         feed = StatusFeed(settings).start()
+        memory = broker.MemoryWatch(settings.broker_memory_warn_fraction) \
+            if settings.embedded_broker else None
         t0 = time.monotonic()
         failure = None
         tty = sys.stdout.isatty()
@@ -267,6 +277,9 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
             failure = children.failed()
             if failure:
                 break
+            warning = memory.check(children.pid("broker")) if memory is not None else None
+            if warning:
+                print(f"{chr(10) if tty else ''}{session.name}: {warning}", flush=True)
             st = feed.status
             line = (f"{session.name}: {elapsed:5.0f} s  readings sent {st.readings}  twins updated "
                     f"{len(st.patients)}/{patients} patients ({st.states} states)  "

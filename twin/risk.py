@@ -4,8 +4,9 @@ Features come from the twin's filtered state and `twin.bank.outputs`: per-channe
 the fast level stands from the slow one (a change the slow level has not absorbed yet), their
 uncertainty, time since each channel was last believed, derived physiology (shock index, mean
 arterial pressure, SpO2-respiration coupling), NEWS2 on the estimates, and each channel's drift
-from the patient's own baseline. Fitted offline (`devices/validate.py`); the fitted coefficients
-ship in `risk_params.json` and `load` reads them.
+from the patient's own baseline. Fitted offline (`devices/validate.py`, `patient-twin fit`); the
+fitted coefficients ship in `risk_params.json` and `load` reads them (or a site's own file:
+`use_params_file`, RISK_PARAMS_FILE). The model card is docs/risk-model.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from twin.news2 import CHART, COLUMN
 
 PARAMS_FILE = Path(__file__).with_name("risk_params.json")
 PARAMS_VERSION = 1
+# The file `load` reads when given none: the packaged one, unless `use_params_file` chose a
+# site's own (RISK_PARAMS_FILE, set once at start-up by the command line).
+_params_file: Path = PARAMS_FILE
 
 BASELINE_H = 6.0  # a channel's baseline: its twin level averaged over its first 6 observed hours
 SLOW_TAU_H = 24.0  # the slow running mean's time constant
@@ -47,7 +51,7 @@ FEATURES: tuple[str, ...] = (
 """Names of the columns of `features`, in order."""
 
 # The model the live alert engine uses (`twin.alerts`, kind `sepsis_risk`), fitted by `patient-twin
-# validate sepsis2019 --fit-out` on the features a twin computes the same way whatever its
+# fit sepsis2019` on the features a twin computes the same way whatever its
 # sampling rate. Left out: the SDs, the time since each channel was observed and whether it ever
 # was (in the ICU data they say how often a nurse charted it; for a wearable they are its
 # schedule, so they would not carry over), and age (not in the registry).
@@ -251,19 +255,74 @@ def predict(model: RiskModel, x: np.ndarray) -> np.ndarray:
     return expit(_standardise(x, model.mean, model.scale) @ model.coef + model.intercept)
 
 
-def load(name: str, path: Path | None = None) -> RiskModel:
-    """The shipped model `name` (e.g. "sepsis2019", "icu2012") from `risk_params.json`.
+def load(name: str, path: Path | str | None = None) -> RiskModel:
+    """The model `name` (e.g. "sepsis2019", "icu2012", `LIVE_MODEL`) from the parameter file
+    `path` (default: the packaged `risk_params.json`, or the one `use_params_file` chose).
 
-    Raises ValueError (one line) for an unknown name or an unsupported file version."""
-    with open(path or PARAMS_FILE, encoding="utf-8") as f:
-        doc = json.load(f)
-    if doc.get("version") != PARAMS_VERSION:
-        raise ValueError(f"risk parameters: unsupported version {doc.get('version')!r} "
+    Raises ValueError (one line) for a file that cannot be read or is not JSON, an unsupported
+    file version, an unknown name, or a model whose arrays do not fit its feature names."""
+    path = Path(path or _params_file)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"risk parameters: cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # JSON, or bytes that are not UTF-8
+        raise ValueError(f"risk parameters: {path} is not a JSON parameter file ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("version") != PARAMS_VERSION:
+        version = doc.get("version") if isinstance(doc, dict) else None
+        raise ValueError(f"risk parameters: {path}: unsupported version {version!r} "
                          f"(expected {PARAMS_VERSION})")
     models = doc.get("models", {})
-    if name not in models:
-        raise ValueError(f"risk parameters: no model {name!r} (have: {', '.join(models)})")
-    return RiskModel.from_dict(models[name])
+    if not isinstance(models, dict) or name not in models:
+        have = ", ".join(models) if isinstance(models, dict) else "none"
+        raise ValueError(f"risk parameters: {path}: no model {name!r} (have: {have})")
+    try:
+        m = RiskModel.from_dict(models[name])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"risk parameters: {path}: model {name!r} is malformed "
+                         f"({type(exc).__name__}: {exc})") from None
+    F = len(m.names)
+    if not (m.mean.shape == m.scale.shape == m.coef.shape == (F,)) or not (
+            np.isfinite(m.mean).all() and np.isfinite(m.coef).all()
+            and (m.scale > 0).all() and np.isfinite(m.intercept)):
+        raise ValueError(f"risk parameters: {path}: model {name!r} is malformed (mean, scale "
+                         f"and coef must be {F} finite numbers each, scales positive)")
+    return m
+
+
+def load_live(path: Path | str | None = None) -> RiskModel:
+    """The live alert engine's model (`LIVE_MODEL`) from `path` (default as `load`), checked
+    for what the worker relies on: the feature columns `live_features` computes, and an
+    operating point that is a probability. Raises ValueError (one line) otherwise."""
+    m = load(LIVE_MODEL, path)
+    where = Path(path or _params_file)
+    if m.names != LIVE_FEATURES:
+        raise ValueError(f"risk parameters: {where}: model {LIVE_MODEL!r} has other features than "
+                         "this twin computes (refit it: patient-twin fit sepsis2019)")
+    try:
+        thr = threshold(m)
+    except (TypeError, ValueError):
+        thr = float("nan")
+    if not 0.0 < thr < 1.0:
+        raise ValueError(f"risk parameters: {where}: model {LIVE_MODEL!r} has no operating point "
+                         "in (0, 1) (refit it: patient-twin fit sepsis2019)")
+    return m
+
+
+def use_params_file(path: Path | str | None) -> RiskModel:
+    """Make `path` the parameter file `load` and the live alert engine read from now on (None:
+    the packaged one again), after checking its live model (`load_live`); returns that model.
+    Raises ValueError (one line) and keeps the previous file if `path` is not usable."""
+    global _params_file
+    chosen = PARAMS_FILE if path is None else Path(path)
+    m = load_live(chosen)
+    _params_file = chosen
+    return m
+
+
+def params_file() -> Path:
+    """The parameter file `load` reads by default."""
+    return _params_file
 
 
 def live_features(states: State, out: Outputs, now: np.ndarray,
@@ -286,7 +345,7 @@ def threshold(model: RiskModel) -> float:
 def with_live_model(policy: AlertPolicy | None) -> tuple[RiskModel, AlertPolicy]:
     """The shipped live model, and `policy` with its operating point as the `sepsis_risk`
     alert's level (unless the policy turns the alert off or sets its own level)."""
-    model = load(LIVE_MODEL)
+    model = load_live()
     policy = policy or AlertPolicy()
     if policy.risk_alert and policy.risk_raise is None:
         policy = replace(policy, risk_raise=threshold(model))

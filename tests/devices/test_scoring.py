@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy.special import expit
 from scipy.stats import mannwhitneyu
 
 from devices import scoring
@@ -225,3 +226,60 @@ def test_utility_equals_a_row_by_row_reference():
         stay = np.concatenate([np.full(len(lab), i) for i, lab in enumerate(labels)])
         got = scoring.utility(np.concatenate(preds), np.concatenate(labels), stay)
         assert got == pytest.approx((u - u_none) / (u_best - u_none))
+
+
+# --- spread over folds, calibration ------------------------------------------------------------
+
+def test_fold_aurocs_are_each_folds_own():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    s = rng.normal(size=300) + y * np.repeat([0.0, 1.0, 3.0], 100)  # folds differ in signal
+    fold = np.repeat([2, 0, 1], 100)  # fold ids out of row order
+    per = scoring.fold_aurocs(s, y, fold)
+    for f, a in enumerate(per):
+        assert a == pytest.approx(scoring.auroc(s[fold == f], y[fold == f]))
+    assert per[2] < per[0] < per[1]  # the weak fold is fold 2, the strong one fold 1
+    y1 = y.copy()
+    y1[fold == 0] = 1  # a fold with one class only has no AUROC
+    assert np.isnan(scoring.fold_aurocs(s, y1, fold)[0])
+
+
+def test_brier_and_bins_by_hand():
+    p = np.array([0.1, 0.2, 0.6, 0.9])
+    y = np.array([0, 1, 0, 1])
+    c = scoring.calibration(p, y, bins=2)
+    assert c["brier"] == pytest.approx((0.01 + 0.64 + 0.36 + 0.01) / 4)
+    lo, hi = c["bins"]
+    assert (lo["predicted"], lo["observed"], lo["n"]) == (pytest.approx(0.15), 0.5, 2)
+    assert (hi["predicted"], hi["observed"], hi["n"]) == (pytest.approx(0.75), 0.5, 2)
+    assert 0.0 < lo["low95"] < 0.5 < lo["high95"] < 1.0
+
+
+def _draw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes drawn from known probabilities: logit p ~ N(-3, 1.5), a rare outcome as in the
+    sepsis hours."""
+    rng = np.random.default_rng(seed)
+    lp = rng.normal(-3.0, 1.5, n)
+    return lp, (rng.random(n) < expit(lp)).astype(int)
+
+
+def test_calibration_intercept_and_slope_recover_known_miscalibration():
+    lp, y = _draw(200_000, 5)
+    right = scoring.calibration(expit(lp), y)
+    assert right["intercept"] == pytest.approx(0.0, abs=0.03)
+    assert right["slope"] == pytest.approx(1.0, abs=0.03)
+    # predictions twice as extreme on the logit scale (over-fitting): slope 1/2
+    assert scoring.calibration(expit(2.0 * lp), y)["slope"] == pytest.approx(0.5, abs=0.02)
+    # predictions too high by 1 on the logit scale: intercept -1, slope still 1
+    high = scoring.calibration(expit(lp + 1.0), y)
+    assert high["intercept"] == pytest.approx(-1.0, abs=0.03)
+    assert high["slope"] == pytest.approx(1.0, abs=0.03)
+    assert high["brier"] > right["brier"]
+    # every bin of the calibrated model sees what it predicted
+    for b in right["bins"]:
+        assert b["low95"] - 0.002 <= b["predicted"] <= b["high95"] + 0.002
+
+
+def test_calibration_of_one_class_is_undefined():
+    c = scoring.calibration(np.array([0.1, 0.2]), np.array([0, 0]))
+    assert c["brier"] is None and c["slope"] is None and c["bins"] == []

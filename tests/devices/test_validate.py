@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from devices import physionet, scoring, validate
+from streams import cli, config
 from streams.errors import ConfigError
+from streams.worker.process import TwinProcessor
 from twin import news2, risk
 from twin.channels import INDEX
 
@@ -34,10 +36,25 @@ def icu_stays():
     return physionet.read_icu2012(str(ICU / "set-a"), str(ICU / "Outcomes-a.txt"), limit=60)
 
 
-def _check_auroc(e):
+def _check_auroc(e, folds=5):
     assert 0.0 <= e["auroc"] <= 1.0
     lo, hi = e["ci95"]
     assert lo <= e["auroc"] <= hi and hi - lo > 0
+    # the spread over the cross-validation folds, one AUROC per fold (issue 20)
+    per = [v for v in e["fold_auroc"] if v is not None]
+    assert len(e["fold_auroc"]) == folds and len(per) >= 2
+    assert e["fold_auroc_range"] == [min(per), max(per)] and e["fold_auroc_sd"] > 0
+
+
+def _check_calibration(c, rows, bins):
+    """The reliability table covers every scored row once, in ascending bins of prediction."""
+    assert len(c["bins"]) == bins and sum(b["n"] for b in c["bins"]) == rows
+    pred = [b["predicted"] for b in c["bins"]]
+    assert pred == sorted(pred)
+    for b in c["bins"]:
+        assert b["low95"] <= b["observed"] <= b["high95"]
+    # a slope may be anything on 60 stays (a model can rank worse than chance out of fold)
+    assert 0.0 < c["brier"] < 0.25 and np.isfinite(c["slope"]) and np.isfinite(c["intercept"])
 
 
 def test_sepsis_side_by_side(sepsis_stays):
@@ -45,8 +62,11 @@ def test_sepsis_side_by_side(sepsis_stays):
     assert res["stays"] == 60 and res["septic_stays"] == 20
     assert set(res["methods"]) == {"twin_risk", "twin_risk_live", "raw_logistic",
                                    "twin_plus_raw", "news2_twin", "news2_raw"}
-    for e in res["methods"].values():
+    for name, e in res["methods"].items():
         _check_auroc(e)
+        if not name.startswith("news2"):
+            _check_calibration(e["calibration"], res["hours"],
+                               validate.CALIBRATION_BINS["sepsis2019"])
         assert e["n"] == res["hours"]
         assert -2.0 <= e["utility"] <= 1.0
         assert 0.0 <= e["detected"] <= 1.0
@@ -99,8 +119,10 @@ def test_icu2012_side_by_side(icu_stays):
     # the risk is "from the first 48 h of vital signs, GCS and age" (issue 20): GCS is in it
     assert any(n.startswith("GCS_") for n in models["icu2012"].names)
     assert any(n.startswith("GCS_") for n in risk.load("icu2012").names)  # the shipped one too
-    for e in res["methods"].values():
+    for name, e in res["methods"].items():
         _check_auroc(e)
+        if not name.startswith(("news2", "saps")):
+            _check_calibration(e["calibration"], 60, validate.CALIBRATION_BINS["icu2012"])
         assert 0.0 <= e["sensitivity"] <= 1.0 and 0.0 <= e["alerted"] <= 1.0
     assert res["methods"]["saps1"]["n"] == int(np.isfinite(icu_stays.saps).sum())
     assert "icu2012" in models
@@ -176,3 +198,70 @@ def test_bad_arguments_are_config_errors(tmp_path):
         validate.main("sepsis2019", str(SEPSIS), None, limit=5, folds=1, progress=False)
     with pytest.raises(ConfigError, match="no such directory"):
         validate.main("sepsis2019", str(tmp_path / "absent"), None, progress=False)
+
+
+@pytest.fixture
+def packaged_risk_file_after():
+    """RISK_PARAMS_FILE's choice is process-wide: leave the packaged file in place."""
+    yield
+    risk.use_params_file(None)
+
+
+def _png_is_a_real_plot(path):
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    img = imread(path)  # decodes, so the file is a whole PNG, not only its signature
+    assert img.shape[0] >= 400 and img.shape[1] >= 400
+    # drawn on: far from a blank canvas (axes, curves, legend), with colours beside the grey
+    ink = (img[..., :3] < 0.9).any(axis=-1)
+    assert ink.mean() > 0.02
+    colours = len(np.unique((img[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+    assert colours > 50
+
+
+def test_fit_writes_what_the_worker_loads_and_the_calibration_plot(
+        sepsis_stays, tmp_path, monkeypatch, capsys, packaged_risk_file_after):
+    """`patient-twin fit` on a site's folder of .psv files (here 60 development stays): its file
+    is what the worker then runs (RISK_PARAMS_FILE), and the plot is a real PNG."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for sid in sepsis_stays.ids:
+        (site / f"{sid}.psv").symlink_to(SEPSIS / f"{sid}.psv")
+    out, png = tmp_path / "site-risk.json", tmp_path / "cal.png"
+    assert cli.main(["fit", "sepsis2019", str(site), "--out", str(out), "--no-progress",
+                     "--source", "site X 2026", "--calibration-plot", str(png)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["stays"] == 60 and res["fit_out"] == str(out)
+    doc = json.loads(out.read_text())
+    assert doc["version"] == risk.PARAMS_VERSION
+    assert set(doc["models"]) == {"sepsis2019", risk.LIVE_MODEL}
+    site_live = risk.load(risk.LIVE_MODEL, out)
+    assert site_live.meta["training"].startswith("site X 2026, 60 stays (20 septic)")
+    assert site_live.meta["cv_auroc"] == res["methods"]["twin_risk_live"]["auroc"]
+    # the worker's loader, as a worker started with RISK_PARAMS_FILE runs it
+    monkeypatch.setenv("RISK_PARAMS_FILE", str(out))
+    cli.use_risk_params(config.load())
+    proc = TwinProcessor()
+    np.testing.assert_array_equal(proc.risk.coef, site_live.coef)
+    assert proc.engine.policy.risk_raise == risk.threshold(site_live)
+    assert not np.array_equal(proc.risk.coef, risk.load(risk.LIVE_MODEL, risk.PARAMS_FILE).coef)
+    _png_is_a_real_plot(png)
+
+
+def test_calibration_plot_of_mortality(icu_stays, tmp_path):
+    res, _ = validate.validate("icu2012", icu_stays, folds=5, seed=0, progress=False)
+    png = tmp_path / "icu.png"
+    validate.plot_calibration(res, str(png))
+    _png_is_a_real_plot(png)
+
+
+def test_outputs_are_checked_before_the_run(tmp_path):
+    """A typo in --out fails at once, not after the minutes of a full run."""
+    with pytest.raises(ConfigError, match="parameter file .* no such directory"):
+        validate.main("sepsis2019", str(tmp_path / "absent-data"), None,
+                      fit_out=str(tmp_path / "nope" / "risk.json"), progress=False)
+    with pytest.raises(ConfigError, match="calibration plot"):
+        validate.main("sepsis2019", str(SEPSIS), None, limit=5, progress=False,
+                      calibration_plot=str(tmp_path / "nope" / "cal.png"))
