@@ -6,7 +6,8 @@ generating, faulting and encoding the same number of messages and sending them t
 Kafka output. Both count until the producer has flushed (every message acknowledged). Rounds
 alternate a/b; medians are reported.
 
-Run: `patient-twin bench devices [--patients 1000] [--messages 20000] [--rounds 3]`.
+Run: `patient-twin bench devices [--patients 1000] [--messages 20000] [--rounds 3]
+[--one-record-batches]`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import msgspec
 
@@ -28,8 +30,9 @@ def _settings(port: int, tag: str) -> config.Settings:
     return msgspec.structs.replace(base, topic_vitals_raw=f"bench.devices.{tag}")
 
 
-def bare_rate(s: config.Settings, keys: list[bytes], size: int, n: int) -> float:
-    out = KafkaOutput(s, SimulationStats(), client_id="bench-bare")
+def bare_rate(s: config.Settings, keys: list[bytes], size: int, n: int,
+              **overrides: Any) -> float:
+    out = KafkaOutput(s, SimulationStats(), client_id="bench-bare", **overrides)
     body = b"x" * size
     t = time.perf_counter()
     for i in range(n):
@@ -38,10 +41,11 @@ def bare_rate(s: config.Settings, keys: list[bytes], size: int, n: int) -> float
     return n / (time.perf_counter() - t)
 
 
-def simulator_rate(s: config.Settings, patients: int, n: int, seed: int) -> tuple[float, int]:
+def simulator_rate(s: config.Settings, patients: int, n: int, seed: int,
+                   **overrides: Any) -> tuple[float, int]:
     ward = Ward(patients, seed=seed, rate=1.0, mix="stable=0.6,sepsis=0.4", horizon_s=3600.0,
                 start=time.time(), effects=DeviceEffects())
-    out = KafkaOutput(s, ward.stats, client_id="bench-simulator")
+    out = KafkaOutput(s, ward.stats, client_id="bench-simulator", **overrides)
     t = time.perf_counter()
     while ward.stats.messages < n:
         ward.step(out)
@@ -74,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=20000, help="messages per round and side")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--one-record-batches", action="store_true",
+                    help="both producers held to one record per batch (batch_size=1), the rule "
+                    "the embedded broker needs only for topics read up to their end offset "
+                    "(docs/tansu.md): what the rule would cost the devices")
     args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {"batch_size": 1} if args.one_record_batches else {}
     if args.patients < 1 or args.messages < 1 or args.rounds < 1:
         ap.error("--patients, --messages and --rounds must be >= 1")
     port = supervise.free_port()
@@ -88,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                 s = _settings(port, f"{side}{k}")
                 topics.ensure(s)
                 if side == "bare":
-                    bare.append(bare_rate(s, keys, size, args.messages))
+                    bare.append(bare_rate(s, keys, size, args.messages, **overrides))
                 else:
-                    sim.append(simulator_rate(s, args.patients, args.messages, seed=k)[0])
+                    sim.append(simulator_rate(s, args.patients, args.messages, seed=k,
+                                              **overrides)[0])
             print(f"round {k + 1}: bare {bare[-1]:,.0f} msg/s, simulator {sim[-1]:,.0f} msg/s",
                   flush=True)
     finally:
@@ -101,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.patients:>9} {size:>10} {b:>11,.0f} {m:>16,.0f} {m / b:>6.2f}")
     print("bare: kafka-python sending pre-serialised messages of the same size; simulator: "
           "generation, device faults, encoding and sending; both until flushed; medians over "
-          f"{args.rounds} rounds on the embedded broker.")
+          f"{args.rounds} rounds on the embedded broker"
+          f"{', one record per batch' if args.one_record_batches else ''}.")
     print(json.dumps({"patients": args.patients, "message_bytes": size, "bare_mps": b,
-                      "simulator_mps": m, "ratio": m / b, "rounds": args.rounds}))
+                      "simulator_mps": m, "ratio": m / b, "rounds": args.rounds,
+                      "one_record_batches": args.one_record_batches}))
     return 0
 
 

@@ -7,26 +7,32 @@
     the same topic; events/s from the first scrape of its /metrics (5 Hz) that sees events taken
     to the first that sees them all processed, like (a) without start-up (from its partition
     assignment when most of a small topic goes in its first takes).
-(c) live: a worker fed by 1,000 simulated patients at 1 Hz (one reading per message, sent by a
-    separate producer process); latency = time a twin state arrives on twin.state minus the
-    measurement time of the reading it reflects.
+(c) live: a worker fed by `--patients` patients at 1 Hz from a separate producer process (one
+    reading per message, or with `--per-message K` each patient's last K readings uploaded every
+    K s, as a gateway does); latency = time a twin state arrives on twin.state minus the
+    measurement time of the newest reading it reflects. Also reported: twin states per patient
+    per second (coalesced: TWIN_STATE_INTERVAL_S), changelog records written, the backlog
+    (messages sent and not yet processed) halfway and at the end, how long the worker took to
+    drain it after the last send, its CPU, and whether it kept up (`_kept_up`).
 
-The topic holds simulated gateway uploads of `--per-message` readings each (real wearable gateways
-upload batches), made by the device simulator with its faults on. The last line of output is one
-JSON object: bare_eps, pipeline_eps, ratio, readings_per_s, p50_ms, p99_ms, patients, readings.
+The topic of (a) and (b) holds simulated gateway uploads of `--per-message` readings each (real
+wearable gateways upload batches), made by the device simulator with its faults on. The last line
+of output is one JSON object: bare_eps, pipeline_eps, ratio, readings_per_s, p50_ms, p99_ms,
+patients, readings, and the live run's figures.
 
 (a) and (b) take turns `--rounds` times (default 3), each run a new consumer group over the same
 topic; bare_eps and pipeline_eps are the medians of their runs (each run's are in the JSON too),
 ratio = pipeline_eps / bare_eps: a single run of either side varies by up to a third here.
 
 Run: `patient-twin bench pipeline [--readings 200000] [--per-message 5] [--live-seconds 30]
-[--rounds 3]`.
+[--rounds 3] [--patients 1000]`; `--rounds 0` runs (c) only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +41,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -140,32 +148,115 @@ def pipeline_eps(s: config.Settings, messages_n: int, log: Path) -> float:
         supervise.stop(p)
 
 
-def _producer_process(s: config.Settings, patients: int, seconds: float) -> subprocess.Popen:
-    code = (
-        "import sys,time\n"
-        "from streams import config, messages\n"
-        "from devices.run import KafkaOutput, SimulationStats\n"
-        "s = config.load(); st = SimulationStats(); out = KafkaOutput(s, st)\n"
-        f"n, dur = {patients}, {seconds}\n"
-        "keys = [f'L{i:05d}'.encode() for i in range(n)]\n"
-        "t0 = time.time(); k = 0\n"
-        "while time.time() - t0 < dur:\n"
-        "    k += 1; tick = t0 + k - 1\n"
-        "    for i in range(n):\n"
-        "        now = time.time()\n"
-        "        r = messages.reading(f'LD{i:05d}', keys[i].decode(), k, messages.utc(now),\n"
-        "                             {'hr': 70.0 + i % 20, 'spo2': 97.0, 'rr': 15.0})\n"
-        "        out.send(keys[i], messages.encode(r))\n"
-        "    lag = tick + 1 - time.time()\n"
-        "    if lag > 0: time.sleep(lag)\n"
-        "out.close(); print(k, st.errors, flush=True)\n"
-    )
-    return supervise.spawn([sys.executable, "-c", code], env=config.to_env(s),
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def produce_live(env_patients: int, seconds: float, per_message: int) -> None:
+    """The live load (run in its own process): `patients` patients at 1 Hz for `seconds`, each
+    reading timed when it is sent, spread evenly over each second; with per_message K > 1 each
+    patient's device uploads its last K readings every K seconds (a gateway), the patients'
+    uploads staggered. Prints `sent <readings> <messages>` every second and `done ...` at the end.
+
+    Written with aiokafka's record batches (as the worker writes its outputs): a kafka-python
+    producer costs ~130 us a message here, more than one core at 10,000 messages a second, and
+    the load would then measure its own producer."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from streams.topics import partition_of
+
+    s = config.load()
+    n, k_per = env_patients, per_message
+    keys = [f"L{i:05d}" for i in range(n)]
+    parts = [partition_of(k, s.kafka_partitions) for k in keys]
+    encode = msgspec.json.Encoder().encode
+    slices = 20  # patients send in 20 slices of each second, as devices do not tick together
+
+    async def run() -> None:
+        kafka = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5,
+                                 max_batch_size=1_048_576, enable_idempotence=False)
+        await kafka.start()
+        pending: list[list[messages.Reading]] = [[] for _ in range(n)]
+        readings = msgs = 0
+        t0 = time.time()
+        tick = 0
+        try:
+            while time.time() - t0 < seconds:
+                tick += 1
+                for sl in range(slices):
+                    at = t0 + tick - 1 + sl / slices
+                    if (lag := at - time.time()) > 0:
+                        await asyncio.sleep(lag)
+                    batches: dict[int, object] = {}
+                    now = messages.utc(time.time())
+                    for i in range(sl, n, slices):
+                        r = messages.reading(f"LD{i:05d}", keys[i], tick, now,
+                                             {"hr": 70.0 + i % 20, "spo2": 97.0, "rr": 15.0})
+                        if k_per == 1:
+                            body = encode(r)
+                            readings += 1
+                        else:
+                            pending[i].append(r)
+                            if (tick + i) % k_per:
+                                continue
+                            readings += len(pending[i])
+                            body, pending[i] = encode(pending[i]), []
+                        b = batches.get(parts[i])
+                        if b is None:
+                            b = batches[parts[i]] = kafka.create_batch()
+                        if b.append(key=keys[i].encode(), value=body, timestamp=None) is None:
+                            await kafka.send_batch(b, s.topic_vitals_raw, partition=parts[i])
+                            b = batches[parts[i]] = kafka.create_batch()
+                            b.append(key=keys[i].encode(), value=body, timestamp=None)
+                        msgs += 1
+                    for part, b in batches.items():
+                        await kafka.send_batch(b, s.topic_vitals_raw, partition=part)
+                print(f"sent {readings} {msgs} {time.time():.3f}", flush=True)
+            await kafka.flush()
+        finally:
+            await kafka.stop()
+        print(f"done {tick} {readings} {msgs}", flush=True)
+
+    asyncio.run(run())
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Linux /proc), seconds."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@dataclass
+class LiveRun:
+    latencies: list[float]  # seconds, per twin.state received
+    readings: int  # readings sent
+    messages: int
+    seconds: float  # the producer's sending time
+    states: int  # twin states received while the producer ran (+ the drain)
+    backlog: list[tuple[float, int]]  # (seconds since start, messages sent - processed)
+    drain_s: float | None  # after the last send, until every message was processed (None: not
+    # within the wait)
+    worker_cpu_s: float  # the worker's CPU while the producer sent (its decoding child included)
+    changelog_records: int
+
+
+class _TsOnly(msgspec.Struct):
+    ts: datetime
 
 
 def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
-                 ) -> tuple[list[float], int]:
+                 per_message: int = 1) -> LiveRun:
     from kafka import KafkaConsumer, TopicPartition
 
     port = supervise.free_port()
@@ -181,6 +272,7 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
             time.sleep(0.5)
         time.sleep(5)  # let the group settle (the embedded broker rebalances slowly)
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
+                                 max_partition_fetch_bytes=8 * 1024 * 1024,
                                  **config.kafka_python_consumer_config(s))
         parts = [TopicPartition(s.topic_twin_state, p) for p in range(s.kafka_partitions)]
         consumer.assign(parts)
@@ -188,11 +280,12 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         for tp in parts:
             consumer.position(tp)
         stop = threading.Event()
-        decoder = msgspec.json.Decoder(messages.TwinState)
+        # only the time: decoding whole states here took CPU from the worker on 2 cores
+        decoder = msgspec.json.Decoder(_TsOnly)
 
         def consume() -> None:
             while not stop.is_set():
-                for recs in consumer.poll(timeout_ms=100, max_records=5000).values():
+                for recs in consumer.poll(timeout_ms=100, max_records=20000).values():
                     now = time.time()
                     for r in recs:
                         lat.append(now - decoder.decode(r.value).ts.timestamp())
@@ -201,26 +294,67 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         th.start()
         admit(s, pairing_records([(f"L{i:05d}", f"LD{i:05d}") for i in range(patients)], "A",
                                  "bench", time.time()))
-        prod = _producer_process(s, patients, seconds)
-        out, _ = prod.communicate(timeout=seconds + 120)
-        time.sleep(3)  # the last readings' states
+        events0 = _metric(port, "patient_twin_events_total") or 0.0
+        cpu0 = _cpu_seconds(worker.pid)
+        prod = supervise.spawn(
+            [sys.executable, "-c", "from bench.pipeline_bench import produce_live; "
+             f"produce_live({patients}, {seconds}, {per_message})"],
+            env=config.to_env(s), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        t_start = time.time()
+        backlog: list[tuple[float, int]] = []
+        done: list[int] = [0, 0, 0]
+        sent_msgs = 0
+        assert prod.stdout is not None
+        for line in prod.stdout:
+            word, *nums = line.decode().split()
+            if word == "sent":
+                sent_msgs = int(nums[1])
+                processed = (_metric(port, "patient_twin_events_total") or events0) - events0
+                backlog.append((time.time() - t_start, int(sent_msgs - processed)))
+            elif word == "done":
+                done = [int(x) for x in nums]
+        prod.wait(30)
+        t_sent = time.time()
+        cpu = _cpu_seconds(worker.pid) - cpu0  # over the sending, as the rate is
+        drain: float | None = None
+        while time.time() - t_sent < 120:
+            processed = (_metric(port, "patient_twin_events_total") or events0) - events0
+            if processed >= done[2]:
+                drain = time.time() - t_sent
+                break
+            time.sleep(0.25)
+        time.sleep(2)  # the last readings' states (held up to TWIN_STATE_INTERVAL_S)
         stop.set()
         th.join(10)
         consumer.close()
-        ticks = int(out.split()[0]) if out.strip() else 0
-        return lat, ticks * patients
+        return LiveRun(lat, done[1], done[2], t_sent - t_start, len(lat), backlog, drain, cpu,
+                       int(_metric(port, "patient_twin_changelog_records_total") or 0))
     finally:
         supervise.stop(worker)
+
+
+def _kept_up(run: LiveRun, patients: int, per_message: int) -> dict[str, object]:
+    """Whether the worker kept up: the backlog (messages sent, not yet processed) at the end of
+    the sending is under a second's worth and no bigger than halfway through, and every message
+    was processed within 5 s of the last send."""
+    per_s = patients / per_message
+    mid = run.backlog[len(run.backlog) // 2][1] if run.backlog else 0
+    end = run.backlog[-1][1] if run.backlog else 0
+    kept = end <= max(per_s, 1.5 * mid) and run.drain_s is not None and run.drain_s <= 5.0
+    return {"backlog_mid": mid, "backlog_end": end, "kept_up": kept}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="patient-twin bench pipeline", description=__doc__)
     ap.add_argument("--readings", type=int, default=200_000)
-    ap.add_argument("--per-message", type=int, default=5)
+    ap.add_argument("--per-message", type=int, default=None,
+                    help="readings per device message, in (a)/(b)'s topic and the live run "
+                    "(default: 5 in the topic, as gateways upload; 1 live)")
     ap.add_argument("--patients", type=int, default=1000)
     ap.add_argument("--live-seconds", type=float, default=30.0)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="runs of (a) and of (b), taking turns; their medians are compared")
+                    help="runs of (a) and of (b), taking turns; their medians are compared (0: "
+                    "the live run (c) only)")
     ap.add_argument("--batch-max", type=int, default=None,
                     help="WORKER_BATCH_MAX for the worker (default: the configured one)")
     ap.add_argument("--batch-seconds", type=float, default=None,
@@ -228,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--catchup-seconds", type=float, default=None,
                     help="WORKER_CATCHUP_SECONDS for the worker (default: the configured one)")
     args = ap.parse_args(argv)
-    if min(args.readings, args.per_message, args.patients, args.rounds) < 1 \
+    live_per_message = args.per_message or 1
+    args.per_message = args.per_message or 5
+    if min(args.readings, args.per_message, args.patients) < 1 or args.rounds < 0 \
             or args.live_seconds <= 0:
-        ap.error("--readings, --per-message, --patients, --rounds and --live-seconds must be "
-                 "positive")
+        ap.error("--readings, --per-message, --patients and --live-seconds must be positive, "
+                 "--rounds at least 0")
     logs = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     port = supervise.free_port()
     proc = broker.start(port)
@@ -256,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
                          influx_bucket="bench")
         filled = _settings(port, "fill", **extra)
         topics.ensure(filled)
-        t = time.monotonic()
-        n_msgs = prefill(filled, args.patients, args.readings, args.per_message)
-        print(f"pre-filled {n_msgs:,} messages ({args.readings:,}+ readings) in "
-              f"{time.monotonic() - t:.0f} s", flush=True)
+        n_msgs = 0
+        if args.rounds:
+            t = time.monotonic()
+            n_msgs = prefill(filled, args.patients, args.readings, args.per_message)
+            print(f"pre-filled {n_msgs:,} messages ({args.readings:,}+ readings) in "
+                  f"{time.monotonic() - t:.0f} s", flush=True)
         # (a) and (b) take turns, each on its own consumer group from the topic's start, and each
         # side's median counts: one run of either varies by up to a third on this machine.
         bares: list[float] = []
@@ -275,15 +413,27 @@ def main(argv: list[str] | None = None) -> int:
                   f"{pipes[-1] * args.per_message:,.0f} readings/s (sink "
                   f"{'on' if vm else 'off: victoria-metrics not installed'}); "
                   f"ratio {pipes[-1] / bares[-1]:.2f}", flush=True)
-        bare, pipe = float(np.median(bares)), float(np.median(pipes))
+        bare = float(np.median(bares)) if bares else float("nan")
+        pipe = float(np.median(pipes)) if pipes else float("nan")
         live = _settings(port, "live", **extra)
         topics.ensure(live)
-        lat, sent = live_latency(live, args.patients, args.live_seconds, logs / "live.log")
+        run = live_latency(live, args.patients, args.live_seconds, logs / "live.log",
+                           live_per_message)
+        lat = run.latencies
         if not lat:
             raise SystemExit(f"bench pipeline: no twin state arrived in the live run; see {logs}")
         p50, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 99))
-        print(f"(c) live {args.patients} patients x 1 Hz, {sent:,} readings: twin-state latency "
-              f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms ({len(lat):,} states)", flush=True)
+        kept = _kept_up(run, args.patients, live_per_message)
+        print(f"(c) live {args.patients:,} patients x 1 Hz, {live_per_message} reading(s) a "
+              f"message: {run.readings:,} readings in {run.messages:,} messages over "
+              f"{run.seconds:.0f} s ({run.readings / run.seconds:,.0f} readings/s sent); "
+              f"twin-state latency p50 {p50:,.0f} ms, p99 {p99:,.0f} ms; "
+              f"{run.states:,} states = {run.states / args.patients / run.seconds:.2f} per "
+              f"patient per s; changelog records {run.changelog_records:,}; backlog "
+              f"{kept['backlog_mid']:,} messages mid-run, {kept['backlog_end']:,} at the end; "
+              f"drained {'never' if run.drain_s is None else f'in {run.drain_s:.1f} s'}; "
+              f"worker CPU {run.worker_cpu_s / run.seconds:.2f} cores; kept up: "
+              f"{'yes' if kept['kept_up'] else 'no'}", flush=True)
     finally:
         if vm is not None:
             supervise.stop(vm)
@@ -291,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds > 1:
         print(f"medians of {args.rounds} rounds:")
     print(f"{'bare ev/s':>10} {'pipeline ev/s':>14} {'ratio':>6} {'readings/s':>11} "
-          f"{'p50 ms':>7} {'p99 ms':>7}")
+          f"{'p50 ms':>7} {'p99 ms':>7}")  # (a)/(b) are nan with --rounds 0
     print(f"{bare:>10,.0f} {pipe:>14,.0f} {pipe / bare:>6.2f} {pipe * args.per_message:>11,.0f} "
           f"{p50:>7,.0f} {p99:>7,.0f}")
     print(f"logs: {logs}")
@@ -299,8 +449,15 @@ def main(argv: list[str] | None = None) -> int:
                       "readings_per_s": pipe * args.per_message,
                       "readings_per_message": args.per_message, "p50_ms": p50, "p99_ms": p99,
                       "patients": args.patients, "readings": args.readings,
-                      "messages": n_msgs, "live_readings": sent,
+                      "messages": n_msgs, "live_readings": run.readings,
                       "latency_samples": len(lat), "sink": bool(vm),
+                      "live_readings_per_message": live_per_message,
+                      "live_messages": run.messages, "live_seconds": run.seconds,
+                      "live_readings_per_s": run.readings / run.seconds,
+                      "states_per_patient_s": run.states / args.patients / run.seconds,
+                      "changelog_records": run.changelog_records,
+                      "worker_cores": run.worker_cpu_s / run.seconds,
+                      "drain_s": run.drain_s, **kept,
                       "rounds": args.rounds, "bare_eps_runs": bares,
                       "pipeline_eps_runs": pipes}))
     return 0

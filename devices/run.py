@@ -87,14 +87,17 @@ class KafkaOutput:
     are counted, and close() flushes so nothing accepted is lost on Ctrl-C."""
 
     def __init__(self, settings: Settings, stats: SimulationStats, topic: str | None = None,
-                 client_id: str = "patient-twin-simulator") -> None:
+                 client_id: str = "patient-twin-simulator", **overrides: Any) -> None:
+        """overrides: kafka-python producer settings over the project's (`bench devices
+        --one-record-batches` measures the embedded broker's one-record-per-batch rule)."""
         from kafka import KafkaProducer
 
         self.topic = topic or settings.topic_vitals_raw
         self.stats = stats
-        self.producer = KafkaProducer(client_id=client_id, acks="all", retries=10,
-                                      retry_backoff_ms=200, linger_ms=20,
-                                      **kafka_python_producer_config(settings, streamed=True))
+        self.producer = KafkaProducer(**{
+            "client_id": client_id, "acks": "all", "retries": 10, "retry_backoff_ms": 200,
+            "linger_ms": 20, **kafka_python_producer_config(settings, streamed=True),
+            **overrides})
 
     def _errback(self, exc: BaseException) -> None:
         self.stats.errors += 1

@@ -64,6 +64,10 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
     assert 0 < result["p50_ms"] <= result["p99_ms"]
     assert result["patients"] == 50 and result["readings"] == 3000
     assert result["live_readings"] >= 50 * 4  # at least four 1 Hz ticks of 50 patients
+    # 50 patients at 1 Hz: kept up, states coalesced to at most one per patient per second
+    assert result["live_readings_per_message"] == 1
+    assert result["kept_up"] is True and result["backlog_end"] <= 50
+    assert 0 < result["states_per_patient_s"] <= 1.2
 
 
 def test_bench_dashboard_prints_ward_beside_baseline_latency():

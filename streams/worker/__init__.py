@@ -9,7 +9,10 @@
 3. `admission`: only admitted patients' readings from their paired devices go on.
 4. `process`: the vectorised twin step (`twin.bank`) and the alert engine (`twin.alerts`) over
    the batch, giving the twins' records, twin.state messages and alert events.
-5. `changelog`: the twins written to the table and its changelog, and twin.state sent, a record
+5. `coalesce`: outputs per patient at the rate people and stores need: twin.state at most every
+   TWIN_STATE_INTERVAL_S (at once on a band or alert change), the changelog once per commit
+   interval, each batch's offsets committed only once both are in Kafka.
+6. `changelog`: the twins written to the table and its changelog, and twin.state sent, a record
    batch per partition; `sink` writes readings, twin states and alerts to InfluxDB.
 `liveness` and `metrics` are the worker's health and its Prometheus endpoint.
 

@@ -31,6 +31,7 @@ from streams.topics import TWIN_TABLE, partition_of
 from streams.worker import admission
 from streams.worker.catchup import CatchUp, lag_after
 from streams.worker.changelog import BatchWriter
+from streams.worker.coalesce import RecordCache, StateGate
 from streams.worker.decoder import Bounds, Decoded, Decoder
 from streams.worker.liveness import Liveness
 from streams.worker.metrics import WorkerMetrics, serve
@@ -78,6 +79,10 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         topic_replication_factor=settings.kafka_replication_factor,
         # A twin batch may take a while on a cold start; never be evicted for a slow batch.
         broker_max_poll_interval=300.0,
+        # Faust commits what is released; the record cache (streams.worker.coalesce) releases
+        # a batch's events only once its twins are written, every WORKER_COMMIT_INTERVAL_S:
+        # checking every second commits them soon after.
+        broker_commit_interval=min(1.0, settings.worker_commit_interval_s),
         web_enabled=False,
         producer_linger_ms=5,
         # aiokafka holds one open batch per partition and makes a send wait while it is full and
@@ -93,9 +98,11 @@ class Worker:
 
     A batch's path: `twin_agent` takes events (or `flush_held` the held ones) -> `handle_or_exit`
     -> `handle` (decoded in the child process, invalid messages to `dead_letter`) -> `admit` ->
-    `process` (twin step) -> `write_records`, twin.state and `send_alerts` -> Faust commits the
-    offsets once the batch's events are released. `register` is the one place that hooks the
-    methods into Faust (agents, timers, the rebalance signal); the rest only does the work.
+    `process` (twin step) -> `cache_records`, twin.state through the gate and `send_alerts`;
+    `flush_outputs` writes the cached records and sends the held states, then releases the
+    batch's events, and Faust commits their offsets (streams.worker.coalesce). `register` is the
+    one place that hooks the methods into Faust (agents, timers, the rebalance signal); the rest
+    only does the work.
     """
 
     def __init__(self, settings: Settings, decoder: Decoder,
@@ -145,6 +152,11 @@ class Worker:
         self.writer = BatchWriter(
             app, lambda key: partition_of(key.decode(), settings.kafka_partitions),
             lone_last=settings.embedded_broker)
+        # Outputs coalesced per patient (streams.worker.coalesce): twin.state at most every
+        # TWIN_STATE_INTERVAL_S, and the changelog once per commit interval, with each batch's
+        # offsets committed only once both are in Kafka.
+        self.gate = StateGate(settings.twin_state_interval_s)
+        self.cache = RecordCache(settings.worker_commit_interval_s)
         self.registry = Registry(settings)
         # When the broker lost its records (the registry's follower finds its topic replaced: a
         # restart of the memory-only embedded broker), the time it was found.
@@ -222,18 +234,52 @@ class Worker:
 
     async def flush_held(self) -> None:
         """Process held events that waited long enough, or before a rebalance or a shutdown
-        (Faust waits for their offsets to be released; module streams.worker.catchup)."""
+        (Faust waits for their offsets to be released; module streams.worker.catchup); send
+        the twin states whose turn came and write the cached twin records when due
+        (`flush_outputs`)."""
         catchup = self.catchup
         while True:
-            await asyncio.sleep(0.1)
-            if catchup.events and (catchup.due() or self.app.rebalancing or
-                                   self.app.should_stop):
+            await asyncio.sleep(0.05)
+            leaving = self.app.rebalancing or self.app.should_stop
+            if catchup.events and (catchup.due() or leaving):
                 async with self.batch_lock:
                     held = catchup.take()
-                    if not held:
-                        continue
-                    await self.handle_or_exit(held)
-                    catchup.release(held)
+                    if held:
+                        await self.handle_or_exit(held)
+                        catchup.release(held)
+            try:
+                await self.flush_outputs(everything=leaving)
+            except Exception as exc:
+                if self.app.should_stop:
+                    # stopping anyway; the events stay uncommitted and are read again
+                    log.warning("the last twin outputs were not written (%s)", where(exc))
+                    return
+                log.error("writing the twins' outputs failed (%s); exiting for a restart",
+                          where(exc))
+                self.exit_for_restart()
+
+    async def flush_outputs(self, everything: bool = False) -> None:
+        """Send the held twin states whose turn came, write the cached twin records once they
+        have waited a commit interval (all of both with `everything`: a rebalance or a
+        shutdown waits for the held events), and release the events whose outputs are all in
+        Kafka, so that Faust may commit their offsets."""
+        cache = self.cache
+        async with self.batch_lock:
+            await self.send_states(self.gate.due(everything))
+            if not (everything and (cache.records or cache.held)) and not cache.due():
+                cache.release()
+                return
+            records = cache.take()
+            futures = await self.writer.log(self.twins, records)
+        # acknowledged before any offset they cover may be committed; batches meanwhile go on
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
+        self.metrics.records.inc(len(records))
+        async with self.batch_lock:
+            cache.written()
+            cache.release(everything)
 
     async def handle_or_exit(self, events: list[Any]) -> None:
         """`handle`, or exit for the supervisor to restart the worker when it fails (a bug, or
@@ -242,13 +288,16 @@ class Worker:
         past them while the worker went on. None of them was committed, so the restarted worker
         reads them again; readings already applied are skipped as duplicates."""
         try:
-            await self.handle(events)
+            ready_at = await self.handle(events)
         except Exception as exc:
             log.error("processing a batch failed (%s); exiting for a restart", where(exc))
             self.exit_for_restart()
+        # uncommitted until the batch's twin records are written and its held states sent
+        self.cache.hold(events, ready_at)
 
-    async def handle(self, events: list[Any]) -> None:
-        """Validate a batch's events (dead letters for the invalid) and advance their twins."""
+    async def handle(self, events: list[Any]) -> float | None:
+        """Validate a batch's events (dead letters for the invalid) and advance their twins.
+        Returns when the twin states it held back are due (monotonic; None: none held)."""
         settings, metrics = self.settings, self.metrics
         decoded = await self.decoder.decode_async(
             [ev.message.topic == settings.topic_observations for ev in events],
@@ -273,7 +322,8 @@ class Worker:
         if decoded.batch.pids:
             decoded = await self.admit(decoded, events)
         if decoded.batch.pids:
-            await self.process(decoded, events)
+            return await self.process(decoded, events)
+        return None
 
     async def admit(self, decoded: Decoded, events: list[Any]) -> Decoded:
         """The readings of admitted patients from their paired devices; the messages of any
@@ -297,9 +347,10 @@ class Worker:
                        [line for line, k in zip(decoded.lines, keep.tolist(), strict=False)
                         if k] if decoded.lines else [], decoded.source[keep])
 
-    async def process(self, decoded: Decoded, events: list[Any]) -> None:
-        """The twin step over the batch, then its outputs: the twin records, twin.state, the
-        InfluxDB points and the alerts."""
+    async def process(self, decoded: Decoded, events: list[Any]) -> float | None:
+        """The twin step over the batch, then its outputs: the twin records (cached until the
+        next write), twin.state (now, or held for the patient's turn), the InfluxDB points and
+        the alerts. Returns when the held states are due (None: none held)."""
         metrics, processor = self.metrics, self.processor
         t0 = time.perf_counter()
         stored = {p: self.twins.get(p.encode()) for p in decoded.batch.pids}
@@ -325,15 +376,42 @@ class Worker:
         metrics.gaps.inc(result.gaps)
         metrics.artifacts.inc(result.artifacts)
         metrics.missing.inc(result.missing)
-        # The twin table is written once per patient per batch, never per reading.
-        await self.write_records({**result.states,
-                                  **self.alert_records(result.other_alert_patients)})
-        await self.writer.send(self.settings.topic_twin_state, [
-            (st.patient_id.encode(), messages.encode(st)) for st in result.twin_states])
-        metrics.states.inc(len(result.twin_states))
-        if self.sink is not None:
-            self.sink.add(decoded.lines + state_points(result.twin_states))
+        # The twin table's store now, its changelog once per commit interval per patient.
+        self.cache_records({**result.states, **self.alert_records(result.other_alert_patients)})
+        # What a clinician must see at once: alert changes and their own observations (a band
+        # change and a patient's first state the gate sees itself).
+        urgent = {a.patient_id for a in result.alerts}
+        manual = decoded.batch.readings.manual
+        if manual is not None and manual.any():
+            rows = np.unique(decoded.batch.readings.row[manual == 1])
+            urgent.update(decoded.batch.pids[i] for i in rows.tolist())
+        send_now, ready_at = self.gate.offer(result.twin_states, urgent)
+        if self.sink is not None and decoded.lines:
+            self.sink.add(decoded.lines)
+        await self.send_states(send_now)
         await self.send_alerts(result.alerts)
+        return ready_at
+
+    async def send_states(self, states: list[messages.TwinState]) -> None:
+        """Twin states to twin.state (and their estimates to InfluxDB), counted."""
+        if not states:
+            return
+        await self.writer.send(self.settings.topic_twin_state, [
+            (st.patient_id.encode(), messages.encode(st)) for st in states])
+        self.metrics.states.inc(len(states))
+        if self.sink is not None:
+            self.sink.add(state_points(states))
+
+    def cache_records(self, records: dict[str, bytes]) -> None:
+        """Twin records (patient id -> record) into the table's store at once and into the
+        record cache for its changelog (`flush_outputs` writes them)."""
+        if not records:
+            return
+        encoded = {pid.encode(): blob for pid, blob in records.items()}
+        store = self.twins.data
+        for key, value in encoded.items():
+            store[key] = value
+        self.cache.put(encoded)
 
     async def write_records(self, records: dict[str, bytes]) -> list[asyncio.Future[Any]]:
         """Twin records (patient id -> record) into the table and its changelog; returns the
@@ -399,8 +477,10 @@ class Worker:
         them now; if they come back, their alerts are restored from the table, which the new
         owner kept current."""
         processor, partitions = self.processor, self.settings.kafka_partitions
-        processor.release({p for p in processor.owned | set(processor.last_arrival)
-                           if not owned_partition(partition_of(p, partitions))})
+        gone = {p for p in processor.owned | set(processor.last_arrival) | set(self.gate.sent)
+                if not owned_partition(partition_of(p, partitions))}
+        processor.release(gone)
+        self.gate.forget(gone)
 
     # Timers
 
@@ -514,9 +594,11 @@ class Worker:
                 if tp.topic == self.settings.topic_vitals_raw}
         self.release_unless(lambda part: part in mine)
         cands = self.processor.silent_candidates(time.time())
-        events = self.processor.check_silent({p: self.twins.get(p.encode()) for p in cands})
-        await self.write_alerts_of(events)
-        await self.send_alerts(events)
+        async with self.batch_lock:
+            events = self.processor.check_silent({p: self.twins.get(p.encode())
+                                                  for p in cands})
+            await self.write_alerts_of(events)
+            await self.send_alerts(events)
 
     async def report(self) -> None:
         """Every 10 s: the running totals, in the log."""
@@ -547,12 +629,15 @@ class Worker:
                 self.metrics.actions.labels("rejected").inc()
                 continue
             self.metrics.actions.labels(action.action).inc()
-            await self.write_alerts_of(events)
-            await self.send_alerts(events)
+            async with self.batch_lock:
+                await self.write_alerts_of(events)
+                await self.send_alerts(events)
+                # the action's offset waits for the alerts it changed to be in the table
+                self.cache.hold([ev])
 
     async def write_alerts_of(self, events: list[messages.AlertEvent]) -> None:
         """Keep the alerts of these events' patients in their twin records."""
-        await self.write_records(self.alert_records({ev.patient_id for ev in events}))
+        self.cache_records(self.alert_records({ev.patient_id for ev in events}))
 
 
 # Cyclic garbage collection tuned for big batches: a batch of 8,000 messages makes millions of

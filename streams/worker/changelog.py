@@ -46,6 +46,11 @@ class BatchWriter:
         store = table.data
         for key, value in records.items():
             store[key] = value
+        return await self.log(table, records)
+
+    async def log(self, table: Any, records: Mapping[bytes, bytes]) -> list[asyncio.Future[Any]]:
+        """Log `records` to a table's changelog topic only (its store holds them already: the
+        worker's record cache, streams.worker.coalesce); returns the delivery futures."""
         return await self.send(table.changelog_topic.get_topic_name(), records.items(),
                                lone_last=self.lone_last)
 

@@ -53,6 +53,8 @@ class WorkerMetrics:
                              "Offset holes re-read (messages the consumer dropped in a rebalance)",
                              registry=r)
         self.states = Counter("patient_twin_states_sent", "Twin states published", registry=r)
+        self.records = Counter("patient_twin_changelog_records",
+                               "Twin records written to the table's changelog", registry=r)
         self.batches = Counter("patient_twin_batches", "Batches processed", registry=r)
         self.held = Counter("patient_twin_catchup_held_takes",
                             "Takes held for a bigger batch while behind (streams.worker.catchup)",

@@ -166,18 +166,20 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
 
 # A worker whose third twin step raises: a fault the real code has no switch for (a bug, or
 # Kafka refusing the outputs), patched in before the worker starts.
-# A failure that is not about one message: writing a batch's twin records to Kafka fails (a twin
-# step that fails is retried message by message instead: tests/streams/test_hostile.py).
+# A failure that is not about one message: writing the twin records to Kafka fails (a twin step
+# that fails is retried message by message instead: tests/streams/test_hostile.py). The records
+# are written from the record cache once per commit interval (streams.worker.coalesce): the
+# second such write fails, with the batches since the first one applied but uncommitted.
 FAILING_WORKER = """
 import sys
 from streams.worker import changelog
-real, calls = changelog.BatchWriter.write_table, []
+real, calls = changelog.BatchWriter.log, []
 async def failing(self, table, records):
     calls.append(1) if records else None
-    if records and len(calls) == 3:
-        raise RuntimeError("injected fault: Kafka refuses the third batch's twin records")
+    if records and len(calls) == 2:
+        raise RuntimeError("injected fault: Kafka refuses the second write of twin records")
     return await real(self, table, records)
-changelog.BatchWriter.write_table = failing
+changelog.BatchWriter.log = failing
 from streams.cli import main
 sys.exit(main(["worker"]))
 """
@@ -189,8 +191,11 @@ def test_a_failed_batch_exits_for_a_restart_and_the_next_worker_loses_nothing(se
                                                                             procs):
     port = supervise.free_port()
     # liveness far off: the exit must come from the failed batch itself
+    # twin records written every 0.05 s and the backlog in 24 steps of 100: however fast the
+    # machine, the backlog takes more than one write
     s = settings_factory(worker_metrics_port=port, worker_batch_max=100,
-                         worker_batch_seconds=0.2, worker_catchup_max=500,
+                         worker_batch_seconds=0.2, worker_catchup_max=100,
+                         worker_commit_interval_s=0.05,
                          liveness_stall_seconds=600, liveness_unassigned_seconds=600)
     topics.ensure(s)
     _prefill(s, range(1, READINGS + 1), time.time() - 600)
@@ -202,7 +207,7 @@ def test_a_failed_batch_exits_for_a_restart_and_the_next_worker_loses_nothing(se
         code = None  # went on after the failure
     log = procs.log("failing")
     assert code == 3, log[-3000:]
-    assert "processing a batch failed (RuntimeError at " in log
+    assert "writing the twins' outputs failed (RuntimeError at " in log
     assert "injected fault" not in log  # an exception's text may hold patient values: not logged
     procs.start("worker", "worker", env=env)
     states = _until_all_applied(s, READINGS, timeout=120)

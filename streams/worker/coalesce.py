@@ -1,0 +1,181 @@
+"""Outputs at the rate people and stores need, not the rate readings arrive.
+
+Two caches between the twin step and Kafka, in the manner of Kafka Streams' record cache:
+
+- `StateGate`: a patient's twin.state goes out at most every `interval_s`; a newer state
+  replaces the one waiting for its turn. What a clinician must see at once is never held: a
+  patient's first state here, a NEWS2 band change, an alert change, a clinician's observation,
+  a twin marked after a broker loss.
+- `RecordCache`: the twin table's changelog records, the latest per patient, written once per
+  flush interval instead of once per batch (a twin record with its history block is a few KB,
+  and at 1 Hz a patient is in every tenth of the batches a second holds).
+
+Exactly-once application survives a crash because the offsets of a batch's events are committed
+only after what the batch changed is in Kafka: each processed event's message keeps one more
+reference (Faust commits an offset only once every reference is released, as
+`streams.worker.catchup` relies on too) until the cache holding its records has been written and
+acknowledged and the states it held back have been sent. A worker killed in between leaves its
+events uncommitted; the next owner restores the twin from the changelog as last written and
+reads the events again: readings already in that twin are skipped as duplicates (their device
+sequence numbers), the others are applied.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from streams.messages import TwinState
+
+
+@dataclass
+class _Sent:
+    at: float  # on the gate's clock
+    band: str
+    history_lost_at: datetime | None
+
+
+@dataclass
+class StateGate:
+    """Which twin states go out now, and the latest of the others until their turn.
+
+    interval_s: least time between two states of one patient (0: no gate); clock: monotonic
+    seconds (injectable for tests).
+    """
+
+    interval_s: float
+    clock: Callable[[], float] = time.monotonic
+    sent: dict[str, _Sent] = field(default_factory=dict)
+    waiting: dict[str, TwinState] = field(default_factory=dict)
+    _due: list[tuple[float, str]] = field(default_factory=list)  # heap of (due, patient)
+
+    def offer(self, states: Iterable[TwinState], urgent: set[str] | frozenset[str] = frozenset()
+              ) -> tuple[list[TwinState], float | None]:
+        """The states to send now, and the latest time at which any of the others held here
+        becomes due (None: none held). urgent: patients whose state goes out at once."""
+        now = self.clock()
+        out: list[TwinState] = []
+        held_until: float | None = None
+        interval = self.interval_s
+        for st in states:
+            pid = st.patient_id
+            last = self.sent.get(pid)
+            if last is None or pid in urgent or now - last.at >= interval \
+                    or last.band != st.news2_band or last.history_lost_at != st.history_lost_at:
+                self.waiting.pop(pid, None)
+                self.sent[pid] = _Sent(now, st.news2_band, st.history_lost_at)
+                out.append(st)
+                continue
+            due = last.at + interval
+            if pid not in self.waiting:
+                heapq.heappush(self._due, (due, pid))
+            self.waiting[pid] = st
+            held_until = due if held_until is None else max(held_until, due)
+        return out, held_until
+
+    def due(self, everything: bool = False) -> list[TwinState]:
+        """The held states whose turn has come (all of them with `everything`: a rebalance or a
+        shutdown), taken out of the gate."""
+        now = self.clock()
+        out: list[TwinState] = []
+        heap = self._due
+        while heap and (everything or heap[0][0] <= now):
+            _, pid = heapq.heappop(heap)
+            st = self.waiting.pop(pid, None)
+            if st is None:
+                continue  # sent at once meanwhile
+            self.sent[pid] = _Sent(now, st.news2_band, st.history_lost_at)
+            out.append(st)
+        return out
+
+    def forget(self, pids: Iterable[str]) -> None:
+        """Patients another worker owns now: their next state here goes out at once. (Their
+        held states were sent when the rebalance started: `due(everything=True)`.)"""
+        for p in pids:
+            self.sent.pop(p, None)
+            self.waiting.pop(p, None)
+
+
+@dataclass
+class _Held:
+    events: list[Any]
+    ready_at: float  # monotonic: the states the batch held back are due by then
+    taken: bool = False  # its twin records are being written
+    written: bool = False  # its twin records are in Kafka
+
+
+@dataclass
+class RecordCache:
+    """The latest changelog record per key not yet written, and the events whose offsets must
+    wait for it.
+
+    interval_s: longest a record waits to be written (the flush interval); clock: monotonic.
+    """
+
+    interval_s: float
+    clock: Callable[[], float] = time.monotonic
+    records: dict[bytes, bytes] = field(default_factory=dict)
+    held: list[_Held] = field(default_factory=list)
+    since: float | None = None  # when the oldest unwritten record or event came
+    events_held: int = 0
+
+    def put(self, records: Mapping[bytes, bytes]) -> None:
+        """Keep these records (key -> value) for the next write; a later one of a key wins."""
+        if records and self.since is None:
+            self.since = self.clock()
+        self.records.update(records)
+
+    def hold(self, events: list[Any], ready_at: float | None = None) -> None:
+        """Keep `events` (Faust events) unacknowledged until the records put so far are written
+        and `ready_at` (monotonic) has passed: one more reference on each message."""
+        if not events:
+            return
+        for ev in events:
+            ev.message.incref()
+        if self.since is None:
+            self.since = self.clock()
+        self.held.append(_Held(events, self.clock() if ready_at is None else ready_at))
+        self.events_held += len(events)
+
+    def due(self) -> bool:
+        """Something has waited `interval_s`."""
+        return self.since is not None and self.clock() - self.since >= self.interval_s
+
+    def take(self) -> dict[bytes, bytes]:
+        """The records to write now; the events held so far become releasable once `written` is
+        called (after the write is acknowledged)."""
+        records, self.records = self.records, {}
+        for h in self.held:
+            h.taken = True
+        self.since = None
+        return records
+
+    def written(self) -> None:
+        """The records of the last `take` are in Kafka."""
+        for h in self.held:
+            if h.taken:
+                h.written = True
+        unwritten = [h for h in self.held if not h.written]
+        if (self.records or unwritten) and self.since is None:
+            self.since = self.clock()
+
+    def release(self, everything: bool = False) -> int:
+        """Acknowledge the events whose records are written and whose held states are due (all
+        written ones with `everything`); returns how many."""
+        now = self.clock()
+        keep: list[_Held] = []
+        n = 0
+        for h in self.held:
+            if h.written and (everything or h.ready_at <= now):
+                for ev in h.events:
+                    ev.ack()
+                n += len(h.events)
+            else:
+                keep.append(h)
+        self.held = keep
+        self.events_held -= n
+        return n
