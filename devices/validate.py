@@ -165,10 +165,7 @@ def forecast_coverage(run: TwinRun, stays: Stays,
     for j, h in enumerate(CALIBRATION_MINUTES):
         res: dict[str, dict] = {}
         g = np.arange(len(run.t))
-        key = run.stay * 1e9 + run.t  # ascending: stays in order, each stay's rows in time
-        later = np.searchsorted(key, key + h * 60.0)
-        ok = later < len(run.t)
-        ok[ok] &= (run.stay[later[ok]] == run.stay[ok]) & (run.t[later[ok]] == run.t[ok] + h * 60)
+        later, ok = _later(run, h)
         for c, name in enumerate(NAMES):
             lo, hi = lo_all[g[ok], j, c], hi_all[g[ok], j, c]
             target = z[later[ok], c]
@@ -179,6 +176,55 @@ def forecast_coverage(run: TwinRun, stays: Stays,
                          "median_width": _r(float(np.median(hi[use] - lo[use])), 2)
                          if use.any() else None}
         out[f"{h:.0f}min"] = res
+    return out
+
+
+def _later(run: TwinRun, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each row `(G,)`, the row of the same stay exactly `h` minutes later, and whether
+    there is one (`(G,)` int, `(G,)` bool)."""
+    key = run.stay * 1e9 + run.t  # ascending: stays in order, each stay's rows in time
+    later = np.searchsorted(key, key + h * 60.0)
+    ok = later < len(run.t)
+    ok[ok] &= (run.stay[later[ok]] == run.stay[ok]) & (run.t[later[ok]] == run.t[ok] + h * 60)
+    return later, ok
+
+
+COUPLING_PAIRS = (("sbp", "dbp"), ("hr", "rr"), ("hr", "sbp"), ("rr", "spo2"), ("hr", "temp"),
+                  ("hr", "spo2"))
+
+
+def forecast_coupling(run: TwinRun, stays: Stays, params: ModelParams | None = None) -> dict:
+    """Whether the channels' forecast errors move together (what cross-channel coupling in the
+    model would have to capture), and what that does to MAP's 90 % interval.
+
+    Per horizon: the correlation of the errors (later reading minus forecast mean) of each pair
+    in `COUPLING_PAIRS`, and the share of later MAP values (from the later SBP and DBP) inside
+    the forecast MAP's 90 % interval with the pressures taken as independent and with
+    `params.bp_correlation` (the widths as in `forecast_coverage`)."""
+    params = params or ModelParams()
+    z = plausible(stays.z)
+    s, d = INDEX["sbp"], INDEX["dbp"]
+    out: dict[str, dict] = {}
+    for j, h in enumerate(CALIBRATION_MINUTES):
+        later, ok = _later(run, h)
+        idx = np.nonzero(ok)[0]
+        err = z[later[idx]] - run.forecast[idx, j]
+        corr: dict[str, float | None] = {}
+        for a, b in COUPLING_PAIRS:
+            m = np.isfinite(err[:, INDEX[a]]) & np.isfinite(err[:, INDEX[b]])
+            corr[f"{a}-{b}"] = (_r(np.corrcoef(err[m, INDEX[a]], err[m, INDEX[b]])[0, 1])
+                                if m.sum() > 2 else None)
+        sd = (run.high90[idx, j] - run.low90[idx, j]) / (2 * Z90)
+        vs = sd[:, s] ** 2 + params.measurement_sd[s] ** 2
+        vd = sd[:, d] ** 2 + params.measurement_sd[d] ** 2
+        map_err = (err[:, s] + 2.0 * err[:, d]) / 3.0
+        m = np.isfinite(map_err) & np.isfinite(vs) & np.isfinite(vd)
+        a2, b2 = vs[m] / 9.0, 4.0 * vd[m] / 9.0
+        cover = {name: _r(float(np.mean(np.abs(map_err[m]) <= Z90 * np.sqrt(
+                     a2 + b2 + 2.0 * rho * np.sqrt(a2 * b2)))), 3) if m.any() else None
+                 for name, rho in (("independent", 0.0), ("bp_correlation", params.bp_correlation))}
+        out[f"{h:.0f}min"] = {"error_correlation": corr, "map_coverage_90": cover,
+                              "n_map": int(m.sum())}
     return out
 
 
@@ -457,7 +503,8 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool 
                "label_rate": _r(label.mean(), 4)}
     return {"dataset": "sepsis2019", **summary, "methods": results,
             "twin_risk_auroc_minus": _differences(scores, label, stay, seed),
-            "forecast_coverage_90": forecast_coverage(run, stays)}, models
+            "forecast_coverage_90": forecast_coverage(run, stays),
+            "forecast_coupling": forecast_coupling(run, stays)}, models
 
 
 def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -678,6 +725,15 @@ def table(result: dict) -> str:
             cells = "  ".join(f"{ch} {f(v['coverage'], 2)} ({f(v['median_width'], 1)})"
                               for ch, v in per.items())
             rows.append(f"  {h:>7}  {cells}")
+    if "forecast_coupling" in result:
+        rows.append("")
+        rows.append("forecast errors' correlation between channels; MAP 90% coverage with the "
+                    "pressures independent / correlated:")
+        for h, c in result["forecast_coupling"].items():
+            cells = "  ".join(f"{k} {f(v, 2)}" for k, v in c["error_correlation"].items())
+            mc = c["map_coverage_90"]
+            rows.append(f"  {h:>7}  {cells}  MAP {f(mc['independent'], 3)} / "
+                        f"{f(mc['bp_correlation'], 3)}")
     return "\n".join(rows)
 
 

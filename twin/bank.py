@@ -526,9 +526,11 @@ def outputs(
     age = np.where(never, np.nan, now[:, None] - states["last_obs"])
 
     sbp, dbp, hr = (INDEX[c] for c in ("sbp", "dbp", "hr"))
-    # MAP = DBP + (SBP - DBP) / 3; the channels are independent in the model, so variances add.
+    # MAP = DBP + (SBP - DBP) / 3 = SBP / 3 + 2 DBP / 3; the two pressures' errors correlate
+    # (`ModelParams.bp_correlation`), so the covariance term counts.
     mean_ap = est[:, dbp] + (est[:, sbp] - est[:, dbp]) / 3.0
-    map_sd = np.sqrt((sd[:, sbp] / 3.0) ** 2 + (2.0 * sd[:, dbp] / 3.0) ** 2)
+    a, b = sd[:, sbp] / 3.0, 2.0 * sd[:, dbp] / 3.0
+    map_sd = np.sqrt(a * a + b * b + 2.0 * params.bp_correlation * a * b)
     # Shock index = HR / SBP, SD by the delta method.
     si = est[:, hr] / est[:, sbp]
     si_sd = np.abs(si) * np.sqrt((sd[:, hr] / est[:, hr]) ** 2 + (sd[:, sbp] / est[:, sbp]) ** 2)

@@ -110,6 +110,27 @@ def test_forecast_coverage_counts_a_reading_inside_or_outside(sepsis_stays):
     assert moved["n"] > 0.9 * base["n"] and moved["coverage"] < base["coverage"] - 0.4
 
 
+def test_forecast_coupling_sees_channels_that_move_together(sepsis_stays):
+    """The cross-channel check measures what it says: later diastolic readings made to follow
+    the systolic ones' errors correlate with them, and an unrelated shuffle does not."""
+    run = validate.run_twin(sepsis_stays, sepsis_stays.start, sepsis_stays.t, progress=False)
+    base = validate.forecast_coupling(run, sepsis_stays)["60min"]
+    s, d = INDEX["sbp"], INDEX["dbp"]
+    tied = dataclasses.replace(sepsis_stays, z=sepsis_stays.z.copy())
+    # DBP = 0.4 SBP + its own noise: errors of the two now share a part
+    rng = np.random.default_rng(0)
+    tied.z[:, d] = 0.4 * tied.z[:, s] + 30.0 + rng.normal(0, 1.0, len(tied.z))
+    tied_run = validate.run_twin(tied, tied.start, tied.t, progress=False)
+    coupled = validate.forecast_coupling(tied_run, tied)["60min"]
+    assert coupled["error_correlation"]["sbp-dbp"] > 0.8
+    assert coupled["error_correlation"]["sbp-dbp"] > base["error_correlation"]["sbp-dbp"] + 0.2
+    for c in (base, coupled):
+        assert all(v is None or -1.0 <= v <= 1.0 for v in c["error_correlation"].values())
+        mc = c["map_coverage_90"]
+        # a positive correlation only widens MAP's interval
+        assert mc["bp_correlation"] >= mc["independent"] and c["n_map"] > 100
+
+
 def test_icu2012_side_by_side(icu_stays):
     res, models = validate.validate("icu2012", icu_stays, folds=5, seed=0, progress=False)
     assert res["stays"] == 60 and res["deaths"] == int(icu_stays.death.sum())

@@ -180,6 +180,13 @@ def test_derived_pressure_and_shock_index():
     assert out.map[0] == pytest.approx(94.0, abs=1.0)
     assert out.shock_index[0] == pytest.approx(0.8, abs=0.02)
     assert 0 < out.map_sd[0] < 10 and 0 < out.shock_index_sd[0] < 0.2
+    # MAP = SBP/3 + 2 DBP/3 with the pressures' errors correlated (bp_correlation): the SD is
+    # larger than if they were independent, smaller than if they moved as one
+    a, b = out.sd[0, INDEX["sbp"]] / 3, 2 * out.sd[0, INDEX["dbp"]] / 3
+    rho = PARAMS.bp_correlation
+    assert 0 < rho < 1
+    assert out.map_sd[0] == pytest.approx(np.sqrt(a * a + b * b + 2 * rho * a * b), rel=1e-12)
+    assert np.hypot(a, b) < out.map_sd[0] < a + b
 
 
 def test_minutes_to_band_when_a_dip_returns_to_a_worse_slow_level_and_none_when_stable():
