@@ -1,6 +1,8 @@
 """A do-nothing Faust agent, the pipeline benchmark's baseline: counts events and exits.
 
-Same broker settings and Faust tuning as the worker (`streams.worker.app.faust_app_config`).
+Same broker settings and Faust tuning as the worker (`streams.worker.app.faust_app_config`), and
+the same consumer fast path (`streams.compat.faust_direct_handover`), so the ratio compares our
+per-event work with Faust's as the worker runs it.
 Writes one JSON object `{"events": n, "first": t, "last": t}` (time.monotonic of the first and
 last event, comparable across processes on Linux) to `--out` once it has seen `--events` events
 (a file: Faust redirects stdout into its log).
@@ -17,7 +19,7 @@ import time
 
 import faust
 
-from streams import config
+from streams import compat, config
 from streams.worker.app import faust_app_config
 
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     settings = config.load()
+    compat.faust_direct_handover()
     app = faust.App(settings.app_id, **faust_app_config(settings))
     topic = app.topic(settings.topic_vitals_raw, key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw",

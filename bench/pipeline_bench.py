@@ -13,7 +13,12 @@
     measurement time of the newest reading it reflects. Also reported: twin states per patient
     per second (coalesced: TWIN_STATE_INTERVAL_S), changelog records written, the backlog
     (messages sent and not yet processed) halfway and at the end, how long the worker took to
-    drain it after the last send, its CPU, and whether it kept up (`_kept_up`).
+    drain it after the last send, its CPU, and whether it kept up (`_kept_up`). With `--workers N`
+    the live run has N workers in one consumer group (they share KAFKA_PARTITIONS partitions);
+    the CPU of each worker, the broker and the load generator and each worker's RSS are printed;
+    `--profile FILE` has py-spy record the first worker while the load is sent
+    (`bench/profile_split.py` sums it by stage). Latency is read from twin.state's partition 0
+    only (a reader of every state fell behind by itself at 5,000 states/s).
 
 The topic of (a) and (b) holds simulated gateway uploads of `--per-message` readings each (real
 wearable gateways upload batches), made by the device simulator with its faults on. The last line
@@ -25,7 +30,7 @@ topic; bare_eps and pipeline_eps are the medians of their runs (each run's are i
 ratio = pipeline_eps / bare_eps: a single run of either side varies by up to a third here.
 
 Run: `patient-twin bench pipeline [--readings 200000] [--per-message 5] [--live-seconds 30]
-[--rounds 3] [--patients 1000]`; `--rounds 0` runs (c) only.
+[--rounds 3] [--patients 1000] [--workers 1] [--profile FILE]`; `--rounds 0` runs (c) only.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from devices.run import (
     pairing_records,
 )
 from streams import broker, config, messages, supervise, topics
+from streams.topics import partition_of
 
 
 def _settings(port: int, tag: str, **extra: object) -> config.Settings:
@@ -152,7 +158,8 @@ def produce_live(env_patients: int, seconds: float, per_message: int) -> None:
     """The live load (run in its own process): `patients` patients at 1 Hz for `seconds`, each
     reading timed when it is sent, spread evenly over each second; with per_message K > 1 each
     patient's device uploads its last K readings every K seconds (a gateway), the patients'
-    uploads staggered. Prints `sent <readings> <messages>` every second and `done ...` at the end.
+    uploads staggered. Prints `sent <readings> <messages>` every second and `done <ticks>
+    <readings> <messages> <CPU seconds while sending>` at the end.
 
     Written with aiokafka's record batches (as the worker writes its outputs): a kafka-python
     producer costs ~130 us a message here, more than one core at 10,000 messages a second, and
@@ -160,8 +167,6 @@ def produce_live(env_patients: int, seconds: float, per_message: int) -> None:
     import asyncio
 
     from aiokafka import AIOKafkaProducer
-
-    from streams.topics import partition_of
 
     s = config.load()
     n, k_per = env_patients, per_message
@@ -174,6 +179,7 @@ def produce_live(env_patients: int, seconds: float, per_message: int) -> None:
         kafka = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5,
                                  max_batch_size=1_048_576, enable_idempotence=False)
         await kafka.start()
+        cpu0 = sum(os.times()[:2])
         pending: list[list[messages.Reading]] = [[] for _ in range(n)]
         readings = msgs = 0
         t0 = time.time()
@@ -213,22 +219,32 @@ def produce_live(env_patients: int, seconds: float, per_message: int) -> None:
             await kafka.flush()
         finally:
             await kafka.stop()
-        print(f"done {tick} {readings} {msgs}", flush=True)
+        print(f"done {tick} {readings} {msgs} {sum(os.times()[:2]) - cpu0:.3f}", flush=True)
 
     asyncio.run(run())
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children so far (Linux /proc), seconds."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
+def _family(pid: int) -> list[int]:
+    """A process and its children (Linux /proc)."""
     pids = [pid]
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             pids += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
-    for p in pids:
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children, bytes."""
+    return sum(broker.rss_bytes(p) or 0 for p in _family(pid))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far (Linux /proc), seconds."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in _family(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -243,38 +259,59 @@ class LiveRun:
     readings: int  # readings sent
     messages: int
     seconds: float  # the producer's sending time
-    states: int  # twin states received while the producer ran (+ the drain)
+    states: int  # twin states received while the producer ran (+ the drain), of `read_patients`
     backlog: list[tuple[float, int]]  # (seconds since start, messages sent - processed)
     drain_s: float | None  # after the last send, until every message was processed (None: not
     # within the wait)
-    worker_cpu_s: float  # the worker's CPU while the producer sent (its decoding child included)
+    worker_cpu_s: float  # the workers' CPU while the producer sent (decoding children included)
     changelog_records: int
+    # cores used while the producer sent, per process: worker-1.., broker, load (the producer)
+    cores: dict[str, float] | None = None
+    worker_rss: list[int] | None = None  # bytes, each worker with its child, at the last send
+    read_patients: int = 0  # the patients of the twin.state partition read (0: all of them)
+    states_sent: int = 0  # twin states the workers sent (their metric)
 
 
 class _TsOnly(msgspec.Struct):
     ts: datetime
 
 
+def _metric_sum(ports: list[int], name: str) -> float | None:
+    """A metric summed over workers (None when none answers)."""
+    values = [v for v in (_metric(p, name) for p in ports) if v is not None]
+    return sum(values) if values else None
+
+
 def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
-                 per_message: int = 1) -> LiveRun:
+                 per_message: int = 1, workers: int = 1, broker_pid: int | None = None,
+                 profile: Path | None = None) -> LiveRun:
+    """The live run (c) on `workers` workers of one consumer group; profile: py-spy records the
+    first worker (and its decoding child) while the producer sends, raw format, into this file."""
     from kafka import KafkaConsumer, TopicPartition
 
-    port = supervise.free_port()
-    env = {**config.to_env(s), "WORKER_METRICS_PORT": str(port)}
-    with open(log, "wb") as f:
-        worker = supervise.spawn(supervise.python_argv("worker"), env=env, stdout=f,
-                                 stderr=subprocess.STDOUT)
+    ports = [supervise.free_port() for _ in range(workers)]
+    procs: list[subprocess.Popen[bytes]] = []
+    for i, port in enumerate(ports):
+        env = {**config.to_env(s), "WORKER_METRICS_PORT": str(port)}
+        with open(log.with_name(f"{log.stem}-{i + 1}{log.suffix}") if workers > 1 else log,
+                  "wb") as f:
+            procs.append(supervise.spawn(supervise.python_argv("worker"), env=env, stdout=f,
+                                         stderr=subprocess.STDOUT))
+    spy: subprocess.Popen[bytes] | None = None
     lat: list[float] = []
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _metric(
-                port, "patient_twin_assigned_partitions") != s.kafka_partitions:
+        while time.monotonic() < deadline and _metric_sum(
+                ports, "patient_twin_assigned_partitions") != s.kafka_partitions:
             time.sleep(0.5)
         time.sleep(5)  # let the group settle (the embedded broker rebalances slowly)
         consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
                                  max_partition_fetch_bytes=8 * 1024 * 1024,
                                  **config.kafka_python_consumer_config(s))
-        parts = [TopicPartition(s.topic_twin_state, p) for p in range(s.kafka_partitions)]
+        # One partition (a quarter of the patients with the default 4): a kafka-python reader
+        # of every state fell behind at 5,000+ states/s (p50 12 s with the workers' backlog
+        # at 1 s) and measured itself; a partition's patients are a hash-chosen sample.
+        parts = [TopicPartition(s.topic_twin_state, 0)]
         consumer.assign(parts)
         consumer.seek_to_end(*parts)
         for tp in parts:
@@ -294,31 +331,47 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         th.start()
         admit(s, pairing_records([(f"L{i:05d}", f"LD{i:05d}") for i in range(patients)], "A",
                                  "bench", time.time()))
-        events0 = _metric(port, "patient_twin_events_total") or 0.0
-        cpu0 = _cpu_seconds(worker.pid)
+        events0 = _metric_sum(ports, "patient_twin_events_total") or 0.0
+        cpu0 = [_cpu_seconds(w.pid) for w in procs]
+        broker_cpu0 = _cpu_seconds(broker_pid) if broker_pid else 0.0
         prod = supervise.spawn(
             [sys.executable, "-c", "from bench.pipeline_bench import produce_live; "
              f"produce_live({patients}, {seconds}, {per_message})"],
             env=config.to_env(s), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         t_start = time.time()
+        if profile is not None:
+            # --nonblocking: sampling without pausing the worker (py-spy's own CPU is on the
+            # same 2 cores all the same); idle threads are left out, so samples are CPU
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "-p",
+                 str(procs[0].pid), "--subprocesses", "--threads", "--nonblocking",
+                 "--format", "raw", "-d", str(max(int(seconds) - 2, 1)), "-o", str(profile)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         backlog: list[tuple[float, int]] = []
-        done: list[int] = [0, 0, 0]
+        done: list[float] = [0, 0, 0, 0.0]
         sent_msgs = 0
         assert prod.stdout is not None
         for line in prod.stdout:
             word, *nums = line.decode().split()
             if word == "sent":
                 sent_msgs = int(nums[1])
-                processed = (_metric(port, "patient_twin_events_total") or events0) - events0
+                processed = (_metric_sum(ports, "patient_twin_events_total") or events0) \
+                    - events0
                 backlog.append((time.time() - t_start, int(sent_msgs - processed)))
             elif word == "done":
-                done = [int(x) for x in nums]
+                done = [float(x) for x in nums]
         prod.wait(30)
         t_sent = time.time()
-        cpu = _cpu_seconds(worker.pid) - cpu0  # over the sending, as the rate is
+        # over the sending, as the rate is
+        cpus = [_cpu_seconds(w.pid) - c0 for w, c0 in zip(procs, cpu0, strict=True)]
+        broker_cpu = _cpu_seconds(broker_pid) - broker_cpu0 if broker_pid else float("nan")
+        rss = [_rss_bytes(w.pid) for w in procs]
+        span = max(t_sent - t_start, 1e-9)
+        cores = {**{f"worker-{i + 1}": c / span for i, c in enumerate(cpus)},
+                 "broker": broker_cpu / span, "load": done[3] / span}
         drain: float | None = None
         while time.time() - t_sent < 120:
-            processed = (_metric(port, "patient_twin_events_total") or events0) - events0
+            processed = (_metric_sum(ports, "patient_twin_events_total") or events0) - events0
             if processed >= done[2]:
                 drain = time.time() - t_sent
                 break
@@ -327,10 +380,21 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         stop.set()
         th.join(10)
         consumer.close()
-        return LiveRun(lat, done[1], done[2], t_sent - t_start, len(lat), backlog, drain, cpu,
-                       int(_metric(port, "patient_twin_changelog_records_total") or 0))
+        read = sum(1 for i in range(patients)
+                   if partition_of(f"L{i:05d}", s.kafka_partitions) == 0)
+        return LiveRun(lat, int(done[1]), int(done[2]), t_sent - t_start, len(lat), backlog,
+                       drain, sum(cpus),
+                       int(_metric_sum(ports, "patient_twin_changelog_records_total") or 0),
+                       cores, rss, read,
+                       int(_metric_sum(ports, "patient_twin_states_sent_total") or 0))
     finally:
-        supervise.stop(worker)
+        if spy is not None:
+            try:
+                spy.wait(30)  # it writes the file when its duration ends
+            except subprocess.TimeoutExpired:
+                spy.terminate()
+        for w in procs:
+            supervise.stop(w)
 
 
 def _kept_up(run: LiveRun, patients: int, per_message: int) -> dict[str, object]:
@@ -361,13 +425,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="WORKER_BATCH_SECONDS for the worker (default: the configured one)")
     ap.add_argument("--catchup-seconds", type=float, default=None,
                     help="WORKER_CATCHUP_SECONDS for the worker (default: the configured one)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="workers in the live run's consumer group (they share the "
+                    "KAFKA_PARTITIONS partitions; default 1)")
+    ap.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                    help="py-spy records the live run's first worker and its decoding child "
+                    "while the load is sent (raw format; `python -m bench.profile_split FILE` "
+                    "sums it by stage)")
     args = ap.parse_args(argv)
     live_per_message = args.per_message or 1
     args.per_message = args.per_message or 5
-    if min(args.readings, args.per_message, args.patients) < 1 or args.rounds < 0 \
-            or args.live_seconds <= 0:
-        ap.error("--readings, --per-message, --patients and --live-seconds must be positive, "
-                 "--rounds at least 0")
+    if min(args.readings, args.per_message, args.patients, args.workers) < 1 \
+            or args.rounds < 0 or args.live_seconds <= 0:
+        ap.error("--readings, --per-message, --patients, --workers and --live-seconds must be "
+                 "positive, --rounds at least 0")
     logs = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     port = supervise.free_port()
     proc = broker.start(port)
@@ -418,22 +489,28 @@ def main(argv: list[str] | None = None) -> int:
         live = _settings(port, "live", **extra)
         topics.ensure(live)
         run = live_latency(live, args.patients, args.live_seconds, logs / "live.log",
-                           live_per_message)
+                           live_per_message, args.workers, proc.pid, args.profile)
         lat = run.latencies
         if not lat:
             raise SystemExit(f"bench pipeline: no twin state arrived in the live run; see {logs}")
         p50, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 99))
         kept = _kept_up(run, args.patients, live_per_message)
-        print(f"(c) live {args.patients:,} patients x 1 Hz, {live_per_message} reading(s) a "
+        print(f"(c) live {args.patients:,} patients x 1 Hz on {args.workers} worker(s), "
+              f"{live_per_message} reading(s) a "
               f"message: {run.readings:,} readings in {run.messages:,} messages over "
               f"{run.seconds:.0f} s ({run.readings / run.seconds:,.0f} readings/s sent); "
               f"twin-state latency p50 {p50:,.0f} ms, p99 {p99:,.0f} ms; "
-              f"{run.states:,} states = {run.states / args.patients / run.seconds:.2f} per "
-              f"patient per s; changelog records {run.changelog_records:,}; backlog "
+              f"{run.states:,} states read of {run.read_patients:,} patients = "
+              f"{run.states / max(run.read_patients, 1) / run.seconds:.2f} per "
+              f"patient per s ({run.states_sent:,} sent in all); changelog records "
+              f"{run.changelog_records:,}; backlog "
               f"{kept['backlog_mid']:,} messages mid-run, {kept['backlog_end']:,} at the end; "
               f"drained {'never' if run.drain_s is None else f'in {run.drain_s:.1f} s'}; "
               f"worker CPU {run.worker_cpu_s / run.seconds:.2f} cores; kept up: "
               f"{'yes' if kept['kept_up'] else 'no'}", flush=True)
+        print("    cores while sending: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in (run.cores or {}).items()) + "; worker RSS "
+            + ", ".join(f"{b / 2**20:,.0f} MB" for b in run.worker_rss or []), flush=True)
     finally:
         if vm is not None:
             supervise.stop(vm)
@@ -454,10 +531,13 @@ def main(argv: list[str] | None = None) -> int:
                       "live_readings_per_message": live_per_message,
                       "live_messages": run.messages, "live_seconds": run.seconds,
                       "live_readings_per_s": run.readings / run.seconds,
-                      "states_per_patient_s": run.states / args.patients / run.seconds,
+                      "states_per_patient_s": run.states / max(run.read_patients, 1)
+                      / run.seconds, "read_patients": run.read_patients,
+                      "states_sent": run.states_sent,
                       "changelog_records": run.changelog_records,
                       "worker_cores": run.worker_cpu_s / run.seconds,
-                      "drain_s": run.drain_s, **kept,
+                      "drain_s": run.drain_s, **kept, "workers": args.workers,
+                      "cores": run.cores, "worker_rss_bytes": run.worker_rss,
                       "rounds": args.rounds, "bare_eps_runs": bares,
                       "pipeline_eps_runs": pipes}))
     return 0

@@ -8,7 +8,7 @@ the public API does not do.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 # Kafka's default partitioner (murmur2 of the key bytes), as the devices' kafka-python producers
@@ -56,3 +56,82 @@ def kafka_topic_ids(consumer: Any, topics: Sequence[str]) -> dict[str, object]:
     cluster = getattr(getattr(consumer, "_client", None), "cluster", None)
     get = getattr(cluster, "topic_id", None)
     return {t: get(t) if get is not None else None for t in topics}
+
+
+# Faust's consumer hands each message to its stream without four tasks per message.
+#
+# Faust's fetch loop (faust-streaming 0.15, `Consumer._drain_messages`) delivers every message with
+# `await self.wait_first(callback(message), self.suspend_flow.wait())`: mode's `wait_first` wraps
+# the callback, the flow event and the consumer's stopped and crashed events in a task each, waits
+# for the first, and cancels the other three. Profiled at 10,000 patients x 1 Hz
+# (docs/performance.md, issue 22 item 7) that was 13 % of the worker's CPU, for a callback that
+# nearly always finishes at once (the message's event goes into the stream's queue).
+#
+# `faust_direct_handover` makes the consumer's `wait_first` run that call's callback directly
+# first: if it finishes without waiting, the result is the one `wait_first` would have returned;
+# if it has to wait (the stream's queue or the producer buffer full), the rest of it goes to the
+# original `wait_first`, with the same races against the flow being suspended and the consumer
+# stopping.
+# Every other `wait_first` call is the original's.
+_MARK = "_patient_twin_fast_callback"
+
+
+class _Resumed:
+    """The rest of a coroutine already stepped once (it yielded `first`), as an awaitable."""
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, out = self.coro, self.first
+        while True:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - passed on into the coroutine
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    out = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+def faust_direct_handover() -> None:
+    """Patch faust's Consumer.wait_first (idempotent): see `_Resumed` above and the comment on
+    it for what and why."""
+    from faust.transport.consumer import Consumer
+    from mode.services import WaitResults
+
+    original = Consumer.wait_first
+    if getattr(original, _MARK, False):
+        return
+
+    async def wait_first(self: Any, *coros: Any, timeout: Any = None) -> Any:
+        # only `_drain_messages`' call: (callback coroutine, suspend_flow.wait() coroutine)
+        if len(coros) != 2 or timeout is not None or not hasattr(coros[0], "send") \
+                or getattr(getattr(coros[1], "cr_code", None), "co_name", None) != "wait" \
+                or self.suspend_flow.is_set() or self._stopped.is_set() \
+                or self._crashed.is_set():
+            return await wait_first.original(self, *coros, timeout=timeout)
+        callback, flow = coros
+        try:
+            blocked_on = callback.send(None)
+        except StopIteration as done:
+            flow.close()
+            return WaitResults([callback], [done.value], False)
+        except BaseException:
+            flow.close()
+            raise
+        # looked up on the function at call time, so a test can stand in for mode's original
+        return await wait_first.original(self, _Resumed(callback, blocked_on), flow)
+
+    setattr(wait_first, _MARK, True)
+    wait_first.original = original  # type: ignore[attr-defined]
+    Consumer.wait_first = wait_first  # type: ignore[method-assign]

@@ -68,6 +68,32 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
     assert result["live_readings_per_message"] == 1
     assert result["kept_up"] is True and result["backlog_end"] <= 50
     assert 0 < result["states_per_patient_s"] <= 1.2
+    # read from twin.state's partition 0 (about a quarter of the patients); the workers' count
+    assert 0 < result["read_patients"] < 50 and result["states_sent"] > 0
+    assert result["workers"] == 1 and set(result["cores"]) == {"worker-1", "broker", "load"}
+    assert len(result["worker_rss_bytes"]) == 1 and result["worker_rss_bytes"][0] > 50e6
+
+
+def test_profile_split_sums_py_spy_samples_by_stage():
+    from bench.profile_split import split
+
+    head = 'process 1:"python -m streams.cli worker";thread (1): MainThread;'
+    raw = [
+        head + "run (asyncio/base_events.py:1);Worker.process (streams/worker/app.py:2);"
+        "TwinProcessor.process (streams/worker/process.py:3);step (twin/history.py:4) 5",
+        head + "run (asyncio/base_events.py:1);Worker.flush_outputs (streams/worker/app.py:2);"
+        "RecordCache.release (streams/worker/coalesce.py:3);Event.ack (faust/events.py:4) 2",
+        head + "_run_once (asyncio/base_events.py:1);EpollSelector.select (selectors.py:2) 7",
+        'process 1:"python -m streams.cli worker";process 2:"python -m streams.worker.decoder";'
+        "thread (2): MainThread;decode_batch (streams/worker/decoder.py:1);"
+        "decode_readings (streams/messages.py:2) 3",
+    ]
+    counts = split(raw)
+    by_coarse: dict[str, int] = {}
+    for (_, coarse), n in counts.items():
+        by_coarse[coarse] = by_coarse.get(coarse, 0) + n
+    # the deepest named frame wins: Faust's ack inside our record cache is Faust's
+    assert by_coarse == {"twin step": 5, "Faust": 2, "waiting": 7, "decode": 3}
 
 
 def test_bench_dashboard_prints_ward_beside_baseline_latency():

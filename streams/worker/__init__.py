@@ -14,7 +14,9 @@
    interval, each batch's offsets committed only once both are in Kafka.
 6. `changelog`: the twins written to the table and its changelog, and twin.state sent, a record
    batch per partition; `sink` writes readings, twin states and alerts to InfluxDB.
-`liveness` and `metrics` are the worker's health and its Prometheus endpoint.
+`liveness` and `metrics` are the worker's health and its Prometheus endpoint
+(`streams.compat.faust_direct_handover` hands Faust's fetched messages to the stream without
+four tasks each).
 
 Nothing here imports the dashboard, the devices or the benchmarks (import-linter contract).
 """

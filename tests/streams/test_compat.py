@@ -37,3 +37,66 @@ def test_aiokafka_reads_the_fetch_wait_it_is_given():
 
 def test_topic_ids_of_a_consumer_without_them_are_unknown():
     assert compat.kafka_topic_ids(object(), ["a"]) == {"a": None}
+
+
+def test_faust_hands_each_message_over_through_wait_first_as_the_direct_handover_expects():
+    """The one call `faust_direct_handover` shortcuts is still Faust's per-message hand-over."""
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    src = " ".join(inspect.getsource(Consumer._drain_messages).split())
+    assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in src
+
+
+def test_the_direct_handover_returns_what_wait_first_would_and_falls_back_when_it_waits():
+    import asyncio
+
+    from faust.transport.consumer import Consumer
+    from mode.services import WaitResults
+
+    compat.faust_direct_handover()
+    compat.faust_direct_handover()  # idempotent: patched once
+    patched = Consumer.wait_first
+    assert patched.original is not patched and not hasattr(patched.original, "original")
+
+    calls: list[tuple] = []
+
+    class Fake:  # what the patch reads of a consumer, and the original's stand-in
+        suspend_flow = asyncio.Event()
+        _stopped = asyncio.Event()
+        _crashed = asyncio.Event()
+
+    async def original(self, *coros, timeout=None):  # noqa: ANN001, ANN002, ANN202
+        calls.append(coros)
+        results = [await c for c in coros[:1]]
+        for c in coros[1:]:
+            c.close()
+        return WaitResults(list(coros[:1]), results, False)
+
+    async def run() -> None:
+        flow = asyncio.Event()
+
+        async def quick() -> int:  # the usual case: the event goes into the queue at once
+            return 7
+
+        async def slow() -> int:  # the stream's queue is full: the callback has to wait
+            await asyncio.sleep(0.01)
+            return 8
+
+        saved = patched.original
+        patched.original = original
+        try:
+            # the patch closes over the original it found; call through it with a stand-in
+            fast = await _call(patched, Fake(), quick(), flow.wait())
+            assert fast.results == [7] and calls == []  # no task, no original call
+            waited = await _call(patched, Fake(), slow(), flow.wait())
+            assert waited.results == [8] and len(calls) == 1
+        finally:
+            patched.original = saved
+
+    asyncio.run(run())
+
+
+async def _call(fn, self, *coros):  # noqa: ANN001, ANN002, ANN202
+    return await fn(self, *coros)
