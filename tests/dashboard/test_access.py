@@ -193,10 +193,17 @@ def test_every_action_is_reachable_by_keyboard(stack: Stack, browser) -> None:  
     page.keyboard.press("Enter")
     _tab_to(page, "#obs-acvpu")  # a dropdown: Enter opens it, arrows choose, Enter takes
     page.keyboard.press("Enter")
-    page.wait_for_selector(".dash-dropdown-search", timeout=5_000)
-    # the options render after the search box: an arrow pressed before them moves nothing
-    page.wait_for_selector(".dash-dropdown-option", timeout=5_000)
+    # Dash's dropdown moves the focus into its search box a frame after it opens; an arrow
+    # pressed before that lands on the closed button and only reopens it, so wait for the focus
+    # at each step instead of for the elements
+    page.wait_for_function("() => document.activeElement"
+                           " && document.activeElement.matches('.dash-dropdown-search')"
+                           " && document.querySelector('.dash-dropdown-option')",
+                           timeout=5_000)
     page.keyboard.press("ArrowDown")
+    page.wait_for_function("() => { const o = document.activeElement"
+                           " && document.activeElement.closest('.dash-dropdown-option');"
+                           " return o && o.innerText.includes('A: Alert'); }", timeout=5_000)
     page.keyboard.press("Enter")
     # the chosen value shows once the dropdown re-renders
     page.wait_for_function("() => document.querySelector('#obs-acvpu').innerText"
