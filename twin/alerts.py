@@ -9,7 +9,10 @@ Kinds (one open alert per patient and kind, updated in place):
 - `news2` (clinical): the RCP 2017 clinical response triggers on the twin's estimates: a single
   parameter scoring 3, aggregate 5-6 (urgent response), aggregate 7 or more (emergency).
 - `news2_forecast` (clinical, predictive): the probability that a vital sign is in its red (score 3)
-  range at a forecast horizon, from the twin's forecast mean and SD, reaches `p_raise`.
+  range at a forecast horizon, from the twin's forecast mean and SD, reaches `p_raise`; or the
+  probability that NEWS2 meets a response trigger within the hour if each vital sign's drift
+  trend goes on (`twin.trend`: the twin's own forecast returns to the patient's slow level, so it
+  cannot foresee a sustained climb) reaches it, while no trigger is met yet.
 - `sepsis_risk` (clinical, predictive): the twin's risk (`twin.risk`, fitted on PhysioNet 2019
   ICU stays: the probability that the patient is within 6 h of the clinical onset of sepsis, or
   septic) has reached the model's operating point, chosen where it was fitted
@@ -38,6 +41,7 @@ from scipy.special import ndtr
 
 from twin import news2
 from twin.channels import INDEX, NAMES, C
+from twin.trend import HORIZON_MIN as TRIGGER_WITHIN_MIN
 
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
@@ -128,6 +132,11 @@ class TwinView:
     rejects_per_min: np.ndarray | None = None
     reject_cause: list[str | None] | None = None
     risk: np.ndarray | None = None
+    # `(N,)` P(NEWS2 trigger within the trend's horizon), slope and its SD `(N, C)` per hour
+    # (`twin.bank.Outputs`); None: not known
+    p_trigger: np.ndarray | None = None
+    slope: np.ndarray | None = None
+    slope_sd: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -182,8 +191,12 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
         now_red[:, INDEX[ch]] = view.components[:, col] >= 3
     p_new = np.where(now_red, 0.0, p_red)
     red_ch = p_new >= policy.p_raise
-    on[:, k["news2_forecast"]] = red_ch.any(axis=1) & ~stale
-    clear[:, k["news2_forecast"]] = (p_new < policy.p_clear).all(axis=1) | stale
+    # the drift trends' NEWS2 trigger, until the trigger is met (then it is the news2 alert's)
+    p_trig = (np.zeros(n) if view.p_trigger is None
+              else np.where(band >= news2.BAND_LOW_MEDIUM, 0.0, np.nan_to_num(view.p_trigger)))
+    on[:, k["news2_forecast"]] = (red_ch.any(axis=1) | (p_trig >= policy.p_raise)) & ~stale
+    clear[:, k["news2_forecast"]] = (((p_new < policy.p_clear).all(axis=1)
+                                      & (p_trig < policy.p_clear)) | stale)
     prio[:, k["news2_forecast"]] = 0
 
     if view.risk is not None and policy.risk_raise is not None:
@@ -574,6 +587,11 @@ class AlertEngine:
         if a.kind == "news2_forecast":
             parts = [f"P({c} red within {self.policy.forecast_within_min:.0f} min) = {p:.2f}"
                      for c, p in ev.get("p_red", {}).items()]
+            if (p_t := ev.get("p_trigger")) is not None and p_t >= self.policy.p_raise:
+                rising = ", ".join(f"{c} {v:+g}/h" for c, v in ev.get("trend_per_h", {}).items())
+                parts.append(f"P(NEWS2 trigger within {ev.get('trigger_within_min', 60):.0f} min "
+                             f"if the trends go on) = {p_t:.2f}"
+                             + (f" (trends: {rising})" if rising else ""))
             return "; ".join(parts)
         if a.kind == "sepsis_risk":
             return (f"the twin's sepsis risk is {ev.get('risk', 0):.3f} (operating point "
@@ -606,6 +624,14 @@ class AlertEngine:
             ev["forecast"] = {f"{int(h)}min": {ch: _fmt(view.forecast[i, hj, j])
                                                 for j, ch in enumerate(NAMES)}
                               for hj, h in enumerate(view.horizons_min)}
+            if view.p_trigger is not None:
+                ev["p_trigger"] = round(float(np.nan_to_num(view.p_trigger[i])), 3)
+                ev["trigger_within_min"] = TRIGGER_WITHIN_MIN
+            if view.slope is not None and view.slope_sd is not None:
+                # the trends that stand out from their own uncertainty (2 SD), per hour
+                ev["trend_per_h"] = {ch: round(float(view.slope[i, j]), 2)
+                                     for j, ch in enumerate(NAMES)
+                                     if abs(view.slope[i, j]) >= 2.0 * view.slope_sd[i, j]}
         elif kind == "sepsis_risk" and view.risk is not None:
             r = float(view.risk[i])
             ev["risk"] = round(r, 4) if math.isfinite(r) else None

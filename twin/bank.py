@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twin import kalman, news2, ukf
+from twin import kalman, news2, trend, ukf
 from twin.channels import INDEX, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
 from twin.model import (
     SPO2,
@@ -26,7 +26,7 @@ from twin.model import (
     transition,
 )
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 DEVICE_SLOTS = 4
 MAX_GAP = 2**31 - 1  # most readings one sequence jump counts as lost
 _U32_MAX = np.iinfo(np.uint32).max  # the counters saturate instead of wrapping
@@ -67,14 +67,23 @@ _DRIFT_FIELDS = [
 ]
 # Version 6: the same layout, but `x[:, 1]` is the slow level (was a trend per minute, whose
 # covariance entries `P[:, 1:]` are re-made on reading: `_from_trend`).
-STATE_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS)
+# Version 7: each channel's drift trend (`twin.trend`), single precision: a slope's own
+# uncertainty is far above float32's rounding.
+_TREND_FIELDS = [
+    ("trend_x", "f4", (C, 2)),  # level, slope per minute
+    ("trend_P", "f4", (C, 3)),  # covariance p00, p01, p11
+    ("trend_t", "f8", (C,)),  # epoch seconds of the trend's last reading (NaN: not started)
+]
+_V6_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS)
+STATE_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS + _TREND_FIELDS)
 STATE_BYTES = STATE_DTYPE.itemsize
 # Records of earlier versions still read (a site's changelog outlives an upgrade): their size,
 # and the dtype to read them with.
-_OLD_DTYPES = {4: np.dtype(_V4_FIELDS), 5: STATE_DTYPE}
+_OLD_DTYPES = {4: np.dtype(_V4_FIELDS), 5: _V6_DTYPE, 6: _V6_DTYPE}
 _SIZES = {STATE_VERSION: STATE_BYTES, **{v: d.itemsize for v, d in _OLD_DTYPES.items()}}
 
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
+TRIGGER_MINUTES = trend.HORIZON_MIN
 Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
 
 
@@ -121,7 +130,7 @@ def new_states(n: int, params: ModelParams) -> State:
     s["version"][:] = STATE_VERSION
     s["band"][:] = -1
     for f in ("t", "last_obs", "raw", "quality", "battery", "obs_alert", "obs_oxygen", "obs_t",
-              "base_first_t", "slow", "slow_t"):
+              "base_first_t", "slow", "slow_t", "trend_t"):
         s[f][:] = np.nan
     s["spo2_scale"][:] = 1
     s["x"][:] = x0
@@ -354,9 +363,10 @@ def step(states: State, readings: Readings, params: ModelParams,
                        | (s["rejects"] >= params.max_consecutive_rejections)
                        | ((s["rejects"] >= 1)
                           & (t[:, None] - s["last_obs"] >= params.max_rejected_s)))
-        x, p, reject, use = _filter(s["x"], s["P"], dt_min, z, obs, fresh,
-                                    measurement_var(readings.quality[sel], params), params)
+        r_var = measurement_var(readings.quality[sel], params)
+        x, p, reject, use = _filter(s["x"], s["P"], dt_min, z, obs, fresh, r_var, params)
         artifact[sel] = reject
+        trend.update(s["trend_x"], s["trend_P"], s["trend_t"], t, z, use, r_var, params)
 
         move = ok  # a reading with nothing believable still advances the clock
         np.copyto(s["x"], x, where=move[:, None, None])
@@ -404,7 +414,10 @@ class Outputs:
     complete `(K,)` bool; band `(K,)` int; age_s `(K, C)` seconds since each channel was last
     believed; map, map_sd, shock_index, shock_index_sd: `(K,)` derived (NaN when an input is
     unknown); minutes_to_band `(K, C)`: when the forecast mean crosses into a worse NEWS2 score
-    within an hour (NaN: not within the hour).
+    within an hour (NaN: not within the hour); slope, slope_sd `(K, C)`: each channel's drift
+    trend per hour and its SD (NaN: no trend yet); p_trigger `(K,)`: the probability that NEWS2
+    meets a response trigger (a red parameter, or 5 or more) `TRIGGER_MINUTES` from now if the
+    trends go on (`twin.trend`).
     """
 
     estimate: np.ndarray
@@ -423,6 +436,9 @@ class Outputs:
     shock_index: np.ndarray
     shock_index_sd: np.ndarray
     minutes_to_band: np.ndarray
+    slope: np.ndarray
+    slope_sd: np.ndarray
+    p_trigger: np.ndarray
 
 
 def _spo2_moments(level: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -536,5 +552,10 @@ def outputs(
     si_sd = np.abs(si) * np.sqrt((sd[:, hr] / est[:, hr]) ** 2 + (sd[:, sbp] / est[:, sbp]) ** 2)
     mtb = _minutes_to_band(x, params)
     mtb[never] = np.nan
+    slope, slope_sd, t_mean, t_sd = trend.forecast(states["trend_x"], states["trend_P"],
+                                                   states["trend_t"], now, TRIGGER_MINUTES,
+                                                   params)
+    p_trigger = trend.trigger_probability(t_mean, t_sd, oxy, alrt, spo2_scale)
     return Outputs(est, sd, fc, lo, hi, total, total_raw, comp, complete,
-                   news2.band(total, comp), age, mean_ap, map_sd, si, si_sd, mtb)
+                   news2.band(total, comp), age, mean_ap, map_sd, si, si_sd, mtb, slope,
+                   slope_sd, p_trigger)

@@ -114,6 +114,21 @@ class ModelParams:
     # readings alone, a device reading once a minute (or a cuff every 15 min) would have a real
     # change thrown away for 5 minutes (5 hours).
     max_rejected_s: float = 120.0
+    # The drift trend beside the twin (`twin.trend`, for the predictive alert): how much a
+    # channel's slope may change, per minute per sqrt(minute), and how unsure a new trend's slope
+    # is, per minute. Both are one NEWS2 band's width per hour over an hour (heart rate 20 /min,
+    # respiration 4 /min, SpO2 2 %, pressures 10 mmHg, temperature 1 degC: the chart's middle
+    # bands, RCP 2017 Chart 1). Engineering choices, not fitted: hourly ICU charts cannot show
+    # a slope that starts and ends within hours (docs/twin.md, "Drift trend").
+    trend_slope_diffusion: np.ndarray = field(
+        default_factory=lambda: _per_channel(hr=20.0, rr=4.0, spo2=2.0, sbp=10.0, dbp=10.0,
+                                             temp=1.0) / 60.0 / np.sqrt(60.0))
+    trend_slope_prior_sd: np.ndarray = field(
+        default_factory=lambda: _per_channel(hr=20.0, rr=4.0, spo2=2.0, sbp=10.0, dbp=10.0,
+                                             temp=1.0) / 60.0)
+    # At most one reading per channel this often feeds the trend: fast fluctuations decorrelate
+    # within 1 / fast_reversion (about 3 minutes for heart rate, respiration and SpO2).
+    trend_interval_min: float = 5.0
 
     @cached_property
     def gate(self) -> float:

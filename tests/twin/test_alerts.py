@@ -102,6 +102,32 @@ def test_predictive_alert_raises_and_clears_with_probability_hysteresis():
     assert [e.name for e in eng.update(at(93.0), 321.0)] == ["resolved"]
 
 
+def test_drift_trends_raise_the_predictive_alert_until_news2_itself_triggers():
+    """A NEWS2 trigger likely within the hour if the trends go on raises `news2_forecast`, with
+    the trends named; once the trigger is met it is the news2 alert's business, and the
+    prediction clears below `p_clear`."""
+    eng = AlertEngine(AlertPolicy(raise_after_s={**AlertPolicy().raise_after_s,
+                                                 "news2_forecast": 0.0}))
+    slope = np.zeros((1, C))
+    slope[0, INDEX["rr"]] = 6.0
+    slope_sd = np.ones((1, C))
+
+    def at(p: float, **kw) -> TwinView:
+        return dataclasses.replace(view(**kw), p_trigger=np.array([p]), slope=slope,
+                                   slope_sd=slope_sd)
+
+    ev = eng.update(at(0.85, news2=3, components=comp(rr=2, hr=1)), 0.0)
+    assert [e.name for e in ev] == ["raised"] and ev[0].alert.kind == "news2_forecast"
+    assert "P(NEWS2 trigger within 60 min if the trends go on) = 0.85" in ev[0].message
+    assert "rr +6/h" in ev[0].message and "hr" not in ev[0].message.split("trends:")[1]
+    assert ev[0].alert.evidence["p_trigger"] == 0.85
+    cond = conditions(at(0.85, news2=5, components=comp(rr=3, hr=2)), AlertPolicy())
+    assert not cond.on[0, K["news2_forecast"]] and cond.clear[0, K["news2_forecast"]]
+    cond = conditions(at(0.6), AlertPolicy())
+    assert not cond.on[0, K["news2_forecast"]] and not cond.clear[0, K["news2_forecast"]]
+    assert conditions(at(0.4), AlertPolicy()).clear[0, K["news2_forecast"]]
+
+
 def test_raise_waits_for_the_condition_to_persist_and_one_alert_is_updated_in_place():
     eng = AlertEngine(AlertPolicy())
     five = view(news2=5, components=comp(hr=2, rr=2, temp=1))

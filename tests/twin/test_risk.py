@@ -173,12 +173,20 @@ def test_an_older_twin_record_is_read_and_its_baselines_begin_empty():
     assert (back["P"][..., 2] > back["P"][..., 0]).all()
     assert (back["version"] == bank.STATE_VERSION).all()
     assert np.isnan(back["slow"]).all() and (back["base_n"] == 0).all()
-    # a version-5 record has today's size: its version byte alone says how to read it
-    v5 = [b"\x05" + b[1:] for b in bank.to_bytes(s)]
-    back5 = bank.from_bytes([*v5, *bank.to_bytes(s)])
+    # versions 5 and 6 have the same size: the version byte alone says how to read them
+    old = np.zeros(3, bank._V6_DTYPE)
+    for f in bank._V6_DTYPE.names:
+        old[f] = s[f]
+    v5 = [b"\x05" + r.tobytes()[1:] for r in old]
+    v6 = [b"\x06" + r.tobytes()[1:] for r in old]
+    back5 = bank.from_bytes([*v5, *v6, *bank.to_bytes(s)])
     np.testing.assert_array_equal(back5["x"][:3, :, 1], s["x"][..., 0])
-    np.testing.assert_array_equal(back5["x"][3:], s["x"])
+    np.testing.assert_array_equal(back5["x"][3:6], s["x"])  # v6 had the slow level
+    np.testing.assert_array_equal(back5["x"][6:], s["x"])
     np.testing.assert_array_equal(back5["slow"][:3], s["slow"])  # v5 had the baselines
+    # versions before 7 had no drift trend: it starts at the next reading
+    assert np.isnan(back5["trend_t"][:6]).all()
+    np.testing.assert_array_equal(back5["trend_t"][6:], s["trend_t"])
     with pytest.raises(ValueError, match="version"):
         bank.from_bytes([b"\x09" + bytes(bank.STATE_BYTES - 1)])
 
