@@ -181,7 +181,8 @@ def sepsis_alerting(alert: np.ndarray, label: np.ndarray, stay: np.ndarray,
                     hours_per_row: float = 1.0) -> dict[str, float]:
     """Alerting figures of hourly binary alerts. alert, label, stay: `(M,)`.
 
-    detected: share of septic stays with an alert from t_sepsis - 12 h to t_sepsis + 3 h;
+    detected: share of septic stays with an alert from t_sepsis - 12 h to t_sepsis + 3 h
+    (detected_stays: how many);
     median_lead_h: median over those stays of t_sepsis minus the first alert in that window
     (negative: after onset); alert_hours_per_patient_day: alerted rows per 24 monitored hours
     (every row of every stay)."""
@@ -200,10 +201,20 @@ def sepsis_alerting(alert: np.ndarray, label: np.ndarray, stay: np.ndarray,
     days = len(alert) * hours_per_row / 24.0
     return {
         "detected": float(hit.sum() / septic.sum()) if septic.any() else float("nan"),
+        "detected_stays": int(hit.sum()),
         "median_lead_h": float(np.median(lead)) if hit.any() else float("nan"),
         "alert_hours_per_patient_day": float(alert.sum() * hours_per_row / days)
         if days else float("nan"),
     }
+
+
+def at_burden(score: np.ndarray, k: int) -> np.ndarray:
+    """Alerts on the `k` highest of `score (M,)`, `(M,) bool`: an operating point chosen by alert
+    burden alone (no label is used), so two scores compare at the same number of alert-hours.
+    Ties are broken by row order."""
+    alert = np.zeros(len(score), dtype=bool)
+    alert[np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")[:max(k, 0)]] = True
+    return alert
 
 
 def sens_ppv(alert: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from devices import physionet, scoring
 from devices.physionet import Stays
 from streams.errors import ConfigError
-from twin import bank, risk
+from twin import bank, news2, risk, trend
+from twin.alerts import AlertPolicy, trend_condition
 from twin.channels import INDEX, NAMES, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
 from twin.model import ModelParams
 
@@ -77,6 +78,11 @@ class TwinRun:
     forecast: np.ndarray  # (G, H, C) the forecast mean at CALIBRATION_MINUTES
     low90: np.ndarray  # (G, H, C) its 90 % interval (of the twin's level)
     high90: np.ndarray
+    # (G,) the drift trends' P(NEWS2 response trigger within the hour) (`twin.trend`), and the
+    # NEWS2 response band on the twin's estimates
+    p_trigger: np.ndarray
+    p_steady: np.ndarray
+    band: np.ndarray
 
 
 def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
@@ -117,6 +123,9 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
     fc = np.full_like(low90, np.nan)
     n2 = np.zeros(G, dtype=np.int64)
     n2raw = np.zeros(G, dtype=np.int64)
+    p_trig = np.full(G, np.nan)
+    p_steady = np.full(G, np.nan)
+    band = np.zeros(G, dtype=np.int64)
     est = np.full((G, C), np.nan)
     sd = np.full((G, C), np.nan)
     si = np.full(G, np.nan)
@@ -145,9 +154,10 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
                                  sub["slow"])
         live[g] = risk.live_features(sub, out, now, params)
         n2[g], n2raw[g] = out.news2, out.news2_raw
+        p_trig[g], p_steady[g], band[g] = out.p_trigger, out.p_steady, out.band
         est[g], sd[g], si[g], mapv[g] = out.estimate, out.sd, out.shock_index, out.map
     return TwinRun(gstay, grid_t, feats, n2, n2raw, est, sd, si, mapv, live, fc, low90,
-                   high90)
+                   high90, p_trig, p_steady, band)
 
 
 def forecast_coverage(run: TwinRun, stays: Stays,
@@ -191,6 +201,37 @@ def _later(run: TwinRun, h: float) -> tuple[np.ndarray, np.ndarray]:
     ok = later < len(run.t)
     ok[ok] &= (run.stay[later[ok]] == run.stay[ok]) & (run.t[later[ok]] == run.t[ok] + h * 60)
     return later, ok
+
+
+TRIGGER_BINS = (0.0, 0.05, 0.2, 0.5, 0.8, 1.0001)
+
+
+def trend_trigger_check(run: TwinRun, policy: AlertPolicy | None = None) -> dict:
+    """The drift trends' trigger probability on these charts, against what came: among hours
+    whose twin NEWS2 meets no response trigger yet and that have a row of the same stay an hour
+    later, the share that meets one then, per bin of the probability (`TRIGGER_BINS`); and how
+    often the predictive alert's trend condition (`twin.alerts.trend_condition`) holds, in
+    hours per patient-day (an hour per row), with the share of those that met a trigger an hour
+    later."""
+    policy = policy or AlertPolicy()
+    later, ok = _later(run, trend.HORIZON_MIN)
+    calm = run.band < news2.BAND_LOW_MEDIUM
+    use = ok & calm & np.isfinite(run.p_trigger)
+    hit = run.band[later[use]] >= news2.BAND_LOW_MEDIUM
+    p = run.p_trigger[use]
+    bins = []
+    for lo, hi in zip(TRIGGER_BINS[:-1], TRIGGER_BINS[1:], strict=True):
+        m = (p >= lo) & (p < hi)
+        bins.append({"p_low": lo, "p_high": min(hi, 1.0), "n": int(m.sum()),
+                     "mean_p": _r(p[m].mean()) if m.any() else None,
+                     "triggered": _r(hit[m].mean()) if m.any() else None})
+    on, _ = trend_condition(run.p_trigger, run.p_steady, run.band, policy)
+    came = on & ok
+    came[came] = run.band[later[came]] >= news2.BAND_LOW_MEDIUM
+    return {"horizon_min": trend.HORIZON_MIN, "bins": bins,
+            "alert_hours_per_patient_day": _r(24.0 * on.mean(), 2),
+            "alert_hours_triggered_within_hour": _r(came.sum() / max((on & ok).sum(), 1)),
+            "brier": _r(float(np.mean((p - hit) ** 2))) if len(p) else None}
 
 
 COUPLING_PAIRS = (("sbp", "dbp"), ("hr", "rr"), ("hr", "sbp"), ("rr", "spo2"), ("hr", "temp"),
@@ -353,6 +394,46 @@ def cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray, names: tu
     return prob, alert
 
 
+# The L2 strengths `--nested-lambda` chooses among (twin.risk.fit's `lam`).
+LAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def nested_cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray,
+                          names: tuple[str, ...], grid: tuple[float, ...],
+                          gain: Callable[[np.ndarray], np.ndarray],
+                          ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """`cross_validate` with the L2 strength chosen inside each training set: for each outer
+    fold, every `lam` of `grid` is scored by the log-loss of an inner cross-validation over the
+    other folds (each left out in turn), and the best is refitted on all of them. The held-out
+    fold never takes part in a choice, so the figures carry no selection optimism. Returns the
+    out-of-fold probabilities `(M,)`, alerts `(M,)` and the strength chosen per outer fold."""
+    prob = np.full(len(y), np.nan)
+    alert = np.zeros(len(y), dtype=bool)
+    chosen: list[float] = []
+    folds = np.unique(row_fold)
+    for f in folds:  # folds, not patients
+        test = row_fold == f
+        train = ~test
+        losses = []
+        for lam in grid:  # a handful of strengths
+            loss = 0.0
+            for g in folds[folds != f]:
+                inner_test = row_fold == g
+                inner_train = train & ~inner_test
+                m = risk.fit(x[inner_train], y[inner_train], names, lam=lam)
+                p = np.clip(risk.predict(m, x[inner_test]), 1e-12, 1 - 1e-12)
+                yt = y[inner_test]
+                loss -= float(np.sum(yt * np.log(p) + (1 - yt) * np.log1p(-p)))
+            losses.append(loss)
+        lam = grid[int(np.argmin(losses))]
+        chosen.append(lam)
+        m = risk.fit(x[train], y[train], names, lam=lam)
+        thr = scoring.best_threshold(risk.predict(m, x[train]), gain(train)[train])
+        prob[test] = risk.predict(m, x[test])
+        alert[test] = prob[test] >= thr
+    return prob, alert, chosen
+
+
 def fixed_score_alerts(score: np.ndarray, row_fold: np.ndarray,
                        gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Alerts `(M,)` of a score that is not fitted (NEWS2, SAPS-I): its threshold is still chosen
@@ -443,9 +524,10 @@ def _model_doc(m: risk.RiskModel, dataset: str, training: str, entry: dict, fold
 
 def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool = True,
                     source: str = "PhysioNet/CinC 2019 sepsis training set A",
-                    ) -> tuple[dict, dict[str, risk.RiskModel]]:
+                    nested: bool = False) -> tuple[dict, dict[str, risk.RiskModel]]:
     """Every method on the 2019 stays. Returns (results, the twin models fitted on all stays).
-    source: what the stays are, written into the fitted models' description."""
+    source: what the stays are, written into the fitted models' description; nested: also the
+    twin risk with its L2 strength chosen by nested cross-validation (`twin_risk_nested`)."""
     run = run_twin(stays, stays.start, stays.t, progress=progress)
     stay = stays.stay
     label = stays.label.astype(np.int64)
@@ -469,6 +551,10 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool 
         scores[name] = cross_validate(x, label, row_fold, names, lam, gain)
         bar.update(1)
     bar.close()
+    chosen: list[float] = []
+    if nested:
+        *scores["twin_risk_nested"], chosen = nested_cross_validate(
+            x_twin, label, row_fold, names_twin, LAM_GRID, gain)
     learned = set(scores)
     for name, s in (("news2_twin", run.news2.astype(float)),
                     ("news2_raw", run.news2_raw.astype(float))):
@@ -484,7 +570,19 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool 
             e["rule_news2_ge5"] = {
                 "utility": _r(scoring.utility(rule, label, stay)),
                 **{k: _r(v, 2) for k, v in scoring.sepsis_alerting(rule, label, stay).items()}}
+            # its best utility at any threshold, chosen on these very hours: an upper bound
+            e["utility_best_any_threshold"] = _r(max(
+                scoring.utility(s >= th, label, stay) for th in np.unique(s[np.isfinite(s)])))
+        else:
+            # The issue's comparison: at an alert burden no higher than raw NEWS2 >= 5, how many
+            # septic stays are alerted in their window (the threshold from the burden alone)
+            same = scoring.at_burden(s, int((run.news2_raw >= RULE_NEWS2).sum()))
+            e["at_news2_ge5_burden"] = {
+                "utility": _r(scoring.utility(same, label, stay)),
+                **{k: _r(v, 2) for k, v in scoring.sepsis_alerting(same, label, stay).items()}}
         results[name] = e
+    if nested:
+        results["twin_risk_nested"]["lam_per_fold"] = chosen
     final = risk.fit(x_twin, label, names_twin, lam=lam)
     training = (f"{source}, {stays.n} stays "
                 f"({int(septic.sum())} septic), {len(label)} ICU hours; label SepsisLabel per "
@@ -508,7 +606,8 @@ def validate_sepsis(stays: Stays, folds: int = 5, seed: int = 0, progress: bool 
     return {"dataset": "sepsis2019", **summary, "methods": results,
             "twin_risk_auroc_minus": _differences(scores, label, stay, seed),
             "forecast_coverage_90": forecast_coverage(run, stays),
-            "forecast_coupling": forecast_coupling(run, stays)}, models
+            "forecast_coupling": forecast_coupling(run, stays),
+            "trend_trigger": trend_trigger_check(run)}, models
 
 
 def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -518,9 +617,9 @@ def _grid_48h(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0, progress: bool = True,
                      source: str = "PhysioNet/CinC 2012 training set A",
-                     ) -> tuple[dict, dict[str, risk.RiskModel]]:
-    """Every method on the 2012 stays (in-hospital death from the first 48 h). source: as for
-    `validate_sepsis`."""
+                     nested: bool = False) -> tuple[dict, dict[str, risk.RiskModel]]:
+    """Every method on the 2012 stays (in-hospital death from the first 48 h). source, nested:
+    as for `validate_sepsis`."""
     if stays.death is None:
         raise ConfigError("icu2012 needs the outcomes file (Outcomes-a.txt): pass --outcomes")
     S = stays.n
@@ -557,6 +656,10 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0, progress: bool
                            ("raw_vitals_only", x_raw[:, vitals], names_vitals),
                            ("twin_plus_raw", x_both, names_both)):
         scores[name] = cross_validate(x, y, fold, names, lam, gain)
+    chosen: list[float] = []
+    if nested:
+        *scores["twin_risk_nested"], chosen = nested_cross_validate(
+            x_twin, y, fold, names_twin, LAM_GRID, gain)
     learned = set(scores)
     n2 = run.news2.reshape(S, H).astype(float)
     n2r = run.news2_raw.reshape(S, H).astype(float)
@@ -576,6 +679,8 @@ def validate_icu2012(stays: Stays, folds: int = 5, seed: int = 0, progress: bool
             e["calibration"] = _calibration_entry(s, y, CALIBRATION_BINS["icu2012"])
         e.update({k: _r(v) for k, v in scoring.sens_ppv(alert[ok], y[ok]).items()})
         results[name] = e
+    if nested:
+        results["twin_risk_nested"]["lam_per_fold"] = chosen
     final = risk.fit(x_twin, y, names_twin, lam=lam)
     training = (f"{source}, {S} stays ({int(y.sum())} in-hospital "
                 "deaths); features from the twin fed the first 48 h of recorded vitals (cuff BP, "
@@ -700,11 +805,16 @@ def table(result: dict) -> str:
                         f"{f(e['detected'], 2):>9} "
                         f"{f(e['median_lead_h'], 1):>7} "
                         f"{f(e['alert_hours_per_patient_day'], 2):>15}")
-            if "rule_news2_ge5" in e:
-                r = e["rule_news2_ge5"]
-                rows.append(f"{'  (NEWS2>=5)':<16} {'':<22} {'':<13} {f(r['utility']):>8} "
-                            f"{f(r['detected'], 2):>9} {f(r['median_lead_h'], 1):>7} "
-                            f"{f(r['alert_hours_per_patient_day'], 2):>15}")
+            if "utility_best_any_threshold" in e:
+                rows.append(f"{'  best threshold':<16} {'(in-sample)':<22} {'':<13} "
+                            f"{f(e['utility_best_any_threshold']):>8}")
+            for key, label_ in (("rule_news2_ge5", "  (NEWS2>=5)"),
+                                ("at_news2_ge5_burden", "  at NEWS2>=5 burden")):
+                if key in e:
+                    r = e[key]
+                    rows.append(f"{label_:<16} {'':<22} {'':<13} {f(r['utility']):>8} "
+                                f"{f(r['detected'], 2):>9} {f(r['median_lead_h'], 1):>7} "
+                                f"{f(r['alert_hours_per_patient_day'], 2):>15}")
         else:
             rows.append(f"{name:<16} {auc:<22} {spread:<13} {f(e['sensitivity'], 2):>6} "
                         f"{f(e['ppv'], 2):>6} {f(e['alerted'], 2):>8} {e['n']:>6}")
@@ -721,6 +831,18 @@ def table(result: dict) -> str:
     for name, d in result["twin_risk_auroc_minus"].items():
         rows.append(f"  {name:<16} {f(d['difference']):>7} [{f(d['ci95'][0])}, "
                     f"{f(d['ci95'][1])}]")
+    if "trend_trigger" in result:
+        tt = result["trend_trigger"]
+        rows.append("")
+        rows.append(f"drift trends' P(NEWS2 trigger within {tt['horizon_min']:.0f} min) against "
+                    "whether it came (hours with no trigger yet; predicted / share triggered, n):")
+        rows.append("  " + "  ".join(
+            f"[{b['p_low']:.2f}, {b['p_high']:.2f}): {f(b['mean_p'], 2)} / "
+            f"{f(b['triggered'], 2)} ({b['n']})" for b in tt["bins"]))
+        rows.append(f"  predictive alert's trend condition: "
+                    f"{f(tt['alert_hours_per_patient_day'], 2)} hours per patient-day, "
+                    f"{f(tt['alert_hours_triggered_within_hour'], 2)} of them followed by a "
+                    f"trigger within the hour; Brier {f(tt['brier'], 4)}")
     if "forecast_coverage_90" in result:
         rows.append("")
         rows.append("share of later readings inside the twin's 90% forecast interval "
@@ -756,15 +878,16 @@ def load(dataset: str, directory: str, outcomes: str | None,
 
 
 def validate(dataset: str, stays: Stays, folds: int = 5, seed: int = 0,
-             progress: bool = True, source: str | None = None,
+             progress: bool = True, source: str | None = None, nested: bool = False,
              ) -> tuple[dict, dict[str, risk.RiskModel]]:
     """Every method on already-loaded stays: (results, the twin models fitted on all of them).
     source: what the stays are, for the fitted models' description (default: the Challenge's
-    training set A)."""
-    if folds < 2:
-        raise ConfigError(f"folds must be at least 2 (got {folds})")
+    training set A); nested: also `twin_risk_nested` (`nested_cross_validate`)."""
+    if folds < 2 or (nested and folds < 3):
+        raise ConfigError(f"folds must be at least {3 if nested else 2} (got {folds})")
     run = validate_sepsis if dataset == "sepsis2019" else validate_icu2012
-    return run(stays, folds, seed, progress, **({} if source is None else {"source": source}))
+    return run(stays, folds, seed, progress, nested=nested,
+               **({} if source is None else {"source": source}))
 
 
 def _writable(path: str, what: str) -> None:
@@ -779,11 +902,12 @@ def _writable(path: str, what: str) -> None:
 def main(dataset: str, directory: str, outcomes: str | None = None, *,
          limit: int | None = None, folds: int = 5, seed: int = 0, progress: bool = True,
          fit_out: str | None = None, calibration_plot: str | None = None,
-         source: str | None = None) -> int:
+         source: str | None = None, nested_lambda: bool = False) -> int:
     """`patient-twin validate DATASET DIR [--outcomes FILE]`, and `patient-twin fit` (the same
     with `fit_out`): print the side-by-side table, then one JSON line with every number; write
     the twin risk models fitted on every stay to `fit_out` (described as `source`, default the
-    directory) and the reliability diagram to `calibration_plot` (PNG) if given.
+    directory) and the reliability diagram to `calibration_plot` (PNG) if given;
+    nested_lambda: also the twin risk with its L2 strength chosen by nested cross-validation.
 
     Raises ConfigError / RecordError (one line) for bad arguments or unreadable data."""
     t0 = time.monotonic()
@@ -794,7 +918,7 @@ def main(dataset: str, directory: str, outcomes: str | None = None, *,
     stays = load(dataset, directory, outcomes, limit)
     if fit_out is not None and source is None:
         source = f"the {dataset} stays in {Path(directory).resolve()}"
-    result, models = validate(dataset, stays, folds, seed, progress, source)
+    result, models = validate(dataset, stays, folds, seed, progress, source, nested_lambda)
     result["folds"] = folds
     result["seed"] = seed
     result["bootstrap"] = N_BOOT

@@ -89,6 +89,9 @@ def _validation_args(p: argparse.ArgumentParser) -> None:
                    "(default: the directory)")
     p.add_argument("--calibration-plot", default=None, metavar="FILE.png",
                    help="write the reliability diagram of the out-of-fold probabilities")
+    p.add_argument("--nested-lambda", action="store_true",
+                   help="also report the twin risk with its L2 strength chosen inside each "
+                   "training set (nested cross-validation: about 20x the fitting time)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -381,7 +384,7 @@ def _validate(args: Args, settings: config.Settings) -> int:
     return validate_main(args.dataset, args.directory, args.outcomes, limit=args.limit,
                          folds=args.folds, seed=args.seed, progress=not args.no_progress,
                          fit_out=out, calibration_plot=args.calibration_plot,
-                         source=args.source)
+                         source=args.source, nested_lambda=args.nested_lambda)
 
 
 def use_risk_params(settings: config.Settings) -> None:

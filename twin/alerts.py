@@ -135,6 +135,7 @@ class TwinView:
     # `(N,)` P(NEWS2 trigger within the trend's horizon), slope and its SD `(N, C)` per hour
     # (`twin.bank.Outputs`); None: not known
     p_trigger: np.ndarray | None = None
+    p_steady: np.ndarray | None = None  # (N,) the same with no slope
     slope: np.ndarray | None = None
     slope_sd: np.ndarray | None = None
 
@@ -153,6 +154,20 @@ class Conditions:
     p_red: np.ndarray
     red_channels: np.ndarray
     clear: np.ndarray  # (N, K) bool: definitely clear (with hysteresis), not merely "not on"
+
+
+def trend_condition(p_trigger: np.ndarray, p_steady: np.ndarray, band: np.ndarray,
+                    policy: AlertPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """The drift trends' part of `news2_forecast`, `(on (N,), clear (N,))` from `(N,)` arrays:
+    on when a NEWS2 response trigger within the hour is likely (`p_raise`) if the trends go on,
+    but not (below `p_clear`) with every channel held where it is. A likely trigger that does
+    not need the slopes comes from the forecast's spread alone: on charts read once an hour,
+    where a slope is hardly known, that was most calm hours (docs/twin.md, "Drift trend").
+    Clear below `p_clear`, or once a trigger is met (then it is the news2 alert's business)."""
+    met = band >= news2.BAND_LOW_MEDIUM
+    p = np.nan_to_num(p_trigger)
+    on = (p >= policy.p_raise) & (np.nan_to_num(p_steady) < policy.p_clear) & ~met
+    return on, (p < policy.p_clear) | met
 
 
 def red_probability(view: TwinView, within_min: float) -> np.ndarray:
@@ -191,12 +206,12 @@ def conditions(view: TwinView, policy: AlertPolicy) -> Conditions:
         now_red[:, INDEX[ch]] = view.components[:, col] >= 3
     p_new = np.where(now_red, 0.0, p_red)
     red_ch = p_new >= policy.p_raise
-    # the drift trends' NEWS2 trigger, until the trigger is met (then it is the news2 alert's)
-    p_trig = (np.zeros(n) if view.p_trigger is None
-              else np.where(band >= news2.BAND_LOW_MEDIUM, 0.0, np.nan_to_num(view.p_trigger)))
-    on[:, k["news2_forecast"]] = (red_ch.any(axis=1) | (p_trig >= policy.p_raise)) & ~stale
-    clear[:, k["news2_forecast"]] = (((p_new < policy.p_clear).all(axis=1)
-                                      & (p_trig < policy.p_clear)) | stale)
+    if view.p_trigger is None or view.p_steady is None:
+        trend_on, trend_clear = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+    else:
+        trend_on, trend_clear = trend_condition(view.p_trigger, view.p_steady, band, policy)
+    on[:, k["news2_forecast"]] = (red_ch.any(axis=1) | trend_on) & ~stale
+    clear[:, k["news2_forecast"]] = ((p_new < policy.p_clear).all(axis=1) & trend_clear) | stale
     prio[:, k["news2_forecast"]] = 0
 
     if view.risk is not None and policy.risk_raise is not None:
@@ -590,7 +605,8 @@ class AlertEngine:
             if (p_t := ev.get("p_trigger")) is not None and p_t >= self.policy.p_raise:
                 rising = ", ".join(f"{c} {v:+g}/h" for c, v in ev.get("trend_per_h", {}).items())
                 parts.append(f"P(NEWS2 trigger within {ev.get('trigger_within_min', 60):.0f} min "
-                             f"if the trends go on) = {p_t:.2f}"
+                             f"if the trends go on) = {p_t:.2f}, without them "
+                             f"{ev.get('p_steady', 0):.2f}"
                              + (f" (trends: {rising})" if rising else ""))
             return "; ".join(parts)
         if a.kind == "sepsis_risk":
@@ -624,8 +640,9 @@ class AlertEngine:
             ev["forecast"] = {f"{int(h)}min": {ch: _fmt(view.forecast[i, hj, j])
                                                 for j, ch in enumerate(NAMES)}
                               for hj, h in enumerate(view.horizons_min)}
-            if view.p_trigger is not None:
+            if view.p_trigger is not None and view.p_steady is not None:
                 ev["p_trigger"] = round(float(np.nan_to_num(view.p_trigger[i])), 3)
+                ev["p_steady"] = round(float(np.nan_to_num(view.p_steady[i])), 3)
                 ev["trigger_within_min"] = TRIGGER_WITHIN_MIN
             if view.slope is not None and view.slope_sd is not None:
                 # the trends that stand out from their own uncertainty (2 SD), per hour

@@ -67,12 +67,18 @@ _DRIFT_FIELDS = [
 ]
 # Version 6: the same layout, but `x[:, 1]` is the slow level (was a trend per minute, whose
 # covariance entries `P[:, 1:]` are re-made on reading: `_from_trend`).
-# Version 7: each channel's drift trend (`twin.trend`), single precision: a slope's own
-# uncertainty is far above float32's rounding.
+# Version 7: each channel's drift trend and the block of readings it is gathering
+# (`twin.trend.FIELDS`), single precision but the times: a slope's own uncertainty is far above
+# float32's rounding.
 _TREND_FIELDS = [
     ("trend_x", "f4", (C, 2)),  # level, slope per minute
     ("trend_P", "f4", (C, 3)),  # covariance p00, p01, p11
-    ("trend_t", "f8", (C,)),  # epoch seconds of the trend's last reading (NaN: not started)
+    ("trend_t", "f8", (C,)),  # epoch seconds the trend stands at (NaN: not started)
+    ("block_t0", "f8", (C,)),  # first reading of the open block (NaN: none)
+    ("block_n", "u4", (C,)),
+    ("block_sum", "f4", (C,)),
+    ("block_r", "f4", (C,)),
+    ("block_ts", "f4", (C,)),  # sum of its readings' seconds after block_t0
 ]
 _V6_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS)
 STATE_DTYPE = np.dtype(_V4_FIELDS + _DRIFT_FIELDS + _TREND_FIELDS)
@@ -130,7 +136,7 @@ def new_states(n: int, params: ModelParams) -> State:
     s["version"][:] = STATE_VERSION
     s["band"][:] = -1
     for f in ("t", "last_obs", "raw", "quality", "battery", "obs_alert", "obs_oxygen", "obs_t",
-              "base_first_t", "slow", "slow_t", "trend_t"):
+              "base_first_t", "slow", "slow_t", "trend_t", "block_t0"):
         s[f][:] = np.nan
     s["spo2_scale"][:] = 1
     s["x"][:] = x0
@@ -366,7 +372,7 @@ def step(states: State, readings: Readings, params: ModelParams,
         r_var = measurement_var(readings.quality[sel], params)
         x, p, reject, use = _filter(s["x"], s["P"], dt_min, z, obs, fresh, r_var, params)
         artifact[sel] = reject
-        trend.update(s["trend_x"], s["trend_P"], s["trend_t"], t, z, use, r_var, params)
+        trend.update(s, t, z, use, r_var, params)
 
         move = ok  # a reading with nothing believable still advances the clock
         np.copyto(s["x"], x, where=move[:, None, None])
@@ -417,7 +423,8 @@ class Outputs:
     within an hour (NaN: not within the hour); slope, slope_sd `(K, C)`: each channel's drift
     trend per hour and its SD (NaN: no trend yet); p_trigger `(K,)`: the probability that NEWS2
     meets a response trigger (a red parameter, or 5 or more) `TRIGGER_MINUTES` from now if the
-    trends go on (`twin.trend`).
+    trends go on (`twin.trend`); p_steady `(K,)`: the same with every channel held where it is
+    (the uncertainty alone, no slope).
     """
 
     estimate: np.ndarray
@@ -439,6 +446,7 @@ class Outputs:
     slope: np.ndarray
     slope_sd: np.ndarray
     p_trigger: np.ndarray
+    p_steady: np.ndarray
 
 
 def _spo2_moments(level: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -552,10 +560,9 @@ def outputs(
     si_sd = np.abs(si) * np.sqrt((sd[:, hr] / est[:, hr]) ** 2 + (sd[:, sbp] / est[:, sbp]) ** 2)
     mtb = _minutes_to_band(x, params)
     mtb[never] = np.nan
-    slope, slope_sd, t_mean, t_sd = trend.forecast(states["trend_x"], states["trend_P"],
-                                                   states["trend_t"], now, TRIGGER_MINUTES,
-                                                   params)
+    slope, slope_sd, t_mean, t_sd, steady = trend.forecast(states, now, TRIGGER_MINUTES, params)
     p_trigger = trend.trigger_probability(t_mean, t_sd, oxy, alrt, spo2_scale)
+    p_steady = trend.trigger_probability(steady, t_sd, oxy, alrt, spo2_scale)
     return Outputs(est, sd, fc, lo, hi, total, total_raw, comp, complete,
                    news2.band(total, comp), age, mean_ap, map_sd, si, si_sd, mtb, slope,
-                   slope_sd, p_trigger)
+                   slope_sd, p_trigger, p_steady)

@@ -116,18 +116,20 @@ class ModelParams:
     max_rejected_s: float = 120.0
     # The drift trend beside the twin (`twin.trend`, for the predictive alert): how much a
     # channel's slope may change, per minute per sqrt(minute), and how unsure a new trend's slope
-    # is, per minute. Both are one NEWS2 band's width per hour over an hour (heart rate 20 /min,
-    # respiration 4 /min, SpO2 2 %, pressures 10 mmHg, temperature 1 degC: the chart's middle
-    # bands, RCP 2017 Chart 1). Engineering choices, not fitted: hourly ICU charts cannot show
-    # a slope that starts and ends within hours (docs/twin.md, "Drift trend").
+    # is, per minute. A slope of one NEWS2 middle band's width per hour (heart rate 20 /min,
+    # respiration 4 /min, SpO2 2 %, pressures 10 mmHg, temperature 1 degC: RCP 2017 Chart 1)
+    # may develop within half an hour; a new trend's slope is unknown to about that width per
+    # hour. Engineering choices, not fitted: hourly ICU charts cannot show a slope that starts
+    # and ends within hours. Measured against other choices in docs/twin.md, "Drift trend".
     trend_slope_diffusion: np.ndarray = field(
         default_factory=lambda: _per_channel(hr=20.0, rr=4.0, spo2=2.0, sbp=10.0, dbp=10.0,
-                                             temp=1.0) / 60.0 / np.sqrt(60.0))
+                                             temp=1.0) / 60.0 / np.sqrt(30.0))
     trend_slope_prior_sd: np.ndarray = field(
         default_factory=lambda: _per_channel(hr=20.0, rr=4.0, spo2=2.0, sbp=10.0, dbp=10.0,
                                              temp=1.0) / 60.0)
-    # At most one reading per channel this often feeds the trend: fast fluctuations decorrelate
-    # within 1 / fast_reversion (about 3 minutes for heart rate, respiration and SpO2).
+    # Readings are gathered into blocks this long, each one observation of the trend: fast
+    # fluctuations decorrelate within 1 / fast_reversion (about 3 minutes for heart rate,
+    # respiration and SpO2).
     trend_interval_min: float = 5.0
 
     @cached_property

@@ -12,11 +12,11 @@ Per channel, a level `a` and a slope `b` (units per minute) follow the local lin
 
     da = b dt,    db = slope_diffusion dW
 
-observed through readings with the channel's measurement noise plus the twin's fast fluctuation
-(`trend_noise_var`). Fast fluctuations are correlated over a few minutes (the twin's
-`1 / fast_reversion`), so the trend takes at most one reading per channel every
-`ModelParams.trend_interval_min`: at that spacing they are close to independent and the slope's
-uncertainty is honest instead of shrinking with the reading rate.
+observed through the means of blocks of readings `ModelParams.trend_interval_min` long, with
+their measurement noise plus the twin's fast fluctuation averaged over the block (`noise_var`,
+`_block`). The fast fluctuations are correlated over a few minutes (the twin's
+`1 / fast_reversion`), so a block's mean is one observation, not as many as it has readings: the
+slope's uncertainty stays honest instead of shrinking with the reading rate.
 
 Forecasts of each channel at a horizon give, under independence between channels, the
 probability that NEWS2 meets a RCP 2017 response trigger then (`trigger_probability`: a single
@@ -67,58 +67,114 @@ def noise_var(params: ModelParams) -> np.ndarray:
     return v
 
 
+FIELDS = ("trend_x", "trend_P", "trend_t", "block_t0", "block_n", "block_sum", "block_r",
+          "block_ts")
+"""The bank's fields this module keeps (`twin.bank.STATE_DTYPE`), per patient and channel:
+trend_x `(C, 2)` level and slope per minute; trend_P `(C, 3)`; trend_t `(C,)` epoch s the trend
+stands at (NaN: not started); the block being gathered: block_t0 `(C,)` its first reading's time
+(NaN: none open), block_n `(C,)` readings, block_sum their sum, block_r the sum of their
+measurement variances, block_ts the sum of their times after block_t0 (s)."""
+
+
 def prior(params: ModelParams) -> np.ndarray:
-    """`(C, 3)` covariance entries of a trend started at a reading: the reading's spread, and no
-    slope known beyond `trend_slope_prior_sd`."""
+    """`(C, 3)` covariance entries of a new trend before its first block: no slope known beyond
+    `trend_slope_prior_sd` (the level's variance is the block's)."""
     p0 = np.zeros((C, 3))
-    p0[:, 0] = params.measurement_sd**2 + noise_var(params)
     p0[:, 2] = params.trend_slope_prior_sd**2
     return p0
 
 
-def update(x: np.ndarray, p: np.ndarray, t_last: np.ndarray, t: np.ndarray, z: np.ndarray,
-           use: np.ndarray, r: np.ndarray, params: ModelParams) -> np.ndarray:
-    """Apply readings to the trends in place, at most one per channel per `trend_interval_min`.
+def _block(s: dict[str, np.ndarray], params: ModelParams) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray]:
+    """The gathered blocks as observations of the trend: mean `(K, C)`, at their readings' mean
+    time `(K, C)` epoch s, with variance `(K, C)`. Exact for a linear course: the mean of
+    `a + b t` over the readings is `a + b` at their mean time. The variance is the mean's
+    measurement noise plus the twin's fast fluctuation averaged over the block's span (an
+    Ornstein-Uhlenbeck mean over `T`: `fast_var 2 (x - 1 + e^-x) / x^2`, `x = kappa T`, taking
+    the span as twice the mean offset)."""
+    n = np.maximum(s["block_n"].astype(np.float64), 1.0)
+    mean = s["block_sum"] / n
+    offset = s["block_ts"] / n
+    at = s["block_t0"] + offset
+    x = np.maximum(params.fast_reversion * 2.0 * offset / 60.0, 1e-9)
+    shrink = np.where(x < 1e-4, 1.0 - x / 3.0, 2.0 * (x - 1.0 + np.exp(-x)) / (x * x))
+    var = s["block_r"] / (n * n) + noise_var(params) * shrink
+    return mean, at, var
 
-    x: `(K, C, 2)` level and slope per minute; p: `(K, C, 3)`; t_last: `(K, C)` epoch seconds of
-    each channel's trend (NaN: not started); t: `(K,)` epoch s; z: `(K, C)`; use: `(K, C)` bool,
-    the readings the twin believed; r: `(K, C)` their measurement variances. Returns the
-    `(K, C)` bool mask of channels that took the reading.
-    """
-    start = use & np.isnan(t_last)
-    due = use & ~start & (t[:, None] - t_last >= params.trend_interval_min * 60.0)
+
+def _apply(x: np.ndarray, p: np.ndarray, t_last: np.ndarray, z: np.ndarray, at: np.ndarray,
+           var: np.ndarray, mask: np.ndarray, params: ModelParams) -> None:
+    """Observe `z (K, C)` at `at (K, C)` with variance `var (K, C)` where `mask (K, C)`, in
+    place: a trend not yet started starts there with no slope known."""
+    start = mask & np.isnan(t_last)
+    due = mask & ~start
     if start.any():
         x[..., 0] = np.where(start, z, x[..., 0])
         x[..., 1] = np.where(start, 0.0, x[..., 1])
-        p[...] = np.where(start[..., None], prior(params), p)
-        t_last[...] = np.where(start, t[:, None], t_last)
+        p0 = np.broadcast_to(prior(params), p.shape).copy()
+        p0[..., 0] = var
+        p[...] = np.where(start[..., None], p0, p)
+        t_last[...] = np.where(start, at, t_last)
     if due.any():
-        dt = np.where(due, (t[:, None] - t_last) / 60.0, 0.0)
+        dt = np.where(due, np.maximum(at - t_last, 0.0) / 60.0, 0.0)
         xp, pp = kalman.predict_pair(x, p, *transition(dt, params))
-        xu, pu, _ = kalman.update_level(xp, pp, np.where(due, z, 0.0), r + noise_var(params))
+        xu, pu, _ = kalman.update_level(xp, pp, np.where(due, z, 0.0), np.where(due, var, 1.0))
         x[...] = np.where(due[..., None], xu, x)
         p[...] = np.where(due[..., None], pu, p)
-        t_last[...] = np.where(due, t[:, None], t_last)
-    return start | due
+        t_last[...] = np.where(due, at, t_last)
 
 
-def forecast(x: np.ndarray, p: np.ndarray, t_last: np.ndarray, now: np.ndarray,
-             horizon_min: float, params: ModelParams) -> tuple[np.ndarray, np.ndarray,
-                                                                np.ndarray, np.ndarray]:
-    """Each channel's trend at `now (K,)` and its forecast `horizon_min` later.
+def update(s: dict[str, np.ndarray], t: np.ndarray, z: np.ndarray, use: np.ndarray,
+           r: np.ndarray, params: ModelParams) -> np.ndarray:
+    """Gather believed readings into blocks of `trend_interval_min` per channel, and give each
+    block to the trend, as one observation, when a reading comes after its end. In place.
 
-    x: `(K, C, 2)`; p: `(K, C, 3)`; t_last: `(K, C)` (NaN: no trend, giving NaN). Returns
-    `slope (K, C)` per hour and its SD, and the forecast's mean and SD `(K, C)`: the trend's
-    level and slope carried forward plus the fast fluctuation a value shows around it."""
-    dt = np.maximum(now[:, None] - t_last, 0.0) / 60.0
-    F, q = transition(np.nan_to_num(dt) + horizon_min, params)
-    xh, ph = kalman.predict_pair(x, p, F, q)
-    mean = np.where(np.isnan(t_last), np.nan, xh[..., 0])
-    sd = np.sqrt(np.maximum(ph[..., 0], 0.0) + noise_var(params))
-    # the slope now: its variance grows with the time since the trend's last reading
-    slope_var = p[..., 2] + params.trend_slope_diffusion**2 * np.nan_to_num(dt)
-    slope = np.where(np.isnan(t_last), np.nan, x[..., 1] * 60.0)
-    return slope, np.sqrt(slope_var) * 60.0, mean, np.where(np.isnan(t_last), np.nan, sd)
+    s: K twins' `FIELDS`; t: `(K,)` epoch s (in time order per twin, as `twin.bank.step`
+    applies them); z: `(K, C)`; use: `(K, C)` bool, the readings the twin believed; r: `(K, C)`
+    their measurement variances. Returns the `(K, C)` bool mask of blocks given to the trend.
+    """
+    tt = t[:, None]
+    done = use & (s["block_n"] > 0) & (tt - s["block_t0"] >= params.trend_interval_min * 60.0)
+    if done.any():
+        _apply(s["trend_x"], s["trend_P"], s["trend_t"], *_block(s, params), done, params)
+        s["block_n"][done] = 0
+    new = use & (s["block_n"] == 0)
+    s["block_t0"][...] = np.where(new, tt, s["block_t0"])
+    for f in ("block_sum", "block_r", "block_ts"):
+        s[f][new] = 0.0
+    s["block_n"] += use.astype(s["block_n"].dtype)
+    s["block_sum"] += np.where(use, z, 0.0).astype(s["block_sum"].dtype)
+    s["block_r"] += np.where(use, r, 0.0).astype(s["block_r"].dtype)
+    s["block_ts"] += np.where(use, tt - s["block_t0"], 0.0).astype(s["block_ts"].dtype)
+    return done
+
+
+def forecast(s: dict[str, np.ndarray], now: np.ndarray, horizon_min: float,
+             params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                           np.ndarray]:
+    """Each channel's trend at `now (K,)`, counting the block still being gathered, and its
+    forecast `horizon_min` later.
+
+    s: K twins' `FIELDS` (not changed). Returns `slope (K, C)` per hour and its SD, the
+    forecast's mean and SD `(K, C)` (the trend's level and slope carried forward, plus the fast
+    fluctuation a value shows around it), and `steady (K, C)`: the level now, what the forecast
+    mean would be with no slope. NaN where a channel has no trend and no block."""
+    x = s["trend_x"].astype(np.float64)
+    p = s["trend_P"].astype(np.float64)
+    t_last = s["trend_t"].copy()
+    pending = s["block_n"] > 0
+    if pending.any():
+        _apply(x, p, t_last, *_block(s, params), pending, params)
+    dt = np.nan_to_num(np.maximum(now[:, None] - t_last, 0.0) / 60.0)
+    xh, ph = kalman.predict_pair(x, p, *transition(dt + horizon_min, params))
+    none = np.isnan(t_last)
+    mean = np.where(none, np.nan, xh[..., 0])
+    sd = np.where(none, np.nan, np.sqrt(np.maximum(ph[..., 0], 0.0) + noise_var(params)))
+    # the slope now: its variance grows with the time since the trend's last block
+    slope_var = p[..., 2] + params.trend_slope_diffusion**2 * dt
+    slope = np.where(none, np.nan, x[..., 1] * 60.0)
+    steady = np.where(none, np.nan, x[..., 0] + x[..., 1] * dt)
+    return slope, np.sqrt(slope_var) * 60.0, mean, sd, steady
 
 
 def _score_distribution(param: news2.Parameter, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:

@@ -110,7 +110,7 @@ def twin_view(pids: list[str], states: bank.State, out: bank.Outputs,
         since_reading_s=since_reading_s, channel_age_s=out.age_s, battery=states["battery"],
         rejects_per_min=None if rejects is None else rejects[0],
         reject_cause=None if rejects is None else rejects[1], risk=p_risk,
-        p_trigger=out.p_trigger, slope=out.slope, slope_sd=out.slope_sd)
+        p_trigger=out.p_trigger, p_steady=out.p_steady, slope=out.slope, slope_sd=out.slope_sd)
 
 
 class RejectRates:

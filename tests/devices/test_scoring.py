@@ -148,6 +148,14 @@ def test_sepsis_alerting_detection_lead_and_burden():
     assert r["alert_hours_per_patient_day"] == pytest.approx(8 / (145 / 24))
 
 
+def test_at_burden_alerts_the_k_highest_scores_only():
+    score = np.array([0.2, np.nan, 0.9, 0.5, 0.9, 0.1])
+    np.testing.assert_array_equal(scoring.at_burden(score, 3),
+                                  [False, False, True, True, True, False])
+    assert not scoring.at_burden(score, 0).any()
+    assert scoring.at_burden(score, 6).sum() == 6  # NaN last
+
+
 def test_sens_ppv():
     y = np.array([1, 1, 1, 0, 0, 0, 0, 0])
     a = np.array([1, 1, 0, 1, 0, 0, 0, 0], dtype=bool)

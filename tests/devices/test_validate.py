@@ -73,6 +73,20 @@ def test_sepsis_side_by_side(sepsis_stays):
         assert 0.0 <= e["alert_hours_per_patient_day"] <= 24.0
         if e["median_lead_h"] is not None:
             assert -3.0 <= e["median_lead_h"] <= 12.0
+    # every learned risk also at raw NEWS2 >= 5's alert burden: the same alert-hours
+    rule = res["methods"]["news2_raw"]["rule_news2_ge5"]
+    for name in ("twin_risk", "twin_risk_live", "raw_logistic", "twin_plus_raw"):
+        same = res["methods"][name]["at_news2_ge5_burden"]
+        assert same["alert_hours_per_patient_day"] == rule["alert_hours_per_patient_day"]
+    # the drift trends' trigger probability against what came an hour later
+    tt = res["trend_trigger"]
+    assert sum(b["n"] for b in tt["bins"]) > 100 and tt["horizon_min"] == 60.0
+    for b in tt["bins"]:
+        if b["n"]:
+            assert b["p_low"] <= b["mean_p"] <= b["p_high"] and 0.0 <= b["triggered"] <= 1.0
+    assert 0.0 <= tt["alert_hours_per_patient_day"] <= 24.0
+    best = res["methods"]["news2_raw"]["utility_best_any_threshold"]
+    assert best >= rule["utility"] and best >= res["methods"]["news2_raw"]["utility"]
     m = models["sepsis2019"]
     # scored out of fold: the final model, fitted on every stay, looks better on its own
     # training stays than the cross-validated figure (equal would mean leakage)
@@ -96,6 +110,29 @@ def test_sepsis_side_by_side(sepsis_stays):
         assert per["hr"]["n"] > 100 and 0.0 <= per["hr"]["coverage"] <= 1.0
     # a longer horizon is a wider interval
     assert cov["240min"]["hr"]["median_width"] > cov["60min"]["hr"]["median_width"]
+
+
+def test_nested_lambda_never_looks_at_the_held_out_fold():
+    """The strength chosen for a fold, and that fold's probabilities, are the same whatever
+    the fold's own labels are: they are chosen on the other folds only."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 4))
+    y = (x[:, 0] + rng.normal(size=600) > 1.0).astype(np.int64)
+    fold = np.repeat(np.arange(4), 150)
+    names = ("a", "b", "c", "d")
+    gain = validate._youden_gain(y)
+    prob, _, lam = validate.nested_cross_validate(x, y, fold, names, validate.LAM_GRID, gain)
+    assert len(lam) == 4 and set(lam) <= set(validate.LAM_GRID)
+    y2 = y.copy()
+    y2[fold == 0] = 1 - y2[fold == 0]
+    prob2, _, lam2 = validate.nested_cross_validate(x, y2, fold, names, validate.LAM_GRID,
+                                                    validate._youden_gain(y2))
+    assert lam2[0] == lam[0]
+    np.testing.assert_array_equal(prob2[fold == 0], prob[fold == 0])
+    # the other folds trained on the flipped labels: they change
+    assert not np.allclose(prob2[fold == 1], prob[fold == 1])
+    # a signal this strong is told apart out of fold
+    assert scoring.auroc(prob, y) > 0.75
 
 
 def test_forecast_coverage_counts_a_reading_inside_or_outside(sepsis_stays):

@@ -112,13 +112,17 @@ def test_drift_trends_raise_the_predictive_alert_until_news2_itself_triggers():
     slope[0, INDEX["rr"]] = 6.0
     slope_sd = np.ones((1, C))
 
-    def at(p: float, **kw) -> TwinView:
-        return dataclasses.replace(view(**kw), p_trigger=np.array([p]), slope=slope,
-                                   slope_sd=slope_sd)
+    def at(p: float, steady: float = 0.1, **kw) -> TwinView:
+        return dataclasses.replace(view(**kw), p_trigger=np.array([p]),
+                                   p_steady=np.array([steady]), slope=slope, slope_sd=slope_sd)
 
+    # likely from the spread alone (as likely with every channel held): not a prediction
+    cond = conditions(at(0.9, steady=0.85, news2=4, components=comp(rr=2, hr=2)), AlertPolicy())
+    assert not cond.on[0, K["news2_forecast"]]
     ev = eng.update(at(0.85, news2=3, components=comp(rr=2, hr=1)), 0.0)
     assert [e.name for e in ev] == ["raised"] and ev[0].alert.kind == "news2_forecast"
-    assert "P(NEWS2 trigger within 60 min if the trends go on) = 0.85" in ev[0].message
+    assert ("P(NEWS2 trigger within 60 min if the trends go on) = 0.85, without them 0.10"
+            in ev[0].message)
     assert "rr +6/h" in ev[0].message and "hr" not in ev[0].message.split("trends:")[1]
     assert ev[0].alert.evidence["p_trigger"] == 0.85
     cond = conditions(at(0.85, news2=5, components=comp(rr=3, hr=2)), AlertPolicy())

@@ -45,8 +45,7 @@ def test_a_steady_climb_is_seen_and_a_steady_patient_shows_none():
     steady = np.full_like(climb, 80.0)
     s = _run(np.vstack([climb, steady]))
     now = np.full(40, T0 + minutes[-1] * 60.0)
-    slope, slope_sd, mean, sd = trend.forecast(s["trend_x"], s["trend_P"], s["trend_t"], now,
-                                               60.0, PARAMS)
+    slope, slope_sd, mean, sd, steady = trend.forecast(s, now, 60.0, PARAMS)
     z = (slope[:, HR] - np.r_[np.full(20, 20.0), np.zeros(20)]) / slope_sd[:, HR]
     assert (np.abs(z) < 3.0).all(), z
     # on average the climb is read at its rate, and the forecast carries it on for the hour
@@ -55,17 +54,40 @@ def test_a_steady_climb_is_seen_and_a_steady_patient_shows_none():
     # (an hour ahead the slope's uncertainty, per hour, is most of the forecast's)
     assert mean[:20, HR].mean() > 80.0 + 140.0 * 20.0 / 60.0
     assert abs(mean[20:, HR].mean() - 80.0) < 3.0 * slope_sd[0, HR] / np.sqrt(20)
+    # held where it is, the climb's level is now's, below the forecast
+    assert (steady[:20, HR] < mean[:20, HR]).all() and (steady[:20, HR] > 100.0).all()
     # channels never seen have no trend
     assert np.isnan(slope[:, RR]).all() and np.isnan(mean[:, RR]).all()
 
 
-def test_readings_feed_the_trend_at_most_once_per_interval():
-    """At 5 s a reading for 30 minutes, the trend takes one per `trend_interval_min`: its last
-    reading's time steps by the interval, not by the reading rate."""
-    s = _run(np.full((1, 30 * 12), 80.0))
-    t_last = s["trend_t"][0, HR] - T0
-    assert t_last % (PARAMS.trend_interval_min * 60.0) == 0.0
-    assert t_last >= 30 * 60.0 - PARAMS.trend_interval_min * 60.0
+def test_the_slope_is_no_surer_for_more_readings_of_the_same_fluctuation():
+    """Readings every second or every 5 s of the same steady patient for an hour: the fast
+    fluctuation they share is averaged per block, not counted per reading, so the slope's SD is
+    within 10 % (it would be sqrt(5) smaller if each reading counted as independent)."""
+    sds = []
+    for every in (1.0, 5.0):
+        s = _run(np.full((1, int(3600 / every)), 80.0), every_s=every)
+        slope, slope_sd, _, _, _ = trend.forecast(s, np.array([T0 + 3600.0]), 60.0, PARAMS)
+        sds.append(slope_sd[0, HR])
+    assert abs(sds[0] / sds[1] - 1.0) < 0.1, sds
+
+
+def test_hourly_readings_each_count_and_the_latest_is_in_the_forecast():
+    """Charted once an hour (PhysioNet-like): every reading is a block of its own, and the
+    forecast counts the newest one although its block is still open."""
+    s = _run(np.array([[80.0, 90.0, 100.0, 110.0]]), every_s=3600.0)
+    assert s["block_n"][0, HR] == 1 and s["trend_t"][0, HR] == T0 + 2 * 3600.0
+    slope, _, mean, _, _ = trend.forecast(s, np.array([T0 + 3 * 3600.0]), 60.0, PARAMS)
+    assert 5.0 < slope[0, HR] < 12.0 and mean[0, HR] > 110.0
+
+
+def test_a_block_of_one_reading_has_the_reading_s_variance():
+    s = {"block_n": np.ones((1, C), np.uint32), "block_sum": np.full((1, C), 80.0),
+         "block_r": np.full((1, C), 9.0), "block_ts": np.zeros((1, C)),
+         "block_t0": np.full((1, C), T0)}
+    mean, at, var = trend._block(s, PARAMS)
+    np.testing.assert_allclose(var[0], 9.0 + trend.noise_var(PARAMS))
+    assert (mean == 80.0).all() and (at == T0).all()
 
 
 def _mc_trigger(mean, sd, oxy, alert, scale, n=200_000, seed=1):
