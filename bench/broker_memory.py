@@ -9,8 +9,14 @@ batches, records and bytes (the broker keeps each produced batch as it came, one
 batch: docs/tansu.md), then stops the demo.
 
 Reported: each process's RSS at the start and the end and its growth per second and per
-reading (least squares over the samples after `--warmup`), and per topic: batches, records, bytes,
-and bytes per reading. Linux only (it reads /proc).
+reading (least squares over the samples after `--warmup`, and over each quarter of them: does it
+flatten?), per topic: batches, records, bytes, and batches and bytes per reading; the load
+average at the start and the end; and latency after the warm-up, read from the broker as it
+happens (a reader polling every 20 ms): `raw_wait`, a vitals.raw record's arrival minus its
+timestamp (when the ingest endpoint or the MQTT bridge sent it: their producers' linger and
+the broker), and `reading_to_state`, a twin.state's arrival minus the timestamp of the vitals.raw
+record that carried the reading it reflects (same patient and reading time: the linger, the
+worker, the twin.state gate). Linux only (it reads /proc).
 
 Run: `python -m bench.broker_memory [--patients 300] [--seconds 180] [--warmup 30]
 [--interval 5]`, or `patient-twin bench broker-memory ...`. The last line is one JSON object.
@@ -30,9 +36,13 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
+import numpy as np
 
 from streams import config, supervise
 
@@ -213,13 +223,16 @@ def _partitions(conn: _Conn) -> dict[str, int]:
     return out
 
 
-def topic_bytes(host: str, port: int) -> dict[str, dict[str, int]]:
-    """Per topic: stored record batches, records, batch bytes, key+value+header bytes (of the
-    uncompressed batches) and how many batches are compressed."""
+def topic_bytes(host: str, port: int, only: Collection[str] | None = None
+                ) -> dict[str, dict[str, int]]:
+    """Per topic (of `only`, or all): stored record batches, records, batch bytes,
+    key+value+header bytes (of the uncompressed batches) and how many batches are compressed."""
     conn = _Conn(host, port)
     out: dict[str, dict[str, int]] = {}
     try:
         for topic, parts in sorted(_partitions(conn).items()):
+            if only is not None and topic not in only:
+                continue
             row = {"batches": 0, "records": 0, "bytes": 0, "payload": 0, "compressed": 0}
             for p in range(parts):
                 offset = 0
@@ -261,6 +274,88 @@ def _slope(xs: list[float], ys: list[float]) -> float | None:
                                                                         strict=True)) / var
 
 
+class _Ts(msgspec.Struct):
+    patient_id: str
+    ts: datetime
+
+
+_ts_decoder = msgspec.json.Decoder(_Ts | list[_Ts])
+
+
+class LatencyProbe:
+    """Reads vitals.raw and twin.state as they grow (from their end when started) and times
+    them: see the module's docstring (`raw_wait`, `reading_to_state`)."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.raw_wait: list[float] = []
+        self.to_state: list[float] = []
+        self.unmatched = 0
+        self._sent: dict[tuple[str, float], float] = {}  # (patient, reading time) -> sent at
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="latency-probe")
+
+    def start(self) -> LatencyProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        s = self.settings
+        cfg = config.kafka_python_consumer_config(s)
+        cfg["fetch_max_wait_ms"] = 20  # Tansu answers when the wait runs out: keep it short
+        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **cfg)
+        try:
+            tps = [TopicPartition(t, p) for t in (s.topic_vitals_raw, s.topic_twin_state)
+                   for p in consumer.partitions_for_topic(t) or ()]
+            consumer.assign(tps)
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)
+            while not self._stop.is_set():
+                for tp, recs in consumer.poll(timeout_ms=100, max_records=5000).items():
+                    now = time.time()
+                    for r in recs:
+                        self._record(tp.topic == s.topic_vitals_raw, r, now)
+                if len(self._sent) > 200_000:
+                    self._sent.clear()
+        finally:
+            consumer.close()
+
+    def _record(self, raw: bool, r: Any, now: float) -> None:
+        try:
+            got = _ts_decoder.decode(r.value)
+        except (msgspec.DecodeError, TypeError):
+            return  # malformed on purpose, or another format
+        if raw:
+            sent = r.timestamp / 1000
+            self.raw_wait.append(now - sent)
+            for reading in got if isinstance(got, list) else [got]:
+                self._sent[(reading.patient_id, round(reading.ts.timestamp(), 3))] = sent
+        elif isinstance(got, _Ts):
+            sent_at = self._sent.get((got.patient_id, round(got.ts.timestamp(), 3)))
+            if sent_at is None:
+                self.unmatched += 1
+            else:
+                self.to_state.append(now - sent_at)
+
+    def summary(self) -> dict[str, Any]:
+        def pct(xs: list[float]) -> dict[str, Any]:
+            if not xs:
+                return {"n": 0}
+            q = np.percentile(np.array(xs) * 1000, [50, 90, 99])
+            return {"n": len(xs), "p50_ms": round(float(q[0])), "p90_ms": round(float(q[1])),
+                    "p99_ms": round(float(q[2])), "max_ms": round(max(xs) * 1000)}
+
+        return {"raw_wait": pct(self.raw_wait), "reading_to_state": pct(self.to_state),
+                "states_unmatched": self.unmatched}
+
+
 def run(patients: int, seconds: float, warmup: float, interval: float,
         extra_env: dict[str, str]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
@@ -283,16 +378,25 @@ def run(patients: int, seconds: float, warmup: float, interval: float,
 
     threading.Thread(target=follow, daemon=True).start()
     samples: list[dict[str, Any]] = []
+    load = [os.getloadavg()]
+    probe: LatencyProbe | None = None
     t0 = time.monotonic()
     try:
         while time.monotonic() - t0 < seconds:
             if demo.poll() is not None:
                 raise RuntimeError("the demo stopped early:\n" + "\n".join(log[-20:]))
+            if probe is None and time.monotonic() - t0 >= warmup:
+                probe = LatencyProbe(config.load(env)).start()
             samples.append({"t": round(time.monotonic() - t0, 1), "readings": readings[0],
                             "rss": rss_by_role(demo.pid)})
             time.sleep(interval)
+        load.append(os.getloadavg())
+        if probe is not None:
+            probe.stop()
         topics = topic_bytes("127.0.0.1", port)
     finally:
+        if probe is not None:
+            probe.stop()
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGINT)
             try:
@@ -311,19 +415,28 @@ def run(patients: int, seconds: float, warmup: float, interval: float,
         rs = [float(s["readings"]) for s in late]
         ys = [float(s["rss"].get(role, 0)) for s in late]
         per_s, per_r = _slope(ts, ys), _slope(rs, ys)
+        q = len(late) // 4
+        quarters = [_slope(ts[i * q:(i + 1) * q + 1], ys[i * q:(i + 1) * q + 1])
+                    for i in range(4)] if q >= 2 else []
         per_role[role] = {"rss_start_mb": round(first["rss"].get(role, 0) / 2**20, 1),
                           "rss_end_mb": round(last["rss"].get(role, 0) / 2**20, 1),
                           "bytes_per_s": None if per_s is None else round(per_s),
-                          "bytes_per_reading": None if per_r is None else round(per_r)}
+                          "bytes_per_reading": None if per_r is None else round(per_r),
+                          "bytes_per_s_by_quarter": [None if x is None else round(x)
+                                                     for x in quarters]}
     total_readings = topics.get(config.load(env).topic_vitals_raw, {}).get("records", 0)
     for row in topics.values():
         row["bytes_per_reading"] = round(row["bytes"] / total_readings, 1) \
+            if total_readings else None
+        row["batches_per_reading"] = round(row["batches"] / total_readings, 3) \
             if total_readings else None
     return {"patients": patients, "seconds": seconds, "warmup": warmup,
             "readings": last["readings"], "readings_per_s": round(span_r / span_s, 1)
             if span_s else None, "vitals_raw_records": total_readings,
             "processes": per_role, "total_rss_end_mb": round(sum(last["rss"].values()) / 2**20, 1),
             "topics": {k: v for k, v in topics.items() if v["records"]}, "extra_env": extra_env,
+            "load_average": [[round(x, 2) for x in la] for la in load],
+            "latency": probe.summary() if probe is not None else None,
             "samples": [{"t": s["t"], "readings": s["readings"],
                          **{r: round(b / 2**20, 1) for r, b in s["rss"].items()}}
                         for s in samples]}
@@ -332,16 +445,27 @@ def run(patients: int, seconds: float, warmup: float, interval: float,
 def _print(res: dict[str, Any]) -> None:
     print(f"{res['patients']} patients, {res['seconds']:g} s, {res['readings']} readings "
           f"({res['readings_per_s']} /s after the {res['warmup']:g} s warm-up)")
-    print(f"{'process':12} {'RSS start MB':>12} {'RSS end MB':>10} {'B/s':>10} {'B/reading':>10}")
+    print("load average (1, 5, 15 min) at the start and the end: "
+          + "; ".join(", ".join(f"{x:.2f}" for x in la) for la in res["load_average"]))
+    print(f"{'process':12} {'RSS start MB':>12} {'RSS end MB':>10} {'B/s':>10} {'B/reading':>10}"
+          "  B/s by quarter")
     for role, r in res["processes"].items():
         print(f"{role:12} {r['rss_start_mb']:12.1f} {r['rss_end_mb']:10.1f} "
-              f"{r['bytes_per_s'] or 0:10,} {r['bytes_per_reading'] or 0:10,}")
+              f"{r['bytes_per_s'] or 0:10,} {r['bytes_per_reading'] or 0:10,}  "
+              + " ".join(f"{x or 0:,}" for x in r["bytes_per_s_by_quarter"]))
     print(f"all processes at the end: {res['total_rss_end_mb']:.0f} MB")
     print(f"{'topic':40} {'batches':>8} {'records':>8} {'MB':>8} {'B/record':>8} "
-          f"{'B/reading':>9}")
+          f"{'B/reading':>9} {'batches/reading':>15}")
     for topic, t in sorted(res["topics"].items(), key=lambda kv: -kv[1]["bytes"]):
         print(f"{topic:40} {t['batches']:8} {t['records']:8} {t['bytes'] / 2**20:8.2f} "
-              f"{t['bytes'] / max(t['records'], 1):8.0f} {t['bytes_per_reading'] or 0:9.1f}")
+              f"{t['bytes'] / max(t['records'], 1):8.0f} {t['bytes_per_reading'] or 0:9.1f} "
+              f"{t['batches_per_reading'] or 0:15.3f}")
+    lat = res["latency"] or {}
+    for name in ("raw_wait", "reading_to_state"):
+        x = lat.get(name) or {}
+        if x.get("n"):
+            print(f"latency {name}: p50 {x['p50_ms']} ms, p90 {x['p90_ms']} ms, p99 "
+                  f"{x['p99_ms']} ms, max {x['max_ms']} ms ({x['n']})")
 
 
 def main(argv: list[str] | None = None) -> int:

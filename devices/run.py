@@ -94,10 +94,13 @@ class KafkaOutput:
 
         self.topic = topic or settings.topic_vitals_raw
         self.stats = stats
+        cfg = kafka_python_producer_config(settings, streamed=True)
+        # a tick's messages go out together: 20 ms gathers them (on the embedded broker up to
+        # BROKER_LINGER_MS, which it sets)
+        cfg["linger_ms"] = max(20, cfg.get("linger_ms", 0))
         self.producer = KafkaProducer(**{
             "client_id": client_id, "acks": "all", "retries": 10, "retry_backoff_ms": 200,
-            "linger_ms": 20, **kafka_python_producer_config(settings, streamed=True),
-            **overrides})
+            **cfg, **overrides})
 
     def _errback(self, exc: BaseException) -> None:
         self.stats.errors += 1

@@ -83,6 +83,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1
     broker_port: Annotated[Port, doc("loopback port of the embedded broker")] = 9092
+    # The embedded broker keeps each record batch as an object of its own, ~1 KB besides its
+    # bytes, for good (docs/tansu.md): the producers that write in bulk wait a little to fill them.
+    # The demo's simulated devices send each second together: at 40 patients 30 ms put 0.36
+    # vitals.raw batches a reading (was 0.91), as 100 and 250 ms did, and added no latency that
+    # the benchmark could tell (docs/performance.md, "Broker memory"). A longer wait would gather
+    # more from devices that send on their own clocks, and cap the ingest endpoint lower.
+    broker_linger_ms: Annotated[int, msgspec.Meta(ge=0, le=1000), doc(
+        "on the embedded broker, which keeps every record batch at about 1 KB of memory besides "
+        "its bytes, the producers that write in bulk (the ingest endpoint, the MQTT bridge, the "
+        "simulator) wait up to this long, milliseconds, for more records to send in one batch: "
+        "a device message waits up to this much longer, and one ingest endpoint answers at most "
+        "INGEST_THREADS messages per wait (0: no wait). Not used with a Kafka cluster")] = 30
     # Tansu's memory storage deletes nothing (docs/tansu.md), so the demo and `broker` watch it.
     broker_memory_warn_fraction: Annotated[float, msgspec.Meta(gt=0, le=1), doc(
         "the demo and `patient-twin broker` warn when the embedded broker holds this share of "
@@ -140,6 +152,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "most events per twin step while the worker is behind (a backlog)")] = 20_000
     worker_catchup_seconds: Annotated[float, msgspec.Meta(ge=0, le=30), doc(
         "while behind, longest an event is held for a bigger batch, seconds (0: off)")] = 2.0
+    worker_catchup_behind_s: Annotated[float, msgspec.Meta(ge=0, le=600), doc(
+        "the worker counts as behind (and holds takes) only when a take's newest message is "
+        "at least this many seconds old, by its Kafka timestamp")] = 1.0
     # A reading up to this much older than its twin is applied in time order (twin.history);
     # an older one is counted late and skipped. 0: every out-of-order reading is late.
     worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600), doc(
@@ -455,7 +470,8 @@ def kafka_python_producer_config(s: Settings, *, streamed: bool = False) -> dict
 
     streamed: for topics read only by stream consumers, which take every record they fetch and
     never stop at the high watermark (vitals.raw, observations: the worker's agent), which keep
-    normal batching on the embedded broker too.
+    normal batching on the embedded broker too, and there wait BROKER_LINGER_MS to fill their
+    batches (the producers that write in bulk: ingest endpoint, MQTT bridge, simulator).
     """
     cfg = kafka_python_config(s)
     cfg["compression_type"] = None if s.kafka_compression == "none" else s.kafka_compression
@@ -466,6 +482,11 @@ def kafka_python_producer_config(s: Settings, *, streamed: bool = False) -> dict
         # InitProducerId with UnknownError, so the producer stayed failed for good (the
         # simulator's every send, tried). Real clusters keep producer ids and idempotence.
         cfg["enable_idempotence"] = False
+    if s.embedded_broker and streamed:
+        # It keeps every batch, ~1 KB each besides its bytes, and can delete none; one batch per
+        # device message made 1.5 batches a reading at 40 patients (docs/performance.md, "Broker
+        # memory"). A record waits up to BROKER_LINGER_MS for others to join its batch.
+        cfg["linger_ms"] = s.broker_linger_ms
     if s.embedded_broker and not streamed:
         # The embedded Tansu broker reports a high watermark of the last record batch's base
         # offset + 1, so the tail of a multi-record batch stays invisible to consumers that stop at

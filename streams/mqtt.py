@@ -9,12 +9,16 @@ only its own topic (`pattern write devices/%u/readings`, docs/security.md). The 
 `streams.ingest.Gate` as the HTTPS endpoint (rate, decoding, own readings, paired patient),
 sends what passes to `vitals.raw` and what does not to `vitals.dlq` with the reason (an MQTT
 device gets no answer to read it from). A message is acknowledged to Mosquitto (QoS 1) only
-once Kafka has it or its dead letter: a bridge that dies meanwhile gets it again.
+once Kafka has it or its dead letter: a bridge that dies meanwhile gets it again. The bridge
+does not wait for Kafka message by message: it sends on, and acknowledges each message, in the
+order they came, when Kafka confirms it (`InOrderAcks`), so that on the embedded broker the
+producer's linger (BROKER_LINGER_MS) puts many messages in one batch.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import hashlib
 import logging
@@ -22,6 +26,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +91,10 @@ def write_site(directory: Path, port: int, bridge_user: str,
                    "pattern write devices/%u/readings\n")
     lines = [f"listener {port} 127.0.0.1", f"password_file {passwd}", f"acl_file {acl}",
              "allow_anonymous false", "persistence false",
+             # QoS 1 messages Mosquitto sends the bridge before it has their acknowledgements
+             # (default 20): the bridge acknowledges each once Kafka has it, which on the
+             # embedded broker is up to BROKER_LINGER_MS later, so 20 would cap it at 20 a linger
+             "max_inflight_messages 1000",
              # started as root, Mosquitto would become user mosquitto, who cannot read our
              # private files
              f"user {getpass.getuser()}"]
@@ -94,6 +103,50 @@ def write_site(directory: Path, port: int, bridge_user: str,
         lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
     conf.write_text("\n".join(lines) + "\n")
     return conf
+
+
+class _Received:
+    __slots__ = ("mid", "qos", "stored")
+
+    def __init__(self, mid: int, qos: int) -> None:
+        self.mid, self.qos = mid, qos
+        self.stored: bool | None = None  # None: Kafka has not answered yet
+
+
+class InOrderAcks:
+    """Acknowledges QoS 1 MQTT messages in the order they came, each once it is stored.
+
+    MQTT 3.1.1 (4.6) has a client send its PUBACKs in the order the PUBLISHes came, while Kafka
+    confirms records a batch at a time, partitions in any order. `received` when a message comes
+    (before it is sent on), `done` when Kafka has it (stored) or refused it; a refused message is
+    passed over unacknowledged, so Mosquitto sends it again when the bridge reconnects.
+    `ack(mid, qos)` is the MQTT client's; it is called under a lock, from any thread.
+    """
+
+    def __init__(self, ack: Callable[[int, int], object]) -> None:
+        self._ack = ack
+        self._lock = threading.Lock()
+        self._queue: deque[_Received] = deque()
+
+    def received(self, mid: int, qos: int) -> _Received:
+        entry = _Received(mid, qos)
+        with self._lock:
+            self._queue.append(entry)
+        return entry
+
+    def done(self, entry: _Received, stored: bool) -> None:
+        with self._lock:
+            entry.stored = stored
+            queue = self._queue
+            while queue and queue[0].stored is not None:
+                first = queue.popleft()
+                if first.stored:
+                    self._ack(first.mid, first.qos)
+
+    @property
+    def waiting(self) -> int:
+        """Messages received and not yet acknowledged or passed over."""
+        return len(self._queue)
 
 
 def run_bridge(settings: Settings, stop: threading.Event,
@@ -120,6 +173,7 @@ def run_bridge(settings: Settings, stop: threading.Event,
     # down waits in Mosquitto, and a message it did not acknowledge comes again.
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="patient-twin-bridge",
                          clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+    acks = InOrderAcks(client.ack)
     password = settings.mqtt_password.get() if settings.mqtt_password else None
     client.username_pw_set(settings.mqtt_username, password)
     if url.scheme == "mqtts":
@@ -136,28 +190,35 @@ def run_bridge(settings: Settings, stop: threading.Event,
         if on_ready is not None:
             on_ready()
 
-    def on_message(c: Any, _u: Any, msg: Any) -> None:
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        entry = acks.received(msg.mid, msg.qos)
         try:
-            deliver(msg)
+            future = deliver(msg)
         except Exception as exc:  # noqa: BLE001 - not acknowledged: Mosquitto sends it again
-            log.warning("an MQTT message was not stored (%s); not acknowledged",
-                        type(exc).__name__)
+            refused(exc)
+            acks.done(entry, stored=False)
             return
-        c.ack(msg.mid, msg.qos)
+        # on the producer's I/O thread once Kafka answers (at once if it has already)
+        future.add_callback(lambda _meta: acks.done(entry, stored=True))
+        future.add_errback(lambda exc: (refused(exc), acks.done(entry, stored=False)))
 
-    def deliver(msg: Any) -> None:
+    def refused(exc: BaseException) -> None:
+        log.warning("an MQTT message was not stored (%s); not acknowledged",
+                    type(exc).__name__)
+
+    def deliver(msg: Any) -> Any:
+        """Send the message on (or its dead letter); the producer's future."""
         parts = msg.topic.split("/")
         device = parts[1] if len(parts) == 3 else ""
         v = gate.check(device, msg.payload)
         if v.status == 202:
-            producer.send(settings.topic_vitals_raw, key=v.patient.encode(),
-                          value=msg.payload).get(timeout=10)
-            return
+            return producer.send(settings.topic_vitals_raw, key=v.patient.encode(),
+                                 value=msg.payload)
         dead = messages.DeadLetter(reason=v.error, kind=v.kind, topic=f"mqtt:{msg.topic}",
                                    partition=-1, offset=msg.mid, received=datetime.now(UTC),
                                    original=msg.payload)
-        producer.send(settings.topic_vitals_dlq, key=device.encode() or None,
-                      value=messages.encode(dead)).get(timeout=10)
+        return producer.send(settings.topic_vitals_dlq, key=device.encode() or None,
+                             value=messages.encode(dead))
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -167,6 +228,9 @@ def run_bridge(settings: Settings, stop: threading.Event,
         client.loop_start()  # reconnects by itself
         stop.wait()
     finally:
+        # what Kafka has by now is acknowledged while the connection is still up
+        with contextlib.suppress(Exception):
+            producer.flush(timeout=10)
         client.loop_stop()
         client.disconnect()
         producer.close(timeout=10)

@@ -84,6 +84,12 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         # checking every second commits them soon after.
         broker_commit_interval=min(1.0, settings.worker_commit_interval_s),
         web_enabled=False,
+        # Not raised for the embedded broker as the bulk producers' BROKER_LINGER_MS is: the
+        # twin states and twin records go in record batches the worker builds (`send_batch`,
+        # streams.worker.changelog), which aiokafka never merges; a longer linger would only
+        # hold each one back, and make the next batch of the same partition wait for it (tried:
+        # five send_batch calls 20 ms apart stayed five batches at 200 ms, each call but the
+        # first waiting ~180 ms)
         producer_linger_ms=5,
         # aiokafka holds one open batch per partition and makes a send wait while it is full and
         # in flight: 16 KB (the default) is eight twin states. A batch of a thousand patients'
@@ -92,6 +98,12 @@ def faust_app_config(settings: Settings) -> dict[str, Any]:
         **tuning,
     )
 
+
+
+def _age(events: list) -> float | None:
+    """Seconds since the newest of these events' Kafka timestamps (None: none has one)."""
+    stamps = [ev.message.timestamp for ev in events if ev.message.timestamp]
+    return time.time() - max(stamps) if stamps else None
 
 class Worker:
     """The worker's Faust app and the stages of a batch, as methods over the state they share.
@@ -177,7 +189,8 @@ class Worker:
         self.tracker = OffsetTracker()
         if sink is not None:
             self.metrics.sink_gauges(lambda: sink.stats)
-        self.catchup = CatchUp(settings.worker_catchup_max, settings.worker_catchup_seconds)
+        self.catchup = CatchUp(settings.worker_catchup_max, settings.worker_catchup_seconds,
+                               settings.worker_catchup_behind_s)
         # one batch at a time: the agent's, or held events flushed, or the broker-loss write-back
         self.batch_lock = asyncio.Lock()
         # What check_liveness saw last: the source topic's total end offset (None before the
@@ -215,7 +228,8 @@ class Worker:
                 self.metrics.taken.inc(len(events))
                 async with self.batch_lock:
                     if not seeks and not self.app.rebalancing and not self.app.should_stop and \
-                            catchup.should_hold(len(events), self.behind(taken)):
+                            catchup.should_hold(len(events), self.behind(taken),
+                                                _age(events)):
                         catchup.hold(events)
                         tracker.done(taken)  # taken into the coming batch
                         self.metrics.held.inc()

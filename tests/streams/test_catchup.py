@@ -70,6 +70,15 @@ def test_held_events_are_due_after_max_seconds_and_handed_over_once() -> None:
     assert c.take() == [] and not c.due()
 
 
+def test_a_worker_reading_fresh_messages_is_not_behind_however_many_wait() -> None:
+    """At 10,000 patients a take and as many again always wait; holding them then only delays
+    every reading. Behind means the take's newest message is already `behind_s` old."""
+    c = CatchUp(max_events=20_000, max_seconds=2.0, behind_s=1.0, clock=Clock())
+    assert not c.should_hold(taken=2000, lag=5000, age_s=0.2)
+    assert c.should_hold(taken=2000, lag=5000, age_s=1.5)
+    assert c.should_hold(taken=2000, lag=5000, age_s=None)  # no timestamps: the lag decides
+
+
 def test_off_when_max_seconds_is_zero() -> None:
     assert not CatchUp(max_events=10_000, max_seconds=0.0).should_hold(taken=10, lag=10_000)
 

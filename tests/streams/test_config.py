@@ -79,6 +79,24 @@ def test_tls_context_is_shared_by_kafka_python_and_faust(tmp_path):
     assert fc["broker"] == "kafka://k:9093"
 
 
+def test_bulk_producers_linger_on_the_embedded_broker_only():
+    """BROKER_LINGER_MS: the producers that write in bulk (streamed) wait to fill batches on the
+    embedded broker, which keeps every batch; the one-record batches of the producers whose
+    readers stop at the end offset stay (docs/tansu.md); a Kafka cluster keeps the defaults."""
+    embedded = config.load({})
+    assert embedded.broker_linger_ms == 30
+    bulk = config.kafka_python_producer_config(embedded, streamed=True)
+    assert bulk["linger_ms"] == 30 and "batch_size" not in bulk
+    exact = config.kafka_python_producer_config(embedded)
+    assert exact["batch_size"] == 1 and "linger_ms" not in exact
+    off = config.load({"BROKER_LINGER_MS": "0"})
+    assert config.kafka_python_producer_config(off, streamed=True)["linger_ms"] == 0
+    cluster = config.load({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "BROKER_LINGER_MS": "250"})
+    assert "linger_ms" not in config.kafka_python_producer_config(cluster, streamed=True)
+    with pytest.raises(ConfigError, match="BROKER_LINGER_MS"):
+        config.load({"BROKER_LINGER_MS": "5000"})
+
+
 def test_readme_configuration_table_is_current():
     from pathlib import Path
 

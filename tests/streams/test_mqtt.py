@@ -25,7 +25,14 @@ from streams import supervise, topics
 from streams.config import Secret
 from streams.enrol import enrol
 from streams.errors import ConfigError
-from streams.mqtt import mosquitto_binary, password_line, run_bridge, set_passwords, write_site
+from streams.mqtt import (
+    InOrderAcks,
+    mosquitto_binary,
+    password_line,
+    run_bridge,
+    set_passwords,
+    write_site,
+)
 from tests.conftest import admit, settings_env, wait_for_stable_assignment, wait_until
 from tests.streams.test_ingest import _cert, _reading, _serve
 from tests.streams.test_webhooks import _consume
@@ -153,6 +160,55 @@ def test_mqtt_devices_in_wrong_passwords_and_impostors_out(site):
     # only D1's one good reading reached vitals.raw through MQTT
     raw = [json.loads(m.value) for m in _consume(s, s.topic_vitals_raw, 100, timeout=3)]
     assert [(r["device_id"], r["seq"]) for r in raw] == [("D1", 1)]
+
+
+def test_acknowledgements_go_out_in_the_order_messages_came():
+    """Kafka confirms in any order; MQTT 3.1.1 acknowledges in the order received. A message
+    Kafka refused is passed over unacknowledged (Mosquitto sends it again on reconnection)."""
+    acked: list[int] = []
+    acks = InOrderAcks(lambda mid, qos: acked.append(mid))
+    e = [acks.received(mid, 1) for mid in (1, 2, 3, 4)]
+    acks.done(e[2], stored=True)
+    assert acked == [] and acks.waiting == 4
+    acks.done(e[0], stored=True)
+    assert acked == [1]
+    acks.done(e[1], stored=False)
+    assert acked == [1, 3] and acks.waiting == 1
+    acks.done(e[3], stored=True)
+    assert acked == [1, 3, 4] and acks.waiting == 0
+
+
+def test_the_bridge_fills_batches_on_the_embedded_broker(site):
+    """The bridge sends on without waiting for each message, acknowledging each once Kafka
+    has it: a device's burst goes into a few record batches (the embedded broker keeps each
+    batch, ~1 KB apiece: BROKER_LINGER_MS), each message once."""
+    from bench.broker_memory import topic_bytes
+
+    s, port, ca, tokens, _ = site
+    assert s.embedded_broker and s.broker_linger_ms > 0
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="D1-burst",
+                    protocol=mqtt.MQTTv311)
+    c.username_pw_set("D1", tokens["D1"])
+    c.tls_set(ca_certs=str(ca))
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        sent = [c.publish("devices/D1/readings", _reading("D1", "P1", seq), qos=1)
+                for seq in range(1, 31)]
+        for info in sent:
+            info.wait_for_publish(10)  # Mosquitto has it
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+    def seqs() -> list[int]:
+        return [json.loads(m.value)["seq"] for m in _consume(s, s.topic_vitals_raw, 100,
+                                                              timeout=2)]
+
+    assert wait_until(lambda: len(seqs()) >= 30, timeout=30), seqs()
+    assert sorted(seqs()) == list(range(1, 31))
+    stored = topic_bytes("127.0.0.1", s.broker_port, only={s.topic_vitals_raw})
+    assert stored[s.topic_vitals_raw]["batches"] <= 10, stored
 
 
 def test_plain_mqtt_needs_the_development_setting(settings_factory):
