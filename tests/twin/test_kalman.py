@@ -32,14 +32,23 @@ def test_batched_predict_update_equals_filterpy_per_patient(seed, N, n, m):
     x, P, F, Q, H, R, z, mask = _case(seed, N, n, m)
     xp, Pp = kalman.predict(x, P, F, Q)
     xu, Pu, nis = kalman.update(xp, Pp, z, H, R, mask)
+    assert_equals_filterpy(x, P, F, Q, H, R, z, mask, (xp, Pp), (xu, Pu, nis))
+
+
+def assert_equals_filterpy(x, P, F, Q, H, R, z, mask, predicted, updated) -> None:
+    """`kalman.predict`'s and `update`'s outputs equal filterpy's, one patient at a time. F, Q, R:
+    shared `(n, n)`/`(m, m)` or per patient `(N, ...)`; mask None: every channel observed."""
+    xp, Pp = predicted
+    xu, Pu, nis = updated
+    N, n = x.shape
+    m = z.shape[1]
     assert xu.shape == (N, n) and Pu.shape == (N, n, n) and nis.shape == (N,)
     for i in range(N):
-        obs = np.nonzero(mask[i])[0]
+        obs = np.arange(m) if mask is None else np.nonzero(mask[i])[0]
         kf = KalmanFilter(dim_x=n, dim_z=max(len(obs), 1))
-        kf.x = x[i].copy()
-        kf.P = P[i].copy()
-        kf.F = F[i]
-        kf.Q = Q[i]
+        kf.x, kf.P = x[i].copy(), P[i].copy()
+        kf.F = F[i] if F.ndim == 3 else F
+        kf.Q = Q[i] if Q.ndim == 3 else Q
         kf.predict()
         np.testing.assert_allclose(xp[i], kf.x, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(Pp[i], kf.P, rtol=1e-8, atol=1e-10)
@@ -50,12 +59,11 @@ def test_batched_predict_update_equals_filterpy_per_patient(seed, N, n, m):
             assert nis[i] == 0.0
             continue
         kf.H = H[obs]
-        kf.R = R[np.ix_(obs, obs)]
+        kf.R = (R[i] if R.ndim == 3 else R)[np.ix_(obs, obs)]
         kf.update(z[i, obs])
         np.testing.assert_allclose(xu[i], kf.x, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(Pu[i], kf.P, rtol=1e-8, atol=1e-10)
-        y = kf.y
-        np.testing.assert_allclose(nis[i], y @ np.linalg.solve(kf.S, y), rtol=1e-8)
+        np.testing.assert_allclose(nis[i], kf.y @ np.linalg.solve(kf.S, kf.y), rtol=1e-8)
 
 
 def test_shared_matrices_broadcast_like_per_patient_ones():

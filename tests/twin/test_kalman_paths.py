@@ -3,11 +3,10 @@ cut into one-thread blocks) against filterpy and against the general path."""
 
 import numpy as np
 import pytest
-from filterpy.kalman import KalmanFilter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.twin.test_kalman import _spd
+from tests.twin.test_kalman import _spd, assert_equals_filterpy
 from twin import kalman
 
 
@@ -40,26 +39,7 @@ def test_shared_model_equals_filterpy_per_patient(seed, N, n, m, per_patient_noi
         mask = None
     xp, Pp = kalman.predict(x, P, F, Q)
     xu, Pu, nis = kalman.update(xp, Pp, z, H, R, mask)
-    assert xu.shape == (N, n) and Pu.shape == (N, n, n) and nis.shape == (N,)
-    for i in range(N):
-        obs = np.arange(m) if mask is None else np.nonzero(mask[i])[0]
-        kf = KalmanFilter(dim_x=n, dim_z=max(len(obs), 1))
-        kf.x, kf.P, kf.F = x[i].copy(), P[i].copy(), F
-        kf.Q = Q[i] if per_patient_noise else Q
-        kf.predict()
-        np.testing.assert_allclose(xp[i], kf.x, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(Pp[i], kf.P, rtol=1e-8, atol=1e-10)
-        if len(obs) == 0:
-            np.testing.assert_array_equal(xu[i], xp[i])
-            np.testing.assert_array_equal(Pu[i], Pp[i])
-            assert nis[i] == 0.0
-            continue
-        kf.H = H[obs]
-        kf.R = (R[i] if per_patient_noise else R)[np.ix_(obs, obs)]
-        kf.update(z[i, obs])
-        np.testing.assert_allclose(xu[i], kf.x, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(Pu[i], kf.P, rtol=1e-8, atol=1e-10)
-        np.testing.assert_allclose(nis[i], kf.y @ np.linalg.solve(kf.S, kf.y), rtol=1e-8)
+    assert_equals_filterpy(x, P, F, Q, H, R, z, mask, (xp, Pp), (xu, Pu, nis))
 
 
 @pytest.mark.parametrize(("n", "m"), [(4, 2), (3, 3), (9, 2), (4, 4)])
