@@ -132,10 +132,17 @@ def test_ward3d_worst_bed_is_tallest_labelled_and_in_the_default_view(
            if not (-1 <= p[0] <= 1 and -1 <= p[1] <= 1)]
     assert not off, off  # every bed's foot and top inside the canvas
     # the label: drawn, naming the sickest patient, inside the figure
-    label = page.locator("#ward3d-graph g.annotation-scene", has_text="Highest risk")
-    assert label.count() == 1 and SICK in (label.text_content() or "")
-    box, fig = label.bounding_box(), page.locator("#ward3d-graph").bounding_box()
-    assert box and fig and fig["x"] <= box["x"] and box["x"] + box["width"] <= fig["x"] + fig[
+    # read in one go in the page: the live figure redraws its annotations on each update, and
+    # a label found in one call could be detached (no box) by the next
+    box = page.wait_for_function(
+        "() => { const a = [...document.querySelectorAll('#ward3d-graph g.annotation-scene')]"
+        ".filter(e => e.textContent.includes('Highest risk'));"
+        " if (a.length !== 1) return null; const r = a[0].getBoundingClientRect();"
+        " return r.width > 0 ? {n: a.length, text: a[0].textContent, x: r.x, y: r.y,"
+        " width: r.width} : null; }", timeout=10_000).json_value()
+    assert box["n"] == 1 and SICK in box["text"]
+    fig = page.locator("#ward3d-graph").bounding_box()
+    assert fig and fig["x"] <= box["x"] and box["x"] + box["width"] <= fig["x"] + fig[
         "width"] and fig["y"] <= box["y"] <= fig["y"] + fig["height"], (box, fig)
     # and in words under the figure, first in the list of beds
     assert SICK in page.locator("#ward3d-worst").inner_text()
