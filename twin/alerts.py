@@ -39,9 +39,8 @@ from typing import Literal
 import numpy as np
 from scipy.special import ndtr
 
-from twin import news2
+from twin import news2, trend
 from twin.channels import INDEX, NAMES, C
-from twin.trend import HORIZON_MIN as TRIGGER_WITHIN_MIN
 
 Priority = Literal["high", "medium", "low"]
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high")
@@ -643,7 +642,7 @@ class AlertEngine:
             if view.p_trigger is not None and view.p_steady is not None:
                 ev["p_trigger"] = round(float(np.nan_to_num(view.p_trigger[i])), 3)
                 ev["p_steady"] = round(float(np.nan_to_num(view.p_steady[i])), 3)
-                ev["trigger_within_min"] = TRIGGER_WITHIN_MIN
+                ev["trigger_within_min"] = trend.HORIZON_MIN
             if view.slope is not None and view.slope_sd is not None:
                 # the trends that stand out from their own uncertainty (2 SD), per hour
                 ev["trend_per_h"] = {ch: round(float(view.slope[i, j]), 2)

@@ -89,7 +89,6 @@ _OLD_DTYPES = {4: np.dtype(_V4_FIELDS), 5: _V6_DTYPE, 6: _V6_DTYPE}
 _SIZES = {STATE_VERSION: STATE_BYTES, **{v: d.itemsize for v, d in _OLD_DTYPES.items()}}
 
 FORECAST_MINUTES = np.array([15.0, 30.0, 60.0])
-TRIGGER_MINUTES = trend.HORIZON_MIN
 Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
 
 
@@ -422,7 +421,7 @@ class Outputs:
     unknown); minutes_to_band `(K, C)`: when the forecast mean crosses into a worse NEWS2 score
     within an hour (NaN: not within the hour); slope, slope_sd `(K, C)`: each channel's drift
     trend per hour and its SD (NaN: no trend yet); p_trigger `(K,)`: the probability that NEWS2
-    meets a response trigger (a red parameter, or 5 or more) `TRIGGER_MINUTES` from now if the
+    meets a response trigger (a red parameter, or 5 or more) `trend.HORIZON_MIN` from now if the
     trends go on (`twin.trend`); p_steady `(K,)`: the same with every channel held where it is
     (the uncertainty alone, no slope).
     """
@@ -560,7 +559,7 @@ def outputs(
     si_sd = np.abs(si) * np.sqrt((sd[:, hr] / est[:, hr]) ** 2 + (sd[:, sbp] / est[:, sbp]) ** 2)
     mtb = _minutes_to_band(x, params)
     mtb[never] = np.nan
-    slope, slope_sd, t_mean, t_sd, steady = trend.forecast(states, now, TRIGGER_MINUTES, params)
+    slope, slope_sd, t_mean, t_sd, steady = trend.forecast(states, now, trend.HORIZON_MIN, params)
     p_trigger = trend.trigger_probability(t_mean, t_sd, oxy, alrt, spo2_scale)
     p_steady = trend.trigger_probability(steady, t_sd, oxy, alrt, spo2_scale)
     return Outputs(est, sd, fc, lo, hi, total, total_raw, comp, complete,

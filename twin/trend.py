@@ -200,7 +200,7 @@ def trigger_probability(mean: np.ndarray, sd: np.ndarray, on_oxygen: np.ndarray,
     on_oxygen, alert: `(K,)` as in `news2.news2` (they score as recorded); spo2_scale: 1, 2 or
     `(K,)`. The chart is read on the continuous scale (`news2.Parameter.continuous_edges`)."""
     K = mean.shape[0]
-    oxy = np.asarray(on_oxygen, dtype=float)
+    oxy = np.broadcast_to(np.asarray(on_oxygen, dtype=float), (K,))
     scale = np.broadcast_to(np.asarray(spo2_scale), (K,))
     fixed = np.where(oxy == 1.0, 2, 0) + np.where(np.asarray(alert, dtype=float) == 0.0, 3, 0)
     fixed = np.broadcast_to(fixed, (K,))
@@ -210,11 +210,12 @@ def trigger_probability(mean: np.ndarray, sd: np.ndarray, on_oxygen: np.ndarray,
     for ch in _CHANNELS:  # five vital signs, not patients
         c = INDEX[ch]
         dist = _score_distribution(news2.CHART[ch], mean[:, c], sd[:, c])
-        if c == SPO2:
-            on_o2 = _score_distribution(news2.SPO2_SCALE2_OXYGEN, mean[:, c], sd[:, c])
-            on_air = _score_distribution(news2.SPO2_SCALE2_AIR, mean[:, c], sd[:, c])
-            dist = np.where((scale == 2)[:, None], np.where((oxy == 1.0)[:, None], on_o2, on_air),
-                            dist)
+        if c == SPO2 and (two := np.flatnonzero(scale == 2)).size:
+            # scale 2 only where a clinician set it (few patients): RCP 2017 Chart 2
+            m2, s2 = mean[two, c], sd[two, c]
+            dist[two] = np.where((oxy[two] == 1.0)[:, None],
+                                 _score_distribution(news2.SPO2_SCALE2_OXYGEN, m2, s2),
+                                 _score_distribution(news2.SPO2_SCALE2_AIR, m2, s2))
         nxt = np.zeros_like(calm)
         for s in range(3):  # scores 0-2: a 3 is a trigger by itself
             nxt[:, s:] += calm[:, :5 - s] * dist[:, s:s + 1]

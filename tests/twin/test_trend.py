@@ -117,3 +117,21 @@ def test_trigger_probability_is_the_chart_applied_to_the_forecast(case):
                                     scale)[0]
     want = _mc_trigger(mean, sd, oxy, alert, scale)
     assert abs(got - want) < 4e-3, (got, want)
+
+
+def test_a_mixed_ward_scores_each_patient_on_their_own_spo2_scale():
+    """Scale 2 (and its oxygen column) only where set, in one call for the ward: each patient
+    as if alone."""
+    rng = np.random.default_rng(4)
+    K = 30
+    mean = np.column_stack([rng.normal(95, 15, K), rng.normal(20, 4, K), rng.normal(90, 4, K),
+                            rng.normal(110, 15, K), rng.normal(70, 8, K), rng.normal(37.5, 1, K)])
+    sd = np.abs(rng.normal(3, 1, (K, C)))
+    scale = rng.choice([1, 2], K)
+    oxy = rng.choice([0.0, 1.0], K)
+    alert = np.ones(K)
+    ward = trend.trigger_probability(mean, sd, oxy, alert, scale)
+    alone = [trend.trigger_probability(mean[i:i + 1], sd[i:i + 1], oxy[i:i + 1], alert[i:i + 1],
+                                       int(scale[i]))[0] for i in range(K)]
+    np.testing.assert_allclose(ward, alone, rtol=0, atol=1e-15)
+    assert (scale == 2).any() and (scale == 1).any()
