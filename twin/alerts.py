@@ -12,7 +12,8 @@ Kinds (one open alert per patient and kind, updated in place):
   range at a forecast horizon, from the twin's forecast mean and SD, reaches `p_raise`; or the
   probability that NEWS2 meets a response trigger within the hour if each vital sign's drift
   trend goes on (`twin.trend`: the twin's own forecast returns to the patient's slow level, so it
-  cannot foresee a sustained climb) reaches it, while no trigger is met yet.
+  cannot foresee a sustained climb) reaches it, and the slopes add at least `trend_margin` to
+  it, while no trigger is met yet.
 - `sepsis_risk` (clinical, predictive): the twin's risk (`twin.risk`, fitted on PhysioNet 2019
   ICU stays: the probability that the patient is within 6 h of the clinical onset of sepsis, or
   septic) has reached the model's operating point, chosen where it was fitted
@@ -82,6 +83,10 @@ class AlertPolicy:
     # below `p_clear` (hysteresis in probability).
     p_raise: float = 0.8
     p_clear: float = 0.5
+    # The drift trends' part of `news2_forecast` also needs the slopes to add this much to the
+    # trigger probability (`trend_condition`): a trigger "likely" from the hour-ahead spread
+    # alone is not a trend. An engineering choice, measured in docs/twin.md ("Drift trend").
+    trend_margin: float = 0.25
     forecast_within_min: float = 30.0
     # The twin's sepsis risk: raise at `risk_raise` (None: never; the worker passes the shipped
     # model's operating point), clear below `risk_clear_ratio` times it (hysteresis).
@@ -159,13 +164,15 @@ def trend_condition(p_trigger: np.ndarray, p_steady: np.ndarray, band: np.ndarra
                     policy: AlertPolicy) -> tuple[np.ndarray, np.ndarray]:
     """The drift trends' part of `news2_forecast`, `(on (N,), clear (N,))` from `(N,)` arrays:
     on when a NEWS2 response trigger within the hour is likely (`p_raise`) if the trends go on,
-    but not (below `p_clear`) with every channel held where it is. A likely trigger that does
-    not need the slopes comes from the forecast's spread alone: on charts read once an hour,
-    where a slope is hardly known, that was most calm hours (docs/twin.md, "Drift trend").
-    Clear below `p_clear`, or once a trigger is met (then it is the news2 alert's business)."""
+    and the slopes add at least `trend_margin` to that probability over every channel held where
+    it is (the same forecast spread). A likely trigger that does not need the slopes comes from
+    the spread alone: on charts read once an hour, where a slope is hardly known, that was most
+    calm hours (docs/twin.md, "Drift trend"). Clear below `p_clear`, or once a trigger is met
+    (then it is the news2 alert's business)."""
     met = band >= news2.BAND_LOW_MEDIUM
     p = np.nan_to_num(p_trigger)
-    on = (p >= policy.p_raise) & (np.nan_to_num(p_steady) < policy.p_clear) & ~met
+    added = p - np.nan_to_num(p_steady)
+    on = (p >= policy.p_raise) & (added >= policy.trend_margin) & ~met
     return on, (p < policy.p_clear) | met
 
 

@@ -119,6 +119,12 @@ def test_drift_trends_raise_the_predictive_alert_until_news2_itself_triggers():
     # likely from the spread alone (as likely with every channel held): not a prediction
     cond = conditions(at(0.9, steady=0.85, news2=4, components=comp(rr=2, hr=2)), AlertPolicy())
     assert not cond.on[0, K["news2_forecast"]]
+    # the slopes must add `trend_margin` (0.25) to it, however likely the trigger is held still
+    near = {"news2": 4, "components": comp(rr=2, hr=2)}
+    assert not conditions(at(0.9, steady=0.7, **near), AlertPolicy()).on[0, K["news2_forecast"]]
+    assert conditions(at(0.95, steady=0.6, **near), AlertPolicy()).on[0, K["news2_forecast"]]
+    assert not conditions(at(0.95, steady=0.6, **near),
+                          AlertPolicy(trend_margin=0.4)).on[0, K["news2_forecast"]]
     ev = eng.update(at(0.85, news2=3, components=comp(rr=2, hr=1)), 0.0)
     assert [e.name for e in ev] == ["raised"] and ev[0].alert.kind == "news2_forecast"
     assert ("P(NEWS2 trigger within 60 min if the trends go on) = 0.85, without them 0.10"
