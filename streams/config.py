@@ -233,6 +233,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     influx_max_buffer: Annotated[Positive, doc(
         "points buffered while InfluxDB is down; beyond it the oldest are dropped and "
         "counted")] = 100_000
+    alert_trend_raise: Annotated[float, msgspec.Meta(ge=0.5, le=1.0), doc(
+        "the drift trends' part of the predictive `news2_forecast` alert rises at this trend "
+        "index (P(NEWS2 trigger within the hour) if the trends go on; not calibrated): lower "
+        "gives more lead and more false alerts (docs/alerts.md); 1.0: almost never")] = \
+        AlertPolicy.trend_raise
     alert_sepsis_risk: Annotated[bool, doc(
         "raise the predictive `sepsis_risk` alert at the shipped model's operating point "
         "(docs/validation.md); the risk is published in twin.state either way")] = True

@@ -180,7 +180,8 @@ class Worker:
         self.processor = TwinProcessor(
             policy=AlertPolicy(reject_alert_per_min=settings.reject_alert_per_min,
                                max_silence_s=settings.alert_silence_max_minutes * 60.0,
-                               risk_alert=settings.alert_sepsis_risk),
+                               risk_alert=settings.alert_sepsis_risk,
+                               trend_raise=settings.alert_trend_raise),
             spo2_scale=self.registry.spo2_scale,
             late_tolerance_s=settings.worker_late_tolerance_s, training=settings.training)
         self.metrics = WorkerMetrics()

@@ -102,3 +102,10 @@ def test_readme_configuration_table_is_current():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert config.markdown_table() in readme
+
+
+def test_trend_raise_below_the_clear_level_is_refused():
+    """Raising the trend alert below `p_clear` (0.5) would leave it nothing to clear under."""
+    assert config.load({"ALERT_TREND_RAISE": "0.9"}).alert_trend_raise == 0.9
+    with pytest.raises(ConfigError, match="ALERT_TREND_RAISE"):
+        config.load({"ALERT_TREND_RAISE": "0.3"})

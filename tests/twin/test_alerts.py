@@ -127,12 +127,15 @@ def test_drift_trends_raise_the_predictive_alert_until_news2_itself_triggers():
                           AlertPolicy(trend_margin=0.4)).on[0, K["news2_forecast"]]
     ev = eng.update(at(0.85, news2=3, components=comp(rr=2, hr=1)), 0.0)
     assert [e.name for e in ev] == ["raised"] and ev[0].alert.kind == "news2_forecast"
-    assert ("P(NEWS2 trigger within 60 min if the trends go on) = 0.85, without them 0.10"
-            in ev[0].message)
+    assert ("the trends point to a NEWS2 trigger within 60 min (trend index 0.85 if they go "
+            "on, 0.10 held where they are; not a calibrated probability)" in ev[0].message)
     assert "rr +6/h" in ev[0].message and "hr" not in ev[0].message.split("trends:")[1]
     assert ev[0].alert.evidence["p_trigger"] == 0.85
     cond = conditions(at(0.85, news2=5, components=comp(rr=3, hr=2)), AlertPolicy())
     assert not cond.on[0, K["news2_forecast"]] and cond.clear[0, K["news2_forecast"]]
+    # raised from `trend_raise` (0.7), cleared below `p_clear` (0.5)
+    assert conditions(at(0.72), AlertPolicy()).on[0, K["news2_forecast"]]
+    assert not conditions(at(0.72), AlertPolicy(trend_raise=0.8)).on[0, K["news2_forecast"]]
     cond = conditions(at(0.6), AlertPolicy())
     assert not cond.on[0, K["news2_forecast"]] and not cond.clear[0, K["news2_forecast"]]
     assert conditions(at(0.4), AlertPolicy()).clear[0, K["news2_forecast"]]
