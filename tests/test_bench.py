@@ -107,3 +107,20 @@ def test_bench_dashboard_prints_ward_beside_baseline_latency():
     assert result["requests"] >= 2 * 4 * 2
     assert 0 < result["baseline_p50_ms"] and 0 < result["p50_ms"] <= result["p95_ms"]
     assert "ward overview" in r.stdout and "baseline" in r.stdout
+
+
+def test_dashboard_memory_counts_each_patients_history_ring():
+    from dashboard.feed import History
+
+    r = subprocess.run([sys.executable, "-m", "bench.dashboard_memory", "--patients", "100",
+                        "300"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [run["patients"] for run in result["runs"]] == [100, 300]
+    ring = History()
+    ring_bytes = sum(a.nbytes for a in (ring.ts, ring.estimate, ring.sd, ring.raw, ring.rejected,
+                                        ring.news2))
+    for run in result["runs"]:
+        # each patient's ring and latest state, not one shared between them
+        assert ring_bytes < run["traced_bytes_per_patient"] < ring_bytes + 64 * 1024
+    assert "KB/patient" in r.stdout and result["state_record_bytes"] > 500
