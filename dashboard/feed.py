@@ -5,7 +5,8 @@ the latest state at once on start and any number of replicas can run side by sid
 
 Besides the latest state per patient it keeps a short history per patient for the trend plots
 (`History`: one sample per `HISTORY_STEP_S`, `HISTORY_POINTS` samples, fixed-size numpy arrays so
-memory is bounded: about 150 KB per patient) and the open alerts (raised and not yet resolved).
+memory is bounded: about 70 KB per patient with the state) and the open alerts (raised and not
+yet resolved).
 
 Twin states and alert events are decoded as the structs the worker writes (`TwinState`,
 `AlertEvent`: streams.messages' decoders, as the dispatcher and the watchdog read alerts) and kept
@@ -32,18 +33,23 @@ from twin.channels import NAMES
 
 HISTORY_STEP_S = 10.0
 HISTORY_POINTS = 720  # two hours at one sample per 10 s
+# The values are kept in single precision, which holds a vital sign to 7 digits: the ring is
+# most of what the dashboard holds per patient (121 KB in float64, ~69 KB so; `python -m
+# bench.dashboard_memory`). `History.series` hands them out rounded to this many decimals, so a
+# reading of 36.7 is shown as 36.7, not as its single-precision neighbour 36.70000076.
+HISTORY_DECIMALS = 3
 C = len(NAMES)
 
 
 class History:
     """A ring of one patient's recent twin states: `ts (L,)` epoch s, `estimate`, `sd`, `raw`
-    `(L, C)` float (NaN: unknown), `rejected (L, C)` bool, `news2 (L,)` int."""
+    `(L, C)` float32 (NaN: unknown), `rejected (L, C)` bool, `news2 (L,)` int."""
 
     def __init__(self, points: int = HISTORY_POINTS) -> None:
         self.ts = np.full(points, np.nan)
-        self.estimate = np.full((points, C), np.nan)
-        self.sd = np.full((points, C), np.nan)
-        self.raw = np.full((points, C), np.nan)
+        self.estimate = np.full((points, C), np.nan, dtype=np.float32)
+        self.sd = np.full((points, C), np.nan, dtype=np.float32)
+        self.raw = np.full((points, C), np.nan, dtype=np.float32)
         self.rejected = np.zeros((points, C), dtype=bool)
         self.news2 = np.zeros(points, dtype=np.int16)
         self.n = 0  # samples written in all
@@ -63,11 +69,15 @@ class History:
         self.n += 1
 
     def series(self) -> dict[str, np.ndarray]:
-        """The samples in time order (copies)."""
+        """The samples in time order (copies; values as float64 to `HISTORY_DECIMALS`)."""
         L = len(self.ts)
         order = np.arange(self.n - min(self.n, L), self.n) % L
-        return {"ts": self.ts[order], "estimate": self.estimate[order], "sd": self.sd[order],
-                "raw": self.raw[order], "rejected": self.rejected[order],
+
+        def values(a: np.ndarray) -> np.ndarray:
+            return np.round(a[order].astype(np.float64), HISTORY_DECIMALS)
+
+        return {"ts": self.ts[order], "estimate": values(self.estimate), "sd": values(self.sd),
+                "raw": values(self.raw), "rejected": self.rejected[order],
                 "news2": self.news2[order]}
 
 

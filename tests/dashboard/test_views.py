@@ -19,6 +19,7 @@ from streams import config, messages
 from streams.errors import ConfigError
 from streams.messages import AlertEvent, TwinState
 from streams.registry import RegistryError, change
+from twin.channels import NAMES
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -347,3 +348,18 @@ def test_the_ward_arrow_shows_a_recent_rise_of_the_real_twin_as_a_rise():
                       for i, st in enumerate(states)])
     got = {pid: next(r["v_hr"][-1] for r in rows if pid in r["patient"]) for pid in hr}
     assert got == {"rising": "↑", "falling": "↓", "steady": "→"}, rows
+
+
+def test_history_hands_back_values_as_recorded_not_their_single_precision_neighbours():
+    """The ring keeps float32 (half the dashboard's memory per patient); what the pages plot and
+    hover is the value as recorded, 36.7 and not 36.70000076293945."""
+    h = History(points=3)
+    h.add(twin_state(estimate={"temp": 36.7, "hr": 72.35}, sd={"temp": 0.05},
+                     raw={"temp": 36.7, "spo2": 97.0}), 1_000_000.0)
+    s = h.series()
+    t, hr, spo2 = NAMES.index("temp"), NAMES.index("hr"), NAMES.index("spo2")
+    assert s["estimate"].dtype == np.float64
+    assert s["estimate"][0, t] == 36.7 and s["raw"][0, t] == 36.7 and s["sd"][0, t] == 0.05
+    assert s["estimate"][0, hr] == 72.35 and s["raw"][0, spo2] == 97.0
+    assert np.isnan(s["raw"][0, hr])
+    assert h.estimate.dtype == np.float32
