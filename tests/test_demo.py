@@ -68,16 +68,33 @@ def demo_env() -> dict[str, str]:
     return env
 
 
-def start_demo(*args: str) -> subprocess.Popen[str]:
+def start_demo(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "streams.cli", "demo", *args],
-                            env=demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            env=env or demo_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def partitions(port: str, topic: str) -> set[int] | None:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=f"127.0.0.1:{port}", group_id=None)
+    try:
+        return consumer.partitions_for_topic(topic)
+    finally:
+        consumer.close()
 
 
 def test_demo_reports_every_twin_and_leaves_nothing_behind():
-    with start_demo("--patients", "5", "--duration", "30") as p:
+    env = demo_env()
+    with start_demo("--patients", "5", "--duration", "30", env=env) as p:
         assert wait_until(lambda: len(descendants(p.pid)) >= 4, timeout=20)
         kids = descendants(p.pid)
+        # one worker, so one partition: the embedded broker keeps ~1 KB for every record batch
+        # and every partition has its own batches
+        found: list[set[int] | None] = []
+        assert wait_until(lambda: found.append(partitions(env["BROKER_PORT"], "vitals.raw"))
+                          or found[-1] is not None, timeout=20)
+        assert found[-1] == {0}
         out, _ = p.communicate(timeout=90)
     assert p.returncode == 0, out
     assert "dashboard at http://127.0.0.1:" in out
