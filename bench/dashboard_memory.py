@@ -2,12 +2,12 @@
 
 The dashboard keeps, for every patient whose twin.state it has seen, the latest state (decoded)
 and a `dashboard.feed.History` ring of `HISTORY_POINTS` samples, allocated whole on the first
-state. This folds real twin.state records (a simulated cohort run through the worker's own
-`TwinProcessor`, one record per patient re-keyed to every patient id, so each patient's objects
-are its own as when decoded from Kafka) into a `TwinFeed` for `--patients` patients, twice
-(each count in a new feed), and reports per patient: the bytes Python allocated
-(tracemalloc) and the growth of the process's resident memory (VmRSS, Linux). The
-history rings are full-sized from the first sample, so the figure is that of a long run.
+state. This folds real twin.state records (the simulated ward of `bench.dashboard_bench`, run
+through the worker's own `TwinProcessor`; one record per patient, re-keyed to every patient id,
+so each patient's objects are its own as when decoded from Kafka) into a `TwinFeed` for each
+count of `--patients` (a new feed each), and reports per patient: the bytes Python allocated
+(tracemalloc) and the growth of the process's resident memory (VmRSS, Linux). The history
+rings are full-sized from the first sample, so the figure is that of a long run.
 
 Run: `python -m bench.dashboard_memory [--patients 2000 10000]`. The last line is one JSON object.
 """
@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import time
 import tracemalloc
 
 import msgspec
 import numpy as np
 
 from streams import config, messages
-from streams.worker.process import TwinProcessor
-from twin.channels import NAMES
 
 
 def _rss() -> int:
@@ -37,23 +34,19 @@ def _rss() -> int:
 
 
 def sample_states(n: int = 50) -> list[bytes]:
-    """Encoded twin.state records of `n` simulated patients after 10 minutes of readings."""
-    from devices.simulator import Cohort
+    """Encoded twin.state records of `n` simulated patients after 10 minutes of readings (the
+    ward `bench.dashboard_bench` builds), the latest of each patient."""
+    from bench.dashboard_bench import build_ward
 
-    cohort = Cohort(n, seed=11, mix="stable=0.6,sepsis=0.2,respiratory=0.1,bleeding=0.1")
-    t0 = time.time() - 600.0
-    proc = TwinProcessor(clock=lambda: t0)
-    stored: dict[str, bytes] = {}
-    latest: dict[str, bytes] = {}
-    for seq, t in enumerate(np.arange(0.0, 600.0, 5.0), start=1):
-        vals = cohort.true_values(float(t))
-        readings = [messages.ValidReading(
-            f"WR-{i}", pid, seq, t0 + t, {ch: float(vals[i, j]) for j, ch in enumerate(NAMES)},
-            0.9, 0.8) for i, pid in enumerate(cohort.patient_ids)]
-        result = proc.process(readings, stored, now=t0 + t)
-        stored.update(result.states)
-        for st in result.twin_states:
-            latest[st.patient_id] = messages.encode(st)
+    s = config.load({})
+    latest: dict[bytes, bytes] = {}
+
+    class Latest:
+        def apply(self, topic: str, key: bytes | None, value: bytes) -> None:
+            if topic == s.topic_twin_state:
+                latest[messages.decode_twin_state(value).patient_id.encode()] = value
+
+    build_ward(s, Latest(), n, 10.0)
     return list(latest.values())
 
 
