@@ -45,9 +45,6 @@ RULE_NEWS2 = 5  # RCP 2017 Table 2: aggregate 5 or more is the urgent-response t
 # Forecast horizons whose 90 % intervals are checked against the readings that came (the 2019
 # rows are hourly, so whole hours).
 CALIBRATION_MINUTES = np.array([60.0, 120.0, 240.0])
-# What one step of the recorded values is (the 2019 files: whole /min, %, mm[Hg]; temperature
-# to 0.1 degC or finer).
-RESOLUTION = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 0.1])
 Z90 = 1.6448536269514722
 GCS_RANGE = (3.0, 15.0)  # the Glasgow Coma Scale's own range (Teasdale & Jennett, Lancet 1974)
 # Equal-count bins of the reliability table: the 2019 data have ~77,000 hours, so 20 bins still
@@ -160,22 +157,32 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
                    high90, p_trig, p_steady, band)
 
 
+def reading_interval(forecast: np.ndarray, low90: np.ndarray, high90: np.ndarray,
+                     measurement_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 90 % interval of a later reading, `(lo, hi)` of the shape of `forecast (..., C)`:
+    the twin's interval of the level widened by the measurement SD `(C,)` (in quadrature, at
+    quality 1). A recorded reading is also rounded to its resolution (whole /min, %, mm[Hg]),
+    but the edges are not widened for that: rounding moves a reading across an edge as often
+    outwards as inwards, so a rounded reading counted inside `[lo, hi]` is covered as often as
+    the value it rounds; widened by half a step, a whole step more would count (tested)."""
+    m = Z90 * measurement_sd
+    return (forecast - np.sqrt((forecast - low90) ** 2 + m**2),
+            forecast + np.sqrt((high90 - forecast) ** 2 + m**2))
+
+
 def forecast_coverage(run: TwinRun, stays: Stays,
                       params: ModelParams | None = None) -> dict[str, dict[str, dict]]:
     """Share of later readings inside the twin's 90 % forecast interval, per horizon and
     channel: `{"60min": {"hr": {"coverage": .., "n": .., "median_width": ..}, ...}, ...}`.
 
-    For data read at every sample (the 2019 rows): the interval made at a row against the same
-    stay's reading exactly `h` later, plausible readings only (a sensor-off value is not the
-    patient). A reading is the level plus measurement noise, rounded: the twin's interval of the
-    level is widened by the measurement SD (in quadrature, at quality 1) and by half the
-    recording's resolution (`RESOLUTION`), so a 100 % SpO2 counts when the interval reaches
-    99.5 %. params: the model the run used (its measurement SDs)."""
+    For data read at every sample (the 2019 rows): the interval made at a row
+    (`reading_interval`) against the same stay's reading exactly `h` later, plausible readings
+    only (a sensor-off value is not the patient). params: the model the run used (its
+    measurement SDs)."""
     out: dict[str, dict[str, dict]] = {}
     z = plausible(stays.z)
-    m = Z90 * (params or ModelParams()).measurement_sd
-    lo_all = run.forecast - np.sqrt((run.forecast - run.low90) ** 2 + m**2) - RESOLUTION / 2
-    hi_all = run.forecast + np.sqrt((run.high90 - run.forecast) ** 2 + m**2) + RESOLUTION / 2
+    lo_all, hi_all = reading_interval(run.forecast, run.low90, run.high90,
+                                      (params or ModelParams()).measurement_sd)
     for j, h in enumerate(CALIBRATION_MINUTES):
         res: dict[str, dict] = {}
         g = np.arange(len(run.t))

@@ -323,3 +323,25 @@ def test_outputs_are_checked_before_the_run(tmp_path):
     with pytest.raises(ConfigError, match="calibration plot"):
         validate.main("sepsis2019", str(SEPSIS), None, limit=5, progress=False,
                       calibration_plot=str(tmp_path / "nope" / "cal.png"))
+
+
+def test_rounded_readings_are_counted_inside_a_calibrated_interval_90_percent_of_the_time():
+    """Readings recorded to whole units, from a forecast that is exactly right: the share inside
+    the 90 % interval is 0.90, not more (an interval widened by half a step for the rounding
+    would count 0.93 here)."""
+    rng = np.random.default_rng(5)
+    n = 200_000
+    mean = rng.uniform(10.0, 30.0, (n, 1))  # the edges fall anywhere within a step
+    sd = np.full((n, 1), 2.0)
+    value = rng.normal(mean, sd)
+    reading = np.round(value)
+    lo, hi = validate.reading_interval(mean, mean - validate.Z90 * sd, mean + validate.Z90 * sd,
+                                       np.zeros(1))
+    inside = ((reading >= lo) & (reading <= hi)).mean()
+    assert abs(inside - 0.90) < 0.005
+    assert ((reading >= lo - 0.5) & (reading <= hi + 0.5)).mean() > 0.92
+    # with measurement noise, the interval of the reading is the level's widened in quadrature
+    lo2, hi2 = validate.reading_interval(mean, mean - validate.Z90 * sd,
+                                         mean + validate.Z90 * sd, np.array([1.5]))
+    noisy = np.round(value + rng.normal(0.0, 1.5, (n, 1)))
+    assert abs(((noisy >= lo2) & (noisy <= hi2)).mean() - 0.90) < 0.005
