@@ -389,16 +389,28 @@ def cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray, names: tu
     For each fold: fit on the other folds, choose the threshold that maximises the summed `gain`
     (given the training rows' mask `(M,)`, it returns the gain `(M,)` of alerting each row) on
     the training rows' own predictions, then predict and alert on the held-out fold."""
+    prob, alert, _ = _out_of_fold(x, y, row_fold, names, lambda _train: lam, gain)
+    return prob, alert
+
+
+def _out_of_fold(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray, names: tuple[str, ...],
+                 choose: Callable[[np.ndarray], float], gain: Callable[[np.ndarray], np.ndarray],
+                 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """`cross_validate` with the L2 strength of each fold from `choose(train (M,) bool)`; also
+    returns the strengths chosen, one per fold."""
     prob = np.full(len(y), np.nan)
     alert = np.zeros(len(y), dtype=bool)
+    chosen: list[float] = []
     for f in np.unique(row_fold):  # folds, not patients
         test = row_fold == f
         train = ~test
+        lam = choose(train)
+        chosen.append(lam)
         m = risk.fit(x[train], y[train], names, lam=lam)
         thr = scoring.best_threshold(risk.predict(m, x[train]), gain(train)[train])
         prob[test] = risk.predict(m, x[test])
         alert[test] = prob[test] >= thr
-    return prob, alert
+    return prob, alert, chosen
 
 
 # The L2 strengths `--nested-lambda` chooses among (twin.risk.fit's `lam`).
@@ -414,17 +426,13 @@ def nested_cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray,
     other folds (each left out in turn), and the best is refitted on all of them. The held-out
     fold never takes part in a choice, so the figures carry no selection optimism. Returns the
     out-of-fold probabilities `(M,)`, alerts `(M,)` and the strength chosen per outer fold."""
-    prob = np.full(len(y), np.nan)
-    alert = np.zeros(len(y), dtype=bool)
-    chosen: list[float] = []
-    folds = np.unique(row_fold)
-    for f in folds:  # folds, not patients
-        test = row_fold == f
-        train = ~test
+
+    def choose(train: np.ndarray) -> float:
+        inner = np.unique(row_fold[train])
         losses = []
         for lam in grid:  # a handful of strengths
             loss = 0.0
-            for g in folds[folds != f]:
+            for g in inner:  # the training set's own folds
                 inner_test = row_fold == g
                 inner_train = train & ~inner_test
                 m = risk.fit(x[inner_train], y[inner_train], names, lam=lam)
@@ -432,13 +440,9 @@ def nested_cross_validate(x: np.ndarray, y: np.ndarray, row_fold: np.ndarray,
                 yt = y[inner_test]
                 loss -= float(np.sum(yt * np.log(p) + (1 - yt) * np.log1p(-p)))
             losses.append(loss)
-        lam = grid[int(np.argmin(losses))]
-        chosen.append(lam)
-        m = risk.fit(x[train], y[train], names, lam=lam)
-        thr = scoring.best_threshold(risk.predict(m, x[train]), gain(train)[train])
-        prob[test] = risk.predict(m, x[test])
-        alert[test] = prob[test] >= thr
-    return prob, alert, chosen
+        return grid[int(np.argmin(losses))]
+
+    return _out_of_fold(x, y, row_fold, names, choose, gain)
 
 
 def fixed_score_alerts(score: np.ndarray, row_fold: np.ndarray,
