@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--patients", type=_positive_int, default=100)
     ev.add_argument("--hours", type=_positive_float, default=24.0)
     ev.add_argument("--seed", type=int, default=1)
+    ack = ev.add_mutually_exclusive_group()
+    ack.add_argument("--ack-after-min", type=_positive_float, default=10.0, metavar="MIN",
+                     help="the simulated ward acknowledges each alert MIN minutes after it is "
+                     "raised (default 10)")
+    ack.add_argument("--no-ack", action="store_true",
+                     help="alerts are never acknowledged (a latched alert hides later events)")
     ev.add_argument("--no-progress", action="store_true")
 
     va = sub.add_parser("validate", help="the twin against raw NEWS2, a raw-feature model (and "
@@ -372,7 +378,8 @@ def _simulate(args: Args, settings: config.Settings) -> int:
 def _evaluate(args: Args, settings: config.Settings) -> int:
     from devices.evaluate import main as evaluate_main
 
-    return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress)
+    return evaluate_main(args.patients, args.hours, args.seed, not args.no_progress,
+                         None if args.no_ack else args.ack_after_min)
 
 
 def _validate(args: Args, settings: config.Settings) -> int:

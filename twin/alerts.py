@@ -397,7 +397,14 @@ class AlertEngine:
                     return [self._event("raised", a, now, self._describe(a))]
                 return []
             if a.state == "latched":
+                # back before anyone acknowledged it: say so, or the screen shows "cleared" on
+                # a patient who is red again
                 a.state = "active"
+                if rank(prio) > rank(a.priority):
+                    a.priority = prio
+                a.evidence = evidence()
+                return [self._event("updated", a, now, f"{self._describe(a)} (again, since "
+                                    "the alert was latched)")]
             if rank(prio) > rank(a.priority):
                 a.priority = prio
                 a.evidence = evidence()

@@ -189,6 +189,22 @@ def test_high_priority_raises_at_once_and_stays_latched_until_acknowledged():
     assert eng.alerts == {}
 
 
+def test_a_latched_alert_whose_condition_returns_says_so():
+    """Latched (cleared, unacknowledged), then the patient is red again: the screen must not
+    go on saying "cleared"; the alert becomes active with an `updated` event and new evidence."""
+    eng = AlertEngine()
+    eng.update(view(news2=7, components=comp(hr=3, rr=2, sbp=2)), 0.0)
+    eng.update(view(), 10.0)
+    eng.update(view(), 400.0)
+    (alert,) = eng.alerts.values()
+    assert alert.state == "latched"
+    back = [e for e in eng.update(view(news2=8, components=comp(spo2=3, rr=3, sbp=2)), 415.0)
+            if e.name not in ("reminder", "escalated")]
+    assert [e.name for e in back] == ["updated"] and "again" in back[0].message
+    assert alert.state == "active" and alert.evidence["news2"] == 8
+    assert len(eng.alerts) == 1  # the same alert, not a second one
+
+
 def test_medium_alert_resolves_by_itself_after_the_clear_time():
     eng = AlertEngine()
     five = view(news2=5, components=comp(hr=2, rr=2, temp=1))
