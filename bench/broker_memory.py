@@ -226,14 +226,16 @@ def _partitions(conn: _Conn) -> dict[str, int]:
 def topic_bytes(host: str, port: int, only: Collection[str] | None = None
                 ) -> dict[str, dict[str, int]]:
     """Per topic (of `only`, or all): stored record batches, records, batch bytes,
-    key+value+header bytes (of the uncompressed batches) and how many batches are compressed."""
+    key+value+header bytes (of the uncompressed batches), how many batches are compressed and
+    how many of those with zstd."""
     conn = _Conn(host, port)
     out: dict[str, dict[str, int]] = {}
     try:
         for topic, parts in sorted(_partitions(conn).items()):
             if only is not None and topic not in only:
                 continue
-            row = {"batches": 0, "records": 0, "bytes": 0, "payload": 0, "compressed": 0}
+            row = {"batches": 0, "records": 0, "bytes": 0, "payload": 0, "compressed": 0,
+                   "zstd": 0}
             for p in range(parts):
                 offset = 0
                 while True:
@@ -255,7 +257,9 @@ def topic_bytes(host: str, port: int, only: Collection[str] | None = None
                         row["records"] += records
                         row["bytes"] += len(batch)
                         row["payload"] += payload
-                        row["compressed"] += bool(struct.unpack_from(">h", batch, 21)[0] & 0x07)
+                        codec = struct.unpack_from(">h", batch, 21)[0] & 0x07
+                        row["compressed"] += codec != 0
+                        row["zstd"] += codec == 4  # the v2 batch's codec: 4 is zstd
                         offset = base + last_delta + 1
                     if at == 0:
                         break

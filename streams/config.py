@@ -76,9 +76,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "PEM private key of the client certificate")] = None
     kafka_ssl_key_password: Annotated[Secret | None, doc(
         "password of the client key (secret)")] = None
-    kafka_compression: Annotated[Literal["none", "lz4", "gzip"], doc(
-        "compression of produced batches: none, lz4 or gzip (costs worker throughput; worth it "
-        "only over a slow network: docs/performance.md)")] = "none"
+    kafka_compression: Annotated[Literal["none", "lz4", "zstd", "gzip"], doc(
+        "compression of produced batches: none, lz4, zstd or gzip (costs worker throughput; "
+        "worth it only over a slow network, or on the embedded broker, which keeps every byte: "
+        "docs/performance.md)")] = "none"
     kafka_partitions: Annotated[Positive, doc("partitions of each topic the project creates")] = 4
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1

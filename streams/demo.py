@@ -200,10 +200,11 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         env.setdefault("DASHBOARD_ALLOW_HTTP", "true")
         env.setdefault("INGEST_ALLOW_HTTP", "true")
         if settings.embedded_broker and not env.get("KAFKA_COMPRESSION"):
-            # The embedded broker keeps every byte and deletes none (docs/tansu.md): lz4 takes
-            # its growth from about 12 to 5 KB a reading at 40 patients (docs/performance.md,
-            # "Broker memory"), for a few percent of a worker's throughput.
-            env["KAFKA_COMPRESSION"] = "lz4"
+            # The embedded broker keeps every byte and deletes none (docs/tansu.md): zstd takes
+            # its growth at 40 patients from 2.25 (lz4) to 1.64 KB a reading, 12 without
+            # compression (docs/performance.md, "Broker memory"), for a few percent of a
+            # worker's throughput.
+            env["KAFKA_COMPRESSION"] = "zstd"
         ingest_port = settings.ingest_port
         if not supervise.port_free(ingest_port, settings.ingest_host):
             ingest_port = supervise.free_port(settings.ingest_host)
