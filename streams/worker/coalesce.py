@@ -2,10 +2,10 @@
 
 Two caches between the twin step and Kafka, in the manner of Kafka Streams' record cache:
 
-- `StateGate`: a patient's twin.state goes out at most every `interval_s`; a newer state
-  replaces the one waiting for its turn. What a clinician must see at once is never held: a
-  patient's first state here, a NEWS2 band change, an alert change, a clinician's observation,
-  a twin marked after a broker loss.
+- `StateGate`: a patient's twin.state goes out at most once per `interval_s` of the patient's
+  readings; a newer state replaces the one waiting for its turn. What a clinician must see at
+  once is never held: a patient's first state here, a NEWS2 band change, an alert change, a
+  clinician's observation, a twin marked after a broker loss.
 - `RecordCache`: the twin table's changelog records, the latest per patient, written once per
   flush interval instead of once per batch (a twin record with its history block is a few KB,
   and at 1 Hz a patient is in every tenth of the batches a second holds).
@@ -35,22 +35,37 @@ from streams.messages import TwinState
 @dataclass
 class _Sent:
     at: float  # on the gate's clock
+    ts: float  # the state's reading time (the device's clock), epoch s
     band: str
     history_lost_at: datetime | None
+
+
+# Least time between two states of a patient on the worker's clock, as a share of the interval,
+# when the readings' own clock says a full interval has passed: a flood guard (a device whose
+# clock runs fast, or a gateway replaying a buffer, gets at most two states an interval).
+FLOOD_GUARD = 0.5
 
 
 @dataclass
 class StateGate:
     """Which twin states go out now, and the latest of the others until their turn.
 
-    interval_s: least time between two states of one patient (0: no gate); clock: monotonic
-    seconds (injectable for tests).
+    A state goes out at once when its reading time (`TwinState.ts`, the device's clock) is at
+    least `interval_s` after the last one sent and half an interval has passed on the worker's
+    clock, or when a full interval has passed on the worker's clock. Timing it by the readings
+    is what keeps a device that reads once an interval from being held: on the worker's clock
+    alone, a batch that was late by d set every later state of that patient d late (each waited
+    a full interval from the last send, and a state is never sent early), so the delay grew to
+    the worst batch jitter seen and stayed there (docs/performance.md, session 17).
+
+    interval_s: the interval (0: no gate); clock: monotonic seconds (injectable for tests).
     """
 
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     sent: dict[str, _Sent] = field(default_factory=dict)
     waiting: dict[str, TwinState] = field(default_factory=dict)
+    _due_at: dict[str, float] = field(default_factory=dict)  # when each waiting state is due
     _due: list[tuple[float, str]] = field(default_factory=list)  # heap of (due, patient)
 
     def offer(self, states: Iterable[TwinState], urgent: set[str] | frozenset[str] = frozenset()
@@ -64,16 +79,27 @@ class StateGate:
         for st in states:
             pid = st.patient_id
             last = self.sent.get(pid)
-            if last is None or pid in urgent or now - last.at >= interval \
-                    or last.band != st.news2_band or last.history_lost_at != st.history_lost_at:
+            ts = st.ts.timestamp()
+            if last is None or pid in urgent or last.band != st.news2_band \
+                    or last.history_lost_at != st.history_lost_at:
+                due = now
+            elif ts - last.ts >= interval:
+                due = last.at + FLOOD_GUARD * interval
+            else:
+                due = last.at + interval
+            if due <= now:
                 self.waiting.pop(pid, None)
-                self.sent[pid] = _Sent(now, st.news2_band, st.history_lost_at)
+                self._due_at.pop(pid, None)
+                self.sent[pid] = _Sent(now, ts, st.news2_band, st.history_lost_at)
                 out.append(st)
                 continue
-            due = last.at + interval
-            if pid not in self.waiting:
+            if due < self._due_at.get(pid, float("inf")):
+                # a newer state can be due sooner (its readings span an interval): a new turn;
+                # the older heap entry is stale and skipped
                 heapq.heappush(self._due, (due, pid))
+                self._due_at[pid] = due
             self.waiting[pid] = st
+            due = self._due_at[pid]
             held_until = due if held_until is None else max(held_until, due)
         return out, held_until
 
@@ -84,11 +110,12 @@ class StateGate:
         out: list[TwinState] = []
         heap = self._due
         while heap and (everything or heap[0][0] <= now):
-            _, pid = heapq.heappop(heap)
-            st = self.waiting.pop(pid, None)
-            if st is None:
-                continue  # sent at once meanwhile
-            self.sent[pid] = _Sent(now, st.news2_band, st.history_lost_at)
+            at, pid = heapq.heappop(heap)
+            if self._due_at.get(pid) != at:
+                continue  # sent at once meanwhile, or a turn that came sooner
+            del self._due_at[pid]
+            st = self.waiting.pop(pid)
+            self.sent[pid] = _Sent(now, st.ts.timestamp(), st.news2_band, st.history_lost_at)
             out.append(st)
         return out
 
@@ -98,6 +125,7 @@ class StateGate:
         for p in pids:
             self.sent.pop(p, None)
             self.waiting.pop(p, None)
+            self._due_at.pop(p, None)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import msgspec
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -33,9 +34,12 @@ class Clock:
         return self.t
 
 
-def _state(pid: str, band: str = "low", applied: int = 1) -> messages.TwinState:
+def _state(pid: str, band: str = "low", applied: int = 1, ts: float = 0.0
+           ) -> messages.TwinState:
+    """A twin state of `pid` whose latest reading is dated `ts` s after 2026-01-01."""
     return msgspec.convert({
-        "patient_id": pid, "ts": "2026-01-01T00:00:00Z", "units": {}, "estimate": {}, "sd": {},
+        "patient_id": pid, "ts": messages.utc(1767225600.0 + ts), "units": {}, "estimate": {},
+        "sd": {},
         "raw": {}, "age_s": {}, "forecasts": [], "derived": {}, "minutes_to_band": {},
         "news2": 0, "news2_raw": 0, "news2_complete": False, "news2_band": band,
         "news2_components": {}, "readings_applied": applied, "artifacts": 0, "missing": 0,
@@ -80,6 +84,88 @@ def test_a_band_change_an_urgent_patient_and_a_forgotten_one_go_at_once() -> Non
     assert [s.readings_applied for s in gate.offer([_state("a", band="high", applied=4)])[0]] \
         == [4]
     assert gate.due(everything=True) == []
+
+
+def _run(arrivals: list[tuple[float, float]], interval: float = 1.0
+         ) -> list[tuple[float, float]]:
+    """Offer one state per (arrival on the worker's clock, reading time), polling the held ones
+    every 10 ms as the worker's timer does: (reading time, delay until it went out) per state
+    that went out."""
+    clock = Clock()
+    gate = StateGate(interval, clock=clock)
+    out: list[tuple[float, float]] = []
+    arrived: dict[float, float] = {}
+    pending = sorted(arrivals)
+    t = pending[0][0]
+    while pending or gate.waiting:
+        clock.t = t
+        while pending and pending[0][0] <= t + 1e-9:
+            at, ts = pending.pop(0)
+            arrived[round(ts, 3)] = at
+            sent, _ = gate.offer([_state("a", ts=ts)])
+            out += [(round(st.ts.timestamp() - 1767225600.0, 3), 0.0) for st in sent]
+        for st in gate.due():
+            ts = round(st.ts.timestamp() - 1767225600.0, 3)
+            out.append((ts, round(t - arrived[ts], 3)))
+        t = round(t + 0.01, 2)
+    return out
+
+
+def test_a_device_reading_once_an_interval_is_not_held_by_batch_jitter() -> None:
+    """Readings a second apart on the device's clock reach the gate up to 0.2 s early or late
+    (batches), and one batch comes 0.6 s late. Each state goes out at once, but for
+    the one after the late batch (held at most half an interval); the delay does not stay."""
+    rng = np.random.default_rng(3)
+    jitter = rng.uniform(-0.2, 0.2, 60)
+    jitter[30] = 0.6
+    arrivals = [(100.0 + k + round(float(jitter[k]), 2), float(k)) for k in range(60)]
+    out = _run(arrivals)
+    delays = dict(out)
+    assert sorted(delays) == [float(k) for k in range(60)]  # none was replaced: one each
+    held = {k: d for k, d in delays.items() if d > 0}
+    assert set(held) <= {31.0} and max(held.values(), default=0.0) <= 0.3 + 1e-9
+
+
+def test_the_old_wall_clock_gate_kept_every_later_state_late() -> None:
+    """The same arrivals with the readings all dated alike (only the worker's clock to go by,
+    the gate before session 17): after the late batch every state waits, about as long as the
+    batch was late. This is the delay the reading-time rule removes."""
+    rng = np.random.default_rng(3)
+    jitter = rng.uniform(-0.4, 0.4, 60)
+    jitter[30] = 1.0
+    clock = Clock()
+    gate = StateGate(1.0, clock=clock)
+    sent_at: list[float] = []
+    for k in range(60):
+        clock.t = 100.0 + k + round(float(jitter[k]), 2)
+        if gate.offer([_state("a", applied=k)])[0]:
+            sent_at.append(clock.t)
+        clock.t += 0.999  # the held state's turn, before the next reading arrives
+        if gate.due():
+            sent_at.append(clock.t)
+    gaps = np.diff(sent_at)
+    assert (gaps >= 1.0 - 1e-9).all()  # never two within the interval: what it guaranteed
+    late = [t - (100.0 + k) for k, t in enumerate(sent_at) if k > 31]
+    assert np.median(late) >= 0.9  # ... at the price of a second on each later reading
+
+
+def test_a_fast_device_gets_one_state_per_interval_of_its_readings() -> None:
+    """Five readings a second, dated five a second: a state a second, the latest one."""
+    arrivals = [(100.0 + k / 5, k / 5) for k in range(50)]
+    out = _run(arrivals)
+    sent = [ts for ts, _ in out]
+    assert sent == [float(k) for k in range(10)] + [9.8]
+    # the last one waited its turn on the worker's clock: the latest always goes out in the end
+    assert out[-1][1] == pytest.approx(0.2)
+
+
+def test_a_replayed_buffer_gets_at_most_two_states_an_interval() -> None:
+    """A gateway replays an hour it buffered, 100 readings a second dated a second apart (or a
+    device's clock races): the reading time alone would send them all; the flood guard lets
+    out one each half interval of the worker's clock."""
+    arrivals = [(100.0 + k / 100, float(k)) for k in range(300)]
+    out = _run(arrivals)
+    assert 6 <= len(out) <= 8 and out[-1][0] == 299.0
 
 
 def test_zero_interval_sends_every_state() -> None:
@@ -140,9 +226,11 @@ def test_events_stay_unacknowledged_until_their_records_are_written_and_states_s
 PID = "G1"
 
 
-def _send(s, producer: KafkaProducer, pid: str, seqs, t0: float, vals: dict[str, float]) -> None:
+def _send(s, producer: KafkaProducer, pid: str, seqs, t0: float, vals: dict[str, float],
+          every_s: float = 1.0) -> None:
+    """Readings with sequence numbers `seqs`, number k dated `t0 + k * every_s`."""
     for k in seqs:
-        msg = messages.reading(f"dev-{pid}", pid, k, messages.utc(t0 + k), vals)
+        msg = messages.reading(f"dev-{pid}", pid, k, messages.utc(t0 + k * every_s), vals)
         producer.send(s.topic_vitals_raw, key=pid.encode(), value=messages.encode(msg))
     producer.flush()
 
@@ -189,9 +277,10 @@ def test_twin_state_at_most_every_interval_but_at_once_on_a_band_change(settings
     t0 = time.time() - 600
     stable = {"hr": 72.0, "rr": 16.0, "sbp": 124.0, "spo2": 97.0}
     try:
-        # a stable patient, one reading every 0.2 s for 4 s: twenty readings, states held back
+        # a stable patient on a device reading every 0.2 s for 4 s: twenty readings, states
+        # held back
         for k in range(1, 21):
-            _send(s, producer, PID, [k], t0, stable)
+            _send(s, producer, PID, [k], t0, stable, every_s=0.2)
             time.sleep(0.2)
         assert wait_until(lambda: any(st.readings_applied == 20 for _, st in _states(s)),
                           timeout=20), procs.log("worker")[-3000:]
