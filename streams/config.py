@@ -164,8 +164,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # twin.state is for people and the dashboard: one per patient per interval is what they can
     # take in; readings faster than that replace the waiting state (streams.worker.coalesce).
     twin_state_interval_s: Annotated[float, msgspec.Meta(ge=0, le=60), doc(
-        "a patient's twin.state goes out at most this often, seconds; the latest waits for its "
-        "turn, except a patient's first state, a NEWS2 band change, an alert change or a "
+        "a patient's twin.state goes out at most once per this many seconds of its readings' "
+        "time (and never twice within half of it on the worker's clock); the latest waits for "
+        "its turn, except a patient's first state, a NEWS2 band change, an alert change or a "
         "clinician's observation, which go out at once (0: every state at once)")] = 1.0
     # Kafka Streams' commit interval: the twin table's changelog gets each patient's latest
     # record once per interval (not once per batch), and offsets follow once it is written.
