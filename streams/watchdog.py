@@ -6,7 +6,10 @@ partitions of vitals.raw it holds), and the dispatcher (`patient-twin dispatcher
 deployment runs to reach subscribers) watches them: a partition that no live worker has held
 for `WATCHDOG_SILENT_S` leaves its patients unmonitored, and each admitted patient of it gets the
 technical alert `monitoring_stopped` (high priority) on the alerts topic, for every subscriber;
-it is resolved when a worker holds the partition again.
+it is resolved when a worker holds the partition again. A clinician acknowledges it like any
+alert (an `acknowledge` on alert.actions, from the dashboard or the API): no worker holds it, so
+the watchdog answers with the `acknowledged` event, and the alert stays open, acknowledged,
+until a worker is back.
 
 The alert ids are made from the patient and the time the partition was last held, so two
 dispatchers that saw the same heartbeats raise the same alert (not for a partition never held
@@ -28,7 +31,7 @@ import msgspec
 
 from streams import messages
 from streams.config import Settings
-from streams.errors import where
+from streams.errors import InvalidMessage, where
 from streams.follow import Follower, record_key
 from streams.registry import Registry
 from streams.topics import partition_of
@@ -86,6 +89,8 @@ class Watchdog:
         self.own_registry = registry is None
         self.registry = registry or Registry(settings)
         self.open: dict[str, messages.AlertEvent] = {}  # patient id -> its raised alert
+        # alert id -> the first acknowledgement of one of these alerts, not yet answered
+        self.acks: dict[str, messages.AlertAction] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()  # `open`: the follower's thread and the checks'
         self._follower: Follower | None = None
@@ -100,12 +105,28 @@ class Watchdog:
             if ev.kind != KIND:
                 return
             with self._lock:
+                raised = self.open.get(ev.patient_id)
+                same = raised is not None and raised.alert_id == ev.alert_id
                 if ev.event == "raised":
                     self.open[ev.patient_id] = ev
-                elif ev.event == "resolved" and \
-                        (raised := self.open.get(ev.patient_id)) is not None and \
-                        raised.alert_id == ev.alert_id:
+                elif ev.event == "acknowledged" and same:
+                    # answered (by this watchdog or another): not again, after a restart too
+                    self.open[ev.patient_id] = msgspec.structs.replace(
+                        raised, state="acknowledged", by=ev.by, comment=ev.comment)
+                    self.acks.pop(ev.alert_id, None)
+                elif ev.event == "resolved" and same:
                     del self.open[ev.patient_id]
+                    self.acks.pop(ev.alert_id, None)
+            return
+        if topic == self.settings.topic_alert_actions:
+            try:
+                action = messages.decode_action(value or b"")
+            except InvalidMessage:
+                return  # the worker dead-letters it; nothing of ours
+            if action.action == "acknowledge" and f":{KIND}:" in (action.alert_id or "") \
+                    and action.alert_id.startswith(f"{action.patient_id}:"):
+                with self._lock:
+                    self.acks.setdefault(action.alert_id, action)
             return
         worker = record_key(key)
         hb = messages.decode_heartbeat(value)
@@ -148,6 +169,18 @@ class Watchdog:
                 events.append(msgspec.structs.replace(
                     raised, ts=messages.utc(now), event="resolved", state="resolved",
                     message="a worker processes this patient's readings again"))
+        for pid, raised in list(self.open.items()):
+            ack = self.acks.pop(raised.alert_id, None)
+            if ack is not None and raised.state != "acknowledged" and pid in admitted:
+                acked = msgspec.structs.replace(
+                    raised, ts=messages.utc(now), event="acknowledged", state="acknowledged",
+                    by=ack.by, comment=ack.comment,
+                    message=f"{raised.message} (acknowledged; open until a worker is back)")
+                self.open[pid] = msgspec.structs.replace(acked, event="raised")
+                events.append(acked)
+        # acknowledgements of alerts no longer open (or never ours): nothing to answer
+        self.acks = {a: v for a, v in self.acks.items()
+                     if any(r.alert_id == a for r in self.open.values())}
         for pid in [p for p in self.open if p not in admitted]:  # discharged meanwhile
             raised = self.open.pop(pid)
             events.append(msgspec.structs.replace(
@@ -158,7 +191,7 @@ class Watchdog:
     def run(self, send: Callable[[messages.AlertEvent], Any], interval: float = 5.0) -> None:
         """Until stop(): follow heartbeats and the registry, and `send` each event."""
         s = self.settings
-        followed = (s.topic_workers, s.topic_alerts) + \
+        followed = (s.topic_workers, s.topic_alerts, s.topic_alert_actions) + \
             ((s.topic_patients,) if self.own_registry else ())
         self._follower = Follower(s, followed, self.apply, "patient-twin-watchdog",
                                   fetch_max_wait_ms=500).start()
@@ -189,6 +222,12 @@ class Watchdog:
         with self._lock:
             if ev.event == "raised":
                 self.open.pop(ev.patient_id, None)
+            elif ev.event == "acknowledged":
+                self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
+                                                                    state="active")
+                self.acks[ev.alert_id] = messages.AlertAction(
+                    action="acknowledge", patient_id=ev.patient_id, by=ev.by or "unknown",
+                    ts=ev.ts, alert_id=ev.alert_id, comment=ev.comment)
             else:
                 self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
                                                                     state="active")

@@ -1,4 +1,6 @@
+import msgspec
 import numpy as np
+import pytest
 
 from streams.messages import ValidReading, encode
 from streams.worker.process import TwinProcessor, alert_event, split
@@ -127,6 +129,24 @@ def test_a_worker_taking_over_continues_the_patients_open_alerts():
     assert b.engine.alerts == {} and "p" not in b.last_arrival
     records = b.records({"p"}, {"p": res2.states["p"]})
     assert records["p"] == res2.states["p"][:len(records["p"])]
+
+
+def test_acting_on_the_watchdogs_alert_is_left_to_the_watchdog():
+    """`monitoring_stopped` is raised and answered by the dispatcher's watchdog (no worker holds
+    it): a worker taking the acknowledgement neither refuses it to the dead letters nor takes
+    the patient on; an unknown alert of its own kinds is still refused."""
+    from datetime import UTC, datetime
+
+    from streams.errors import InvalidMessage
+    from streams.messages import AlertAction
+
+    proc = TwinProcessor()
+    ack = AlertAction(action="acknowledge", patient_id="p", by="dr", ts=datetime.now(UTC),
+                      alert_id="p:monitoring_stopped:1900000000000")
+    assert proc.act(ack, now=T0) == []
+    assert proc.engine.alerts == {}
+    with pytest.raises(InvalidMessage, match="no open alert"):
+        proc.act(msgspec.structs.replace(ack, alert_id="p:news2:1900000000000"), now=T0)
 
 
 def test_late_reading_within_tolerance_is_applied_in_time_order_across_batches():

@@ -7,10 +7,10 @@ import signal
 import time
 
 import msgspec
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from streams import messages, supervise, topics
-from streams.config import kafka_python_config
+from streams.config import kafka_python_config, kafka_python_producer_config
 from streams.registry import Registry
 from streams.topics import partition_of
 from streams.watchdog import STARTUP_GRACE_S, Coverage, Watchdog, heartbeat
@@ -97,6 +97,85 @@ def test_watchdog_raises_once_per_admitted_patient_and_resolves():
     assert all(e.event == "resolved" and e.state == "resolved" for e in back)
 
 
+def _ack(s, alert_id: str, pid: str, by: str = "nurse.kim", comment: str | None = None
+         ) -> bytes:
+    return messages.encode(messages.AlertAction(action="acknowledge", patient_id=pid, by=by,
+                                                ts=messages.utc(T0), alert_id=alert_id,
+                                                comment=comment))
+
+
+def _stopped_watchdog() -> tuple[Watchdog, Clock, messages.AlertEvent]:
+    """A watchdog that has just raised `monitoring_stopped` for P0 (its worker went silent)."""
+    s = make_settings(9092, watchdog_silent_s=15.0)
+    clock = Clock(T0)
+    wd = Watchdog(s, clock=clock)
+    _admit(wd.registry, s, "P0")
+    wd.apply(s.topic_workers, b"w1", heartbeat("w1", list(range(s.kafka_partitions)), T0))
+    clock.t = T0 + 20
+    (raised,) = wd.check()
+    return wd, clock, raised
+
+
+def test_a_clinician_acknowledges_monitoring_stopped_and_it_stays_open_until_a_worker():
+    """No worker holds this alert, so the watchdog answers the acknowledgement: one
+    `acknowledged` event with who and why, then silence until a worker is back."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    wd.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0", comment="calling IT"))
+    wd.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0", by="dr.lee"))
+    clock.t = T0 + 25
+    (acked,) = wd.check()
+    assert (acked.event, acked.state, acked.alert_id) == ("acknowledged", "acknowledged",
+                                                          raised.alert_id)
+    assert (acked.by, acked.comment) == ("nurse.kim", "calling IT")  # the first one answered
+    wd.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0", by="dr.lee"))
+    assert wd.check() == []  # already acknowledged: nothing more, and still open
+    wd.apply(s.topic_workers, b"w2", heartbeat("w2", list(range(s.kafka_partitions)), T0 + 30))
+    clock.t = T0 + 31
+    (back,) = wd.check()
+    assert (back.event, back.state, back.alert_id) == ("resolved", "resolved", raised.alert_id)
+
+
+def test_acknowledgements_the_watchdog_must_not_answer():
+    """Crafted or stray actions: bytes that are no action, another patient's alert id under
+    this patient's key, another kind's alert, an alert that is not open. None is answered and
+    none stops the watchdog."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    other = raised.alert_id.replace("P0:", "P9:")
+    for value in (b"\xff\x00 not json", b'{"action": "acknowledge"}', b"",
+                  _ack(s, raised.alert_id, "P9"),  # P0's alert, claimed through P9
+                  _ack(s, other, "P9"),  # P9 has no such alert
+                  _ack(s, "P0:news2:1", "P0"),  # a worker's alert: the worker answers
+                  _ack(s, raised.alert_id.replace(":monitoring_stopped:", ":no_data:"), "P0")):
+        wd.apply(s.topic_alert_actions, b"P0", value)
+    clock.t = T0 + 25
+    assert wd.check() == []
+    assert wd.acks == {}  # nothing kept for alerts that are not open
+
+
+def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice():
+    """Read back at start: the raised alert, the action and the watchdog's own answer (in any
+    order across the two topics): no second `acknowledged`, and the alert still resolves."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    wd.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0"))
+    (acked,) = wd.check()
+    later = Watchdog(s, clock=clock)
+    _admit(later.registry, s, "P0")
+    later.apply(s.topic_workers, b"w1", heartbeat("w1", list(range(s.kafka_partitions)), T0))
+    later.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0"))
+    later.apply(s.topic_alerts, b"P0", messages.encode(raised))
+    later.apply(s.topic_alerts, b"P0", messages.encode(acked))
+    clock.t = T0 + 26
+    assert later.check() == []  # its partition is still unheld: nothing new to say
+    later.apply(s.topic_workers, b"w2", heartbeat("w2", list(range(s.kafka_partitions)),
+                                                   T0 + 27))
+    clock.t = T0 + 28
+    (back,) = later.check()
+    assert back.event == "resolved" and back.alert_id == raised.alert_id
+
+
 def _alerts(s, want, timeout: float) -> list[messages.AlertEvent]:
     consumer = KafkaConsumer(s.topic_alerts, auto_offset_reset="earliest",
                              enable_auto_commit=False, **kafka_python_config(s))
@@ -134,6 +213,23 @@ def test_a_killed_worker_is_announced_to_subscribers_and_its_return_too(settings
     assert stopped(events), procs.log("dispatcher")[-3000:]
     took = time.monotonic() - killed
     assert took < 6 + 5 + 10, took  # the silence, the check interval, and the heartbeat's age
+    # a nurse acknowledges W1's alert (what the dashboard's API puts on alert.actions): with its
+    # worker dead, the dispatcher's watchdog answers
+    (w1,) = [e for e in events if e.patient_id == "W1" and e.kind == "monitoring_stopped"]
+    producer = KafkaProducer(**kafka_python_producer_config(s))
+    producer.send(s.topic_alert_actions, key=b"W1", value=messages.encode(messages.AlertAction(
+        action="acknowledge", patient_id="W1", by="nurse.kim", ts=messages.utc(time.time()),
+        alert_id=w1.alert_id, comment="on it")))
+    producer.flush()
+    producer.close()
+
+    def acknowledged(seen):
+        return any(e.alert_id == w1.alert_id and e.event == "acknowledged" for e in seen)
+
+    events = _alerts(s, acknowledged, 30)
+    assert acknowledged(events), procs.log("dispatcher")[-3000:]
+    (ack,) = [e for e in events if e.alert_id == w1.alert_id and e.event == "acknowledged"]
+    assert (ack.by, ack.comment, ack.state) == ("nurse.kim", "on it", "acknowledged")
     procs.start("worker2", "worker", env={**env, "WORKER_METRICS_PORT": "0"})
 
     def resolved(seen):
