@@ -95,6 +95,14 @@ def test_demo_reports_every_twin_and_leaves_nothing_behind():
         assert wait_until(lambda: found.append(partitions(env["BROKER_PORT"], "vitals.raw"))
                           or found[-1] is not None, timeout=20)
         assert found[-1] == {0}
+        # and the changelog written every 10 s, not every 2.8 (what the broker keeps, again)
+        worker: list[int] = []
+        assert wait_until(lambda: worker.extend(
+            k for k, cmd in cmdlines(descendants(p.pid)).items()
+            if cmd.rstrip().endswith("streams.cli worker")) or worker, timeout=20), \
+            cmdlines(descendants(p.pid))
+        environ = Path(f"/proc/{worker[0]}/environ").read_bytes().split(b"\0")
+        assert b"WORKER_COMMIT_INTERVAL_S=10" in environ
         out, _ = p.communicate(timeout=90)
     assert p.returncode == 0, out
     assert "dashboard at http://127.0.0.1:" in out
