@@ -94,6 +94,10 @@ class Watchdog:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # `open`: the follower's thread and the checks'
         self._follower: Follower | None = None
+        # what the last check changed for each event it made, (alert id, event) -> (the open
+        # alert before it, the acknowledgement it answered): `_unsent` puts them back
+        self._before: dict[tuple[str, str], tuple[messages.AlertEvent | None,
+                                                  messages.AlertAction | None]] = {}
 
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """A record of the workers, the alerts or the patients topic."""
@@ -108,7 +112,8 @@ class Watchdog:
                 raised = self.open.get(ev.patient_id)
                 same = raised is not None and raised.alert_id == ev.alert_id
                 if ev.event == "raised":
-                    self.open[ev.patient_id] = ev
+                    if not same:  # the same alert again (another dispatcher): keep its state
+                        self.open[ev.patient_id] = ev
                 elif ev.event == "acknowledged" and same:
                     # answered (by this watchdog or another): not again, after a restart too
                     self.open[ev.patient_id] = msgspec.structs.replace(
@@ -123,8 +128,10 @@ class Watchdog:
                 action = messages.decode_action(value or b"")
             except InvalidMessage:
                 return  # the worker dead-letters it; nothing of ours
+            # the patient's own alert, under the patient's own key (as the dashboard writes it)
             if action.action == "acknowledge" and f":{KIND}:" in (action.alert_id or "") \
-                    and action.alert_id.startswith(f"{action.patient_id}:"):
+                    and action.alert_id.startswith(f"{action.patient_id}:") \
+                    and key == action.patient_id.encode():
                 with self._lock:
                     self.acks.setdefault(action.alert_id, action)
             return
@@ -144,6 +151,7 @@ class Watchdog:
             return self._check(self.clock() if now is None else now)
 
     def _check(self, now: float) -> list[messages.AlertEvent]:
+        self._before = {}
         unheld = self.coverage.unheld(now, self.settings.watchdog_silent_s)
         events = []
         admitted = self.registry.admitted()
@@ -163,26 +171,30 @@ class Watchdog:
                     raised_at=messages.utc(now),
                     evidence={"partition": part, "since": messages.utc(since).isoformat()})
                 self.open[pid] = ev
+                self._before[(ev.alert_id, "raised")] = (None, None)
                 events.append(ev)
             elif raised is not None and part not in unheld:
                 del self.open[pid]
+                self._before[(raised.alert_id, "resolved")] = (raised, None)
                 events.append(msgspec.structs.replace(
                     raised, ts=messages.utc(now), event="resolved", state="resolved",
                     message="a worker processes this patient's readings again"))
         for pid, raised in list(self.open.items()):
             ack = self.acks.pop(raised.alert_id, None)
             if ack is not None and raised.state != "acknowledged" and pid in admitted:
-                acked = msgspec.structs.replace(
+                self.open[pid] = msgspec.structs.replace(
+                    raised, state="acknowledged", by=ack.by, comment=ack.comment)
+                self._before[(raised.alert_id, "acknowledged")] = (raised, ack)
+                events.append(msgspec.structs.replace(
                     raised, ts=messages.utc(now), event="acknowledged", state="acknowledged",
                     by=ack.by, comment=ack.comment,
-                    message=f"{raised.message} (acknowledged; open until a worker is back)")
-                self.open[pid] = msgspec.structs.replace(acked, event="raised")
-                events.append(acked)
+                    message=f"{raised.message} (acknowledged; open until a worker is back)"))
         # acknowledgements of alerts no longer open (or never ours): nothing to answer
         self.acks = {a: v for a, v in self.acks.items()
                      if any(r.alert_id == a for r in self.open.values())}
         for pid in [p for p in self.open if p not in admitted]:  # discharged meanwhile
             raised = self.open.pop(pid)
+            self._before[(raised.alert_id, "resolved")] = (raised, None)
             events.append(msgspec.structs.replace(
                 raised, ts=messages.utc(now), event="resolved", state="resolved",
                 message="the patient was discharged"))
@@ -220,17 +232,14 @@ class Watchdog:
         """Undo what `check` recorded for an event that was not sent, so the next check
         makes it again."""
         with self._lock:
-            if ev.event == "raised":
-                self.open.pop(ev.patient_id, None)
-            elif ev.event == "acknowledged":
-                self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
-                                                                    state="active")
-                self.acks[ev.alert_id] = messages.AlertAction(
-                    action="acknowledge", patient_id=ev.patient_id, by=ev.by or "unknown",
-                    ts=ev.ts, alert_id=ev.alert_id, comment=ev.comment)
-            else:
-                self.open[ev.patient_id] = msgspec.structs.replace(ev, event="raised",
-                                                                    state="active")
+            before, ack = self._before.pop((ev.alert_id, ev.event), (None, None))
+            if before is not None:
+                self.open[ev.patient_id] = before
+            elif (cur := self.open.get(ev.patient_id)) is not None \
+                    and cur.alert_id == ev.alert_id:
+                del self.open[ev.patient_id]
+            if ack is not None:
+                self.acks[ev.alert_id] = ack
 
     def stop(self) -> None:
         self._stop.set()

@@ -284,9 +284,11 @@ class Worker:
         Kafka, so that Faust may commit their offsets."""
         cache = self.cache
         async with self.batch_lock:
-            await self.send_states(self.gate.due(everything))
+            # one time for both: events are released only if their held states were sent
+            now = self.gate.clock()
+            await self.send_states(self.gate.due(everything, now))
             if not (everything and (cache.records or cache.held)) and not cache.due():
-                cache.release()
+                cache.release(now=now)
                 return
             records = cache.take()
             futures = await self.writer.log(self.twins, records)
@@ -298,7 +300,7 @@ class Worker:
         self.metrics.records.inc(len(records))
         async with self.batch_lock:
             cache.written()
-            cache.release(everything)
+            cache.release(everything, now)
 
     async def handle_or_exit(self, events: list[Any]) -> None:
         """`handle`, or exit for the supervisor to restart the worker when it fails (a bug, or

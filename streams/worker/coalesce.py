@@ -40,6 +40,10 @@ class _Sent:
     history_lost_at: datetime | None
 
 
+# A device's timestamps wobble by milliseconds: readings this share of an interval short of it
+# still count as an interval of readings (a 1 Hz device stamped 0.995 s apart is not held).
+READING_TOLERANCE = 0.1
+
 # Least time between two states of a patient on the worker's clock, as a share of the interval,
 # when the readings' own clock says a full interval has passed: a flood guard (a device whose
 # clock runs fast, or a gateway replaying a buffer, gets at most two states an interval).
@@ -51,12 +55,13 @@ class StateGate:
     """Which twin states go out now, and the latest of the others until their turn.
 
     A state goes out at once when its reading time (`TwinState.ts`, the device's clock) is at
-    least `interval_s` after the last one sent and half an interval has passed on the worker's
-    clock, or when a full interval has passed on the worker's clock. Timing it by the readings
-    is what keeps a device that reads once an interval from being held: on the worker's clock
-    alone, a batch that was late by d set every later state of that patient d late (each waited
-    a full interval from the last send, and a state is never sent early), so the delay grew to
-    the worst batch jitter seen and stayed there (docs/performance.md, session 17).
+    least `interval_s` after the last one sent (less `READING_TOLERANCE`) and half an interval
+    has passed on the worker's clock, or when a full interval has passed on the worker's clock.
+    Timing it by the readings is what keeps a device that reads once an interval from being
+    held: on the worker's clock alone, a batch that was late by d set every later state of that
+    patient d late (each waited a full interval from the last send, and a state is never sent
+    early), so the delay grew to the worst batch jitter seen and stayed there
+    (docs/performance.md, session 17).
 
     interval_s: the interval (0: no gate); clock: monotonic seconds (injectable for tests).
     """
@@ -83,7 +88,7 @@ class StateGate:
             if last is None or pid in urgent or last.band != st.news2_band \
                     or last.history_lost_at != st.history_lost_at:
                 due = now
-            elif ts - last.ts >= interval:
+            elif ts - last.ts >= (1.0 - READING_TOLERANCE) * interval:
                 due = last.at + FLOOD_GUARD * interval
             else:
                 due = last.at + interval
@@ -103,10 +108,10 @@ class StateGate:
             held_until = due if held_until is None else max(held_until, due)
         return out, held_until
 
-    def due(self, everything: bool = False) -> list[TwinState]:
-        """The held states whose turn has come (all of them with `everything`: a rebalance or a
-        shutdown), taken out of the gate."""
-        now = self.clock()
+    def due(self, everything: bool = False, now: float | None = None) -> list[TwinState]:
+        """The held states whose turn has come by `now` (default: the clock; all of them with
+        `everything`: a rebalance or a shutdown), taken out of the gate."""
+        now = self.clock() if now is None else now
         out: list[TwinState] = []
         heap = self._due
         while heap and (everything or heap[0][0] <= now):
@@ -191,10 +196,12 @@ class RecordCache:
         if (self.records or unwritten) and self.since is None:
             self.since = self.clock()
 
-    def release(self, everything: bool = False) -> int:
-        """Acknowledge the events whose records are written and whose held states are due (all
-        written ones with `everything`); returns how many."""
-        now = self.clock()
+    def release(self, everything: bool = False, now: float | None = None) -> int:
+        """Acknowledge the events whose records are written and whose held states were due by
+        `now` (default: the clock; all written ones with `everything`); returns how many. Give
+        it the time the gate's `due` was asked at: a later one would release events whose held
+        states became due after that, unsent."""
+        now = self.clock() if now is None else now
         keep: list[_Held] = []
         n = 0
         for h in self.held:

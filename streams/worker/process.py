@@ -454,7 +454,8 @@ class TwinProcessor:
         is not open, a silence that is not valid)."""
         now = self.clock() if now is None else now
         parts = (action.alert_id or "").split(":")
-        if len(parts) >= 3 and parts[-2] in alerts.EXTERNAL_KINDS:
+        if action.action == "acknowledge" and len(parts) >= 3 \
+                and parts[-2] in alerts.EXTERNAL_KINDS:
             return []  # raised and answered outside the workers (streams.watchdog)
         self._own([action.patient_id], {action.patient_id: stored})
         try:

@@ -168,6 +168,57 @@ def test_a_replayed_buffer_gets_at_most_two_states_an_interval() -> None:
     assert 6 <= len(out) <= 8 and out[-1][0] == 299.0
 
 
+def test_a_device_stamping_a_few_ms_short_of_the_interval_is_not_held() -> None:
+    """Timestamps a second apart give or take 5 ms (a device's clock wobbles) count as an
+    interval of readings: nothing is held."""
+    rng = np.random.default_rng(5)
+    stamps = np.arange(60.0) + np.round(rng.uniform(-0.005, 0.005, 60), 3)
+    out = _run([(100.0 + k, float(stamps[k])) for k in range(60)])
+    assert len(out) == 60 and max(d for _, d in out) == 0.0
+
+
+def test_a_held_state_overtaken_by_one_due_sooner_goes_out_once_at_the_sooner_time() -> None:
+    """Held for a full interval (its readings span less), then a newer state whose readings
+    span an interval: it replaces the held one, is due at half an interval, and that is what
+    `offer` says (the batch's offsets wait until then); one send, of the newer state."""
+    clock = Clock()
+    gate = StateGate(1.0, clock=clock)
+    gate.offer([_state("a", ts=0.0)])
+    clock.t = 100.1
+    sent, until = gate.offer([_state("a", applied=2, ts=0.3)])
+    assert sent == [] and until == pytest.approx(101.0)
+    clock.t = 100.2
+    sent, until = gate.offer([_state("a", applied=3, ts=1.0)])
+    assert sent == [] and until == pytest.approx(100.5)
+    clock.t = 100.5
+    assert [s.readings_applied for s in gate.due()] == [3]
+    clock.t = 101.0
+    assert gate.due() == [] and gate.waiting == {}  # the stale turn at 101 sends nothing
+
+
+def test_events_are_released_only_up_to_the_time_their_states_were_sent() -> None:
+    """The worker asks the gate for due states and then releases events: with one time for
+    both, a batch whose held state became due in between keeps its events until its state is
+    sent (a crash then re-reads them instead of losing that state)."""
+    clock = Clock()
+    gate = StateGate(1.0, clock=clock)
+    cache = RecordCache(10.0, clock=clock)
+    gate.offer([_state("a", ts=0.0)])
+    clock.t = 100.3
+    _, until = gate.offer([_state("a", applied=2, ts=0.3)])
+    msg = _Message()
+    cache.hold([_Event(msg)], until)
+    cache.take()
+    cache.written()
+    clock.t = 100.999
+    asked = clock.t
+    assert gate.due(now=asked) == []  # not yet its turn
+    clock.t = 101.001  # the state became due after the gate was asked
+    assert cache.release(now=asked) == 0 and msg.refcount == 2
+    assert [s.readings_applied for s in gate.due(now=clock.t)] == [2]
+    assert cache.release(now=clock.t) == 1 and msg.refcount == 1
+
+
 def test_zero_interval_sends_every_state() -> None:
     gate = StateGate(0.0, clock=Clock())
     for k in range(3):

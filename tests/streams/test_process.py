@@ -144,9 +144,13 @@ def test_acting_on_the_watchdogs_alert_is_left_to_the_watchdog():
     ack = AlertAction(action="acknowledge", patient_id="p", by="dr", ts=datetime.now(UTC),
                       alert_id="p:monitoring_stopped:1900000000000")
     assert proc.act(ack, now=T0) == []
-    assert proc.engine.alerts == {}
+    assert proc.engine.alerts == {} and proc.owned == set()  # the patient is not taken on
     with pytest.raises(InvalidMessage, match="no open alert"):
         proc.act(msgspec.structs.replace(ack, alert_id="p:news2:1900000000000"), now=T0)
+    # the watchdog answers acknowledgements only: an escalation of its alert is refused, not
+    # silently swallowed (the clinician must not believe help was called)
+    with pytest.raises(InvalidMessage, match="no open alert"):
+        proc.act(msgspec.structs.replace(ack, action="escalate"), now=T0)
 
 
 def test_late_reading_within_tolerance_is_applied_in_time_order_across_batches():

@@ -7,6 +7,7 @@ import signal
 import time
 
 import msgspec
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from streams import messages, supervise, topics
@@ -154,7 +155,8 @@ def test_acknowledgements_the_watchdog_must_not_answer():
     assert wd.acks == {}  # nothing kept for alerts that are not open
 
 
-def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice():
+@pytest.mark.parametrize("order", ["action first", "answer first", "action last"])
+def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice(order: str):
     """Read back at start: the raised alert, the action and the watchdog's own answer (in any
     order across the two topics): no second `acknowledged`, and the alert still resolves."""
     wd, clock, raised = _stopped_watchdog()
@@ -164,9 +166,14 @@ def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice():
     later = Watchdog(s, clock=clock)
     _admit(later.registry, s, "P0")
     later.apply(s.topic_workers, b"w1", heartbeat("w1", list(range(s.kafka_partitions)), T0))
-    later.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0"))
-    later.apply(s.topic_alerts, b"P0", messages.encode(raised))
-    later.apply(s.topic_alerts, b"P0", messages.encode(acked))
+    records = [(s.topic_alerts, messages.encode(raised)), (s.topic_alerts, messages.encode(acked))]
+    action = (s.topic_alert_actions, _ack(s, raised.alert_id, "P0"))
+    records = {"action first": [action, *records], "answer first": [records[0], records[1],
+               action], "action last": [*records, action]}[order]
+    # and a second dispatcher's copy of the raised alert, read after the answer
+    records.append((s.topic_alerts, messages.encode(raised)))
+    for topic, value in records:
+        later.apply(topic, b"P0", value)
     clock.t = T0 + 26
     assert later.check() == []  # its partition is still unheld: nothing new to say
     later.apply(s.topic_workers, b"w2", heartbeat("w2", list(range(s.kafka_partitions)),
@@ -174,6 +181,42 @@ def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice():
     clock.t = T0 + 28
     (back,) = later.check()
     assert back.event == "resolved" and back.alert_id == raised.alert_id
+
+
+def test_an_answer_that_could_not_be_sent_is_sent_again_unchanged():
+    """Kafka refused the `acknowledged` event: the next check makes the same event again (not
+    one whose message says "acknowledged" twice), once."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    wd.apply(s.topic_alert_actions, b"P0", _ack(s, raised.alert_id, "P0", comment="on it"))
+    clock.t = T0 + 25
+    (first,) = wd.check()
+    wd._unsent(first)
+    clock.t = T0 + 30
+    (again,) = wd.check()
+    assert (again.event, again.by, again.comment, again.message) == \
+        ("acknowledged", "nurse.kim", "on it", first.message)
+    assert again.message.count("acknowledged") == 1
+    assert wd.check() == []
+    # a resolution that could not be sent is made again with the raised alert's own text
+    wd.apply(s.topic_workers, b"w2", heartbeat("w2", list(range(s.kafka_partitions)), T0 + 31))
+    clock.t = T0 + 32
+    (back,) = wd.check()
+    wd._unsent(back)
+    assert wd.open["P0"].message == raised.message and wd.open["P0"].state == "acknowledged"
+    (back2,) = wd.check()
+    assert back2.event == "resolved" and wd.open == {}
+
+
+def test_an_acknowledgement_under_another_patients_key_is_not_answered():
+    """The dashboard writes an action under its patient's key; a record that names P0 under
+    another key was not written by it."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    wd.apply(s.topic_alert_actions, b"P9", _ack(s, raised.alert_id, "P0"))
+    wd.apply(s.topic_alert_actions, None, _ack(s, raised.alert_id, "P0"))
+    clock.t = T0 + 25
+    assert wd.check() == [] and wd.acks == {}
 
 
 def _alerts(s, want, timeout: float) -> list[messages.AlertEvent]:
