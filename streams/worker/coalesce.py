@@ -40,9 +40,11 @@ class _Sent:
     history_lost_at: datetime | None
 
 
-# A device's timestamps wobble by milliseconds: readings this share of an interval short of it
-# still count as an interval of readings (a 1 Hz device stamped 0.995 s apart is not held).
-READING_TOLERANCE = 0.1
+# A device's timestamps wobble by milliseconds: readings this much short of an interval apart
+# (seconds, at most a tenth of the interval) still count as an interval of readings, so a 1 Hz
+# device stamped 0.995 s apart is not held. Clock wobble does not grow with the interval, and a
+# wider tolerance would let a fast device through more than once an interval.
+READING_TOLERANCE_S = 0.05
 
 # Least time between two states of a patient on the worker's clock, as a share of the interval,
 # when the readings' own clock says a full interval has passed: a flood guard (a device whose
@@ -55,7 +57,7 @@ class StateGate:
     """Which twin states go out now, and the latest of the others until their turn.
 
     A state goes out at once when its reading time (`TwinState.ts`, the device's clock) is at
-    least `interval_s` after the last one sent (less `READING_TOLERANCE`) and half an interval
+    least `interval_s` after the last one sent (less `READING_TOLERANCE_S`) and half an interval
     has passed on the worker's clock, or when a full interval has passed on the worker's clock.
     Timing it by the readings is what keeps a device that reads once an interval from being
     held: on the worker's clock alone, a batch that was late by d set every later state of that
@@ -88,7 +90,7 @@ class StateGate:
             if last is None or pid in urgent or last.band != st.news2_band \
                     or last.history_lost_at != st.history_lost_at:
                 due = now
-            elif ts - last.ts >= (1.0 - READING_TOLERANCE) * interval:
+            elif ts - last.ts >= interval - min(READING_TOLERANCE_S, 0.1 * interval):
                 due = last.at + FLOOD_GUARD * interval
             else:
                 due = last.at + interval
