@@ -168,9 +168,12 @@ def test_sigterm_while_holding_stops_cleanly_and_a_new_worker_loses_nothing(sett
     assert time.monotonic() - t < 20
     procs.start("worker-2", "worker", env=env)
     states = _until_all_applied(s, READINGS, timeout=120)
+    # both logs: a lost reading here was once (session 17 CI, 1 run in 3) committed by the
+    # worker that stopped or skipped by the one that took over
+    logs = procs.log("worker-1")[-5000:] + "\n--- worker-2 ---\n" + procs.log("worker-2")[-4000:]
     assert {p: (st.readings_applied, st.duplicates, st.sequence_gaps)
             for p, st in states.items() if p in PATIENTS} == \
-        {p: (READINGS, 0, 0) for p in PATIENTS}, procs.log("worker-2")[-3000:]
+        {p: (READINGS, 0, 0) for p in PATIENTS}, logs
 
 
 # A worker whose third twin step raises: a fault the real code has no switch for (a bug, or
