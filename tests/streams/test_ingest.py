@@ -85,9 +85,11 @@ def _serve(s, pki: Path, client_ca: bool = False) -> Iterator[str]:
 
 
 @pytest.fixture
-def ingest(settings_factory, tmp_path: Path, pki: Path):
+def ingest(request, settings_factory, tmp_path: Path, pki: Path):
+    """A running ingest endpoint; `request.param` (indirect) is its rate per device (5/s)."""
+    rate = getattr(request, "param", 5.0)
     s = settings_factory(devices_file=str(tmp_path / "devices.jsonl"),
-                         ingest_port=supervise.free_port(), ingest_rate_per_device=5.0)
+                         ingest_port=supervise.free_port(), ingest_rate_per_device=rate)
     topics.ensure(s)
     admit(s, {"P1": "D1"})  # D1 paired with P1; D2 has a credential but no patient
     tokens = {d: add_device(s.devices_file, d) for d in ("D1", "D2")}
@@ -152,13 +154,17 @@ def test_paired_devices_in_unpaired_and_forged_out(ingest, pki):
     assert json.loads(got[0].value)["seq"] == 1
 
 
+@pytest.mark.parametrize("ingest", [1.0], indirect=True)
 def test_a_device_flooding_is_slowed_and_others_are_not(ingest, pki):
+    """One message a second (bursts of two) per device. Each post here is a new TLS connection:
+    on a loaded machine one can take longer than a refill at the default 5/s, so the flood is
+    measured against 1/s, which 30 posts outrun however slow they are."""
     s, url, tokens = ingest
-    statuses = [_post(url, pki, tokens["D1"], _reading("D1", "P1", k)).status_code
-                for k in range(1, 30)]
-    assert 202 in statuses and 429 in statuses
-    r = _post(url, pki, tokens["D1"], _reading("D1", "P1", 99))
-    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    answers = [_post(url, pki, tokens["D1"], _reading("D1", "P1", k)) for k in range(1, 31)]
+    statuses = [r.status_code for r in answers]
+    assert 202 in statuses and 429 in statuses, statuses
+    # every refusal says when to try again
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in answers if r.status_code == 429)
     # another device's bucket is its own (D2 is refused for pairing, not for D1's flood)
     assert _post(url, pki, tokens["D2"], _reading("D2", "P1", 1)).status_code == 403
 
