@@ -35,7 +35,7 @@ from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import AlertAction, AlertEvent, encode
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
-from twin.alerts import KINDS
+from twin.alerts import KINDS, split_alert_id
 
 
 def SubscriptionWriter(settings: Settings) -> TopicWriter:  # noqa: N802 - a named constructor
@@ -145,7 +145,7 @@ def blueprint(settings: Settings, feed: TwinFeed, view: SubscriptionView,
         comment = body.get("comment")
         if comment is not None and not (isinstance(comment, str) and len(comment) <= 500):
             return _error(400, "comment must be text of at most 500 characters")
-        pid = alert_id.rsplit(":", 2)[0]
+        pid = split_alert_id(alert_id)[0]
         if not may_act_on(pid):
             return refuse(403, "this token may not act on this patient's alerts",
                           patient_id=pid, alert_id=alert_id)

@@ -35,6 +35,7 @@ from dashboard import login, ward
 from dashboard.context import Context
 from streams.errors import PatientTwinError
 from streams.messages import AlertAction
+from twin.alerts import split_alert_id
 from twin.channels import NAMES
 
 log = logging.getLogger("patient_twin.vr")
@@ -224,7 +225,7 @@ def blueprint(c: Context) -> Blueprint:
         comment = body.get("comment") if isinstance(body, dict) else None
         if comment is not None and not (isinstance(comment, str) and len(comment) <= 500):
             return jsonify({"error": "comment must be text of at most 500 characters"}), 400
-        pid = alert_id.rsplit(":", 2)[0]
+        pid = split_alert_id(alert_id)[0]
 
         def refuse(status: int, why: str) -> tuple[Response, int]:
             c.audit.record(u.name, "denied", role=u.role, patient_id=pid, alert_id=alert_id,

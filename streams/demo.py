@@ -177,6 +177,8 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
                 print(f"{session.name}: port {settings.broker_port} is taken; broker uses {port}")
             env["BROKER_PORT"] = str(port)
             settings = msgspec.structs.replace(settings, broker_port=port)
+            # The embedded broker keeps every byte and deletes none (docs/tansu.md), so the demo
+            # sets it up to hold few (docs/performance.md, "Broker memory"), unless told otherwise.
             if "KAFKA_PARTITIONS" not in env:
                 # One worker holds every partition in the demo. With one, each moment's records
                 # of all patients share a record batch, and the embedded broker keeps about
@@ -191,6 +193,10 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
                 # (docs/performance.md, "Broker memory"). A worker that crashes re-reads up to
                 # 10 s of readings, which its twins skip as duplicates.
                 env["WORKER_COMMIT_INTERVAL_S"] = "10"
+            if not env.get("KAFKA_COMPRESSION"):
+                # zstd takes its growth at 40 patients from 2.25 (lz4) to 1.64 KB a reading, 12
+                # without compression, for a few percent of a worker's throughput.
+                env["KAFKA_COMPRESSION"] = "zstd"
             children.add("broker", broker.start(port), again=lambda: broker.start_with_topics(
                 settings))
         topics.ensure(settings)
@@ -206,12 +212,6 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
         # development settings
         env.setdefault("DASHBOARD_ALLOW_HTTP", "true")
         env.setdefault("INGEST_ALLOW_HTTP", "true")
-        if settings.embedded_broker and not env.get("KAFKA_COMPRESSION"):
-            # The embedded broker keeps every byte and deletes none (docs/tansu.md): zstd takes
-            # its growth at 40 patients from 2.25 (lz4) to 1.64 KB a reading, 12 without
-            # compression (docs/performance.md, "Broker memory"), for a few percent of a
-            # worker's throughput.
-            env["KAFKA_COMPRESSION"] = "zstd"
         ingest_port = settings.ingest_port
         if not supervise.port_free(ingest_port, settings.ingest_host):
             ingest_port = supervise.free_port(settings.ingest_host)

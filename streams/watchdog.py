@@ -35,6 +35,7 @@ from streams.errors import InvalidMessage, where
 from streams.follow import Follower, record_key
 from streams.registry import Registry
 from streams.topics import partition_of
+from twin.alerts import make_alert_id, split_alert_id
 
 log = logging.getLogger("patient_twin.watchdog")
 
@@ -129,9 +130,8 @@ class Watchdog:
             except InvalidMessage:
                 return  # the worker dead-letters it; nothing of ours
             # the patient's own alert, under the patient's own key (as the dashboard writes it)
-            if action.action == "acknowledge" and f":{KIND}:" in (action.alert_id or "") \
-                    and action.alert_id.startswith(f"{action.patient_id}:") \
-                    and key == action.patient_id.encode():
+            if action.action == "acknowledge" and key == action.patient_id.encode() \
+                    and split_alert_id(action.alert_id or "") == (action.patient_id, KIND):
                 with self._lock:
                     self.acks.setdefault(action.alert_id, action)
             return
@@ -161,7 +161,7 @@ class Watchdog:
             if part in unheld and raised is None:
                 since = unheld[part]
                 ev = messages.AlertEvent(
-                    alert_id=f"{pid}:{KIND}:{int(since * 1000)}", patient_id=pid,
+                    alert_id=make_alert_id(pid, KIND, since), patient_id=pid,
                     ts=messages.utc(now), event="raised", kind=KIND, category="technical",
                     priority="high", message=(
                         f"{'TRAINING: ' if self.settings.training else ''}no worker has "

@@ -112,6 +112,20 @@ class AlertPolicy:
     max_silence_s: float = 4 * 3600.0
 
 
+
+def make_alert_id(patient_id: str, kind: str, t: float) -> str:
+    """An alert's id, `patient:kind:milliseconds`: unique across restarts and workers (one open
+    alert per patient and kind, and a new one cannot begin in the same millisecond as the
+    last); the same for every dispatcher that raises it from the same time."""
+    return f"{patient_id}:{kind}:{int(t * 1000)}"
+
+
+def split_alert_id(alert_id: str) -> tuple[str, str]:
+    """(patient id, kind) of an alert id made by `make_alert_id`; the kind is "" (and the
+    patient id the whole text) for text that is not one."""
+    parts = alert_id.rsplit(":", 2)
+    return parts[0], parts[1] if len(parts) == 3 else ""
+
 @dataclass(frozen=True)
 class TwinView:
     """What the alert engine needs to know about N patients at time `now`.
@@ -379,9 +393,7 @@ class AlertEngine:
         if a is None:
             if not on:
                 return []
-            # unique across restarts and workers: one open alert per patient and kind, and a new
-            # one cannot begin in the same millisecond as the last
-            a = Alert(f"{pid}:{kind}:{int(now * 1000)}", pid, kind, prio, first_seen=now)
+            a = Alert(make_alert_id(pid, kind, now), pid, kind, prio, first_seen=now)
             self.alerts[key] = a
         if on:
             a.clear_since = None
@@ -479,7 +491,7 @@ class AlertEngine:
             self.noticed[(pid, kind)] = now if mark is None else mark
             if (old := self.alerts.get((pid, kind))) is not None and old.open:
                 continue
-            a = Alert(f"{pid}:{kind}:{int(now * 1000)}", pid, kind, priority, state="latched",
+            a = Alert(make_alert_id(pid, kind, now), pid, kind, priority, state="latched",
                       first_seen=now, raised_at=now, evidence=dict(evidence))
             self.alerts[(pid, kind)] = a
             self.stats.raised += 1

@@ -453,9 +453,8 @@ class TwinProcessor:
         patient this worker has not seen yet). InvalidMessage if it cannot apply (an alert that
         is not open, a silence that is not valid)."""
         now = self.clock() if now is None else now
-        parts = (action.alert_id or "").split(":")
-        if action.action == "acknowledge" and len(parts) >= 3 \
-                and parts[-2] in alerts.EXTERNAL_KINDS:
+        if action.action == "acknowledge" and \
+                alerts.split_alert_id(action.alert_id or "")[1] in alerts.EXTERNAL_KINDS:
             return []  # raised and answered outside the workers (streams.watchdog)
         self._own([action.patient_id], {action.patient_id: stored})
         try:
