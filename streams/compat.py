@@ -8,6 +8,7 @@ the public API does not do.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -135,3 +136,67 @@ def faust_direct_handover() -> None:
     setattr(wait_first, _MARK, True)
     wait_first.original = original  # type: ignore[attr-defined]
     Consumer.wait_first = wait_first  # type: ignore[method-assign]
+
+
+# The offsets a worker commits for its source topics: its own, not Faust's.
+#
+# faust-streaming 0.15 commits, per partition, the first unbroken run of offsets its streams
+# acknowledged (`Consumer._filter_committable_offsets` -> `_new_offset`). Faust itself
+# acknowledges offsets no agent applied (the stale prefetched messages it skips after a
+# rebalance, faust-streaming PR 223), and the run's start is checked against the committed offset
+# only when that is known and non-zero, with a one-offset hole let through (`min(acked) -
+# committed > 1`). The worker knows which offsets it applied and wrote out
+# (`streams.worker.offsets.OffsetTracker.limit`); for the partitions it names, that is the
+# offset committed.
+_LIMITS = "_patient_twin_commit_limits"
+
+
+def faust_commit_limits(app: Any, limits: Any) -> None:
+    """Have `app`'s consumer commit `limits(tps)` for the partitions that call names (a dict
+    tp -> offset, or None for "nothing yet"), and Faust's own choice for the others. Patches
+    faust's Consumer once per process (idempotent); the limits are per app."""
+    from faust.transport.consumer import Consumer
+
+    setattr(app, _LIMITS, limits)
+    original = Consumer._filter_committable_offsets
+    if getattr(original, _MARK, False):
+        return
+
+    def filter_committable_offsets(self: Any, tps: Any) -> dict[Any, int]:
+        limits_of = getattr(self.app, _LIMITS, None)
+        if limits_of is None:
+            return original(self, tps)
+        tps = list(tps)
+        limits = limits_of(tps)
+        offsets = original(self, [tp for tp in tps if tp not in limits])
+        for tp, limit in limits.items():
+            if limit is None:
+                continue
+            # Faust's acknowledgements below the limit are not needed any more: drop them, as
+            # its own `_new_offset` does with the run it commits
+            acked = self._acked.get(tp)
+            if acked:
+                acked.sort()
+                cut = bisect.bisect_left(acked, limit)
+                if cut:
+                    self._acked_index[tp].difference_update(acked[:cut])
+                    del acked[:cut]
+            gaps = self._gap.get(tp)
+            if gaps:
+                gaps.chop(0, limit)
+            if self._should_commit(tp, limit):
+                offsets[tp] = limit
+        return offsets
+
+    setattr(filter_committable_offsets, _MARK, True)
+    filter_committable_offsets.original = original  # type: ignore[attr-defined]
+    Consumer._filter_committable_offsets = filter_committable_offsets  # type: ignore[method-assign]
+
+
+async def faust_committed_offsets(app: Any, tps: Sequence[Any]) -> dict[Any, int | None]:
+    """The group's committed offset of each partition, asked of the broker (None: none
+    committed). Faust keeps its own copy (`Consumer._committed_offset`), but reads a committed 0
+    as None and updates it only when it seeks; aiokafka's `committed` asks the broker."""
+    thread = app.consumer._thread
+    consumer = thread._ensure_consumer()
+    return {tp: await thread.call_thread(consumer.committed, tp) for tp in tps}

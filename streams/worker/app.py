@@ -31,7 +31,7 @@ from streams.topics import TWIN_TABLE, partition_of
 from streams.worker import admission
 from streams.worker.catchup import CatchUp, lag_after
 from streams.worker.changelog import BatchWriter
-from streams.worker.coalesce import RecordCache, StateGate
+from streams.worker.coalesce import RecordCache, StateGate, lowest_offsets
 from streams.worker.decoder import Bounds, Decoded, Decoder
 from streams.worker.liveness import Liveness
 from streams.worker.metrics import WorkerMetrics, serve
@@ -200,6 +200,8 @@ class Worker:
                            for p in range(settings.kafka_partitions)]
         self.source_total: int | None = None
         self.holes_given_up_reported = 0
+        # the events of the batch being handled, until the record cache holds them
+        self.inflight: list[Any] = []
         self.register()
 
     def register(self) -> None:
@@ -207,6 +209,10 @@ class Worker:
         app = self.app
         app.agent(self.raw_topic)(self.twin_agent)
         app.on_partitions_revoked.connect(self.on_revoked)
+        app.on_partitions_assigned.connect(self.on_assigned)
+        # the source topics' offsets are committed as far as the twins applied them, not as
+        # far as Faust acknowledged them (streams.worker.offsets, streams.compat)
+        compat.faust_commit_limits(app, self.commit_limits)
         app.timer(interval=5.0)(self.check_liveness)
         app.timer(interval=1.0)(self.after_broker_loss)
         app.timer(interval=5.0)(self.alert_timers)
@@ -223,6 +229,11 @@ class Worker:
         try:
             async for batch in stream.take_events(settings.worker_batch_max,
                                                   within=settings.worker_batch_seconds):
+                fresh = tracker.unseeded({ev.message.tp for ev in batch})
+                if fresh and not await self.seed(fresh):
+                    log.error("could not read the committed offsets of newly assigned "
+                              "partitions; exiting for a restart")
+                    self.exit_for_restart()
                 keep, seeks = tracker.admit((ev.message.tp, ev.message.offset) for ev in batch)
                 events = [ev for ev, k in zip(batch, keep, strict=True) if k]
                 taken = [(ev.message.tp, ev.message.offset) for ev in events]
@@ -308,6 +319,7 @@ class Worker:
         say nothing), leaving the batch's messages unreleased: no offset could be committed
         past them while the worker went on. None of them was committed, so the restarted worker
         reads them again; readings already applied are skipped as duplicates."""
+        self.inflight = events  # not committed meanwhile (`commit_limits`)
         try:
             ready_at = await self.handle(events)
         except Exception as exc:
@@ -315,6 +327,7 @@ class Worker:
             self.exit_for_restart()
         # uncommitted until the batch's twin records are written and its held states sent
         self.cache.hold(events, ready_at)
+        self.inflight = []
 
     async def handle(self, events: list[Any]) -> float | None:
         """Validate a batch's events (dead letters for the invalid) and advance their twins.
@@ -486,6 +499,46 @@ class Worker:
             self.sink.close(timeout=5)
         os._exit(supervise.RESTART_EXIT_CODE)
 
+    # Offsets
+
+    async def seed(self, tps: set[TP], tries: int = 3) -> bool:
+        """Tell the offset tracker where the group reads these partitions from: the committed
+        offset, or the log's start where none was committed (Faust's auto_offset_reset,
+        "earliest"). False: the broker did not answer in `tries` tries."""
+        for n in range(1, tries + 1):
+            try:
+                starts = await compat.faust_committed_offsets(self.app, sorted(tps))
+                unset = [tp for tp, off in starts.items() if off is None]
+                if unset:
+                    starts.update(await self.app.consumer.earliest_offsets(*unset))
+                self.tracker.seed({tp: off for tp, off in starts.items() if off is not None})
+                return not self.tracker.unseeded(tps)
+            except Exception as exc:  # noqa: BLE001 - tried again, then the caller decides
+                log.warning("committed offsets not read (%s); try %d of %d", where(exc), n,
+                            tries)
+                await asyncio.sleep(1.0)
+        return False
+
+    def commit_limits(self, tps: list[TP]) -> dict[TP, int | None]:
+        """For Faust's commit (streams.compat.faust_commit_limits): the offset each source
+        partition may be committed to. Not beyond an event whose twin records or held states
+        are not yet in Kafka (the record cache), nor one held for the next batch (catch-up) or
+        being handled, nor a hole (the offset tracker)."""
+        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
+        mine = [tp for tp in tps if tp.topic in sources]
+        if not mine:
+            return {}
+        lows = self.cache.lowest()
+        lowest_offsets(self.catchup.events, lows)
+        lowest_offsets(self.inflight, lows)
+        return {tp: self.tracker.limit(tp, lows.get(tp)) for tp in mine}
+
+    async def on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
+        """Faust's partitions-assigned signal: each source partition is seeded again before its
+        next commit (another worker may have committed it since this one last had it)."""
+        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
+        self.tracker.reassigned(tp for tp in assigned if tp.topic in sources)
+
     # Partitions moving away
 
     async def on_revoked(self, sender: Any, revoked: set[TP], **_: Any) -> None:
@@ -526,6 +579,11 @@ class Worker:
         reason = self.liveness.observe(positions, {tp: h for tp, h in highwaters.items()
                                                    if h is not None}, growing)
         tracker.retain(assigned)
+        # quiet partitions too, so that what was released of them is committed
+        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
+        unseeded = tracker.unseeded(tp for tp in consumer.assignment() if tp.topic in sources)
+        if unseeded:
+            await self.seed(unseeded, tries=1)
         given_up = tracker.abandoned - self.holes_given_up_reported
         if given_up > 0:
             log.warning("%d offset hole(s) given up after 30 s", given_up)

@@ -141,6 +141,7 @@ class _Held:
     ready_at: float  # monotonic: the states the batch held back are due by then
     taken: bool = False  # its twin records are being written
     written: bool = False  # its twin records are in Kafka
+    lows: dict[Any, int] = field(default_factory=dict)  # partition -> its lowest offset here
 
 
 @dataclass
@@ -173,8 +174,18 @@ class RecordCache:
             ev.message.incref()
         if self.since is None:
             self.since = self.clock()
-        self.held.append(_Held(events, self.clock() if ready_at is None else ready_at))
+        self.held.append(_Held(events, self.clock() if ready_at is None else ready_at,
+                               lows=lowest_offsets(events)))
         self.events_held += len(events)
+
+    def lowest(self) -> dict[Any, int]:
+        """Per partition, the lowest offset of the events held here (not yet released)."""
+        lows: dict[Any, int] = {}
+        for h in self.held:
+            for tp, off in h.lows.items():
+                if off < lows.get(tp, off + 1):
+                    lows[tp] = off
+        return lows
 
     def due(self) -> bool:
         """Something has waited `interval_s`."""
@@ -216,3 +227,14 @@ class RecordCache:
         self.held = keep
         self.events_held -= n
         return n
+
+
+def lowest_offsets(events: Iterable[Any], lows: dict[Any, int] | None = None) -> dict[Any, int]:
+    """Per partition, the lowest offset of these Faust events (into `lows` if given)."""
+    lows = {} if lows is None else lows
+    for ev in events:
+        msg = ev.message
+        tp, off = msg.tp, msg.offset
+        if off < lows.get(tp, off + 1):
+            lows[tp] = off
+    return lows

@@ -17,6 +17,17 @@ markers written by a transactional producer) is accepted and counted, so a parti
 stalls. A hole at the very end of a partition has no later event to reveal it: `idle_seeks`
 compares the consumer's fetch position with the last processed offset once the partition is quiet,
 and seeks again when a partition went quiet with its hole still open.
+
+A hole below the first event this worker sees of a partition has no earlier event to reveal it,
+so each partition assigned to the worker is `seed`ed with where its group committed: a first
+event beyond that is a hole like any other. The same record bounds the offset the worker may
+commit (`limit`): faust-streaming 0.15 commits the first unbroken run of offsets its streams
+acknowledged, and acknowledges offsets nobody applied (the stale prefetched messages above, and
+the events held back here behind a hole); it checks where that run starts only when the
+committed offset is known and non-zero, and lets a one-offset hole through even then
+(`Consumer._new_offset`). A worker stopped or killed after such a commit and before the re-read
+lost those readings (seen in CI: 4-5 readings of one partition's patients in the SIGTERM
+catch-up test).
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ class OffsetTracker:
     sought: dict[Hashable, float] = field(default_factory=dict)  # tp -> time of the last seek
     last_event: dict[Hashable, float] = field(default_factory=dict)
     unassigned_since: dict[Hashable, float] = field(default_factory=dict)
+    # partitions seeded since they were last assigned (`seed`); only these may be committed
+    seeded: set[Hashable] = field(default_factory=set)
     holes: int = 0  # holes sought back to
     abandoned: int = 0  # holes accepted after give_up_seconds
     retries: int = 0  # seeks repeated for a hole whose re-read did not come
@@ -91,6 +104,38 @@ class OffsetTracker:
                 self.sought.pop(tp, None)
         return keep, seeks
 
+    def reassigned(self, tps: Iterable[Hashable]) -> None:
+        """These partitions were (re)assigned: each is to be `seed`ed again before its next
+        commit (another worker may have committed it meanwhile)."""
+        self.seeded.difference_update(tps)
+
+    def unseeded(self, tps: Iterable[Hashable]) -> set[Hashable]:
+        """Those of `tps` not seeded since they were last assigned."""
+        return set(tps) - self.seeded
+
+    def seed(self, starts: Mapping[Hashable, int]) -> None:
+        """Where each partition's group will read from (tp -> its committed offset, or the log's
+        first offset when none was committed): everything below it counts as processed, and
+        an event beyond it is a hole. Offsets processed here already stay processed."""
+        for tp, start in starts.items():
+            last = max(self.processed.get(tp, start - 1), start - 1)
+            self.processed[tp] = last
+            pend = self.pending.get(tp)
+            if pend is not None and pend[0] <= last:
+                del self.pending[tp]
+                self.sought.pop(tp, None)
+            self.seeded.add(tp)
+
+    def limit(self, tp: Hashable, unreleased: int | None = None) -> int | None:
+        """The highest offset the group may commit for `tp`: one past the last offset processed
+        here with nothing missing below it, and not beyond `unreleased` (the lowest offset
+        processed but with its outputs not yet in Kafka). None: nothing may be committed (the
+        partition is not seeded since it was assigned)."""
+        last = self.processed.get(tp)
+        if tp not in self.seeded or last is None:
+            return None
+        return last + 1 if unreleased is None else min(last + 1, unreleased)
+
     def sought_at(self, seeks: Iterable[Hashable]) -> None:
         """The seeks of `admit` or `idle_seeks` were done now (after the batch that found
         them): a retry for their holes waits `retry_seconds` from here."""
@@ -122,6 +167,7 @@ class OffsetTracker:
                 for d in (self.processed, self.pending, self.sought, self.last_event,
                           self.unassigned_since):
                     d.pop(tp, None)
+                self.seeded.discard(tp)
 
     def idle_seeks(self, positions: Mapping[Hashable, int | None]) -> dict[Hashable, int]:
         """Seeks for quiet partitions whose fetch position ran past unprocessed messages.

@@ -229,6 +229,8 @@ def test_zero_interval_sends_every_state() -> None:
 class _Message:
     refcount: int = 1
     acks: list[int] = field(default_factory=list)
+    tp: str = "a"
+    offset: int = 0
 
     def incref(self) -> None:
         self.refcount += 1
@@ -270,6 +272,20 @@ def test_events_stay_unacknowledged_until_their_records_are_written_and_states_s
     cache.written()
     assert cache.release(everything=True) == 1 and cache.events_held == 0
     assert cache.since is None and not cache.due()
+
+
+def test_the_lowest_held_offset_per_partition_is_what_a_commit_may_not_pass() -> None:
+    clock = Clock()
+    cache = RecordCache(2.0, clock=clock)
+    cache.hold([_Event(_Message(tp="a", offset=o)) for o in (7, 5, 6)])
+    cache.hold([_Event(_Message(tp="a", offset=3)), _Event(_Message(tp="b", offset=9))],
+               ready_at=clock.t + 100.0)
+    assert cache.lowest() == {"a": 3, "b": 9}
+    cache.take()
+    cache.written()
+    assert cache.release() == 3  # the second batch waits for its held state
+    assert cache.lowest() == {"a": 3, "b": 9}
+    assert cache.release(everything=True) == 2 and cache.lowest() == {}
 
 
 # On the real broker

@@ -20,6 +20,9 @@ def test_the_internals_exist():
 
     assert callable(Producer._ensure_producer)
     assert callable(AIOKafkaConsumerThread._create_worker_consumer)
+    # faust_committed_offsets
+    assert callable(AIOKafkaConsumerThread._ensure_consumer)
+    assert callable(AIOKafkaConsumerThread.call_thread)
     assert callable(ClusterMetadata.topic_id)
     assert "_client" in KafkaConsumer.__init__.__code__.co_names
     # murmur2 is Kafka's: the Java client's test vectors (kafka-python's own tests use them)
@@ -100,3 +103,57 @@ def test_the_direct_handover_returns_what_wait_first_would_and_falls_back_when_i
 
 async def _call(fn, self, *coros):  # noqa: ANN001, ANN002, ANN202
     return await fn(self, *coros)
+
+
+def _faust_consumer_state(committed):
+    """What Faust's Consumer keeps for its commits, on a stand-in object, with Faust's own
+    `_new_offset` and `_should_commit` bound to it (a real Consumer needs a running app)."""
+    import types
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from intervaltree import IntervalTree
+
+    c = types.SimpleNamespace(app=types.SimpleNamespace(), _acked=defaultdict(list),
+                              _acked_index=defaultdict(set), _gap=defaultdict(IntervalTree),
+                              _committed_offset=defaultdict(lambda: None, committed))
+    c._new_offset = types.MethodType(Consumer._new_offset, c)
+    c._should_commit = types.MethodType(Consumer._should_commit, c)
+    return c
+
+
+def _ack(c, tp, offsets):
+    c._acked[tp].extend(offsets)
+    c._acked_index[tp].update(offsets)
+
+
+def test_faust_commits_past_offsets_nobody_applied_and_the_limits_do_not():
+    import types
+
+    from faust.transport.consumer import Consumer
+
+    compat.faust_commit_limits(types.SimpleNamespace(), lambda tps: {})  # patch the class
+    compat.faust_commit_limits(types.SimpleNamespace(), lambda tps: {})  # idempotent
+    commit = Consumer._filter_committable_offsets
+    original = commit.original
+    # Faust's rule: nothing committed yet and 25-49 acknowledged (the run after a hole of
+    # skipped, re-read-pending messages 0-24) commits 50; one offset missing after a
+    # committed 31 is let through too
+    c = _faust_consumer_state({})
+    _ack(c, "a", range(25, 50))
+    assert original(c, ["a"]) == {"a": 50}
+    c = _faust_consumer_state({"b": 31})
+    _ack(c, "b", range(32, 40))
+    assert original(c, ["b"]) == {"b": 40}
+    # with the worker's limits: "a" only as far as it applied, "b" not at all, "c" Faust's way
+    c = _faust_consumer_state({"b": 31})
+    _ack(c, "a", range(25, 50))
+    _ack(c, "b", range(32, 40))
+    _ack(c, "c", range(0, 3))
+    c.app._patient_twin_commit_limits = lambda tps: {"a": 30, "b": 31}
+    assert commit(c, ["a", "b", "c"]) == {"a": 30, "c": 3}
+    assert c._acked["a"] == list(range(30, 50)) and 29 not in c._acked_index["a"]
+    c._committed_offset["a"] = 30
+    assert commit(c, ["a"]) == {}  # no further than committed
+    c.app._patient_twin_commit_limits = lambda tps: {"a": None}
+    assert commit(c, ["a"]) == {}

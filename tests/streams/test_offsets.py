@@ -115,3 +115,40 @@ def test_a_hole_whose_re_read_does_not_come_is_sought_again_while_the_partition_
     assert tr.retries == 1 and tr.abandoned == 0
     keep, _ = run(tr, [("a", o) for o in range(11, 54)])
     assert all(keep) and tr.processed == {"a": 53} and "a" not in tr.sought
+
+
+def test_a_hole_below_the_first_event_is_found_once_the_partition_is_seeded():
+    tr = OffsetTracker(clock=Clock())
+    assert tr.unseeded(["a", "b"]) == {"a", "b"}
+    # the group committed 20: events from 25 on mean 20-24 were dropped before this worker saw
+    # them (unseeded, 25 would have been taken as the start and 20-24 never read)
+    tr.seed({"a": 20, "b": 0})
+    assert tr.unseeded(["a", "b"]) == set()
+    assert run(tr, [("a", 25), ("a", 26), ("b", 0)]) == ([False, False, True], {"a": 20})
+    assert tr.limit("a") == 20 and tr.limit("b") == 1
+
+
+def test_the_commit_limit_stops_at_a_hole_and_at_what_is_not_yet_written():
+    tr = OffsetTracker(clock=Clock())
+    assert tr.limit("a") is None  # never seeded: nothing may be committed
+    tr.seed({"a": 0})
+    run(tr, [("a", 0), ("a", 1), ("a", 2), ("a", 5), ("a", 6)])  # 3-4 dropped
+    assert tr.limit("a") == 3  # 5 and 6 were acknowledged by Faust, not processed
+    assert tr.limit("a", unreleased=1) == 1  # 1's twin records are not in Kafka yet
+    run(tr, [("a", 3), ("a", 4), ("a", 5), ("a", 6)])
+    assert tr.limit("a") == 7 and tr.limit("a", unreleased=9) == 7
+
+
+def test_a_reassigned_partition_is_seeded_again_and_keeps_what_it_processed():
+    tr = OffsetTracker(clock=Clock())
+    tr.seed({"a": 0, "b": 0})
+    run(tr, [("a", 0), ("a", 1), ("a", 2)])
+    tr.reassigned(["a", "b"])
+    assert tr.limit("a") is None
+    tr.seed({"a": 1, "b": 40})  # kept "a" (committed 1, processed to 2); "b" moved on meanwhile
+    assert tr.processed == {"a": 2, "b": 39} and tr.limit("a") == 3 and tr.limit("b") == 40
+    # a pending hole the new start lies beyond is no longer a hole
+    run(tr, [("a", 6)])
+    assert tr.pending["a"][0] == 3
+    tr.seed({"a": 10})
+    assert "a" not in tr.pending and tr.processed["a"] == 9
