@@ -200,3 +200,34 @@ async def faust_committed_offsets(app: Any, tps: Sequence[Any]) -> dict[Any, int
     thread = app.consumer._thread
     consumer = thread._ensure_consumer()
     return {tp: await thread.call_thread(consumer.committed, tp) for tp in tps}
+
+
+# The source topics' messages without a Faust event each (streams.worker.source).
+#
+# Faust's conductor builds one callback per assigned partition (`Conductor._build_handler`,
+# faust-streaming 0.15), which decodes the message into an event for each channel subscribed to
+# the topic; the consumer's fetch loop awaits it for every message. For the partitions of the
+# topics named here the callback is the worker's own.
+_SOURCE = "_patient_twin_source_handler"
+
+
+def faust_source_handler(app: Any, topics: Sequence[str], callback: Any) -> None:
+    """Have `app`'s conductor hand every message of `topics` to `callback(message)` (a
+    coroutine function) instead of to the channels subscribed to them. Patches faust's
+    Conductor once per process (idempotent); the handler is per app."""
+    from faust.transport.conductor import Conductor
+
+    setattr(app, _SOURCE, (frozenset(topics), callback))
+    original = Conductor._build_handler
+    if getattr(original, _MARK, False):
+        return
+
+    def build_handler(self: Any, tp: Any, channels: Any) -> Any:
+        handler = getattr(self.app, _SOURCE, None)
+        if handler is not None and tp.topic in handler[0]:
+            return handler[1]
+        return original(self, tp, channels)
+
+    setattr(build_handler, _MARK, True)
+    build_handler.original = original  # type: ignore[attr-defined]
+    Conductor._build_handler = build_handler  # type: ignore[method-assign]

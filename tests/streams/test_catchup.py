@@ -246,20 +246,22 @@ def test_a_failed_batch_exits_for_a_restart_and_the_next_worker_loses_nothing(se
         {p: (READINGS, 0) for p in PATIENTS}, procs.log("worker")[-3000:]
 
 
-# A consumer that acknowledges messages no agent received, as faust-streaming 0.15 does with
+# A source that acknowledges messages the twin never received, as faust-streaming 0.15 does with
 # the stale prefetched messages it skips after a rebalance (PR 223): offsets 10-14 of every
 # vitals.raw partition never reach the worker, however often it re-reads them.
 DROPPING_WORKER = """
 import sys
-import faust
-real = faust.Stream.take_events
-async def take_events(self, max_, within):
-    async for batch in real(self, max_, within):
-        kept = [ev for ev in batch
-                if not (ev.message.topic == sys.argv[1] and 10 <= ev.message.offset < 15)]
-        if kept:
-            yield kept  # the dropped ones are acknowledged with their take, as Faust's are
-faust.Stream.take_events = take_events
+from streams.worker import source
+real = source.SourceBuffer.take
+def take(self):
+    kept = []
+    for ev in real(self):
+        if ev.message.topic == sys.argv[1] and 10 <= ev.message.offset < 15:
+            ev.ack()  # acknowledged and never applied, as Faust does with a message it skips
+        else:
+            kept.append(ev)
+    return kept
+source.SourceBuffer.take = take
 from streams.cli import main
 sys.exit(main(["worker"]))
 """
