@@ -62,6 +62,10 @@ class Coverage:
         for p in held:
             self.held_at[p] = max(ts, self.held_at.get(p, ts))
 
+    def held(self, now: float, silent_s: float) -> set[int]:
+        """Partitions a worker has held within `silent_s` (by a heartbeat seen)."""
+        return {p for p, last in self.held_at.items() if now - last < silent_s}
+
     def unheld(self, now: float, silent_s: float) -> dict[int, float]:
         """Partitions no worker has held for `silent_s`, with the time they were last held
         (the watchdog's start for one never held, once the start-up grace is over)."""
@@ -153,6 +157,11 @@ class Watchdog:
     def _check(self, now: float) -> list[messages.AlertEvent]:
         self._before = {}
         unheld = self.coverage.unheld(now, self.settings.watchdog_silent_s)
+        # Resolved only when a heartbeat says a worker holds the partition: not merely "not
+        # unheld", which a partition never held is during the start-up grace (a watchdog
+        # restarted during an outage would have said "a worker processes this patient's
+        # readings again" of the alerts it read back, then raised them anew)
+        held = self.coverage.held(now, self.settings.watchdog_silent_s)
         events = []
         admitted = self.registry.admitted()
         for pid in admitted:
@@ -173,7 +182,7 @@ class Watchdog:
                 self.open[pid] = ev
                 self._before[(ev.alert_id, "raised")] = (None, None)
                 events.append(ev)
-            elif raised is not None and part not in unheld:
+            elif raised is not None and part in held:
                 del self.open[pid]
                 self._before[(raised.alert_id, "resolved")] = (raised, None)
                 events.append(msgspec.structs.replace(

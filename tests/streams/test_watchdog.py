@@ -183,6 +183,24 @@ def test_a_restarted_watchdog_does_not_answer_an_acknowledgement_twice(order: st
     assert back.event == "resolved" and back.alert_id == raised.alert_id
 
 
+def test_a_watchdog_restarted_during_an_outage_keeps_the_alerts_it_read_back_open():
+    """No heartbeat of the partition at all (no worker came back): in the start-up grace the
+    partition is neither held nor yet unheld, and its open alert stays open."""
+    wd, clock, raised = _stopped_watchdog()
+    s = wd.settings
+    later = Watchdog(s, clock=clock)  # heartbeats gone from the topic, or never there
+    _admit(later.registry, s, "P0")
+    later.apply(s.topic_alerts, b"P0", messages.encode(raised))
+    for dt in (1, 10, STARTUP_GRACE_S - 1):
+        clock.t = T0 + 20 + dt
+        assert later.check() == [], dt
+    part = partition_of("P0", s.kafka_partitions)
+    later.apply(s.topic_workers, b"w2", heartbeat("w2", [part], clock.t))
+    clock.t += 1
+    (back,) = later.check()
+    assert back.event == "resolved" and back.alert_id == raised.alert_id
+
+
 def test_an_answer_that_could_not_be_sent_is_sent_again_unchanged():
     """Kafka refused the `acknowledged` event: the next check makes the same event again (not
     one whose message says "acknowledged" twice), once."""
