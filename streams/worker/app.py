@@ -35,7 +35,7 @@ from streams.worker.coalesce import RecordCache, StateGate, lowest_offsets
 from streams.worker.decoder import Bounds, Decoded, Decoder
 from streams.worker.liveness import Liveness
 from streams.worker.metrics import WorkerMetrics, serve
-from streams.worker.offsets import OffsetTracker
+from streams.worker.offsets import OffsetTracker, read_from
 from streams.worker.process import TwinProcessor, select
 from streams.worker.sink import InfluxSink, alert_points, state_points
 from streams.worker.source import SourceBuffer
@@ -529,16 +529,18 @@ class Worker:
     # Offsets
 
     async def seed(self, tps: set[TP], tries: int = 3) -> bool:
-        """Tell the offset tracker where the group reads these partitions from: the committed
-        offset, or the log's start where none was committed (Faust's auto_offset_reset,
-        "earliest"). False: the broker did not answer in `tries` tries."""
+        """Tell the offset tracker where the group reads these partitions from
+        (`streams.worker.offsets.read_from`). False: the broker did not answer in `tries`
+        tries."""
+        consumer, order = self.app.consumer, sorted(tps)
         for n in range(1, tries + 1):
             try:
-                starts = await compat.faust_committed_offsets(self.app, sorted(tps))
-                unset = [tp for tp, off in starts.items() if off is None]
-                if unset:
-                    starts.update(await self.app.consumer.earliest_offsets(*unset))
-                self.tracker.seed({tp: off for tp, off in starts.items() if off is not None})
+                committed = await compat.faust_committed_offsets(self.app, order)
+                earliest = await consumer.earliest_offsets(*order)
+                ends = await consumer.highwaters(*order)
+                self.tracker.seed({tp: read_from(committed[tp], earliest[tp], ends[tp])
+                                   for tp in order
+                                   if earliest.get(tp) is not None and ends.get(tp) is not None})
                 return not self.tracker.unseeded(tps)
             except Exception as exc:  # noqa: BLE001 - tried again, then the caller decides
                 log.warning("committed offsets not read (%s); try %d of %d", where(exc), n,

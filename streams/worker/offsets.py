@@ -37,6 +37,16 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 
+def read_from(committed: int | None, earliest: int, end: int) -> int:
+    """Where a consumer group reads a partition from: its committed offset, or, with none or
+    one outside the log (`earliest` to `end`: records deleted by retention, or a log recreated
+    shorter), the log's first offset, as Kafka's auto_offset_reset "earliest" (Faust's default)
+    resets it."""
+    if committed is None or committed < earliest or committed > end:
+        return earliest
+    return committed
+
+
 @dataclass
 class OffsetTracker:
     """Per partition: last processed offset, pending seeks. Partitions are any hashable (TP)."""

@@ -1,6 +1,6 @@
 """Offset holes: which events a batch may process and where to seek to re-read dropped ones."""
 
-from streams.worker.offsets import OffsetTracker
+from streams.worker.offsets import OffsetTracker, read_from
 
 
 class Clock:
@@ -152,3 +152,11 @@ def test_a_reassigned_partition_is_seeded_again_and_keeps_what_it_processed():
     assert tr.pending["a"][0] == 3
     tr.seed({"a": 10})
     assert "a" not in tr.pending and tr.processed["a"] == 9
+
+
+def test_a_group_reads_from_its_committed_offset_or_the_log_start_when_that_is_outside_the_log():
+    assert read_from(120, earliest=100, end=500) == 120
+    assert read_from(None, earliest=100, end=500) == 100  # nothing committed yet
+    assert read_from(40, earliest=100, end=500) == 100  # retention deleted 40-99
+    assert read_from(900, earliest=0, end=500) == 0  # a log recreated shorter than the commit
+    assert read_from(500, earliest=0, end=500) == 500  # everything read
