@@ -425,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="WORKER_BATCH_SECONDS for the worker (default: the configured one)")
     ap.add_argument("--catchup-seconds", type=float, default=None,
                     help="WORKER_CATCHUP_SECONDS for the worker (default: the configured one)")
+    ap.add_argument("--state-interval", type=float, default=None,
+                    help="TWIN_STATE_INTERVAL_S for the worker (default: the configured one)")
     ap.add_argument("--workers", type=int, default=1,
                     help="workers in the live run's consumer group (they share the "
                     "KAFKA_PARTITIONS partitions; default 1)")
@@ -451,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["worker_batch_seconds"] = args.batch_seconds
         if args.catchup_seconds is not None:
             extra["worker_catchup_seconds"] = args.catchup_seconds
+        if args.state_interval is not None:
+            extra["twin_state_interval_s"] = args.state_interval
         vm_bin = shutil.which("victoria-metrics")
         if vm_bin:
             vm_port = supervise.free_port()

@@ -446,7 +446,7 @@ class Worker:
         if manual is not None and manual.any():
             rows = np.unique(decoded.batch.readings.row[manual == 1])
             urgent.update(decoded.batch.pids[i] for i in rows.tolist())
-        send_now, ready_at = self.gate.offer(result.twin_states, urgent)
+        send_now, ready_at = self.gate.offer(result.pending, urgent)
         if self.sink is not None and decoded.lines:
             self.sink.add(decoded.lines)
         await self.send_states(send_now)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from streams.messages import TwinState
+from streams.worker.process import StateRows
 
 
 @dataclass
@@ -37,7 +37,7 @@ class _Sent:
     at: float  # on the gate's clock
     ts: float  # the state's reading time (the device's clock), epoch s
     band: str
-    history_lost_at: datetime | None
+    history_lost_at: float | None  # epoch s
 
 
 # A device's timestamps wobble by milliseconds: readings this much short of an interval apart
@@ -65,30 +65,35 @@ class StateGate:
     early), so the delay grew to the worst batch jitter seen and stayed there
     (docs/performance.md, session 17).
 
+    States come as a batch's `StateRows` and are built only when they go out: one held for
+    its turn and then replaced by a newer one never is.
+
     interval_s: the interval (0: no gate); clock: monotonic seconds (injectable for tests).
     """
 
     interval_s: float
     clock: Callable[[], float] = time.monotonic
     sent: dict[str, _Sent] = field(default_factory=dict)
-    waiting: dict[str, TwinState] = field(default_factory=dict)
+    # patient -> its state waiting for its turn: (its batch's states, its position there)
+    waiting: dict[str, tuple[StateRows, int]] = field(default_factory=dict)
     _due_at: dict[str, float] = field(default_factory=dict)  # when each waiting state is due
     _due: list[tuple[float, str]] = field(default_factory=list)  # heap of (due, patient)
 
-    def offer(self, states: Iterable[TwinState], urgent: set[str] | frozenset[str] = frozenset()
+    def offer(self, states: StateRows | Sequence[TwinState],
+              urgent: set[str] | frozenset[str] = frozenset()
               ) -> tuple[list[TwinState], float | None]:
-        """The states to send now, and the latest time at which any of the others held here
-        becomes due (None: none held). urgent: patients whose state goes out at once."""
+        """The states to send now (built), and the latest time at which any of the others held
+        here becomes due (None: none held). urgent: patients whose state goes out at once."""
+        rows = states if isinstance(states, StateRows) else StateRows.of(states)
         now = self.clock()
-        out: list[TwinState] = []
+        out: list[int] = []
         held_until: float | None = None
         interval = self.interval_s
-        for st in states:
-            pid = st.patient_id
+        for i, pid in enumerate(rows.pids):
             last = self.sent.get(pid)
-            ts = st.ts.timestamp()
-            if last is None or pid in urgent or last.band != st.news2_band \
-                    or last.history_lost_at != st.history_lost_at:
+            ts, band, lost = rows.ts[i], rows.bands[i], rows.lost[i]
+            if last is None or pid in urgent or last.band != band \
+                    or last.history_lost_at != lost:
                 due = now
             elif ts - last.ts >= interval - min(READING_TOLERANCE_S, 0.1 * interval):
                 due = last.at + FLOOD_GUARD * interval
@@ -97,34 +102,34 @@ class StateGate:
             if due <= now:
                 self.waiting.pop(pid, None)
                 self._due_at.pop(pid, None)
-                self.sent[pid] = _Sent(now, ts, st.news2_band, st.history_lost_at)
-                out.append(st)
+                self.sent[pid] = _Sent(now, ts, band, lost)
+                out.append(i)
                 continue
             if due < self._due_at.get(pid, float("inf")):
                 # a newer state can be due sooner (its readings span an interval): a new turn;
                 # the older heap entry is stale and skipped
                 heapq.heappush(self._due, (due, pid))
                 self._due_at[pid] = due
-            self.waiting[pid] = st
+            self.waiting[pid] = (rows, i)
             due = self._due_at[pid]
             held_until = due if held_until is None else max(held_until, due)
-        return out, held_until
+        return rows.build(out), held_until
 
     def due(self, everything: bool = False, now: float | None = None) -> list[TwinState]:
         """The held states whose turn has come by `now` (default: the clock; all of them with
-        `everything`: a rebalance or a shutdown), taken out of the gate."""
+        `everything`: a rebalance or a shutdown), taken out of the gate and built."""
         now = self.clock() if now is None else now
-        out: list[TwinState] = []
+        taken: dict[int, tuple[StateRows, list[int]]] = {}  # per batch: its positions due
         heap = self._due
         while heap and (everything or heap[0][0] <= now):
             at, pid = heapq.heappop(heap)
             if self._due_at.get(pid) != at:
                 continue  # sent at once meanwhile, or a turn that came sooner
             del self._due_at[pid]
-            st = self.waiting.pop(pid)
-            self.sent[pid] = _Sent(now, st.ts.timestamp(), st.news2_band, st.history_lost_at)
-            out.append(st)
-        return out
+            rows, i = self.waiting.pop(pid)
+            self.sent[pid] = _Sent(now, rows.ts[i], rows.bands[i], rows.lost[i])
+            taken.setdefault(id(rows), (rows, []))[1].append(i)
+        return [st for rows, idx in taken.values() for st in rows.build(idx)]
 
     def forget(self, pids: Iterable[str]) -> None:
         """Patients another worker owns now: their next state here goes out at once. (Their

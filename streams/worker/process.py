@@ -29,10 +29,51 @@ from twin.model import ModelParams
 Z90 = 1.6448536269514722  # the twin's 90 % forecast interval is +-Z90 SD
 
 
+class StateRows:
+    """The twin.state messages of one batch, built when asked for (`build`): what deciding
+    whether to send one needs comes first, per state: `pids`, `ts` (the latest applied
+    reading's time, epoch s), `bands` (NEWS2 band name) and `lost` (when the broker lost the
+    twin's history, epoch s; None: never). The state gate (streams.worker.coalesce) holds a
+    patient's state back for its turn and replaces it with the next one: built on demand, the
+    replaced ones never are (twin.state building is the largest output cost, docs/performance.md).
+    """
+
+    def __init__(self, pids: list[str], ts: list[float], bands: list[str],
+                 lost: list[float | None], make: Callable[[list[int]], list[TwinState]]
+                 ) -> None:
+        self.pids, self.ts, self.bands, self.lost = pids, ts, bands, lost
+        self._make = make
+        self._built: dict[int, TwinState] = {}
+
+    @classmethod
+    def of(cls, states: Sequence[TwinState]) -> StateRows:
+        """States built already."""
+        built = list(states)
+        rows = cls([st.patient_id for st in built], [st.ts.timestamp() for st in built],
+                   [st.news2_band for st in built],
+                   [None if st.history_lost_at is None else st.history_lost_at.timestamp()
+                    for st in built], lambda idx: [built[i] for i in idx])
+        return rows
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def build(self, idx: Sequence[int]) -> list[TwinState]:
+        """The states at these positions (each built once, in one vectorised pass)."""
+        todo = sorted({i for i in idx if i not in self._built})
+        if todo:
+            self._built.update(zip(todo, self._make(todo), strict=True))
+        return [self._built[i] for i in idx]
+
+    def all(self) -> list[TwinState]:
+        return self.build(range(len(self.pids)))
+
+
 @dataclass
 class BatchResult:
     states: dict[str, bytes] = field(default_factory=dict)  # patient id -> new twin record
-    twin_states: list[TwinState] = field(default_factory=list)
+    # the batch's twin.state messages, built on demand (`twin_states` builds them all)
+    pending: StateRows = field(default_factory=lambda: StateRows.of([]))
     alerts: list[AlertEvent] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
@@ -45,12 +86,17 @@ class BatchResult:
     # patients outside the batch whose alerts changed (timers): write `records` for them
     other_alert_patients: set[str] = field(default_factory=set)
 
+    @property
+    def twin_states(self) -> list[TwinState]:
+        """Every twin.state message of the batch."""
+        return self.pending.all()
+
     def merge(self, later: BatchResult) -> None:
         """Add the result of a later step (of other readings) to this one: the later records
         and states win, counts add up. (`report` stays this one's.)"""
         self.states.update(later.states)
         latest = {st.patient_id: st for st in self.twin_states + later.twin_states}
-        self.twin_states = list(latest.values())
+        self.pending = StateRows.of(list(latest.values()))
         self.alerts += later.alerts
         for name in ("applied", "duplicates", "late", "reordered", "gaps", "artifacts",
                      "missing"):
@@ -373,10 +419,20 @@ class TwinProcessor:
                     self.rejects.add(pids[i], cause, float(n[i]), now)
         emitted = [pids[i] for i in rows.tolist()]
         noticed = self.engine.noticed  # empty unless the broker ever lost its records
-        result.twin_states = twin_states(emitted, states, out, rows,
-                                         [self.applied_at.get(p) for p in emitted],
-                                         [noticed.get((p, "history_lost")) for p in emitted]
-                                         if noticed else None, p_risk, self.training)
+        applied_at = [self.applied_at.get(p) for p in emitted]
+        lost = [noticed.get((p, "history_lost")) for p in emitted] if noticed \
+            else [None] * len(emitted)
+        training = self.training
+
+        def make(idx: list[int], states: bank.State = states, out: bank.Outputs = out,
+                 p_risk: np.ndarray | None = p_risk) -> list[TwinState]:
+            return twin_states([emitted[i] for i in idx], states, out, rows[idx],
+                               [applied_at[i] for i in idx], [lost[i] for i in idx], p_risk,
+                               training)
+
+        result.pending = StateRows(emitted, states["t"][rows].tolist(),
+                                   [news2.BAND_NAMES[b] for b in out.band[rows].tolist()],
+                                   lost, make)
         since = np.array([now - self.last_arrival[p] if p in self.last_arrival else np.nan
                           for p in pids])
         view = twin_view(pids, states, out, since, states["spo2_scale"],

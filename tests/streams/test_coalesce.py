@@ -67,6 +67,33 @@ def test_a_patient_gets_at_most_one_state_per_interval_and_the_latest_waits() ->
     assert gate.offer([_state("a", applied=4)])[0] == []  # the interval counts from the last send
 
 
+def test_a_held_state_that_a_newer_one_replaces_is_never_built() -> None:
+    from streams.worker.process import StateRows
+
+    built: list[tuple[int, int]] = []
+
+    def batch(n: int, pids: list[str], ts: float) -> StateRows:
+        def make(idx: list[int]) -> list[messages.TwinState]:
+            built.extend((n, i) for i in idx)
+            return [_state(pids[i], applied=n, ts=ts) for i in idx]
+        return StateRows(pids, [1767225600.0 + ts] * len(pids), ["low"] * len(pids),
+                         [None] * len(pids), make)
+
+    clock = Clock()
+    gate = StateGate(2.0, clock=clock)  # readings every second, a state every 2 s
+    assert [s.readings_applied for s in gate.offer(batch(1, ["a", "b"], 0.0))[0]] == [1, 1]
+    for n in (2, 3, 4, 5):  # held, replaced; 3 and 5 span the interval since the last sent
+        clock.t += 1.0
+        gate.offer(batch(n, ["a", "b"], n - 1.0))
+    clock.t += 1.0
+    assert gate.due() == []  # 2 and 4 were replaced by 3 and 5, which went at once
+    assert sorted(built) == [(1, 0), (1, 1), (3, 0), (3, 1), (5, 0), (5, 1)]
+    assert gate.offer(batch(6, ["a", "b"], 5.0))[0] == []  # held, until 2 s after 5 went
+    clock.t += 1.0
+    assert [s.readings_applied for s in gate.due()] == [6, 6]  # its turn came: built then
+    assert sorted(built)[-2:] == [(6, 0), (6, 1)]
+
+
 def test_a_band_change_an_urgent_patient_and_a_forgotten_one_go_at_once() -> None:
     clock = Clock()
     gate = StateGate(5.0, clock=clock)
