@@ -23,6 +23,19 @@ def test_the_internals_exist():
     # faust_committed_offsets
     assert callable(AIOKafkaConsumerThread._ensure_consumer)
     assert callable(AIOKafkaConsumerThread.call_thread)
+    # faust_source_handler and streams.worker.source
+    import inspect
+
+    from faust.sensors.monitor import Monitor
+    from faust.transport.conductor import Conductor
+    from faust.transport.consumer import Consumer
+    from faust.types.tuples import Message
+    from mode.utils.queues import FlowControlEvent
+
+    assert "self._build_handler(" in inspect.getsource(Conductor._update_callback_map)
+    assert "_unacked_messages" in inspect.getsource(Consumer.wait_empty)
+    assert callable(FlowControlEvent.manage_queue) and "generation_id" in Message.__slots__
+    assert "self.stream_inbound_time[tp]" in inspect.getsource(Monitor.on_stream_event_in)
     assert callable(ClusterMetadata.topic_id)
     assert "_client" in KafkaConsumer.__init__.__code__.co_names
     # murmur2 is Kafka's: the Java client's test vectors (kafka-python's own tests use them)
