@@ -553,14 +553,21 @@ class Worker:
         partition may be committed to. Not beyond an event whose twin records or held states
         are not yet in Kafka (the record cache), nor one held for the next batch (catch-up) or
         being handled, nor a hole (the offset tracker)."""
+        # every assigned source partition, not only those Faust still has acknowledgements of:
+        # it drops them for revoked partitions before the last commit of a rebalance
         sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
-        mine = [tp for tp in tps if tp.topic in sources]
+        mine = set(self.source_assignment()) | {tp for tp in tps if tp.topic in sources}
         if not mine:
             return {}
         lows = self.cache.lowest()
         lowest_offsets(self.catchup.events, lows)
         lowest_offsets(self.inflight, lows)
         return {tp: self.tracker.limit(tp, lows.get(tp)) for tp in mine}
+
+    def source_assignment(self) -> list[TP]:
+        """The partitions of vitals.raw and observations assigned to this worker."""
+        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in sources]
 
     async def on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         """Faust's partitions-assigned signal: each source partition is seeded again before its
@@ -607,10 +614,13 @@ class Worker:
         self.source_total = total
         reason = self.liveness.observe(positions, {tp: h for tp, h in highwaters.items()
                                                    if h is not None}, growing)
-        tracker.retain(assigned)
+        # the offset bookkeeping covers both source topics (observations too)
+        sources = self.source_assignment()
+        source_positions = {**positions, **{tp: await consumer.position(tp) for tp in sources
+                                            if tp not in positions}}
+        tracker.retain(sources)
         # quiet partitions too, so that what was released of them is committed
-        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
-        unseeded = tracker.unseeded(tp for tp in consumer.assignment() if tp.topic in sources)
+        unseeded = tracker.unseeded(sources)
         if unseeded:
             await self.seed(unseeded, tries=1)
         given_up = tracker.abandoned - self.holes_given_up_reported
@@ -618,7 +628,7 @@ class Worker:
             log.warning("%d offset hole(s) given up after 30 s", given_up)
             metrics.holes_given_up.inc(given_up)
             self.holes_given_up_reported = tracker.abandoned
-        idle = tracker.idle_seeks(positions)
+        idle = tracker.idle_seeks(source_positions)
         if idle:
             await self.seek(idle)
         metrics.assigned.set(len(assigned))

@@ -6,6 +6,7 @@ what comes back. That keeps the logic testable without a broker and identical in
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from streams.errors import where
 from streams.messages import (
     AlertAction,
     AlertEvent,
@@ -27,6 +29,8 @@ from twin.channels import INDEX, NAMES, UNITS, C
 from twin.model import ModelParams
 
 Z90 = 1.6448536269514722  # the twin's 90 % forecast interval is +-Z90 SD
+
+log = logging.getLogger("patient_twin.worker")
 
 
 class StateRows:
@@ -44,6 +48,7 @@ class StateRows:
         self.pids, self.ts, self.bands, self.lost = pids, ts, bands, lost
         self._make = make
         self._built: dict[int, TwinState] = {}
+        self.failed = 0  # states that could not be built (a bug): left out, logged
 
     @classmethod
     def of(cls, states: Sequence[TwinState]) -> StateRows:
@@ -59,11 +64,28 @@ class StateRows:
         return len(self.pids)
 
     def build(self, idx: Sequence[int]) -> list[TwinState]:
-        """The states at these positions (each built once, in one vectorised pass)."""
+        """The states at these positions (each built once, in one vectorised pass). A state
+        that cannot be built is left out and logged: built after the twin step, outside its
+        message-by-message fallback, a failure here would otherwise stop the worker on every
+        restart (the twins themselves are updated and their readings committed either way)."""
         todo = sorted({i for i in idx if i not in self._built})
         if todo:
-            self._built.update(zip(todo, self._make(todo), strict=True))
-        return [self._built[i] for i in idx]
+            try:
+                self._built.update(zip(todo, self._make(todo), strict=True))
+            except Exception as exc:  # noqa: BLE001 - find the state, keep the others
+                for i in todo:
+                    try:
+                        (self._built[i],) = self._make([i])
+                    except Exception:  # noqa: BLE001 - counted and logged below
+                        self.failed += 1
+                missing = sum(i not in self._built for i in todo)
+                if missing:
+                    log.error("%d twin state(s) could not be built and were not sent (%s)",
+                              missing, where(exc))
+                else:
+                    log.warning("twin states built one by one after their batch's build "
+                                "failed (%s)", where(exc))
+        return [self._built[i] for i in idx if i in self._built]
 
     def all(self) -> list[TwinState]:
         return self.build(range(len(self.pids)))

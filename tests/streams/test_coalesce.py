@@ -94,6 +94,20 @@ def test_a_held_state_that_a_newer_one_replaces_is_never_built() -> None:
     assert sorted(built)[-2:] == [(6, 0), (6, 1)]
 
 
+def test_a_state_that_cannot_be_built_is_left_out_and_the_others_go() -> None:
+    from streams.worker.process import StateRows
+
+    def make(idx: list[int]) -> list[messages.TwinState]:
+        if 1 in idx:  # a bug met by one patient's state only
+            raise ValueError("cannot build")
+        return [_state(pids[i]) for i in idx]
+
+    pids = ["a", "b", "c"]
+    rows = StateRows(pids, [1767225600.0] * 3, ["low"] * 3, [None] * 3, make)
+    sent, _ = StateGate(1.0, clock=Clock()).offer(rows)
+    assert [s.patient_id for s in sent] == ["a", "c"] and rows.failed == 1
+
+
 def test_a_band_change_an_urgent_patient_and_a_forgotten_one_go_at_once() -> None:
     clock = Clock()
     gate = StateGate(5.0, clock=clock)
