@@ -134,7 +134,8 @@ class Worker:
         # Device readings and clinicians' manual observations feed the same agent: both are
         # keyed by patient id with the same partition count, so a patient's twin sees both in
         # one batch.
-        self.raw_topic = app.topic(settings.topic_vitals_raw, settings.topic_observations,
+        self.source_topics = (settings.topic_vitals_raw, settings.topic_observations)
+        self.raw_topic = app.topic(*self.source_topics,
                                    key_type=bytes, value_type=bytes,
                                    key_serializer="raw", value_serializer="raw",
                                    partitions=settings.kafka_partitions)
@@ -218,9 +219,7 @@ class Worker:
         # the source topics' offsets are committed as far as the twins applied them, not as
         # far as Faust acknowledged them (streams.worker.offsets, streams.compat)
         compat.faust_commit_limits(app, self.commit_limits)
-        compat.faust_source_handler(app, (self.settings.topic_vitals_raw,
-                                          self.settings.topic_observations),
-                                    self.source.on_message)
+        compat.faust_source_handler(app, self.source_topics, self.source.on_message)
         app.timer(interval=5.0)(self.check_liveness)
         app.timer(interval=1.0)(self.after_broker_loss)
         app.timer(interval=5.0)(self.alert_timers)
@@ -555,8 +554,8 @@ class Worker:
         being handled, nor a hole (the offset tracker)."""
         # every assigned source partition, not only those Faust still has acknowledgements of:
         # it drops them for revoked partitions before the last commit of a rebalance
-        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
-        mine = set(self.source_assignment()) | {tp for tp in tps if tp.topic in sources}
+        mine = set(self.source_assignment()) | {tp for tp in tps
+                                                 if tp.topic in self.source_topics}
         if not mine:
             return {}
         lows = self.cache.lowest()
@@ -566,14 +565,12 @@ class Worker:
 
     def source_assignment(self) -> list[TP]:
         """The partitions of vitals.raw and observations assigned to this worker."""
-        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
-        return [tp for tp in self.app.consumer.assignment() if tp.topic in sources]
+        return [tp for tp in self.app.consumer.assignment() if tp.topic in self.source_topics]
 
     async def on_assigned(self, sender: Any, assigned: set[TP], **_: Any) -> None:
         """Faust's partitions-assigned signal: each source partition is seeded again before its
         next commit (another worker may have committed it since this one last had it)."""
-        sources = (self.settings.topic_vitals_raw, self.settings.topic_observations)
-        self.tracker.reassigned(tp for tp in assigned if tp.topic in sources)
+        self.tracker.reassigned(tp for tp in assigned if tp.topic in self.source_topics)
 
     # Partitions moving away
 
