@@ -46,6 +46,9 @@ log = logging.getLogger("patient_twin.worker")
 # does not know (an admission written just before the patient's first readings).
 ADMISSION_SYNC_S = 3.0
 REGISTRY_WAIT_S = 60.0  # for the registry at start-up
+# Most of an original message a dead letter keeps: base64 makes it ~342 KB, well inside Kafka's
+# default 1 MB request and record limits (the producers' max_request_size).
+DEAD_LETTER_ORIGINAL_MAX = 256 * 1024
 
 
 def faust_app_config(settings: Settings) -> dict[str, Any]:
@@ -503,12 +506,21 @@ class Worker:
             self.sink.add(alert_points(events))
 
     async def dead_letter(self, ev: Any, reason: str, kind: str) -> None:
-        """An event's message to the dead-letter topic, with why."""
+        """An event's message to the dead-letter topic, with why. The original is kept up to
+        `DEAD_LETTER_ORIGINAL_MAX` bytes: whole, a message near the broker's size limit made a
+        dead letter (base64, a third larger) that Kafka refused, and the worker exited on it at
+        every restart (found sending a 900 KB message to the demo's vitals.raw). Where it was
+        read from is in the dead letter, to fetch all of it."""
         msg = ev.message
         self.metrics.dead.labels(kind).inc()
+        original = ev.value or b""
+        if len(original) > DEAD_LETTER_ORIGINAL_MAX:
+            reason = (f"{reason} (original: the first {DEAD_LETTER_ORIGINAL_MAX} of "
+                      f"{len(original)} bytes)")
+            original = original[:DEAD_LETTER_ORIGINAL_MAX]
         dead = messages.DeadLetter(
             reason=reason, kind=kind, topic=msg.topic, partition=msg.partition,
-            offset=msg.offset, received=datetime.now(UTC), original=ev.value or b"")
+            offset=msg.offset, received=datetime.now(UTC), original=original)
         await self.dlq_topic.send(key=ev.key, value=messages.encode(dead))
 
     async def seek(self, seeks: dict[TP, int]) -> None:

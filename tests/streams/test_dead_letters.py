@@ -157,6 +157,10 @@ def test_poison_between_good_readings_never_stops_the_worker(settings_factory, p
             sent_bad["wrong_type"] += 1
             p.send(s.topic_vitals_raw, key=b"P1", value=b"\xff\xfe" + good("P1", seq))
             sent_bad["not_json"] += 1
+    # near Kafka's 1 MB limit: its dead letter, whole and in base64, was refused by Kafka and
+    # the worker exited on it at every restart
+    p.send(s.topic_vitals_raw, key=b"P2", value=b"x" * 900_000)
+    sent_bad["oversized"] += 1
     p.flush()
     p.close()
 
@@ -173,6 +177,8 @@ def test_poison_between_good_readings_never_stops_the_worker(settings_factory, p
     dead = _consume(s, s.topic_vitals_dlq, lambda seen: len(seen) >= total, timeout=30)
     letters = [msgspec.json.decode(r.value, type=messages.DeadLetter) for r in dead]
     assert Counter(d.kind for d in letters) == sent_bad
+    (big,) = [d for d in letters if "of 900000 bytes" in d.reason]
+    assert big.original == b"x" * (256 * 1024)
     assert procs.items[0].poll() is None, procs.log("worker")[-3000:]  # still running
     final = [msgspec.json.decode(r.value, type=messages.TwinState) for r in states]
     assert max(st.duplicates for st in final) == 0  # each good reading applied once
