@@ -462,8 +462,7 @@ def _ingest(args: Args, settings: config.Settings) -> int:
     from streams.ingest import serve
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervise.on_stop_signals(stop.set)
     serve(settings, args.cert, args.key, args.client_ca,
           on_ready=lambda url: print(f"ingest: POST {url}", flush=True), stop=stop)
     return 0
@@ -482,8 +481,7 @@ def _mqtt_bridge(args: Args, settings: config.Settings) -> int:
     from streams.mqtt import run_bridge
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    supervise.on_stop_signals(stop.set)
     run_bridge(settings, stop, on_ready=lambda: print(
         f"mqtt-bridge: {settings.mqtt_url} devices/+/readings -> {settings.topic_vitals_raw}",
         flush=True))
@@ -504,8 +502,7 @@ def _dispatcher(args: Args, settings: config.Settings) -> int:
     from streams.webhooks import Dispatcher
 
     d = Dispatcher(settings)
-    signal.signal(signal.SIGTERM, lambda *_: d.stop())
-    signal.signal(signal.SIGINT, lambda *_: d.stop())
+    supervise.on_stop_signals(d.stop)
     print("dispatcher: delivering alert events to webhook subscribers", flush=True)
     d.run()
     print(f"dispatcher: stopped (delivered {d.delivered}, dead-lettered {d.dead})",

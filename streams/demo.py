@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -160,8 +159,7 @@ class Session:
 def run_demo(settings: Settings, *, patients: int, duration: float | None, rate: float,
              seed: int, pace: float = 1.0, session: Session = Session()) -> int:
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    supervise.on_stop_signals(stop.set)
     log_dir = Path(tempfile.mkdtemp(prefix=f"patient-twin-{session.name}-"))
     children = _Children(log_dir)
     env = dict(os.environ)

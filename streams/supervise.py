@@ -11,12 +11,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _PR_SET_PDEATHSIG = 1
 # A worker's exit code asking its supervisor for a restart (README, "Running N workers"): the
 # demo restarts such a worker, a site's supervisor should too.
 RESTART_EXIT_CODE = 3
+
+
+def on_stop_signals(action: Callable[[], object]) -> None:
+    """Run `action` on SIGINT and SIGTERM, in a thread of its own. A signal handler runs between
+    two bytecodes of the main thread, which may hold the very lock `action` takes:
+    `threading.Event.set` from the handler while the main thread was inside `Event.wait` on the
+    same event deadlocked (seen: a demo that never stopped on Ctrl-C)."""
+    def handler(*_: object) -> None:
+        threading.Thread(target=action, name="stop-signal", daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

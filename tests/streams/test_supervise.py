@@ -67,3 +67,26 @@ def test_a_port_left_in_time_wait_by_a_killed_server_is_free_again():
     server.close()
     client.close()
     assert port_free(port)
+
+
+def test_stop_signals_set_an_event_the_main_thread_is_waiting_on():
+    """The action runs in a thread of its own, so a signal arriving while the main thread holds
+    the event's lock (inside `wait`) cannot deadlock it, however many come."""
+    import os
+    import signal
+    import threading
+
+    from streams import supervise
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = threading.Event()
+    try:
+        supervise.on_stop_signals(stop.set)
+        killer = threading.Timer(0.2, lambda: [os.kill(os.getpid(), signal.SIGTERM)
+                                               for _ in range(20)])
+        killer.start()
+        assert stop.wait(5.0)
+        killer.join()
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
