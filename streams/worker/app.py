@@ -46,9 +46,9 @@ log = logging.getLogger("patient_twin.worker")
 # does not know (an admission written just before the patient's first readings).
 ADMISSION_SYNC_S = 3.0
 REGISTRY_WAIT_S = 60.0  # for the registry at start-up
-# Most of an original message a dead letter keeps: base64 makes it ~342 KB, well inside Kafka's
+# Most of an original message a dead letter keeps: base64 makes it ~683 KB, inside Kafka's
 # default 1 MB request and record limits (the producers' max_request_size).
-DEAD_LETTER_ORIGINAL_MAX = 256 * 1024
+DEAD_LETTER_ORIGINAL_MAX = 512 * 1024
 
 
 def faust_app_config(settings: Settings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from devices import malformed
 from streams import messages, supervise, topics
 from streams.config import kafka_python_config, kafka_python_producer_config
 from streams.errors import InvalidMessage
+from streams.worker.app import DEAD_LETTER_ORIGINAL_MAX
 from tests.conftest import ROOT, admit, settings_env, wait_for_stable_assignment
 
 
@@ -178,7 +179,7 @@ def test_poison_between_good_readings_never_stops_the_worker(settings_factory, p
     letters = [msgspec.json.decode(r.value, type=messages.DeadLetter) for r in dead]
     assert Counter(d.kind for d in letters) == sent_bad
     (big,) = [d for d in letters if "of 900000 bytes" in d.reason]
-    assert big.original == b"x" * (256 * 1024)
+    assert big.original == b"x" * DEAD_LETTER_ORIGINAL_MAX
     assert procs.items[0].poll() is None, procs.log("worker")[-3000:]  # still running
     final = [msgspec.json.decode(r.value, type=messages.TwinState) for r in states]
     assert max(st.duplicates for st in final) == 0  # each good reading applied once
