@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile_split", description=__doc__)
     ap.add_argument("files", nargs="+", type=Path)
     args = ap.parse_args(argv)
+    for path in args.files:
+        if not path.is_file():
+            ap.error(f"{path}: no such file (write one with `patient-twin bench pipeline "
+                     "--profile FILE`)")
     total: Counter[tuple[str, str]] = Counter()
     for path in args.files:
         counts = split(path.read_text().splitlines())

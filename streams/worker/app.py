@@ -37,8 +37,9 @@ from streams.worker.liveness import Liveness
 from streams.worker.metrics import WorkerMetrics, serve
 from streams.worker.offsets import OffsetTracker, read_from
 from streams.worker.process import TwinProcessor, select
-from streams.worker.sink import InfluxSink, alert_points, state_points
+from streams.worker.sink import InfluxSink, alert_points
 from streams.worker.source import SourceBuffer
+from streams.worker.states import StateOut
 from twin.alerts import REJECT_CAUSES, AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
@@ -455,15 +456,15 @@ class Worker:
         await self.send_alerts(result.alerts)
         return ready_at
 
-    async def send_states(self, states: list[messages.TwinState]) -> None:
+    async def send_states(self, states: list[StateOut]) -> None:
         """Twin states to twin.state (and their estimates to InfluxDB), counted."""
         if not states:
             return
         await self.writer.send(self.settings.topic_twin_state, [
-            (st.patient_id.encode(), messages.encode(st)) for st in states])
+            (st.patient_id.encode(), st.data) for st in states])
         self.metrics.states.inc(len(states))
         if self.sink is not None:
-            self.sink.add(state_points(states))
+            self.sink.add([st.line for st in states])
 
     def cache_records(self, records: dict[str, bytes]) -> None:
         """Twin records (patient id -> record) into the table's store at once and into the

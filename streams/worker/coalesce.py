@@ -30,6 +30,7 @@ from typing import Any
 
 from streams.messages import TwinState
 from streams.worker.process import StateRows
+from streams.worker.states import StateOut
 
 
 @dataclass
@@ -79,9 +80,9 @@ class StateGate:
     _due_at: dict[str, float] = field(default_factory=dict)  # when each waiting state is due
     _due: list[tuple[float, str]] = field(default_factory=list)  # heap of (due, patient)
 
-    def offer(self, states: StateRows | Sequence[TwinState],
+    def offer(self, states: StateRows | Sequence[StateOut] | Sequence[TwinState],
               urgent: set[str] | frozenset[str] = frozenset()
-              ) -> tuple[list[TwinState], float | None]:
+              ) -> tuple[list[Any], float | None]:
         """The states to send now (built), and the latest time at which any of the others held
         here becomes due (None: none held). urgent: patients whose state goes out at once."""
         rows = states if isinstance(states, StateRows) else StateRows.of(states)
@@ -115,7 +116,7 @@ class StateGate:
             held_until = due if held_until is None else max(held_until, due)
         return rows.build(out), held_until
 
-    def due(self, everything: bool = False, now: float | None = None) -> list[TwinState]:
+    def due(self, everything: bool = False, now: float | None = None) -> list[Any]:
         """The held states whose turn has come by `now` (default: the clock; all of them with
         `everything`: a rebalance or a shutdown), taken out of the gate and built."""
         now = self.clock() if now is None else now

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -18,14 +19,14 @@ from streams.errors import where
 from streams.messages import (
     AlertAction,
     AlertEvent,
-    Forecast,
     TwinState,
     ValidReading,
     reject,
     utc,
 )
+from streams.worker.states import StateOut, encode_states
 from twin import alerts, bank, history, news2, risk
-from twin.channels import INDEX, NAMES, UNITS, C
+from twin.channels import INDEX, C
 from twin.model import ModelParams
 
 Z90 = 1.6448536269514722  # the twin's 90 % forecast interval is +-Z90 SD
@@ -40,30 +41,34 @@ class StateRows:
     twin's history, epoch s; None: never). The state gate (streams.worker.coalesce) holds a
     patient's state back for its turn and replaces it with the next one: built on demand, the
     replaced ones never are (twin.state building is the largest output cost, docs/performance.md).
+    The worker's are `StateOut`s (`streams.worker.states`); `of` also takes `TwinState`s.
     """
 
     def __init__(self, pids: list[str], ts: list[float], bands: list[str],
-                 lost: list[float | None], make: Callable[[list[int]], list[TwinState]]
-                 ) -> None:
+                 lost: list[float | None], make: Callable[[list[int]], list[Any]]) -> None:
         self.pids, self.ts, self.bands, self.lost = pids, ts, bands, lost
         self._make = make
-        self._built: dict[int, TwinState] = {}
+        self._built: dict[int, Any] = {}
         self.failed = 0  # states that could not be built (a bug): left out, logged
 
     @classmethod
-    def of(cls, states: Sequence[TwinState]) -> StateRows:
+    def of(cls, states: Sequence[StateOut] | Sequence[TwinState]) -> StateRows:
         """States built already."""
         built = list(states)
-        rows = cls([st.patient_id for st in built], [st.ts.timestamp() for st in built],
+        if all(isinstance(st, StateOut) for st in built):
+            outs: list[StateOut] = built  # type: ignore[assignment]
+            return cls([o.patient_id for o in outs], [o.ts for o in outs],
+                       [o.band for o in outs], [o.lost for o in outs],
+                       lambda idx: [outs[i] for i in idx])
+        return cls([st.patient_id for st in built], [st.ts.timestamp() for st in built],
                    [st.news2_band for st in built],
                    [None if st.history_lost_at is None else st.history_lost_at.timestamp()
                     for st in built], lambda idx: [built[i] for i in idx])
-        return rows
 
     def __len__(self) -> int:
         return len(self.pids)
 
-    def build(self, idx: Sequence[int]) -> list[TwinState]:
+    def build(self, idx: Sequence[int]) -> list[Any]:
         """The states at these positions (each built once, in one vectorised pass). A state
         that cannot be built is left out and logged: built after the twin step, outside its
         message-by-message fallback, a failure here would otherwise stop the worker on every
@@ -87,7 +92,7 @@ class StateRows:
                                 "failed (%s)", where(exc))
         return [self._built[i] for i in idx if i in self._built]
 
-    def all(self) -> list[TwinState]:
+    def all(self) -> list[Any]:
         return self.build(range(len(self.pids)))
 
 
@@ -110,14 +115,14 @@ class BatchResult:
 
     @property
     def twin_states(self) -> list[TwinState]:
-        """Every twin.state message of the batch."""
-        return self.pending.all()
+        """Every twin.state message of the batch, decoded."""
+        return [st if isinstance(st, TwinState) else st.decoded() for st in self.pending.all()]
 
     def merge(self, later: BatchResult) -> None:
         """Add the result of a later step (of other readings) to this one: the later records
         and states win, counts add up. (`report` stays this one's.)"""
         self.states.update(later.states)
-        latest = {st.patient_id: st for st in self.twin_states + later.twin_states}
+        latest = {st.patient_id: st for st in self.pending.all() + later.pending.all()}
         self.pending = StateRows.of(list(latest.values()))
         self.alerts += later.alerts
         for name in ("applied", "duplicates", "late", "reordered", "gaps", "artifacts",
@@ -125,35 +130,6 @@ class BatchResult:
             setattr(self, name, getattr(self, name) + getattr(later, name))
         self.other_alert_patients = (self.other_alert_patients | later.other_alert_patients) \
             - set(self.states)
-
-
-def _values(a: np.ndarray) -> list:
-    """An array of any shape -> nested lists of Python floats rounded to 3 decimals, None where
-    NaN (the JSON form of an unknown value). One pass for a whole batch: per-value Python rounding
-    was two thirds of the worker's batch time. float32 fields are widened first, so a stored 0.95
-    comes out as 0.95, not 0.949999988."""
-    r = np.round(a.astype(np.float64), 3).astype(object)
-    r[np.isnan(a)] = None
-    return r.tolist()
-
-
-def _dict_maker(keys: tuple[str, ...]) -> Callable[[list], dict]:
-    """A function `row -> {keys[0]: row[0], keys[1]: row[1], ...}`.
-
-    Made as a dict display: three times faster than `dict(zip(keys, row))`, and a batch of a
-    thousand twins builds about twenty thousand of these dicts."""
-    body = ", ".join(f"{k!r}: r[{i}]" for i, k in enumerate(keys))
-    return eval(f"lambda r: {{{body}}}")  # noqa: S307 - keys are this module's constants
-
-
-_channel_dict = _dict_maker(tuple(NAMES))
-_derived_dict = _dict_maker(("map", "map_sd", "shock_index", "shock_index_sd"))
-_component_dict = _dict_maker(tuple(news2.COMPONENTS))
-
-
-def _by_channel(rows: list) -> list[dict[str, float | None]]:
-    """Rows of C values (`_values` of a `(K, C)` array) -> K dicts channel -> value."""
-    return [_channel_dict(row) for row in rows]
 
 
 def split(record: bytes) -> tuple[bytes, bytes, bytes]:
@@ -447,10 +423,10 @@ class TwinProcessor:
         training = self.training
 
         def make(idx: list[int], states: bank.State = states, out: bank.Outputs = out,
-                 p_risk: np.ndarray | None = p_risk) -> list[TwinState]:
-            return twin_states([emitted[i] for i in idx], states, out, rows[idx],
-                               [applied_at[i] for i in idx], [lost[i] for i in idx], p_risk,
-                               training)
+                 p_risk: np.ndarray | None = p_risk) -> list[StateOut]:
+            return encode_states([emitted[i] for i in idx], states, out, rows[idx],
+                                 [applied_at[i] for i in idx], [lost[i] for i in idx], p_risk,
+                                 training)
 
         result.pending = StateRows(emitted, states["t"][rows].tolist(),
                                    [news2.BAND_NAMES[b] for b in out.band[rows].tolist()],
@@ -564,61 +540,3 @@ class TwinProcessor:
 
     def _rejected_open(self) -> list[str]:
         return [p for p, kind in self.engine.alerts if kind == "rejected_readings"]
-
-
-def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
-                applied_at: list[float | None] | None = None,
-                history_lost_at: list[float | None] | None = None,
-                p_risk: np.ndarray | None = None, training: bool = False) -> list[TwinState]:
-    """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
-    and outputs `out`; applied_at: K times their latest readings were applied (the worker's
-    clock; None: not known); history_lost_at: K times the broker lost their stored history
-    (None: never). Every array is converted to Python values once for the batch."""
-    def take(a: np.ndarray) -> np.ndarray:
-        return a[rows]
-
-    estimate, sd, raw, age, to_band = (_by_channel(_values(take(a))) for a in (
-        out.estimate, out.sd, s["raw"], out.age_s, out.minutes_to_band))
-    fc, lo, hi = (_values(take(a)) for a in (out.forecast, out.low90, out.high90))
-    derived = _values(np.stack([take(out.map), take(out.map_sd), take(out.shock_index),
-                                take(out.shock_index_sd)], axis=1))
-    battery, quality = _values(take(s["battery"])), _values(take(s["quality"]))
-    t = take(s["t"]).tolist()
-    obs_t = _values(take(s["obs_t"]))
-    alert, oxygen = take(s["obs_alert"]), take(s["obs_oxygen"])
-    alert_l = np.where(np.isnan(alert), None, alert == 1).tolist()
-    oxygen_l = np.where(np.isnan(oxygen), None, oxygen == 1).tolist()
-    rejected = take(s["rejects"]) != 0
-    ints = {k: take(a).astype(np.int64).tolist() for k, a in (
-        ("news2", out.news2), ("news2_raw", out.news2_raw), ("band", out.band),
-        ("spo2_scale", s["spo2_scale"]), ("applied", s["applied"]),
-        ("artifacts", s["artifacts"]), ("missing", s["missing"]),
-        ("duplicates", s["duplicates"]), ("late", s["late"]), ("gaps", s["gaps"]))}
-    components = take(out.components).astype(np.int64).tolist()
-    complete = take(out.complete).tolist()
-    sepsis = [None] * len(pids) if p_risk is None else _values(take(p_risk))
-    horizons = [int(h) for h in bank.FORECAST_MINUTES]
-    at = [None if a is None else utc(a) for a in applied_at or [None] * len(pids)]
-    lost = [None if a is None else utc(a) for a in history_lost_at or [None] * len(pids)]
-    result = []
-    for k, pid in enumerate(pids):
-        result.append(TwinState(
-            patient_id=pid, ts=utc(t[k]), units=UNITS, estimate=estimate[k], sd=sd[k],
-            raw=raw[k], age_s=age[k],
-            forecasts=[Forecast(h, _channel_dict(fc[k][j]), _channel_dict(lo[k][j]),
-                                _channel_dict(hi[k][j])) for j, h in enumerate(horizons)],
-            derived=_derived_dict(derived[k]),
-            minutes_to_band=to_band[k],
-            news2=ints["news2"][k], news2_raw=ints["news2_raw"][k],
-            news2_complete=complete[k], news2_band=news2.BAND_NAMES[ints["band"][k]],
-            sepsis_risk=sepsis[k], training=training,
-            news2_components=_component_dict(components[k]),
-            rejected=[ch for ch, r in zip(NAMES, rejected[k], strict=True) if r],
-            consciousness_alert=alert_l[k], on_oxygen=oxygen_l[k],
-            observed_at=None if obs_t[k] is None else utc(obs_t[k]),
-            spo2_scale=ints["spo2_scale"][k], readings_applied=ints["applied"][k],
-            artifacts=ints["artifacts"][k], missing=ints["missing"][k],
-            duplicates=ints["duplicates"][k], late=ints["late"][k],
-            sequence_gaps=ints["gaps"][k], battery=battery[k], quality=quality[k],
-            applied_at=at[k], history_lost_at=lost[k]))
-    return result

@@ -20,8 +20,7 @@ from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
 from streams.config import Settings
-from streams.messages import AlertEvent, TwinState, ValidReading
-from twin.channels import NAMES
+from streams.messages import AlertEvent, ValidReading
 
 log = logging.getLogger("patient_twin.sink")
 
@@ -45,27 +44,6 @@ def reading_points(readings: Iterable[ValidReading]) -> list[str]:
     return [f"vitals_raw,device_id={r.device_id},patient_id={r.patient_id} "
             f"{','.join([f'{ch}={v!r}' for ch, v in r.values.items()])} {round(r.t * 1e9)}"
             for r in readings]
-
-
-def state_points(states: Iterable[TwinState]) -> list[str]:
-    """`twin`: estimates, SDs, NEWS2 and derived values per patient per batch.
-
-    Line protocol directly, like `reading_points`: a `Point` per state and its serialisation
-    took a tenth of the worker's time at a thousand patients per batch. Floats are finite (the
-    twin sends None for unknown values, which are left out).
-    """
-    out = []
-    for st in states:
-        fields = [f"{ch}_est={st.estimate[ch]!r},{ch}_sd={st.sd[ch]!r}" for ch in NAMES
-                  if st.estimate.get(ch) is not None and st.sd.get(ch) is not None]
-        fields.append(f"news2={st.news2}i,news2_raw={st.news2_raw}i,"
-                      f"news2_complete={'true' if st.news2_complete else 'false'}")
-        fields.extend(f"{k}={v!r}" for k, v in st.derived.items() if v is not None)
-        if st.sepsis_risk is not None:
-            fields.append(f"sepsis_risk={st.sepsis_risk!r}")
-        out.append(f"twin,patient_id={st.patient_id} {','.join(fields)} "
-                   f"{round(st.ts.timestamp() * 1e6) * 1000}")
-    return out
 
 
 def alert_points(alerts: Iterable[AlertEvent]) -> list[Point]:

@@ -324,7 +324,7 @@ def test_the_ward_arrow_shows_a_recent_rise_of_the_real_twin_as_a_rise():
     """The twin's forecast returns towards its slow level, so after a rise it points down; the
     ward's arrow must still say the value rose (a trend arrow read the other way round would
     tell a nurse a rising heart rate is falling)."""
-    from streams.worker.process import twin_states
+    from streams.worker.states import twin_states
     from twin import bank
     from twin.model import ModelParams
 

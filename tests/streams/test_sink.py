@@ -8,7 +8,7 @@ import pytest
 
 from streams import config
 from streams.messages import ValidReading
-from streams.worker.sink import InfluxSink, reading_points, state_points
+from streams.worker.sink import InfluxSink, reading_points
 from tests.conftest import wait_until
 
 # VictoriaMetrics drops samples outside its retention (1 month by default): use recent times.
@@ -52,10 +52,11 @@ def test_twin_points_are_read_back_with_their_types(victoria):
 
     readings = [ValidReading("dev-T", "T1", i, T0 + i, {"hr": 130.0, "spo2": 93.0, "sbp": 95.0},
                              0.9, 0.8) for i in range(1, 4)]
-    (st,) = TwinProcessor().process(readings, {}, now=T0 + 3).twin_states
+    (out,) = TwinProcessor().process(readings, {}, now=T0 + 3).pending.all()
+    st = out.decoded()
     sink = InfluxSink(_settings(victoria.url), flush_interval=0.2)
     try:
-        sink.add(state_points([st]))
+        sink.add([out.line])
         assert sink.flush(10)
         assert wait_until(lambda: victoria.export('twin_hr_est{patient_id="T1"}'), timeout=10)
         for name, want in (("hr_est", st.estimate["hr"]), ("hr_sd", st.sd["hr"]),
