@@ -46,7 +46,7 @@ _RULES: list[tuple[str, str, str]] = [
      r"\(twin/|\(twin/(risk|scores|news2|forecast)\w*\.py"),
     ("twin step: alert engine", "twin step", r"\(twin/alerts\.py|^(alert_event|twin_view) "),
     ("twin step: twin records (to_bytes)", "twin step", r"^(to_bytes|record_bytes) \(twin/"),
-    ("outputs: twin.state messages (build)", "outputs", r"^twin_states \(streams/worker/"),
+    ("outputs: twin.state messages (build)", "outputs", r"^encode_states \(streams/worker/"),
     ("outputs: encode, gate, cache, queue", "outputs",
      r"\(streams/worker/(coalesce|changelog)\.py|^(Worker\.)?(send_states|send_alerts|"
      r"cache_records|flush_outputs|write_records) |^encode \(streams/messages"),

@@ -578,6 +578,14 @@ class AlertEngine:
             doc["noticed"] = noticed
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def export_many(self, patient_ids: list[str]) -> list[bytes]:
+        """`export` of each patient; the many without alerts, silences or notices cost a set
+        lookup (30 dict lookups each in `export`: 5 us a patient, a batch of 5,000 every
+        second)."""
+        keyed = (self.alerts, self.silences, self.noticed)
+        some = {p for d in keyed for p, _ in d}
+        return [self.export(p) if p in some else b"" for p in patient_ids]
+
     def restore(self, patient_id: str, blob: bytes) -> None:
         """Replace what the engine holds for the patient by `blob` (from `export`)."""
         self.forget({patient_id})

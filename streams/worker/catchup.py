@@ -10,16 +10,17 @@ however many arrive), the worker holds that take and processes it with the next,
 
 Held events must stay uncommitted until their readings are applied: `take_events` acknowledges a
 take's events when the agent asks for the next one, so each held event's message gets one more
-reference first (Faust commits an offset only once every reference is released, `Stream.ack`) and
-releases it after the batch is processed (`release`). Faust waits for unreleased messages before
-a rebalance or a shutdown completes (`Consumer.wait_empty`), so the worker also processes held
-events when they have waited `max_seconds`, when a rebalance starts and when the app stops.
+reference first (Faust commits an offset only once every reference is released, `Stream.ack`),
+released when the batch they go into has been stepped (`Worker.process_ready`). Faust waits for
+unreleased messages before a rebalance or a shutdown completes (`Consumer.wait_empty`), so the
+worker also processes held events when they have waited `max_seconds`, when a rebalance starts
+and when the app stops.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,12 +79,7 @@ class CatchUp:
         return self.since is not None and self.clock() - self.since >= self.max_seconds
 
     def take(self) -> list[Any]:
-        """The held events, which the caller processes and then `release`s."""
+        """The held events, for the caller to step and then release (`ev.ack()`)."""
         events, self.events, self.since = self.events, [], None
         return events
 
-    @staticmethod
-    def release(events: Iterable[Any]) -> None:
-        """Drop the reference `hold` added: the offsets may be committed once processed."""
-        for ev in events:
-            ev.ack()

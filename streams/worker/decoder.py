@@ -28,6 +28,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -169,6 +170,9 @@ class Decoder:
 
     def __init__(self, lines: bool) -> None:
         self.lines = lines
+        # one request and its answer at a time on the pipe: the next batch's decode may be
+        # asked for (from another thread) while this one's is under way
+        self._lock = threading.Lock()
         self._proc = supervise.spawn([sys.executable, "-m", "streams.worker.decoder"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -177,8 +181,9 @@ class Decoder:
         """`decode_batch` in the child. Raises DecoderGone if the child has ended."""
         assert self._proc.stdin is not None and self._proc.stdout is not None
         try:
-            _write(self._proc.stdin, (observation, keys, values, self.lines, bounds))
-            answer = _read(self._proc.stdout)
+            with self._lock:
+                _write(self._proc.stdin, (observation, keys, values, self.lines, bounds))
+                answer = _read(self._proc.stdout)
         except (OSError, ValueError) as exc:  # a broken pipe, or a closed one
             raise self._gone() from exc
         if not isinstance(answer, Decoded):

@@ -440,8 +440,9 @@ class TwinProcessor:
         # The twin table keeps each patient's open alerts beside the twin, so a worker that takes
         # the patient over (restart, failover) continues the same alerts instead of raising new
         # ones. Timers can change alerts of patients outside the batch: those records too.
-        for pid in result.states:
-            result.states[pid] += self.engine.export(pid)
+        kept_pids = list(result.states)
+        for pid, alerts_blob in zip(kept_pids, self.engine.export_many(kept_pids), strict=True):
+            result.states[pid] += alerts_blob
         result.other_alert_patients = {ev.alert.patient_id for ev in events} - set(result.states)
         return result
 

@@ -360,3 +360,24 @@ def test_a_notice_is_raised_latched_kept_past_an_update_and_resolved_by_acknowle
     assert b'"noticed"' in other.export("P0")
     other.forget({"P0"})
     assert other.export("P0") == b""
+
+
+def test_export_many_is_export_of_each_patient() -> None:
+    """A patient with an alert, one with only a silence, one with only a notice mark (its alert
+    resolved) and one with nothing: the batch export is each patient's own export."""
+    n = 4
+    news = np.zeros(n, dtype=np.int64)
+    components = np.zeros((n, 7), dtype=np.int64)
+    news[0] = 7
+    components[0] = comp(hr=3, rr=2, sbp=2)
+    eng = AlertEngine()
+    est = np.tile([NORMAL[k] for k in NORMAL], (n, 1))
+    assert eng.update(dataclasses.replace(view(n, estimate=est), news2=news,
+                                          components=components), 0.0)
+    eng.silence("P1", "news2", "family at the bedside", 600.0, "nurse", now=1.0)
+    (ev,) = eng.notice(["P2"], "history_lost", "low", "the broker lost it", {}, now=2.0)
+    eng.acknowledge("P2", ev.alert.alert_id, "nurse", now=3.0)
+    pids = ["P0", "P1", "P2", "P3", "nobody"]
+    blobs = eng.export_many(pids)
+    assert blobs == [eng.export(p) for p in pids]
+    assert all(blobs[:3]) and blobs[3:] == [b"", b""]
