@@ -229,8 +229,7 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     np.fmax.at(ahead, row, t)
     t_next = np.fmax(states["t"], ahead)
     # a twin's first base is the twin before any reading: measured from its first reading
-    oldest = np.full(N, np.nan)
-    np.fmin.at(oldest, h.buf_row, h.buf["t"])
+    oldest = _firsts(N, h.buf_row, h.buf["t"])
     since = np.where(np.isnan(h.base["t"]), oldest, h.base["t"])
     roll = t_next - since >= ROLL_AT * tolerance_s  # NaN: no
     cut = t_next - tolerance_s
@@ -282,6 +281,32 @@ def step(states: bank.State, h: History, readings: bank.Readings, params: ModelP
     new = mine.applied & ~(capture[row] & (mine.t <= cut[row]))
     buf = np.concatenate([h.buf[stay], _buffered(readings, mine.t)[new]])
     buf_row = np.concatenate([h.buf_row[stay], row[new]])
-    order = np.lexsort((buf["seq"], buf["t"], buf_row))
+    order = _order(buf_row, buf["t"], buf["seq"])
     return Step(mine, History(base, buf_row[order], buf[order]),
                 int((within & mine.applied).sum()))
+
+
+def _firsts(n: int, row: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """`(n,)` each twin's earliest buffered time (NaN: none), from a buffer in (row, t) order
+    (`History`): the first entry of each twin's run. (`np.fmin.at` over the buffer was 8 ms of
+    a 5,000-twin batch.)"""
+    out = np.full(n, np.nan)
+    if len(row):
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        out[row[starts]] = t[starts]
+    return out
+
+
+def _order(row: np.ndarray, t: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """The permutation that sorts the buffer by (row, t, seq), stably: `np.lexsort`'s. The
+    buffer is the sorted one of the last step with this batch's readings after it, which in a
+    steady stream are each later than their twin's buffered ones: a stable sort by row alone
+    (two sorted runs, merged in one pass) is then already in order, checked in one pass; the
+    three-key lexsort (23 ms of a 5,000-twin batch, 40 readings each) only when it is not."""
+    order = np.argsort(row, kind="stable")
+    r, tt, sq = row[order], t[order], seq[order]
+    same = r[1:] == r[:-1]
+    back = (tt[1:] < tt[:-1]) | ((tt[1:] == tt[:-1]) & (sq[1:] < sq[:-1]))
+    if not (same & back).any():
+        return order
+    return np.lexsort((seq, t, row))
