@@ -427,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="WORKER_CATCHUP_SECONDS for the worker (default: the configured one)")
     ap.add_argument("--state-interval", type=float, default=None,
                     help="TWIN_STATE_INTERVAL_S for the worker (default: the configured one)")
+    ap.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip"],
+                    help="KAFKA_COMPRESSION for every producer of the run (default: the "
+                         "configured one)")
     ap.add_argument("--workers", type=int, default=1,
                     help="workers in the live run's consumer group (they share the "
                     "KAFKA_PARTITIONS partitions; default 1)")
@@ -455,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["worker_catchup_seconds"] = args.catchup_seconds
         if args.state_interval is not None:
             extra["twin_state_interval_s"] = args.state_interval
+        if args.compression is not None:
+            extra["kafka_compression"] = args.compression
         vm_bin = shutil.which("victoria-metrics")
         if vm_bin:
             vm_port = supervise.free_port()

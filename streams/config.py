@@ -76,10 +76,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "PEM private key of the client certificate")] = None
     kafka_ssl_key_password: Annotated[Secret | None, doc(
         "password of the client key (secret)")] = None
+    # lz4 by default: the worker's producer (aiokafka) keeps one produce request in flight per
+    # broker, so at 10,000 patients x 1 Hz the bytes of twin.state and the changelog (~37 MB/s
+    # uncompressed) were what a batch waited for: p99 1.2-2.1 s uncompressed against 0.54 s
+    # with lz4, whose CPU is small beside it (docs/performance.md, session 19).
     kafka_compression: Annotated[Literal["none", "lz4", "zstd", "gzip"], doc(
-        "compression of produced batches: none, lz4, zstd or gzip (costs worker throughput; "
-        "worth it only over a slow network, or on the embedded broker, which keeps every byte: "
-        "docs/performance.md)")] = "none"
+        "compression of produced batches: none, lz4, zstd or gzip (the worker's outputs are "
+        "JSON and twin records that lz4 cuts several times over; zstd cuts more for more CPU: "
+        "the demo's embedded broker, which keeps every byte, gets zstd; docs/performance.md)"
+        )] = "lz4"
     kafka_partitions: Annotated[Positive, doc("partitions of each topic the project creates")] = 4
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1
