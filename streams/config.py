@@ -76,15 +76,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         "PEM private key of the client certificate")] = None
     kafka_ssl_key_password: Annotated[Secret | None, doc(
         "password of the client key (secret)")] = None
-    # lz4 by default: the worker's producer (aiokafka) keeps one produce request in flight per
+    # zstd by default: the worker's producer (aiokafka) keeps one produce request in flight per
     # broker, so at 10,000 patients x 1 Hz the bytes of twin.state and the changelog (~37 MB/s
-    # uncompressed) were what a batch waited for: p99 1.2-2.1 s uncompressed against 0.54 s
-    # with lz4, whose CPU is small beside it (docs/performance.md, session 19).
+    # uncompressed) were what a batch waited for: p99 0.95-2.1 s uncompressed (6 runs), 0.53-0.54
+    # s with lz4 (3), 0.36-0.37 s with zstd (2), the worker's CPU the same within noise; and the
+    # embedded broker, which keeps every byte, holds 27 % less than with lz4
+    # (docs/performance.md, session 19 and "Broker memory").
     kafka_compression: Annotated[Literal["none", "lz4", "zstd", "gzip"], doc(
         "compression of produced batches: none, lz4, zstd or gzip (the worker's outputs are "
-        "JSON and twin records that lz4 cuts several times over; zstd cuts more for more CPU: "
-        "the demo's embedded broker, which keeps every byte, gets zstd; docs/performance.md)"
-        )] = "lz4"
+        "JSON and twin records, several times smaller compressed, and its producer's rate is "
+        "bounded by the bytes it sends: docs/performance.md)")] = "zstd"
     kafka_partitions: Annotated[Positive, doc("partitions of each topic the project creates")] = 4
     kafka_replication_factor: Annotated[Positive, doc(
         "replication factor of created topics (3 on a real cluster)")] = 1

@@ -191,10 +191,6 @@ def run_demo(settings: Settings, *, patients: int, duration: float | None, rate:
                 # (docs/performance.md, "Broker memory"). A worker that crashes re-reads up to
                 # 10 s of readings, which its twins skip as duplicates.
                 env["WORKER_COMMIT_INTERVAL_S"] = "10"
-            if not env.get("KAFKA_COMPRESSION"):
-                # zstd takes its growth at 40 patients from 2.25 (lz4) to 1.64 KB a reading, 12
-                # without compression, for a few percent of a worker's throughput.
-                env["KAFKA_COMPRESSION"] = "zstd"
             children.add("broker", broker.start(port), again=lambda: broker.start_with_topics(
                 settings))
         topics.ensure(settings)
