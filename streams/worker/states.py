@@ -111,12 +111,18 @@ class StateOut:
         return decode_twin_state(self.data)
 
 
-def _floats(col: np.ndarray, a: np.ndarray) -> None:
-    """Rounded to 3 decimals (float32 fields widened first, so a stored 0.95 comes out as 0.95),
+# Forecasts and their 90 % bands to a tenth of each channel's unit (/min, %, mm[Hg], Cel): a
+# band is several units wide, so more digits are noise, which the broker keeps and compresses
+# worst of all the message (54 of its ~130 numbers).
+FORECAST_DECIMALS = 1
+
+
+def _floats(col: np.ndarray, a: np.ndarray, decimals: int = 3) -> None:
+    """Rounded to `decimals` (float32 fields widened first, so a stored 0.95 comes out as 0.95),
     None where NaN or infinite (JSON has neither), into the object columns `col`."""
     a = a.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # a huge value rounds to inf: null
-        r = np.round(a, 3)
+        r = np.round(a, decimals)
     col[...] = r
     col[~np.isfinite(r)] = None
 
@@ -149,7 +155,7 @@ def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.nd
         for name, a in (("estimate", out.forecast), ("low90", out.low90),
                         ("high90", out.high90)):
             first = S[f"f{h}{name}0"]
-            _floats(v[:, first:first + C], take(a)[:, h])
+            _floats(v[:, first:first + C], take(a)[:, h], FORECAST_DECIMALS)
     _floats(v[:, S["derived0"]:S["derived0"] + len(_DERIVED)], np.stack(
         [take(out.map), take(out.map_sd), take(out.shock_index), take(out.shock_index_sd)],
         axis=1))

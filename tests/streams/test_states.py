@@ -54,6 +54,11 @@ def test_messages_are_the_bytes_msgspec_makes_of_the_same_state() -> None:
         assert encode(st) == o.data
         assert set(msgspec.json.decode(o.data)) == set(TwinState.__struct_fields__)
         assert o.ts == st.ts.timestamp() and o.band == st.news2_band and o.lost is None
+        # forecasts and their bands to a tenth of the unit (states.FORECAST_DECIMALS)
+        values = [v for f in st.forecasts for d in (f.estimate, f.low90, f.high90)
+                  for v in d.values() if v is not None]
+        assert values and all(round(v, 1) == v for v in values)
+        assert any(round(v, 1) != v for v in st.estimate.values() if v is not None)
     p1 = outs[1].decoded()
     assert p1.consciousness_alert is False and p1.on_oxygen is True
     assert p1.observed_at is not None and p1.raw["sbp"] == 120.0 and p1.raw["dbp"] == 75.5
