@@ -174,10 +174,16 @@ def test_demo_warns_about_its_broker_and_compresses_what_it_keeps():
     env = {"BROKER_PORT": str(port), "DASHBOARD_PORT": str(supervise.free_port()),
            "BROKER_MEMORY_WARN_FRACTION": "0.00001"}
     lines: list[str] = []
+    errs: list[str] = []
     with _cli("demo", "--patients", "3", **env) as p:
-        assert p.stdout is not None
-        reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
-        reader.start()
+        assert p.stdout is not None and p.stderr is not None
+        # each pipe has its own reader until the end: communicate() would read stdout too, close
+        # it under the reader and lose what it took (seen once in CI as "I/O operation on closed
+        # file" in the reader thread)
+        readers = [threading.Thread(target=lambda f=f, into=into: into.extend(f), daemon=True)
+                   for f, into in ((p.stdout, lines), (p.stderr, errs))]
+        for reader in readers:
+            reader.start()
         try:
             assert wait_until(lambda: any("twins updated 3/3" in line for line in lines),
                               timeout=90), "".join(lines)
@@ -193,9 +199,11 @@ def test_demo_warns_about_its_broker_and_compresses_what_it_keeps():
             wait_until(all_written, timeout=30, interval=1.0)
         finally:
             p.send_signal(signal.SIGINT)
-            _, err = p.communicate(timeout=60)
-        reader.join(10)
-    out = "".join(lines)
+            p.wait(timeout=60)
+            # before the with closes the pipes under them
+            for reader in readers:
+                reader.join(10)
+    out, err = "".join(lines), "".join(errs)
     assert p.returncode == 0, out + err
     warnings = [line for line in out.splitlines() if "WARNING" in line]
     assert len(warnings) == 1, out
