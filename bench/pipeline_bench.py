@@ -15,13 +15,16 @@
     (messages sent and not yet processed) halfway and at the end, how long the worker took to
     drain it after the last send, its CPU, and whether it kept up (`_kept_up`). With `--workers N`
     the live run has N workers in one consumer group (they share KAFKA_PARTITIONS partitions);
-    the CPU of each worker, the broker and the load generator and each worker's RSS are printed;
+    the CPU of each worker, the broker, the load generator, this process (the reader),
+    VictoriaMetrics and the whole machine (busy cores of all) and each worker's RSS are printed;
     `--profile FILE` has py-spy record the first worker while the load is sent
     (`bench/profile_split.py` sums it by stage). Latency is read from twin.state's partition 0
     only (a reader of every state fell behind by itself at 5,000 states/s).
 
 The topic of (a) and (b) holds simulated gateway uploads of `--per-message` readings each (real
-wearable gateways upload batches), made by the device simulator with its faults on. The last line
+wearable gateways upload batches), made by the device simulator with its faults on. Where
+victoria-metrics is installed the workers write their points to it (on the same cores);
+`--no-sink` leaves it out. The last line
 of output is one JSON object: bare_eps, pipeline_eps, ratio, readings_per_s, p50_ms, p99_ms,
 patients, readings, and the live run's figures.
 
@@ -30,7 +33,8 @@ topic; bare_eps and pipeline_eps are the medians of their runs (each run's are i
 ratio = pipeline_eps / bare_eps: a single run of either side varies by up to a third here.
 
 Run: `patient-twin bench pipeline [--readings 200000] [--per-message 5] [--live-seconds 30]
-[--rounds 3] [--patients 1000] [--workers 1] [--profile FILE]`; `--rounds 0` runs (c) only.
+[--rounds 3] [--patients 1000] [--workers 1] [--no-sink] [--compression CODEC]
+[--profile FILE]`; `--rounds 0` runs (c) only.
 """
 
 from __future__ import annotations
@@ -240,6 +244,13 @@ def _rss_bytes(pid: int) -> int:
     return sum(broker.rss_bytes(p) or 0 for p in _family(pid))
 
 
+def _machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy so far (Linux /proc/stat: everything but
+    idle and iowait), so a run can say whether its cores were full."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children so far (Linux /proc), seconds."""
     total = 0.0
@@ -284,7 +295,7 @@ def _metric_sum(ports: list[int], name: str) -> float | None:
 
 def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
                  per_message: int = 1, workers: int = 1, broker_pid: int | None = None,
-                 profile: Path | None = None) -> LiveRun:
+                 profile: Path | None = None, vm_pid: int | None = None) -> LiveRun:
     """The live run (c) on `workers` workers of one consumer group; profile: py-spy records the
     first worker (and its decoding child) while the producer sends, raw format, into this file."""
     from kafka import KafkaConsumer, TopicPartition
@@ -334,6 +345,8 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         events0 = _metric_sum(ports, "patient_twin_events_total") or 0.0
         cpu0 = [_cpu_seconds(w.pid) for w in procs]
         broker_cpu0 = _cpu_seconds(broker_pid) if broker_pid else 0.0
+        vm_cpu0 = _cpu_seconds(vm_pid) if vm_pid else 0.0
+        own_cpu0, busy0 = sum(os.times()[:2]), _machine_busy_seconds()
         prod = supervise.spawn(
             [sys.executable, "-c", "from bench.pipeline_bench import produce_live; "
              f"produce_live({patients}, {seconds}, {per_message})"],
@@ -365,10 +378,15 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         # over the sending, as the rate is
         cpus = [_cpu_seconds(w.pid) - c0 for w, c0 in zip(procs, cpu0, strict=True)]
         broker_cpu = _cpu_seconds(broker_pid) - broker_cpu0 if broker_pid else float("nan")
+        vm_cpu = _cpu_seconds(vm_pid) - vm_cpu0 if vm_pid else float("nan")
+        own_cpu, busy = sum(os.times()[:2]) - own_cpu0, _machine_busy_seconds() - busy0
         rss = [_rss_bytes(w.pid) for w in procs]
         span = max(t_sent - t_start, 1e-9)
         cores = {**{f"worker-{i + 1}": c / span for i, c in enumerate(cpus)},
-                 "broker": broker_cpu / span, "load": done[3] / span}
+                 "broker": broker_cpu / span, "load": done[3] / span,
+                 # this process: the twin.state reader's thread, metrics polling
+                 "reader": own_cpu / span, "victoria-metrics": vm_cpu / span,
+                 "machine": busy / span, "machine_cores": float(os.cpu_count() or 0)}
         drain: float | None = None
         while time.time() - t_sent < 120:
             processed = (_metric_sum(ports, "patient_twin_events_total") or events0) - events0
@@ -430,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compression", choices=["none", "lz4", "zstd", "gzip"],
                     help="KAFKA_COMPRESSION for every producer of the run (default: the "
                          "configured one)")
+    ap.add_argument("--no-sink", action="store_true",
+                    help="no InfluxDB sink (VictoriaMetrics) on this machine: the workers write "
+                         "no points, as if the time-series server were elsewhere and free")
     ap.add_argument("--workers", type=int, default=1,
                     help="workers in the live run's consumer group (they share the "
                     "KAFKA_PARTITIONS partitions; default 1)")
@@ -460,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             extra["twin_state_interval_s"] = args.state_interval
         if args.compression is not None:
             extra["kafka_compression"] = args.compression
-        vm_bin = shutil.which("victoria-metrics")
+        vm_bin = None if args.no_sink else shutil.which("victoria-metrics")
         if vm_bin:
             vm_port = supervise.free_port()
             vm = supervise.spawn([vm_bin, f"-storageDataPath={logs / 'vm'}",
@@ -470,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             extra.update(influx_url=f"http://127.0.0.1:{vm_port}",
                          influx_token=config.Secret("bench"), influx_org="bench",
                          influx_bucket="bench")
+        sink = "on" if vm else "off: --no-sink" if args.no_sink else \
+            "off: victoria-metrics not installed"
         filled = _settings(port, "fill", **extra)
         topics.ensure(filled)
         n_msgs = 0
@@ -490,21 +513,22 @@ def main(argv: list[str] | None = None) -> int:
                 msgspec.structs.replace(filled, app_id=f"bench-pipeline-{i}"), n_msgs,
                 logs / f"pipeline-{i}.log"))
             print(f"(b) round {i + 1}: pipeline: {pipes[-1]:,.0f} events/s = "
-                  f"{pipes[-1] * args.per_message:,.0f} readings/s (sink "
-                  f"{'on' if vm else 'off: victoria-metrics not installed'}); "
+                  f"{pipes[-1] * args.per_message:,.0f} readings/s (sink {sink}); "
                   f"ratio {pipes[-1] / bares[-1]:.2f}", flush=True)
         bare = float(np.median(bares)) if bares else float("nan")
         pipe = float(np.median(pipes)) if pipes else float("nan")
         live = _settings(port, "live", **extra)
         topics.ensure(live)
         run = live_latency(live, args.patients, args.live_seconds, logs / "live.log",
-                           live_per_message, args.workers, proc.pid, args.profile)
+                           live_per_message, args.workers, proc.pid, args.profile,
+                           vm.pid if vm is not None else None)
         lat = run.latencies
         if not lat:
             raise SystemExit(f"bench pipeline: no twin state arrived in the live run; see {logs}")
         p50, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 99))
         kept = _kept_up(run, args.patients, live_per_message)
-        print(f"(c) live {args.patients:,} patients x 1 Hz on {args.workers} worker(s), "
+        print(f"(c) live {args.patients:,} patients x 1 Hz on {args.workers} worker(s) (sink "
+              f"{sink}), "
               f"{live_per_message} reading(s) a "
               f"message: {run.readings:,} readings in {run.messages:,} messages over "
               f"{run.seconds:.0f} s ({run.readings / run.seconds:,.0f} readings/s sent); "

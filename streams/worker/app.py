@@ -191,7 +191,8 @@ class Worker:
                                risk_alert=settings.alert_sepsis_risk,
                                trend_raise=settings.alert_trend_raise),
             spo2_scale=self.registry.spo2_scale,
-            late_tolerance_s=settings.worker_late_tolerance_s, training=settings.training)
+            late_tolerance_s=settings.worker_late_tolerance_s, training=settings.training,
+            lines=sink is not None)
         self.metrics = WorkerMetrics()
         self.liveness = Liveness(stall_seconds=settings.liveness_stall_seconds,
                                  unassigned_seconds=settings.liveness_unassigned_seconds)
@@ -500,7 +501,7 @@ class Worker:
             (st.patient_id.encode(), st.data) for st in states])
         self.metrics.states.inc(len(states))
         if self.sink is not None:
-            self.sink.add([st.line for st in states])
+            self.sink.add([st.line for st in states if st.line is not None])
 
     def cache_records(self, records: dict[str, bytes]) -> None:
         """Twin records (patient id -> record) into the table's store at once and into the

@@ -285,9 +285,10 @@ class TwinProcessor:
                  clock: Callable[[], float] = time.time,
                  spo2_scale: Callable[[list[str]], list[int]] | None = None,
                  late_tolerance_s: float = history.DEFAULT_TOLERANCE_S,
-                 training: bool = False) -> None:
+                 training: bool = False, lines: bool = True) -> None:
         self.params = params or ModelParams()
         self.training = training  # a training ward: every message it makes says so
+        self.lines = lines  # twin.states carry their InfluxDB points (a worker with a sink)
         # readings up to this much older than their twin are applied in time order (0: late)
         self.late_tolerance_s = late_tolerance_s
         # the registry's NEWS2 SpO2 scale per patient (None: scale 1 unless the twin has one)
@@ -420,13 +421,13 @@ class TwinProcessor:
         applied_at = [self.applied_at.get(p) for p in emitted]
         lost = [noticed.get((p, "history_lost")) for p in emitted] if noticed \
             else [None] * len(emitted)
-        training = self.training
+        training, lines = self.training, self.lines
 
         def make(idx: list[int], states: bank.State = states, out: bank.Outputs = out,
                  p_risk: np.ndarray | None = p_risk) -> list[StateOut]:
             return encode_states([emitted[i] for i in idx], states, out, rows[idx],
                                  [applied_at[i] for i in idx], [lost[i] for i in idx], p_risk,
-                                 training)
+                                 training, lines)
 
         result.pending = StateRows(emitted, states["t"][rows].tolist(),
                                    [news2.BAND_NAMES[b] for b in out.band[rows].tolist()],

@@ -98,14 +98,14 @@ _LINE_CHANNELS = [(f"{ch}_est=".encode(), f",{ch}_sd=".encode(), e, d)
 class StateOut:
     """One twin.state message ready to go: patient_id, ts (its latest applied reading, epoch s),
     band (NEWS2 band name), lost (when the broker lost its history, epoch s; None: never), data
-    (the message's JSON) and line (its InfluxDB `twin` point)."""
+    (the message's JSON) and line (its InfluxDB `twin` point; None when not asked for)."""
 
     patient_id: str
     ts: float
     band: str
     lost: float | None
     data: bytes
-    line: str
+    line: str | None
 
     def decoded(self) -> TwinState:
         return decode_twin_state(self.data)
@@ -134,11 +134,14 @@ def _times(ts: list[float | None]) -> list:
 def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
                   applied_at: list[float | None] | None = None,
                   history_lost_at: list[float | None] | None = None,
-                  p_risk: np.ndarray | None = None, training: bool = False) -> list[StateOut]:
+                  p_risk: np.ndarray | None = None, training: bool = False,
+                  lines: bool = True) -> list[StateOut]:
     """The twin.state messages of `pids`, which are rows `rows` `(K,)` of the batch's states `s`
     and outputs `out`; applied_at: K times their latest readings were applied (the worker's
     clock; None: not known); history_lost_at: K times the broker lost their stored history
-    (None: never); p_risk: `(N,)` the twin's sepsis risk over the batch (None: not computed)."""
+    (None: never); p_risk: `(N,)` the twin's sepsis risk over the batch (None: not computed);
+    lines: also each state's InfluxDB point (a worker without a sink leaves them out: a fifth of
+    the cost)."""
     K = len(pids)
     if K == 0:
         return []
@@ -208,6 +211,12 @@ def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.nd
         joined = [b""] * (2 * n + 1)
         joined[0::2] = pieces
         joined[1::2] = tokens
+        data = b"".join(joined)
+        if not lines:
+            result.append(StateOut(pid, t[k], news2.BAND_NAMES[bands[k]],
+                                   None if history_lost_at is None else history_lost_at[k],
+                                   data, None))
+            continue
         # the point's fields from the same number tokens (ASCII, as line protocol writes them)
         fields = [pre_e + tokens[e] + pre_s + tokens[d] for pre_e, pre_s, e, d in _LINE_CHANNELS
                   if tokens[e] != b"null" and tokens[d] != b"null"]
@@ -220,7 +229,7 @@ def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.nd
                 f"{round(ts[k].timestamp() * 1e6) * 1000}")
         result.append(StateOut(pid, t[k], news2.BAND_NAMES[bands[k]],
                                None if history_lost_at is None else history_lost_at[k],
-                               b"".join(joined), line))
+                               data, line))
     return result
 
 

@@ -87,6 +87,21 @@ def test_influx_point_carries_the_messages_numbers() -> None:
         assert float(values["sepsis_risk"]) == st.sepsis_risk
 
 
+def test_a_worker_without_a_sink_makes_the_same_messages_without_points() -> None:
+    """`TwinProcessor(lines=False)` (a worker with no INFLUX_URL) leaves the points out and
+    changes no byte of the messages."""
+    _, _, (with_points,) = _batch()
+    proc, stored, _ = _batch()
+    bare = TwinProcessor(lines=False)
+    readings = [ValidReading("d0", "p0", 9, T0 + 9, {"hr": 70.0}, None, None),
+                ValidReading("d1", "p1", 9, T0 + 9.5, {"hr": 71.0, "sbp": 118.0}, None, None)]
+    a, b = proc.process(readings, stored, now=T0 + 10), bare.process(readings, stored,
+                                                                     now=T0 + 10)
+    assert [o.data for o in a.pending.all()] == [o.data for o in b.pending.all()]
+    assert all(o.line for o in a.pending.all()) and all(o.line for o in with_points.pending.all())
+    assert [o.line for o in b.pending.all()] == [None, None]
+
+
 @functools.cache
 def _records() -> tuple[bytes, ...]:
     _, stored, _ = _batch(2)
