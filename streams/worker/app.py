@@ -279,6 +279,10 @@ class Worker:
                 events = [ev for ev, k in zip(batch, keep, strict=True) if k]
                 taken = [(ev.message.tp, ev.message.offset) for ev in events]
                 self.metrics.taken.inc(len(events))
+                # the take's own reference goes when the next take is asked for: one more,
+                # held or not, until the twin step is done with them (process_ready)
+                for ev in events:
+                    ev.message.incref()
                 async with self.take_lock:
                     if not seeks and not self.app.rebalancing and not self.app.should_stop and \
                             catchup.should_hold(len(events), self.behind(taken),
@@ -286,10 +290,6 @@ class Worker:
                         catchup.hold(events)
                         self.metrics.held.inc()
                     else:
-                        # the take's own reference goes when the next take is asked for: one
-                        # more, as held events have, until the twin step is done with them
-                        for ev in events:
-                            ev.message.incref()
                         await self.enqueue(catchup.take() + events)
                 tracker.done(taken)  # applied, or on their way (uncommitted meanwhile)
                 if seeks:

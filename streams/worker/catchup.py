@@ -9,9 +9,10 @@ however many arrive), the worker holds that take and processes it with the next,
 `max_events` events or `max_seconds` of waiting.
 
 Held events must stay uncommitted until their readings are applied: `take_events` acknowledges a
-take's events when the agent asks for the next one, so each held event's message gets one more
-reference first (Faust commits an offset only once every reference is released, `Stream.ack`),
-released when the batch they go into has been stepped (`Worker.process_ready`). Faust waits for
+take's events when the agent asks for the next one, so the worker gives each taken event's message
+one more reference first, held or not (Faust commits an offset only once every reference is
+released, `Stream.ack`), released when the batch it goes into has been stepped
+(`Worker.process_ready`). Faust waits for
 unreleased messages before a rebalance or a shutdown completes (`Consumer.wait_empty`), so the
 worker also processes held events when they have waited `max_seconds`, when a rebalance starts
 and when the app stops.
@@ -65,10 +66,8 @@ class CatchUp:
         return len(self.events) + 2 * taken <= self.max_events and not self.due()
 
     def hold(self, events: Sequence[Any]) -> None:
-        """Keep `events` (Faust events) for the next batch: one more reference on each message,
-        so the take's acknowledgement does not commit them."""
-        for ev in events:
-            ev.message.incref()
+        """Keep `events` (Faust events, each with the worker's own reference) for the next
+        batch."""
         if self.since is None:
             self.since = self.clock()
         self.events.extend(events)

@@ -26,19 +26,8 @@ class Clock:
         return self.t
 
 
-class Msg:
-    """The part of a Faust message `hold` touches: its reference count."""
-
-    def __init__(self) -> None:
-        self.refcount = 1
-
-    def incref(self) -> None:
-        self.refcount += 1
-
-
 class Ev:
-    def __init__(self) -> None:
-        self.message = Msg()
+    """A Faust event, which `CatchUp` only keeps (the worker gives it its extra reference)."""
 
 
 def test_holds_only_while_as_many_again_are_waiting_and_the_next_take_fits() -> None:
@@ -59,8 +48,6 @@ def test_held_events_are_due_after_max_seconds_and_handed_over_once() -> None:
     c = CatchUp(max_events=10_000, max_seconds=2.0, clock=clock)
     first = [Ev() for _ in range(3)]
     c.hold(first)
-    # one more reference each: the take's own acknowledgement does not commit them
-    assert [ev.message.refcount for ev in first] == [2, 2, 2]
     clock.t += 1.5
     c.hold([Ev()])
     assert not c.due()  # timed from the first held event, not the last
