@@ -15,6 +15,7 @@ import numpy as np
 
 from twin import bank
 from twin.channels import INDEX, C
+from twin.devices import device_hash
 from twin.model import SPO2, ModelParams, measurement_var, odc, transition
 
 LINEAR = [c for c in range(C) if c != SPO2]
@@ -38,7 +39,7 @@ def _readings(N: int, rng: np.random.Generator, tick: int, dev: np.ndarray) -> b
 def bank_rate(N: int, repeats: int, params: ModelParams) -> float:
     rng = np.random.default_rng(1)
     states = bank.new_states(N, params)
-    dev = bank.device_hash([f"d{i}" for i in range(N)])
+    dev = device_hash([f"d{i}" for i in range(N)])
     batches = [_readings(N, rng, k + 1, dev) for k in range(repeats + 1)]
     bank.step(states, batches[0], params)  # first readings initialise every channel
     times = []

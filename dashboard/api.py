@@ -35,7 +35,7 @@ from streams.config import Settings
 from streams.follow import TopicWriter
 from streams.messages import AlertAction, AlertEvent, encode
 from streams.webhooks import Subscription, SubscriptionView, matches, new_subscription
-from twin.alerts import KINDS, split_alert_id
+from twin.policy import KINDS, split_alert_id
 
 
 def SubscriptionWriter(settings: Settings) -> TopicWriter:  # noqa: N802 - a named constructor

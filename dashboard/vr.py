@@ -35,8 +35,8 @@ from dashboard import login, ward
 from dashboard.context import Context
 from streams.errors import PatientTwinError
 from streams.messages import AlertAction
-from twin.alerts import split_alert_id
 from twin.channels import NAMES
+from twin.policy import split_alert_id
 
 log = logging.getLogger("patient_twin.vr")
 

@@ -36,9 +36,11 @@ from devices.simulator import Cohort
 from devices.truth import score_truth
 from streams.worker.process import twin_view
 from twin import bank, news2, risk
-from twin.alerts import AlertEngine, AlertPolicy
+from twin.alerts import AlertEngine
 from twin.channels import INDEX, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
+from twin.devices import device_hash
 from twin.model import ModelParams
+from twin.policy import AlertPolicy
 
 
 @dataclass
@@ -137,7 +139,7 @@ def evaluate(patients: int, hours: float, seed: int, *, rate: float = 0.2,
     engine = AlertEngine(policy)
     scale = cohort.profiles.spo2_scale
     ids = cohort.patient_ids
-    devices = bank.device_hash(cohort.device_ids)
+    devices = device_hash(cohort.device_ids)
     seq = np.zeros(patients, dtype=np.int64)
     twin_alarms, base_alarms, technical = Alarms(), Alarms(), 0
     raw_latest = np.full((patients, C), np.nan)

@@ -27,9 +27,11 @@ from devices import physionet, scoring
 from devices.physionet import Stays
 from streams.errors import ConfigError
 from twin import bank, news2, risk, trend
-from twin.alerts import AlertPolicy, trend_condition
+from twin.alerts import trend_condition
 from twin.channels import INDEX, NAMES, PLAUSIBLE_HIGH, PLAUSIBLE_LOW, C
+from twin.devices import device_hash
 from twin.model import ModelParams
+from twin.policy import AlertPolicy
 
 DATASETS = ("sepsis2019", "icu2012")
 N_BOOT = 1000
@@ -108,7 +110,7 @@ def run_twin(stays: Stays, grid_start: np.ndarray, grid_t: np.ndarray,
     order = order[h_of[order] >= 0]
     H = int(glen.max()) if S else 0
     bounds = np.searchsorted(h_of[order], np.arange(H + 1), side="left")
-    device = np.repeat(bank.device_hash(["physionet-record"]), len(stays.t))
+    device = np.repeat(device_hash(["physionet-record"]), len(stays.t))
     seq = np.arange(1, len(stays.t) + 1, dtype=np.int64)  # ascending within each stay
 
     states = bank.new_states(S, params)

@@ -17,8 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from streams.errors import ConfigError
-from twin import history
-from twin.alerts import AlertPolicy
+from twin.policy import DEFAULT_TOLERANCE_S, AlertPolicy
 
 
 class Secret:
@@ -166,7 +165,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # an older one is counted late and skipped. 0: every out-of-order reading is late.
     worker_late_tolerance_s: Annotated[float, msgspec.Meta(ge=0, le=600), doc(
         "a reading up to this many seconds older than its twin is applied in time order; older "
-        "ones are counted late and skipped (0: off)")] = history.DEFAULT_TOLERANCE_S
+        "ones are counted late and skipped (0: off)")] = DEFAULT_TOLERANCE_S
     # twin.state is for people and the dashboard: one per patient per interval is what they can
     # take in; readings faster than that replace the waiting state (streams.worker.coalesce).
     twin_state_interval_s: Annotated[float, msgspec.Meta(ge=0, le=60), doc(

@@ -20,7 +20,7 @@ from streams.config import Settings
 from streams.errors import PatientTwinError
 from streams.follow import Follower, TopicWriter, record_key
 from streams.messages import PATIENT_SCHEMA, PatientRecord, decode_patient
-from twin.bank import device_hash
+from twin.devices import device_hash
 
 EVENTS = ("admit", "transfer", "discharge", "update")
 
@@ -79,7 +79,7 @@ class Registry:
         self.settings = settings
         self._lock = threading.Lock()
         self._records: dict[str, PatientRecord] = {}
-        # admitted patient -> the device hashes (`twin.bank.device_hash`) paired to them
+        # admitted patient -> the device hashes (`twin.devices.device_hash`) paired to them
         self._paired: dict[str, frozenset[int]] = {}
         self.follower: Follower | None = None
 

@@ -35,7 +35,7 @@ from streams.errors import InvalidMessage, where
 from streams.follow import Follower, record_key
 from streams.registry import Registry
 from streams.topics import partition_of
-from twin.alerts import make_alert_id, split_alert_id
+from twin.policy import make_alert_id, split_alert_id
 
 log = logging.getLogger("patient_twin.watchdog")
 

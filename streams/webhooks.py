@@ -37,7 +37,7 @@ from streams.follow import Follower, TopicWriter, record_key
 from streams.messages import AlertEvent, decode_alert, decode_record, encode, reject
 from streams.registry import Registry
 from streams.watchdog import Watchdog
-from twin.alerts import KINDS, PRIORITIES
+from twin.policy import KINDS, PRIORITIES
 
 log = logging.getLogger("patient_twin.webhooks")
 

@@ -29,3 +29,18 @@ def test_every_streams_module_but_the_wiring_point_is_under_the_contract():
         f"streams.{p.name}" for p in (ROOT / "streams").iterdir()
         if p.is_dir() and (p / "__init__.py").exists()}
     assert modules - held == {"streams.cli", "streams.demo"}
+
+
+def test_the_light_processes_start_without_the_filtering_core():
+    """The ingest endpoint, the MQTT bridge, the dispatcher and the demo's supervisor run no
+    filter: importing numpy's scientific stack for a default or a hash cost each about 30 MB
+    of a demo's memory budget (twin.policy, twin.devices; docs/performance.md)."""
+    code = ("import sys, streams.cli, streams.ingest, streams.mqtt, streams.webhooks, "
+            "streams.watchdog, streams.demo, streams.enrol, streams.broker\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'faust', "
+            "'dash', 'influxdb_client') or m in ('twin.bank', 'twin.alerts', 'twin.history'))\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -8,8 +8,6 @@ covariance entries per channel instead of a 12 x 12 matrix.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,18 +92,6 @@ Z90 = 1.6448536269514722  # two-sided 90 % interval of a normal
 
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _device_hash(device_id: str) -> int:
-    # The same devices come back every batch: a worker's decoding child spent 7 % of its time
-    # hashing them again (10,000 patients, docs/performance.md); bounded, so ids a hostile
-    # device makes up cost memory only up to the bound.
-    return int.from_bytes(hashlib.blake2b(device_id.encode(), digest_size=8).digest(),
-                          "little") or 1
-
-
-def device_hash(device_ids: list[str]) -> np.ndarray:
-    """64-bit non-zero hashes of device ids, `(K,) uint64`."""
-    return np.fromiter(map(_device_hash, device_ids), np.uint64, len(device_ids))
 
 
 def _prior(params: ModelParams) -> tuple[np.ndarray, np.ndarray]:

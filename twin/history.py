@@ -29,9 +29,6 @@ from twin import bank
 from twin.channels import C
 from twin.model import ModelParams
 
-DEFAULT_TOLERANCE_S = 30.0
-"""The simulated gateways deliver late messages 2-30 s late (`devices.faults`)."""
-
 READING_DTYPE = np.dtype([
     ("t", "f8"),  # as applied (a manual observation's may be later than it was taken)
     ("seq", "i8"),

@@ -19,11 +19,11 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from twin.alerts import AlertPolicy
 from twin.bank import Outputs, State
 from twin.channels import INDEX, NAMES
 from twin.model import SPO2, ModelParams, odc
 from twin.news2 import CHART, COLUMN
+from twin.policy import AlertPolicy
 
 PARAMS_FILE = Path(__file__).with_name("risk_params.json")
 PARAMS_VERSION = 1

@@ -24,7 +24,7 @@ from dashboard.patient import alert_rows, header, news2_table, trends
 from streams.errors import InvalidMessage
 from streams.messages import OBSERVATION_SCHEMA, AlertAction, decode_observation
 from streams.registry import RegistryError, change
-from twin.alerts import KINDS
+from twin.policy import KINDS
 
 ANIMATE_MS = 120
 SILENCE_MINUTES = (15, 30, 60, 120, 240)

@@ -33,7 +33,7 @@ REASONS = {
 
 def check(batch: Batch, paired: Callable[[str], frozenset[int] | None]) -> np.ndarray:
     """Why each reading of `batch` may not be applied: `(K,)` int8, OK, UNKNOWN_PATIENT or
-    UNPAIRED_DEVICE. paired: patient id -> the `bank.device_hash` of each device paired to the
+    UNPAIRED_DEVICE. paired: patient id -> the `device_hash` of each device paired to the
     patient (None: not admitted). One lookup per patient of the batch; the readings are matched
     against the pairs as arrays."""
     r = batch.readings

@@ -41,7 +41,8 @@ from streams.worker.process import TwinProcessor, select
 from streams.worker.sink import InfluxSink, alert_points
 from streams.worker.source import SourceBuffer
 from streams.worker.states import StateOut
-from twin.alerts import REJECT_CAUSES, AlertPolicy
+from twin.alerts import REJECT_CAUSES
+from twin.policy import AlertPolicy
 
 log = logging.getLogger("patient_twin.worker")
 # Longest a batch waits for the registry to catch up before refusing readings of patients it

@@ -27,7 +27,9 @@ from streams.messages import (
 from streams.worker.states import StateOut, encode_states
 from twin import alerts, bank, history, news2, risk
 from twin.channels import INDEX, C
+from twin.devices import device_hash
 from twin.model import ModelParams
+from twin.policy import DEFAULT_TOLERANCE_S, EXTERNAL_KINDS, AlertPolicy, split_alert_id
 
 Z90 = 1.6448536269514722  # the twin's 90 % forecast interval is +-Z90 SD
 
@@ -260,7 +262,7 @@ def to_batch(readings: Sequence[ValidReading]) -> Batch:
         z=z,
         quality=np.array([np.nan if r.quality is None else r.quality for r in readings]),
         battery=np.array([np.nan if r.battery is None else r.battery for r in readings]),
-        device=bank.device_hash([r.device_id for r in readings]),
+        device=device_hash([r.device_id for r in readings]),
         seq=np.fromiter((r.seq for r in readings), np.int64, K),
     )
     if any(r.manual for r in readings):
@@ -281,10 +283,10 @@ class TwinProcessor:
     """
 
     def __init__(self, params: ModelParams | None = None,
-                 policy: alerts.AlertPolicy | None = None,
+                 policy: AlertPolicy | None = None,
                  clock: Callable[[], float] = time.time,
                  spo2_scale: Callable[[list[str]], list[int]] | None = None,
-                 late_tolerance_s: float = history.DEFAULT_TOLERANCE_S,
+                 late_tolerance_s: float = DEFAULT_TOLERANCE_S,
                  training: bool = False, lines: bool = True) -> None:
         self.params = params or ModelParams()
         self.training = training  # a training ward: every message it makes says so
@@ -510,7 +512,7 @@ class TwinProcessor:
         is not open, a silence that is not valid)."""
         now = self.clock() if now is None else now
         if action.action == "acknowledge" and \
-                alerts.split_alert_id(action.alert_id or "")[1] in alerts.EXTERNAL_KINDS:
+                split_alert_id(action.alert_id or "")[1] in EXTERNAL_KINDS:
             return []  # raised and answered outside the workers (streams.watchdog)
         self._own([action.patient_id], {action.patient_id: stored})
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from streams.messages import ValidReading
 from streams.worker import admission
 from streams.worker.process import to_batch
-from twin import bank
+from twin.devices import device_hash
 
 
 def rd(pid: str, dev: str, manual: bool = False) -> ValidReading:
@@ -14,8 +14,8 @@ def rd(pid: str, dev: str, manual: bool = False) -> ValidReading:
 
 
 def test_unknown_patients_and_unpaired_devices_are_refused_reading_by_reading():
-    pairs = {"P1": frozenset(bank.device_hash(["D1", "D1b"]).tolist()),
-             "P2": frozenset(bank.device_hash(["D2"]).tolist()),
+    pairs = {"P1": frozenset(device_hash(["D1", "D1b"]).tolist()),
+             "P2": frozenset(device_hash(["D2"]).tolist()),
              "P3": frozenset()}  # admitted, nothing paired yet
     batch = to_batch([rd("P1", "D1"), rd("P1", "D2"), rd("P2", "D2"), rd("P9", "D9"),
                       rd("P1", "D1b"), rd("P2", "D1"), rd("P3", "D3"),
@@ -28,7 +28,7 @@ def test_unknown_patients_and_unpaired_devices_are_refused_reading_by_reading():
 
 def test_a_device_paired_to_one_patient_cannot_write_for_another():
     # the same device id under another patient's key: the pair, not the device, is checked
-    pairs = {"P1": frozenset(bank.device_hash(["D1"]).tolist()), "P2": frozenset()}
+    pairs = {"P1": frozenset(device_hash(["D1"]).tolist()), "P2": frozenset()}
     batch = to_batch([rd("P2", "D1")] * 3 + [rd("P1", "D1")])
     assert admission.check(batch, pairs.get).tolist() == [admission.UNPAIRED_DEVICE] * 3 + [0]
 

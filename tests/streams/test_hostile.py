@@ -379,7 +379,7 @@ def test_the_unmutated_messages_are_applied():
 def test_a_rejected_readings_alert_resolves_after_the_device_goes_silent():
     """Its counts decay away while no reading comes; the open alert is still checked, so it
     clears instead of reminding and escalating for ever (threshold 2 a minute)."""
-    from twin.alerts import AlertPolicy
+    from twin.policy import AlertPolicy
 
     clock = Clock(NOW)
     proc = TwinProcessor(clock=clock, policy=AlertPolicy(reject_alert_per_min=2.0))

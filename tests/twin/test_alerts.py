@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from twin.alerts import KINDS, AlertEngine, AlertPolicy, TwinView, conditions, red_probability
+from twin.alerts import AlertEngine, TwinView, conditions, red_probability
 from twin.channels import INDEX, C
+from twin.policy import KINDS, AlertPolicy
 
 H = np.array([15.0, 30.0, 60.0])
 NORMAL = {"hr": 72.0, "rr": 15.0, "spo2": 97.0, "sbp": 124.0, "dbp": 78.0, "temp": 36.9}

@@ -3,6 +3,7 @@ import pytest
 
 from twin import bank, news2
 from twin.channels import INDEX, C
+from twin.devices import device_hash
 from twin.model import ModelParams
 
 PARAMS = ModelParams()
@@ -19,7 +20,7 @@ def readings(rows, t, values, device=None, seq=None, quality=None):
     return bank.Readings(
         row=np.asarray(rows), t=np.asarray(t, float), z=z,
         quality=np.asarray(quality if quality is not None else [1.0] * K, float),
-        battery=np.full(K, 0.9), device=bank.device_hash(dev),
+        battery=np.full(K, 0.9), device=device_hash(dev),
         seq=np.asarray(seq if seq is not None else list(range(1, K + 1))))
 
 

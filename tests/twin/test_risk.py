@@ -6,6 +6,7 @@ from scipy.special import expit
 
 from twin import bank, risk
 from twin.channels import INDEX, C
+from twin.devices import device_hash
 from twin.model import ModelParams
 
 
@@ -83,7 +84,7 @@ def _twins(n=3):
     z[0, INDEX["rr"]] = 16
     nan = np.full(n, np.nan)
     bank.step(s, bank.Readings(np.arange(n), np.zeros(n), z, nan, nan,
-                               bank.device_hash(["d"] * n), np.ones(n, np.int64)), params)
+                               device_hash(["d"] * n), np.ones(n, np.int64)), params)
     return s, params
 
 

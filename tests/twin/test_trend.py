@@ -3,6 +3,7 @@ import pytest
 
 from twin import bank, news2, trend
 from twin.channels import INDEX, C
+from twin.devices import device_hash
 from twin.model import ModelParams
 
 PARAMS = ModelParams()
@@ -27,7 +28,7 @@ def _run(values: np.ndarray, every_s: float = 5.0, seed: int = 0) -> bank.State:
     K, T = values.shape
     rng = np.random.default_rng(seed)
     s = bank.new_states(K, PARAMS)
-    dev = bank.device_hash([f"d{i}" for i in range(K)])
+    dev = device_hash([f"d{i}" for i in range(K)])
     for j in range(T):
         z = np.full((K, C), np.nan)
         z[:, HR] = values[:, j] + rng.normal(0.0, PARAMS.measurement_sd[HR], K)
