@@ -373,7 +373,7 @@ def _bad_value(ch: str, q: Quantity) -> InvalidMessage:
 
 # gc=False: the cyclic collector never tracks these (strings, floats and a dict of floats cannot
 # form a cycle). A batch of 8,000 gateway messages keeps ~40,000 of them alive until they become
-# arrays (`process.to_batch`), and tracked they set off about twice as many gen0 collections
+# arrays (`worker.batch.to_batch`), and tracked they set off about twice as many gen0 collections
 # (~25 ms each, measured in the worker before decoding moved to `streams.worker.decoder`).
 class ValidReading(msgspec.Struct, frozen=True, gc=False):
     """A reading that passed validation, values converted to canonical units."""

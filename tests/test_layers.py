@@ -32,11 +32,13 @@ def test_every_streams_module_but_the_wiring_point_is_under_the_contract():
 
 
 def test_the_light_processes_start_without_the_filtering_core():
-    """The ingest endpoint, the MQTT bridge, the dispatcher and the demo's supervisor run no
-    filter: importing numpy's scientific stack for a default or a hash cost each about 30 MB
-    of a demo's memory budget (twin.policy, twin.devices; docs/performance.md)."""
+    """The ingest endpoint, the MQTT bridge, the dispatcher, the demo's supervisor and the
+    worker's decoding child run no filter: importing the scientific stack for a default, a hash
+    or a dataclass cost each 20-60 MB of a demo's memory budget (twin.policy, twin.devices,
+    twin.readings, streams.worker.batch; docs/performance.md)."""
     code = ("import sys, streams.cli, streams.ingest, streams.mqtt, streams.webhooks, "
-            "streams.watchdog, streams.demo, streams.enrol, streams.broker\n"
+            "streams.watchdog, streams.demo, streams.enrol, streams.broker, "
+            "streams.worker.decoder\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'faust', "
             "'dash', 'influxdb_client') or m in ('twin.bank', 'twin.alerts', 'twin.history'))\n"
             "print(heavy)")

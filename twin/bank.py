@@ -24,6 +24,7 @@ from twin.model import (
     spo2_hx,
     transition,
 )
+from twin.readings import Readings
 
 STATE_VERSION = 7
 DEVICE_SLOTS = 4
@@ -194,33 +195,6 @@ def from_bytes(blobs: list[bytes]) -> State:
 def _pair_cov(p: np.ndarray) -> np.ndarray:
     """(k, 3) covariance entries -> (k, 2, 2)."""
     return np.stack([np.stack([p[:, 0], p[:, 1]], -1), np.stack([p[:, 1], p[:, 2]], -1)], -2)
-
-
-@dataclass(frozen=True)
-class Readings:
-    """A batch of K readings for the patients of a `(N,)` state array.
-
-    row: `(K,)` int index of the patient's state; t: `(K,)` epoch seconds; z: `(K, C)` values in
-    canonical units, NaN where the reading has no such channel; quality: `(K,)` in [0, 1] (NaN:
-    unknown); battery: `(K,)` in [0, 1] (NaN: unknown); device: `(K,) uint64` from `device_hash`;
-    seq: `(K,) int64` per-device sequence numbers; alert, oxygen: `(K,)` float from manual
-    observations (NaN: not recorded); manual: `(K,)` bool, a clinician's observation (applied
-    even if older than the twin's latest reading: it is entered after the fact); not_before:
-    `(K,)` epoch seconds, a reading older than this is late whatever the twin's time or its
-    device's numbering (NaN: no such limit; `twin.history` sets it from the late tolerance).
-    """
-
-    row: np.ndarray
-    t: np.ndarray
-    z: np.ndarray
-    quality: np.ndarray
-    battery: np.ndarray
-    device: np.ndarray
-    seq: np.ndarray
-    alert: np.ndarray | None = None
-    oxygen: np.ndarray | None = None
-    manual: np.ndarray | None = None
-    not_before: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

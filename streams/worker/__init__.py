@@ -5,7 +5,7 @@
    lasts; `offsets` re-reads what a rebalance dropped), and its timers check liveness, alert
    timers and broker losses.
 2. `decoder`: the batch decoded and validated in a child process (invalid messages become dead
-   letters with their reason), into one columnar batch of readings.
+   letters with their reason), into one columnar batch of readings (`batch`).
 3. `admission`: only admitted patients' readings from their paired devices go on.
 4. `process`: the vectorised twin step (`twin.bank`) and the alert engine (`twin.alerts`) over
    the batch, giving the twins' records, twin.state messages and alert events.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streams.worker.process import Batch
+from streams.worker.batch import Batch
 from twin.history import membership_key
 
 OK, UNKNOWN_PATIENT, UNPAIRED_DEVICE = 0, 1, 2

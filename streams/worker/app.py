@@ -30,6 +30,7 @@ from streams.follow import WRITE_BACK_TRIES
 from streams.registry import Registry, RegistryWriter
 from streams.topics import TWIN_TABLE, partition_of
 from streams.worker import admission
+from streams.worker.batch import select
 from streams.worker.catchup import CatchUp, lag_after
 from streams.worker.changelog import BatchWriter
 from streams.worker.coalesce import RecordCache, StateGate, lowest_offsets
@@ -37,7 +38,7 @@ from streams.worker.decoder import Bounds, Decoded, Decoder
 from streams.worker.liveness import Liveness
 from streams.worker.metrics import WorkerMetrics, serve
 from streams.worker.offsets import OffsetTracker, read_from
-from streams.worker.process import TwinProcessor, select
+from streams.worker.process import TwinProcessor
 from streams.worker.sink import InfluxSink, alert_points
 from streams.worker.source import SourceBuffer
 from streams.worker.states import StateOut

@@ -37,7 +37,7 @@ import numpy as np
 from streams import messages, supervise
 from streams.config import Settings
 from streams.errors import InvalidMessage, where
-from streams.worker.process import Batch, to_batch
+from streams.worker.batch import Batch, to_batch
 from streams.worker.sink import reading_points
 
 _LEN = struct.Struct("<Q")

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,9 @@ from streams.messages import (
     reject,
     utc,
 )
+from streams.worker.batch import Batch, select, to_batch
 from streams.worker.states import StateOut, encode_states
 from twin import alerts, bank, history, news2, risk
-from twin.channels import INDEX, C
-from twin.devices import device_hash
 from twin.model import ModelParams
 from twin.policy import DEFAULT_TOLERANCE_S, EXTERNAL_KINDS, AlertPolicy, split_alert_id
 
@@ -229,49 +228,6 @@ def alert_event(ev: alerts.Event, training: bool = False) -> AlertEvent:
         raised_at=None if a.raised_at is None else utc(a.raised_at))
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Valid readings as arrays: pids, the batch's patients in order of first reading; readings,
-    K readings whose `row` indexes pids (`bank.Readings`, in arrival order)."""
-
-    pids: list[str]
-    readings: bank.Readings
-
-
-def select(b: Batch, mask: np.ndarray) -> Batch:
-    """The readings of `b` where `mask (K,)` is True, with only their patients."""
-    r = b.readings
-    used, row = np.unique(r.row[mask], return_inverse=True)
-    return Batch([b.pids[i] for i in used.tolist()], bank.Readings(**{
-        f: row if f == "row" else None if (v := getattr(r, f)) is None else v[mask]
-        for f in r.__dataclass_fields__}))
-
-
-def to_batch(readings: Sequence[ValidReading]) -> Batch:
-    """Decoded readings -> a `Batch` (one pass per field over the readings)."""
-    pids = list(dict.fromkeys(r.patient_id for r in readings))
-    row_of = {p: i for i, p in enumerate(pids)}
-    K = len(readings)
-    z = np.full((K, C), np.nan)
-    for k, r in enumerate(readings):
-        for ch, v in r.values.items():
-            z[k, INDEX[ch]] = v
-    batch = bank.Readings(
-        row=np.fromiter((row_of[r.patient_id] for r in readings), np.int64, K),
-        t=np.fromiter((r.t for r in readings), float, K),
-        z=z,
-        quality=np.array([np.nan if r.quality is None else r.quality for r in readings]),
-        battery=np.array([np.nan if r.battery is None else r.battery for r in readings]),
-        device=device_hash([r.device_id for r in readings]),
-        seq=np.fromiter((r.seq for r in readings), np.int64, K),
-    )
-    if any(r.manual for r in readings):
-        batch = replace(
-            batch,
-            alert=np.array([np.nan if r.alert is None else r.alert for r in readings]),
-            oxygen=np.array([np.nan if r.on_oxygen is None else r.on_oxygen for r in readings]),
-            manual=np.array([r.manual for r in readings]))
-    return Batch(pids, batch)
 
 
 class TwinProcessor:

@@ -15,12 +15,13 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from influxdb_client import InfluxDBClient, Point, WritePrecision
-from influxdb_client.client.write_api import SYNCHRONOUS
+from typing import TYPE_CHECKING
 
 from streams.config import Settings
 from streams.messages import AlertEvent, ValidReading
+
+if TYPE_CHECKING:
+    from influxdb_client import Point
 
 log = logging.getLogger("patient_twin.sink")
 
@@ -48,6 +49,8 @@ def reading_points(readings: Iterable[ValidReading]) -> list[str]:
 
 def alert_points(alerts: Iterable[AlertEvent]) -> list[Point]:
     """`alert`: one point per alert event."""
+    from influxdb_client import Point, WritePrecision
+
     out = []
     for a in alerts:
         p = (Point("alert").tag("patient_id", a.patient_id).tag("kind", a.kind)
@@ -67,6 +70,11 @@ class InfluxSink:
                  timeout_ms: int = 10_000) -> None:
         if not settings.influx_enabled:
             raise ValueError("InfluxSink needs INFLUX_URL")
+        # here, not at the top: the decoding child imports this module for `reading_points`
+        # and writes nothing (influxdb-client is ~20 MB of its memory)
+        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
         token = settings.influx_token.get() if settings.influx_token else ""
         self._client = InfluxDBClient(
             url=settings.influx_url or "", token=token, org=settings.influx_org,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from streams.messages import ValidReading
 from streams.worker import admission
-from streams.worker.process import to_batch
+from streams.worker.batch import to_batch
 from twin.devices import device_hash
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from streams import messages
+from streams.worker.batch import to_batch
 from streams.worker.decoder import Decoder, DecoderGone, decode_batch
-from streams.worker.process import to_batch
 from streams.worker.sink import reading_points
 
 T = "2026-01-01T00:00:0{}Z"

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import fhir, messages
+from streams.worker.batch import select
 from streams.worker.decoder import Bounds, decode_batch
-from streams.worker.process import TwinProcessor, select
+from streams.worker.process import TwinProcessor
 
 NOW = time.time()
 BOUNDS = Bounds(NOW)
