@@ -150,6 +150,14 @@ def serve(settings: Settings, https: bool = False, cert: str | None = None,
         server.ssl_adapter = BuiltinSSLAdapter(cert, key)
     try:
         server.start()
+    except OSError as exc:
+        # cheroot says "No socket could be created -- ((host, port): [Errno 98] Address already
+        # in use)" without an errno of its own
+        if "in use" not in str(exc):
+            raise
+        raise ConfigError(f"the dashboard cannot listen on {settings.dashboard_host}:"
+                          f"{settings.dashboard_port}: the port is in use (set DASHBOARD_PORT "
+                          "to a free one)") from None
     finally:
         app.feed.end_streams()  # type: ignore[attr-defined]  # or stop() waits for each
         server.stop()

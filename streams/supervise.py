@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -107,7 +108,30 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+_ports = random.Random()  # its own: a seeded global random would give every process one order
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; IANA's elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+    except (OSError, ValueError):
+        return 49152, 65535
+    return lo, hi
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, for a child to serve on. Chosen below the ephemeral range:
+    a port the kernel hands out for bind(0) is in that range, and until the child binds it any
+    outgoing connection of any process may take it as its local port (seen: the demo's
+    dashboard stopped with "Address already in use" beside a busy broker)."""
+    lo, _ = _ephemeral_range()
+    if lo > 12_000:
+        for _ in range(200):
+            port = _ports.randrange(10_000, lo)
+            if port_free(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

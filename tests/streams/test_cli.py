@@ -70,6 +70,28 @@ def test_unreachable_kafka_is_one_line():
     assert "within 2 s" in r.stderr
 
 
+def test_a_dashboard_port_in_use_is_one_line(tmp_path):
+    """Another server on DASHBOARD_PORT: the dashboard says which port and what to set, as its
+    last line, and no traceback (cheroot's own error was one)."""
+    import socket
+
+    from dashboard.auth import add_user
+
+    users = tmp_path / "users.jsonl"
+    add_user(str(users), "admin1", "admin", [], "a long enough password 1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run("dashboard", env={"DASHBOARD_PORT": str(port), "DASHBOARD_ALLOW_HTTP": "true",
+                                  "USERS_FILE": str(users),
+                                  "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{supervise.free_port()}"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"patient-twin dashboard: the dashboard cannot listen on 127.0.0.1:{port}: the port is "
+        "in use (set DASHBOARD_PORT to a free one)")
+
+
 @pytest.mark.broker
 def test_broker_prints_address_and_stops_cleanly_on_sigterm():
     port = supervise.free_port()

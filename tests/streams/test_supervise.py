@@ -69,6 +69,26 @@ def test_a_port_left_in_time_wait_by_a_killed_server_is_free_again():
     assert port_free(port)
 
 
+def test_free_ports_are_below_the_ephemeral_range_and_not_listened_on(monkeypatch):
+    """A port from the kernel's ephemeral range can become any outgoing connection's local port
+    before the child that was given it binds it: free_port keeps out of that range and skips
+    a port something listens on."""
+    import socket
+
+    from streams import supervise
+
+    lo, _ = supervise._ephemeral_range()
+    ports = [supervise.free_port() for _ in range(50)]
+    assert all(10_000 <= p < lo for p in ports) and len(set(ports)) > 40
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", ports[0]))
+        busy.listen()
+        picks = iter([ports[0], ports[1]])  # the first pick is taken: the next one is used
+        monkeypatch.setattr(supervise._ports, "randrange", lambda a, b: next(picks))
+        assert supervise.free_port() == ports[1]
+
+
 def test_stop_signals_set_an_event_the_main_thread_is_waiting_on():
     """The action runs in a thread of its own, so a signal arriving while the main thread holds
     the event's lock (inside `wait`) cannot deadlock it, however many come."""
