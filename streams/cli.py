@@ -729,6 +729,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # kafka-python's clients raise these from their constructors when no broker answers
+        # (the ingest endpoint, the MQTT bridge, the dispatcher, the registry's follower)
+        if type(exc).__module__ != "kafka.errors" or type(exc).__name__ not in _UNREACHABLE:
+            raise
+        print(f"patient-twin {args.command}: no Kafka broker reachable at {settings.bootstrap} "
+              f"({exc}); is the broker running and KAFKA_BOOTSTRAP_SERVERS right?",
+              file=sys.stderr)
+        return 2
+
+
+_UNREACHABLE = frozenset({"NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError"})
 
 
 if __name__ == "__main__":

@@ -70,6 +70,20 @@ def test_unreachable_kafka_is_one_line():
     assert "within 2 s" in r.stderr
 
 
+def test_an_edge_service_without_kafka_is_one_line(tmp_path):
+    """The ingest endpoint with no broker behind it: kafka-python's bootstrap error was a
+    traceback; now one line naming the address and the variable."""
+    port = supervise.free_port()
+    r = run("ingest", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+                           "DEVICES_FILE": str(tmp_path / "devices.jsonl"),
+                           "INGEST_ALLOW_HTTP": "true", "INGEST_PORT": str(supervise.free_port())},
+            timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"patient-twin ingest: no Kafka broker reachable at 127.0.0.1:{port} ")
+    assert last.endswith("KAFKA_BOOTSTRAP_SERVERS right?")
+
+
 def test_a_dashboard_port_in_use_is_one_line(tmp_path):
     """Another server on DASHBOARD_PORT: the dashboard says which port and what to set, as its
     last line, and no traceback (cheroot's own error was one)."""
