@@ -1,4 +1,4 @@
-"""Device ids as the 64-bit hashes that twins and their readings carry (`twin.bank.Readings`).
+"""Device ids as the 64-bit hashes that twins and their readings carry (`twin.readings.Readings`).
 
 Its own module, without scipy: the registry (in every process that checks pairings: ingest, MQTT
 bridge, dispatcher) hashes paired devices too, and importing the filtering core for it cost each

@@ -5,7 +5,7 @@ while it catches up on a backlog. Decoding and validating device messages and wr
 readings' InfluxDB line protocol were ~40 % of its own time per batch (bench pipeline, timers
 around each stage). They need nothing but the bytes, so a child process does them: the worker
 sends a batch's keys and values, the child answers with the dead letters (index and reason), the
-valid readings as a `process.Batch` of arrays, and the readings' line protocol. While the child
+valid readings as a `batch.Batch` of arrays, and the readings' line protocol. While the child
 works, the worker's event loop keeps fetching the next batch.
 
 Wire: one request and one answer at a time over the child's stdin and stdout, each a pickle

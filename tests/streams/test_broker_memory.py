@@ -202,7 +202,7 @@ def test_demo_warns_about_its_broker_and_compresses_what_it_keeps():
             p.wait(timeout=60)
             # before the with closes the pipes under them
             for reader in readers:
-                reader.join(10)
+                reader.join(30)
     out, err = "".join(lines), "".join(errs)
     assert p.returncode == 0, out + err
     warnings = [line for line in out.splitlines() if "WARNING" in line]

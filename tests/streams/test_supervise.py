@@ -8,6 +8,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from tests.conftest import wait_until
 from tests.test_demo import alive
 
@@ -78,6 +80,8 @@ def test_free_ports_are_below_the_ephemeral_range_and_not_listened_on(monkeypatc
     from streams import supervise
 
     lo, _ = supervise._ephemeral_range()
+    if lo <= 12_000:
+        pytest.skip(f"the ephemeral range starts at {lo}: free_port takes the kernel's pick")
     ports = [supervise.free_port() for _ in range(50)]
     assert all(10_000 <= p < lo for p in ports) and len(set(ports)) > 40
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
