@@ -19,7 +19,8 @@ record that carried the reading it reflects (same patient and reading time: the 
 worker, the twin.state gate). Linux only (it reads /proc).
 
 Run: `python -m bench.broker_memory [--patients 300] [--seconds 180] [--warmup 30]
-[--interval 5]`, or `patient-twin bench broker-memory ...`. The last line is one JSON object.
+[--interval 5]`, or `patient-twin bench broker-memory ...`. Each sample is a line on stderr;
+Ctrl-C (or SIGTERM) ends a long run early and still reports. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -361,7 +362,10 @@ class LatencyProbe:
 
 
 def run(patients: int, seconds: float, warmup: float, interval: float,
-        extra_env: dict[str, str]) -> dict[str, Any]:
+        extra_env: dict[str, str], stop: threading.Event | None = None) -> dict[str, Any]:
+    """The demo sampled every `interval` s for `seconds` (or until `stop` is set: a long run
+    stopped early still reports what it measured). Each sample is also one line on stderr."""
+    stop = stop or threading.Event()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     port = supervise.free_port()
     env.update(BROKER_PORT=str(port), PYTHONUNBUFFERED="1", **extra_env)
@@ -386,14 +390,18 @@ def run(patients: int, seconds: float, warmup: float, interval: float,
     probe: LatencyProbe | None = None
     t0 = time.monotonic()
     try:
-        while time.monotonic() - t0 < seconds:
+        while time.monotonic() - t0 < seconds and not stop.is_set():
             if demo.poll() is not None:
                 raise RuntimeError("the demo stopped early:\n" + "\n".join(log[-20:]))
             if probe is None and time.monotonic() - t0 >= warmup:
                 probe = LatencyProbe(config.load(env)).start()
             samples.append({"t": round(time.monotonic() - t0, 1), "readings": readings[0],
                             "rss": rss_by_role(demo.pid)})
-            time.sleep(interval)
+            rss = samples[-1]["rss"]
+            print(f"{samples[-1]['t']:8.0f} s  {readings[0]:9d} readings  all "
+                  f"{sum(rss.values()) / 2**20:7.1f} MB  broker "
+                  f"{rss.get('broker', 0) / 2**20:7.1f} MB", file=sys.stderr, flush=True)
+            stop.wait(interval)
         load.append(os.getloadavg())
         if probe is not None:
             probe.stop()
@@ -434,7 +442,8 @@ def run(patients: int, seconds: float, warmup: float, interval: float,
             if total_readings else None
         row["batches_per_reading"] = round(row["batches"] / total_readings, 3) \
             if total_readings else None
-    return {"patients": patients, "seconds": seconds, "warmup": warmup,
+    return {"patients": patients, "seconds": round(time.monotonic() - t0, 1) if stop.is_set()
+            else seconds, "stopped_early": stop.is_set(), "warmup": warmup,
             "readings": last["readings"], "readings_per_s": round(span_r / span_s, 1)
             if span_s else None, "vitals_raw_records": total_readings,
             "processes": per_role, "total_rss_end_mb": round(sum(last["rss"].values()) / 2**20, 1),
@@ -488,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench broker-memory: reads /proc, so it runs on Linux only", file=sys.stderr)
         return 2
     extra = dict(kv.split("=", 1) for kv in args.env)
-    res = run(args.patients, args.seconds, args.warmup, args.interval, extra)
+    stop = threading.Event()
+    supervise.on_stop_signals(stop.set)  # Ctrl-C: stop sampling, measure and report
+    res = run(args.patients, args.seconds, args.warmup, args.interval, extra, stop)
     _print(res)
     print(json.dumps(res))
     return 0

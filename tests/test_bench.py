@@ -131,3 +131,41 @@ def test_dashboard_memory_counts_each_patients_history_ring():
         # each patient's ring and latest state, not one shared between them
         assert ring_bytes < run["traced_bytes_per_patient"] < ring_bytes + 64 * 1024
     assert "KB/patient" in r.stdout and result["state_record_bytes"] > 500
+
+
+def test_bench_broker_memory_stopped_early_still_reports():
+    """A long memory run (hours) stopped with Ctrl-C measures the topics, stops the demo and
+    prints its report on what it sampled, as one stopped at its end does."""
+    import signal
+    import threading
+    import time
+
+    samples: list[str] = []
+    out: list[str] = []
+    with subprocess.Popen([sys.executable, "-m", "bench.broker_memory", "--patients", "3",
+                           "--seconds", "3600", "--warmup", "4", "--interval", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        # a reader per pipe until the end (communicate() would race them for the pipes)
+        readers = [threading.Thread(target=lambda f=f, into=into: into.extend(f), daemon=True)
+                   for f, into in ((p.stderr, samples), (p.stdout, out))]
+        for reader in readers:
+            reader.start()
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and sum(" readings " in s for s in samples) < 8:
+                time.sleep(0.5)
+            assert sum(" readings " in s for s in samples) >= 8, "".join(samples)[-3000:]
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for reader in readers:  # before the with closes the pipes under them
+                reader.join(30)
+    assert p.returncode == 0, "".join(samples)[-3000:]
+    result = json.loads(out[-1])
+    assert result["stopped_early"] is True and 10 < result["seconds"] < 600
+    assert result["readings"] > 0 and result["topics"]["vitals.raw"]["records"] > 0
+    assert {"broker", "worker"} <= set(result["processes"])
+    assert len(result["samples"]) >= 8
