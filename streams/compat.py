@@ -196,10 +196,14 @@ def faust_commit_limits(app: Any, limits: Any) -> None:
 async def faust_committed_offsets(app: Any, tps: Sequence[Any]) -> dict[Any, int | None]:
     """The group's committed offset of each partition, asked of the broker (None: none
     committed). Faust keeps its own copy (`Consumer._committed_offset`), but reads a committed 0
-    as None and updates it only when it seeks; aiokafka's `committed` asks the broker."""
+    as None and updates it only when it seeks. One OffsetFetch for all of them through the
+    group coordinator, as aiokafka's `committed` makes for one partition (called per partition,
+    a rebalance of 64 partitions waited for 64 round trips before the worker went on)."""
     thread = app.consumer._thread
-    consumer = thread._ensure_consumer()
-    return {tp: await thread.call_thread(consumer.committed, tp) for tp in tps}
+    coordinator = thread._ensure_consumer()._coordinator
+    found = await thread.call_thread(coordinator.fetch_committed_offsets, list(tps))
+    return {tp: None if (m := found.get(tp)) is None or m.offset == -1 else m.offset
+            for tp in tps}
 
 
 # The source topics' messages without a Faust event each (streams.worker.source).

@@ -20,9 +20,18 @@ def test_the_internals_exist():
 
     assert callable(Producer._ensure_producer)
     assert callable(AIOKafkaConsumerThread._create_worker_consumer)
-    # faust_committed_offsets
+    # faust_committed_offsets: aiokafka's own `committed` is the coordinator's fetch for one
     assert callable(AIOKafkaConsumerThread._ensure_consumer)
     assert callable(AIOKafkaConsumerThread.call_thread)
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    assert "self._coordinator.fetch_committed_offsets([partition])" in inspect.getsource(
+        AIOKafkaConsumer.committed)
+    assert "committed == -1" in inspect.getsource(AIOKafkaConsumer.committed)
+    assert callable(GroupCoordinator.fetch_committed_offsets)
     # faust_source_handler and streams.worker.source
     import inspect
 
