@@ -20,7 +20,7 @@ from streams.config import Settings
 from streams.errors import PatientTwinError
 from streams.follow import Follower, TopicWriter, record_key
 from streams.messages import PATIENT_SCHEMA, PatientRecord, decode_patient
-from twin.devices import device_hash
+from twin.devices import device_key
 
 EVENTS = ("admit", "transfer", "discharge", "update")
 
@@ -79,7 +79,7 @@ class Registry:
         self.settings = settings
         self._lock = threading.Lock()
         self._records: dict[str, PatientRecord] = {}
-        # admitted patient -> the device hashes (`twin.devices.device_hash`) paired to them
+        # admitted patient -> the device hashes (`twin.devices.device_key`) paired to them
         self._paired: dict[str, frozenset[int]] = {}
         self.follower: Follower | None = None
 
@@ -115,7 +115,7 @@ class Registry:
             return
         rec = decode_patient(value)
         paired = None if rec.event == "discharge" else \
-            frozenset(device_hash(rec.devices).tolist())
+            frozenset(map(device_key, rec.devices))
         with self._lock:
             self._records[rec.patient_id] = rec
             if paired is None:

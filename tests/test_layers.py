@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md hold: import-linter's contracts in pyproject.toml."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,18 +32,27 @@ def test_every_streams_module_but_the_wiring_point_is_under_the_contract():
     assert modules - held == {"streams.cli", "streams.demo"}
 
 
-def test_the_light_processes_start_without_the_filtering_core():
-    """The ingest endpoint, the MQTT bridge, the dispatcher, the demo's supervisor and the
-    worker's decoding child run no filter: importing the scientific stack for a default, a hash
-    or a dataclass cost each 20-60 MB of a demo's memory budget (twin.policy, twin.devices,
-    twin.readings, streams.worker.batch; docs/performance.md)."""
-    code = ("import sys, streams.cli, streams.ingest, streams.mqtt, streams.webhooks, "
-            "streams.watchdog, streams.demo, streams.enrol, streams.broker, "
-            "streams.worker.decoder\n"
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'faust', "
-            "'dash', 'influxdb_client') or m in ('twin.bank', 'twin.alerts', 'twin.history'))\n"
-            "print(heavy)")
+def _heavy_imports(modules: str, heavy: tuple[str, ...]) -> list[str]:
+    """The modules of `heavy` (packages or modules) that importing `modules` loads, in a fresh
+    interpreter."""
+    code = (f"import json, sys, {modules}\n"
+            f"print(json.dumps(sorted(m for m in sys.modules if m in {heavy!r} or "
+            f"m.split('.')[0] in {heavy!r})))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "[]", out.stdout
+    return json.loads(out.stdout)
+
+
+def test_the_light_processes_start_without_the_filtering_core():
+    """The ingest endpoint, the MQTT bridge, the dispatcher and the demo's supervisor check and
+    pass on messages: they load neither numpy nor the rest of the scientific stack, and the
+    worker's decoding child only numpy. Importing the twin's filtering core for a default, a
+    hash or a dataclass cost each 20-60 MB of a demo's memory budget (twin.policy,
+    twin.devices, twin.readings, streams.worker.batch; docs/performance.md)."""
+    heavy = ("scipy", "faust", "dash", "influxdb_client", "twin.bank", "twin.alerts",
+             "twin.history")
+    assert _heavy_imports("streams.cli, streams.ingest, streams.mqtt, streams.webhooks, "
+                          "streams.watchdog, streams.demo, streams.enrol, streams.broker",
+                          ("numpy", *heavy)) == []
+    assert _heavy_imports("streams.worker.decoder", heavy) == []

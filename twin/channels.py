@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 
 class Channel(NamedTuple):
     name: str
@@ -41,8 +39,11 @@ INDEX: dict[str, int] = {c.name: i for i, c in enumerate(CHANNELS)}
 UNITS: dict[str, str] = {c.name: c.unit for c in CHANNELS}
 C = len(CHANNELS)
 
-PLAUSIBLE_LOW = np.array([c.plausible_low for c in CHANNELS])
-PLAUSIBLE_HIGH = np.array([c.plausible_high for c in CHANNELS])
+# Plain tuples (numpy compares an array with them as with arrays): this module is the one part
+# of the twin the message schemas need, and the processes that only check messages (ingest,
+# MQTT bridge) then load no numpy (~15 MB each).
+PLAUSIBLE_LOW: tuple[float, ...] = tuple(c.plausible_low for c in CHANNELS)
+PLAUSIBLE_HIGH: tuple[float, ...] = tuple(c.plausible_high for c in CHANNELS)
 
 # Unit spellings accepted on input, with the conversion to the canonical unit (scale, offset).
 UNIT_ALIASES: dict[str, dict[str, tuple[float, float]]] = {
