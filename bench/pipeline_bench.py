@@ -417,8 +417,10 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
 
 def _kept_up(run: LiveRun, patients: int, per_message: int) -> dict[str, object]:
     """Whether the worker kept up: the backlog (messages sent, not yet processed) at the end of
-    the sending is under a second's worth and no bigger than halfway through, and every message
-    was processed within 5 s of the last send."""
+    the sending is under a second's worth or at most half again what it was halfway through
+    (the samples jitter by a batch or two), and every message was processed within 5 s of the
+    last send. Near the limit it passes a backlog still growing by up to half: read the
+    backlog figures beside it (session 20: two workers at 17,500, 37,751 -> 54,923, passed)."""
     per_s = patients / per_message
     mid = run.backlog[len(run.backlog) // 2][1] if run.backlog else 0
     end = run.backlog[-1][1] if run.backlog else 0
