@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 import numpy as np
@@ -198,8 +199,6 @@ def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.nd
     any_rejected = rejected.any(axis=1).tolist()
     pieces, n = _PIECES, _N
     i_pid, i_band, i_rej = S["patient_id"], S["news2_band"], S["rejected"]
-    news2_s, raw_s, complete_s = S["news2"], S["news2_raw"], S["news2_complete"]
-    sepsis_s = S["sepsis_risk"]
     result = []
     for k, pid in enumerate(pids):
         tokens = rows_json[k].split(b",")
@@ -211,26 +210,25 @@ def encode_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.nd
         joined = [b""] * (2 * n + 1)
         joined[0::2] = pieces
         joined[1::2] = tokens
-        data = b"".join(joined)
-        if not lines:
-            result.append(StateOut(pid, t[k], news2.BAND_NAMES[bands[k]],
-                                   None if history_lost_at is None else history_lost_at[k],
-                                   data, None))
-            continue
-        # the point's fields from the same number tokens (ASCII, as line protocol writes them)
-        fields = [pre_e + tokens[e] + pre_s + tokens[d] for pre_e, pre_s, e, d in _LINE_CHANNELS
-                  if tokens[e] != b"null" and tokens[d] != b"null"]
-        fields.append(b"news2=" + tokens[news2_s] + b"i,news2_raw=" + tokens[raw_s] +
-                      b"i,news2_complete=" + tokens[complete_s])
-        fields.extend(key + tokens[j] for key, j in _DERIVED_SLOTS if tokens[j] != b"null")
-        if tokens[sepsis_s] != b"null":
-            fields.append(b"sepsis_risk=" + tokens[sepsis_s])
-        line = (f"twin,patient_id={pid} {b','.join(fields).decode()} "
-                f"{round(ts[k].timestamp() * 1e6) * 1000}")
         result.append(StateOut(pid, t[k], news2.BAND_NAMES[bands[k]],
                                None if history_lost_at is None else history_lost_at[k],
-                               data, line))
+                               b"".join(joined), _line(pid, tokens, ts[k]) if lines else None))
     return result
+
+
+def _line(pid: str, tokens: list[bytes], ts: datetime) -> str:
+    """A state's InfluxDB `twin` point from its message's number tokens (ASCII, as line protocol
+    writes them)."""
+    fields = [pre_e + tokens[e] + pre_s + tokens[d] for pre_e, pre_s, e, d in _LINE_CHANNELS
+              if tokens[e] != b"null" and tokens[d] != b"null"]
+    fields.append(b"news2=" + tokens[_SLOT["news2"]] + b"i,news2_raw=" +
+                  tokens[_SLOT["news2_raw"]] + b"i,news2_complete=" +
+                  tokens[_SLOT["news2_complete"]])
+    fields.extend(key + tokens[j] for key, j in _DERIVED_SLOTS if tokens[j] != b"null")
+    if tokens[_SLOT["sepsis_risk"]] != b"null":
+        fields.append(b"sepsis_risk=" + tokens[_SLOT["sepsis_risk"]])
+    return (f"twin,patient_id={pid} {b','.join(fields).decode()} "
+            f"{round(ts.timestamp() * 1e6) * 1000}")
 
 
 def twin_states(pids: list[str], s: bank.State, out: bank.Outputs, rows: np.ndarray,
