@@ -380,12 +380,15 @@ class Dispatcher:
         subscriptions come and go. `ready` is called once every queue holds its partitions."""
         from kafka import KafkaProducer
 
+        # First, so that no broker at all ends the process in the producer's bootstrap timeout
+        # with the CLI's one line, not after the minute the subscriptions may take (it took
+        # 90 s, the last 30 after a "starting anyway"; tests/streams/test_cli.py).
+        self._producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
+                                       **kafka_python_producer_config(self.settings))
         self.view.start()
         # Know every subscription before the first alert is matched.
         if not self.view.follower.caught_up.wait(timeout=60):
             log.warning("subscriptions not fully read after 60 s; starting anyway")
-        self._producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
-                                       **kafka_python_producer_config(self.settings))
         # The watchdog's alerts go through the alerts topic like the workers', so every
         # subscriber (these webhooks, the SSE stream, Kafka readers, the dashboard) gets them.
         self.watchdog = Watchdog(self.settings, registry=self.view.registry)

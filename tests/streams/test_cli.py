@@ -85,6 +85,20 @@ def test_an_edge_service_without_kafka_is_one_line(tmp_path):
     assert f"127.0.0.1:{port}" in ours and ours.endswith("KAFKA_BOOTSTRAP_SERVERS right?")
 
 
+def test_the_dispatcher_without_kafka_is_one_line_within_the_bootstrap_timeout():
+    """It waited up to a minute for its subscriptions first, said "starting anyway", and only
+    then found no broker (90 s in all): now its producer's bootstrap comes first."""
+    port = supervise.free_port()
+    t0 = time.monotonic()
+    r = run("dispatcher", env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (ours,) = [line for line in r.stderr.splitlines() if line.startswith("patient-twin ")]
+    assert ours.startswith("patient-twin dispatcher: no Kafka broker reachable (")
+    assert "starting anyway" not in r.stderr and "subscriptions" not in r.stderr
+    assert elapsed < 55, elapsed  # kafka-python's bootstrap gives up after ~30 s
+
+
 def test_a_dashboard_port_in_use_is_one_line(tmp_path):
     """Another server on DASHBOARD_PORT: the dashboard says which port and what to set, as its
     last line, and no traceback (cheroot's own error was one)."""
