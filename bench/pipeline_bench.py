@@ -13,7 +13,7 @@
     measurement time of the newest reading it reflects. Also reported: twin states per patient
     per second (coalesced: TWIN_STATE_INTERVAL_S), changelog records written, the backlog
     (messages sent and not yet processed) halfway and at the end, how long the worker took to
-    drain it after the last send, its CPU, and whether it kept up (`_kept_up`). With `--workers N`
+    drain it after the last send, its CPU, and whether it kept up (`kept_up`). With `--workers N`
     the live run has N workers in one consumer group (they share KAFKA_PARTITIONS partitions);
     the CPU of each worker, the broker, the load generator, this process (the reader),
     VictoriaMetrics and the whole machine (busy cores of all) and each worker's RSS are printed;
@@ -415,17 +415,37 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
             supervise.stop(w)
 
 
-def _kept_up(run: LiveRun, patients: int, per_message: int) -> dict[str, object]:
-    """Whether the worker kept up: the backlog (messages sent, not yet processed) at the end of
-    the sending is under a second's worth or at most half again what it was halfway through
-    (the samples jitter by a batch or two), and every message was processed within 5 s of the
-    last send. Near the limit it passes a backlog still growing by up to half: read the
-    backlog figures beside it (session 20: two workers at 17,500, 37,751 -> 54,923, passed)."""
-    per_s = patients / per_message
-    mid = run.backlog[len(run.backlog) // 2][1] if run.backlog else 0
-    end = run.backlog[-1][1] if run.backlog else 0
-    kept = end <= max(per_s, 1.5 * mid) and run.drain_s is not None and run.drain_s <= 5.0
-    return {"backlog_mid": mid, "backlog_end": end, "kept_up": kept}
+# The most the backlog may grow over the run's second half, as a share of the messages offered a
+# second, for a run to count as kept up: a worker that processes 99 % of what arrives falls 36 s
+# further behind every hour, so this is a bench's tolerance for a 45-s fit, not a steady state.
+KEPT_UP_GROWTH = 0.01
+
+
+def backlog_growth(backlog: list[tuple[float, int]]) -> float:
+    """Messages a second by which the backlog grew over the second half of the samples: the
+    least-squares slope over them (one sample a second jitters by a batch either way; session
+    20's halfway-to-end ratio passed a backlog growing by a third). 0.0 with fewer than 3."""
+    half = backlog[len(backlog) // 2:]
+    if len(half) < 3:
+        return 0.0
+    t = np.array([x for x, _ in half], dtype=np.float64)
+    b = np.array([y for _, y in half], dtype=np.float64)
+    return float(np.polyfit(t - t[0], b, 1)[0])
+
+
+def kept_up(backlog: list[tuple[float, int]], drain_s: float | None,
+            per_s: float) -> dict[str, object]:
+    """Whether the workers kept up with `per_s` messages a second: every message processed
+    within 5 s of the last send, and the backlog (messages sent, not yet processed) at the end
+    under a second's worth or growing over the second half by at most KEPT_UP_GROWTH of the
+    offered rate (`backlog_growth`)."""
+    mid = backlog[len(backlog) // 2][1] if backlog else 0
+    end = backlog[-1][1] if backlog else 0
+    growth = backlog_growth(backlog)
+    kept = (end <= per_s or growth <= KEPT_UP_GROWTH * per_s) \
+        and drain_s is not None and drain_s <= 5.0
+    return {"backlog_mid": mid, "backlog_end": end, "backlog_growth_per_s": growth,
+            "kept_up": kept}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         if not lat:
             raise SystemExit(f"bench pipeline: no twin state arrived in the live run; see {logs}")
         p50, p99 = (float(np.percentile(lat, q)) * 1000 for q in (50, 99))
-        kept = _kept_up(run, args.patients, live_per_message)
+        kept = kept_up(run.backlog, run.drain_s, args.patients / live_per_message)
         print(f"(c) live {args.patients:,} patients x 1 Hz on {args.workers} worker(s) (sink "
               f"{sink}), "
               f"{live_per_message} reading(s) a "
@@ -539,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{run.states / max(run.read_patients, 1) / run.seconds:.2f} per "
               f"patient per s ({run.states_sent:,} sent in all); changelog records "
               f"{run.changelog_records:,}; backlog "
-              f"{kept['backlog_mid']:,} messages mid-run, {kept['backlog_end']:,} at the end; "
+              f"{kept['backlog_mid']:,} messages mid-run, {kept['backlog_end']:,} at the end, "
+              f"growing {kept['backlog_growth_per_s']:,.0f}/s over the second half "
+              f"({kept['backlog_growth_per_s'] * live_per_message / args.patients:.1%} of "
+              "the offered rate); "
               f"drained {'never' if run.drain_s is None else f'in {run.drain_s:.1f} s'}; "
               f"worker CPU {run.worker_cpu_s / run.seconds:.2f} cores; kept up: "
               f"{'yes' if kept['kept_up'] else 'no'}", flush=True)

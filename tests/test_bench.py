@@ -169,3 +169,31 @@ def test_bench_broker_memory_stopped_early_still_reports():
     assert result["readings"] > 0 and result["topics"]["vitals.raw"]["records"] > 0
     assert {"broker", "worker"} <= set(result["processes"])
     assert len(result["samples"]) >= 8
+
+
+def test_kept_up_fails_a_backlog_that_grows_by_a_third_and_passes_one_that_jitters():
+    """Session 20: two workers at 17,500 patients, backlog 37,751 halfway and 54,923 at the
+    end, passed the old rule (end at most 1.5x the halfway backlog) while falling behind."""
+    from bench.pipeline_bench import KEPT_UP_GROWTH, backlog_growth, kept_up
+
+    t = [float(i) for i in range(90)]
+    growing = [(x, int(20_000 + 380 * x)) for x in t]  # 37,100 at 45 s, 53,820 at 89 s
+    assert growing[45][1] * 1.5 > growing[-1][1]  # what the old rule let through
+    r = kept_up(growing, drain_s=4.0, per_s=17_500)
+    assert r["kept_up"] is False and abs(r["backlog_growth_per_s"] - 380) < 1
+    # a steady backlog of a batch or two, jittering by a batch either way
+    jitter = [(x, 8_000 + (3_000 if i % 3 == 0 else -2_000 if i % 3 == 1 else 0))
+              for i, x in enumerate(t)]
+    r = kept_up(jitter, drain_s=2.0, per_s=12_500)
+    assert r["kept_up"] is True and abs(r["backlog_growth_per_s"]) < 0.01 * 12_500
+    # growth just inside and just outside the tolerance
+    rate = 10_000
+    for share, expect in ((0.8 * KEPT_UP_GROWTH, True), (1.2 * KEPT_UP_GROWTH, False)):
+        series = [(x, int(5 * rate + share * rate * x)) for x in t]
+        assert kept_up(series, drain_s=1.0, per_s=rate)["kept_up"] is expect
+    # under a second's worth at the end passes; a drain over 5 s (or none) fails
+    small = [(x, 100) for x in t]
+    assert kept_up(small, drain_s=0.5, per_s=1_000)["kept_up"] is True
+    assert kept_up(jitter, drain_s=6.0, per_s=12_500)["kept_up"] is False
+    assert kept_up(jitter, drain_s=None, per_s=12_500)["kept_up"] is False
+    assert backlog_growth(small[:4]) == 0.0 and backlog_growth([]) == 0.0
