@@ -264,6 +264,16 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _main_thread_seconds(pid: int) -> float:
+    """User + system CPU of a process's main thread so far (Linux /proc), seconds: a worker's
+    twin step, outputs and Faust's event loop, without its decoding child and client threads."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class LiveRun:
     latencies: list[float]  # seconds, per twin.state received
@@ -344,6 +354,7 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
                                  "bench", time.time()))
         events0 = _metric_sum(ports, "patient_twin_events_total") or 0.0
         cpu0 = [_cpu_seconds(w.pid) for w in procs]
+        main0 = [_main_thread_seconds(w.pid) for w in procs]
         broker_cpu0 = _cpu_seconds(broker_pid) if broker_pid else 0.0
         vm_cpu0 = _cpu_seconds(vm_pid) if vm_pid else 0.0
         own_cpu0, busy0 = sum(os.times()[:2]), _machine_busy_seconds()
@@ -377,12 +388,15 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
         t_sent = time.time()
         # over the sending, as the rate is
         cpus = [_cpu_seconds(w.pid) - c0 for w, c0 in zip(procs, cpu0, strict=True)]
+        mains = [_main_thread_seconds(w.pid) - m0 for w, m0 in zip(procs, main0, strict=True)]
         broker_cpu = _cpu_seconds(broker_pid) - broker_cpu0 if broker_pid else float("nan")
         vm_cpu = _cpu_seconds(vm_pid) - vm_cpu0 if vm_pid else float("nan")
         own_cpu, busy = sum(os.times()[:2]) - own_cpu0, _machine_busy_seconds() - busy0
         rss = [_rss_bytes(w.pid) for w in procs]
         span = max(t_sent - t_start, 1e-9)
         cores = {**{f"worker-{i + 1}": c / span for i, c in enumerate(cpus)},
+                 # of which its main thread: one worker's ceiling is this one thread's core
+                 **{f"worker-{i + 1}-main": m / span for i, m in enumerate(mains)},
                  "broker": broker_cpu / span, "load": done[3] / span,
                  # this process: the twin.state reader's thread, metrics polling
                  "reader": own_cpu / span, "victoria-metrics": vm_cpu / span,

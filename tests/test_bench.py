@@ -73,7 +73,10 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
     assert 0 < result["read_patients"] < 50 and result["states_sent"] > 0
     cores = result["cores"]
     assert result["workers"] == 1 and set(cores) == {
-        "worker-1", "broker", "load", "reader", "victoria-metrics", "machine", "machine_cores"}
+        "worker-1", "worker-1-main", "broker", "load", "reader", "victoria-metrics", "machine",
+        "machine_cores"}
+    # the main thread is one of the worker's threads, besides its decoding child
+    assert 0 < cores["worker-1-main"] <= cores["worker-1"]
     # the whole machine's busy cores hold the worker's (the same span; clock ticks of 10 ms)
     assert cores["worker-1"] > 0 and cores["machine"] + 0.05 >= cores["worker-1"] + cores["load"]
     assert cores["machine_cores"] == os.cpu_count()
