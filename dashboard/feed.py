@@ -198,7 +198,12 @@ class TwinFeed:
                 event = StateEvent(patient_id=pid)
                 for q in listeners:
                     q.offer(event)
-            self._history.setdefault(pid, History()).add(st, st.ts.timestamp())
+            # not setdefault(pid, History()): that built (and dropped) a ~70 KB ring for every
+            # state, half of what folding one cost (python -m bench.dashboard_feed)
+            h = self._history.get(pid)
+            if h is None:
+                h = self._history[pid] = History()
+            h.add(st, st.ts.timestamp())
 
     def _apply_alert(self, ev: AlertEvent) -> None:
         with self._lock:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_twin_prints_table_and_json():
     r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "twin", "--sizes", "200,400",
@@ -200,3 +202,19 @@ def test_kept_up_fails_a_backlog_that_grows_by_a_third_and_passes_one_that_jitte
     assert kept_up(jitter, drain_s=6.0, per_s=12_500)["kept_up"] is False
     assert kept_up(jitter, drain_s=None, per_s=12_500)["kept_up"] is False
     assert backlog_growth(small[:4]) == 0.0 and backlog_growth([]) == 0.0
+
+
+def test_bench_dashboard_feed_folds_and_follows_every_state():
+    r = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--patients", "200",
+                        "--rounds", "3"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["patients"] == 200 and out["records"] == 600
+    assert 1000 < out["record_bytes"] < 4000  # real twin.state messages, ~2 KB
+    assert out["fold_per_s"] > 0 and out["fold_us"] == pytest.approx(1e6 / out["fold_per_s"])
+    # following from the broker adds the Kafka client's work to the fold's
+    assert 0 < out["follow_per_s"] and out["follow_cpu_per_s"] < out["fold_per_s"]
+    assert 0 < out["follow_cores"] <= 1.2  # one consumer thread (and the GIL)
+    bad = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--rounds", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--rounds at least 2" in bad.stderr

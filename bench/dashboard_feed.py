@@ -1,0 +1,138 @@
+"""How many twin states a second one dashboard process can follow.
+
+Every dashboard replica follows all of twin.state (`dashboard.feed.TwinFeed`: a kafka-python
+consumer thread that decodes each state and folds it into the latest state and the trend ring of
+its patient). At `TWIN_STATE_INTERVAL_S` = 1 s that is one state per patient per second, so the
+rate it can fold is the number of patients one dashboard can show.
+
+Real twin.state records (the simulated ward of `bench.dashboard_bench` run through the worker's
+own `TwinProcessor`, re-keyed to `--patients` patient ids, `--rounds` seconds of them, each round
+one second later) are written to twin.state on an embedded broker. Then, side by side in one run:
+- fold: `TwinFeed.apply` over the same records in this process, without Kafka, each patient's
+  first state (which allocates its trend ring) left out of the timing;
+- follow: a new `TwinFeed` started as the dashboard starts it, timed from its start until it has
+  applied every record (first states included); its CPU is this process's (the consumer
+  thread does all the work).
+
+The last line is JSON: patients, records, record_bytes, fold_per_s, fold_us, follow_per_s,
+follow_cpu_per_s (records per CPU second), follow_cores.
+
+Run: `python -m bench.dashboard_feed [--patients 5000] [--rounds 20]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from datetime import timedelta
+
+import msgspec
+
+from streams import broker, config, messages, supervise, topics
+
+
+def records(patients: int, rounds: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) twin.state records: `rounds` states of each of `patients` patients, a
+    second apart, made from the simulated ward's latest states."""
+    from bench.dashboard_memory import sample_states
+
+    samples = [messages.decode_twin_state(b) for b in sample_states()]
+    out = []
+    for r in range(rounds):
+        for i in range(patients):
+            st = samples[i % len(samples)]
+            pid = f"P{i:06d}"
+            out.append((pid.encode(), messages.encode(msgspec.structs.replace(
+                st, patient_id=pid, ts=st.ts + timedelta(seconds=r)))))
+    return out
+
+
+def _cpu() -> float:
+    return sum(os.times()[:2])
+
+
+def fold(s: config.Settings, recs: list[tuple[bytes, bytes]], first: int) -> float:
+    """Seconds of CPU `TwinFeed.apply` takes over `recs[first:]`, without Kafka, after the
+    `first` (each patient's first state, which allocates its trend ring) went in untimed."""
+    from dashboard.feed import TwinFeed
+
+    feed = TwinFeed(s)
+    for key, value in recs[:first]:
+        feed.apply(s.topic_twin_state, key, value)
+    t0 = time.process_time()
+    for key, value in recs[first:]:
+        feed.apply(s.topic_twin_state, key, value)
+    return time.process_time() - t0
+
+
+def follow(s: config.Settings, total: int, timeout: float = 600.0) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for a started `TwinFeed` to apply `total` twin states."""
+    from dashboard.feed import TwinFeed
+
+    done = threading.Event()
+    seen = [0]
+
+    class Counting(TwinFeed):
+        def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+            super().apply(topic, key, value)
+            if topic == s.topic_twin_state:
+                seen[0] += 1
+                if seen[0] >= total:
+                    done.set()
+
+    c0, t0 = _cpu(), time.perf_counter()
+    feed = Counting(s).start()
+    try:
+        if not done.wait(timeout):
+            raise SystemExit(f"the feed applied {seen[0]:,} of {total:,} states in {timeout:g} s")
+        return time.perf_counter() - t0, _cpu() - c0
+    finally:
+        feed.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.dashboard_feed", description=__doc__)
+    ap.add_argument("--patients", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="states of each patient, 1 s apart (the first allocates its ring)")
+    args = ap.parse_args(argv)
+    if args.patients < 1 or args.rounds < 2:
+        ap.error("--patients must be positive and --rounds at least 2")
+    recs = records(args.patients, args.rounds)
+    port = supervise.free_port()
+    proc = broker.start(port)
+    try:
+        s = config.load({"BROKER_PORT": str(port)})
+        topics.ensure(s)
+        from kafka import KafkaProducer
+
+        # twin.state is written in record batches, as the worker writes it (streamed: the
+        # bulk producers' linger; the worker's own batches are bigger still)
+        producer = KafkaProducer(**config.kafka_python_producer_config(s, streamed=True))
+        for key, value in recs:
+            producer.send(s.topic_twin_state, key=key, value=value)
+        producer.flush(120)
+        producer.close()
+        fold_cpu = fold(s, recs, args.patients)
+        wall, cpu = follow(s, len(recs))
+    finally:
+        supervise.stop(proc)
+    n = len(recs)
+    folded = n - args.patients
+    out = {"patients": args.patients, "records": n,
+           "record_bytes": round(sum(len(v) for _, v in recs) / n),
+           "fold_per_s": folded / fold_cpu, "fold_us": fold_cpu / folded * 1e6,
+           "follow_per_s": n / wall, "follow_cpu_per_s": n / cpu, "follow_cores": cpu / wall}
+    print(f"{n:,} twin states of {args.patients:,} patients ({out['record_bytes']:,} B each): "
+          f"fold alone {out['fold_per_s']:,.0f}/s ({out['fold_us']:.1f} us each); followed "
+          f"from the broker {out['follow_per_s']:,.0f}/s, {out['follow_cpu_per_s']:,.0f} per "
+          f"CPU second, {out['follow_cores']:.2f} cores", flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
