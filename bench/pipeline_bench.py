@@ -435,31 +435,36 @@ def live_latency(s: config.Settings, patients: int, seconds: float, log: Path,
 KEPT_UP_GROWTH = 0.01
 
 
-def backlog_growth(backlog: list[tuple[float, int]]) -> float:
-    """Messages a second by which the backlog grew over the second half of the samples: the
-    least-squares slope over them (one sample a second jitters by a batch either way; session
-    20's halfway-to-end ratio passed a backlog growing by a third). 0.0 with fewer than 3."""
+def backlog_growth(backlog: list[tuple[float, int]]) -> tuple[float, float]:
+    """(slope, its standard error), messages a second, of the backlog over the second half of
+    the samples: least squares (one sample a second jitters by a batch either way; session 20's
+    halfway-to-end ratio passed a backlog growing by a third). NaN, NaN with fewer than 3."""
     half = backlog[len(backlog) // 2:]
     if len(half) < 3:
-        return 0.0
+        return float("nan"), float("nan")
     t = np.array([x for x, _ in half], dtype=np.float64)
     b = np.array([y for _, y in half], dtype=np.float64)
-    return float(np.polyfit(t - t[0], b, 1)[0])
+    t -= t.mean()
+    sxx = float(t @ t)
+    slope = float(t @ (b - b.mean())) / sxx
+    resid = b - b.mean() - slope * t
+    return slope, float(np.sqrt(resid @ resid / (len(half) - 2) / sxx))
 
 
 def kept_up(backlog: list[tuple[float, int]], drain_s: float | None,
             per_s: float) -> dict[str, object]:
     """Whether the workers kept up with `per_s` messages a second: every message processed
-    within 5 s of the last send, and the backlog (messages sent, not yet processed) at the end
-    under a second's worth or growing over the second half by at most KEPT_UP_GROWTH of the
-    offered rate (`backlog_growth`)."""
+    within 5 s of the last send, and the backlog (messages sent, not yet processed) growing over
+    the second half by at most KEPT_UP_GROWTH of the offered rate, or by no more than its own
+    jitter can explain (under two standard errors: a short run's few samples). Not kept up with
+    fewer than 3 samples in the second half (not measured)."""
     mid = backlog[len(backlog) // 2][1] if backlog else 0
     end = backlog[-1][1] if backlog else 0
-    growth = backlog_growth(backlog)
-    kept = (end <= per_s or growth <= KEPT_UP_GROWTH * per_s) \
-        and drain_s is not None and drain_s <= 5.0
+    growth, se = backlog_growth(backlog)
+    steady = growth <= KEPT_UP_GROWTH * per_s or growth <= 2 * se  # False for NaN
+    kept = steady and drain_s is not None and drain_s <= 5.0
     return {"backlog_mid": mid, "backlog_end": end, "backlog_growth_per_s": growth,
-            "kept_up": kept}
+            "backlog_growth_se": se, "kept_up": kept}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -574,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
               f"patient per s ({run.states_sent:,} sent in all); changelog records "
               f"{run.changelog_records:,}; backlog "
               f"{kept['backlog_mid']:,} messages mid-run, {kept['backlog_end']:,} at the end, "
-              f"growing {kept['backlog_growth_per_s']:,.0f}/s over the second half "
+              f"growing {kept['backlog_growth_per_s']:,.0f} +- "
+              f"{kept['backlog_growth_se']:,.0f}/s over the second half "
               f"({kept['backlog_growth_per_s'] * live_per_message / args.patients:.1%} of "
               "the offered rate); "
               f"drained {'never' if run.drain_s is None else f'in {run.drain_s:.1f} s'}; "

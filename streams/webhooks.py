@@ -385,19 +385,26 @@ class Dispatcher:
         # 90 s, the last 30 after a "starting anyway"; tests/streams/test_cli.py).
         self._producer = KafkaProducer(client_id="patient-twin-dispatcher", acks="all",
                                        **kafka_python_producer_config(self.settings))
-        self.view.start()
-        # Know every subscription before the first alert is matched.
-        if not self.view.follower.caught_up.wait(timeout=60):
-            log.warning("subscriptions not fully read after 60 s; starting anyway")
-        # The watchdog's alerts go through the alerts topic like the workers', so every
-        # subscriber (these webhooks, the SSE stream, Kafka readers, the dashboard) gets them.
-        self.watchdog = Watchdog(self.settings, registry=self.view.registry)
-        guard = threading.Thread(target=self.watchdog.run, args=(self._raise,), daemon=True,
-                                 name="patient-twin-watchdog")
-        guard.start()
+        guard: threading.Thread | None = None
         queues: dict[str, SubscriberQueue] = {}
-        announced = False
         try:
+            self.view.start()
+            # Know every subscription before the first alert is matched; a stop ends the wait.
+            deadline = time.monotonic() + 60
+            while not self.view.follower.caught_up.wait(0.5):
+                if self._stop.is_set():
+                    return
+                if time.monotonic() >= deadline:
+                    log.warning("subscriptions not fully read after 60 s; starting anyway")
+                    break
+            # The watchdog's alerts go through the alerts topic like the workers', so every
+            # subscriber (these webhooks, the SSE stream, Kafka readers, the dashboard) gets
+            # them.
+            self.watchdog = Watchdog(self.settings, registry=self.view.registry)
+            guard = threading.Thread(target=self.watchdog.run, args=(self._raise,), daemon=True,
+                                     name="patient-twin-watchdog")
+            guard.start()
+            announced = False
             while not self._stop.is_set():
                 subs = {sub.id: sub for sub in self.view.snapshot()[0]}
                 for sid in [q for q in queues if q not in subs]:
@@ -412,8 +419,9 @@ class Dispatcher:
                         ready()
                 self._stop.wait(0.3)
         finally:
-            self.watchdog.stop()
-            guard.join(timeout=10)
+            if guard is not None:
+                self.watchdog.stop()
+                guard.join(timeout=10)
             for q in queues.values():
                 q.stop()
             for q in queues.values():

@@ -1,11 +1,10 @@
 """The benchmark runs and prints its side-by-side table (numbers are judged in docs, not here)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
-
-import pytest
 
 
 def test_bench_twin_prints_table_and_json():
@@ -78,7 +77,7 @@ def test_bench_pipeline_prints_bare_and_pipeline_rates_and_latency_json():
         "worker-1", "worker-1-main", "broker", "load", "reader", "victoria-metrics", "machine",
         "machine_cores"}
     # the main thread is one of the worker's threads, besides its decoding child
-    assert 0 < cores["worker-1-main"] <= cores["worker-1"]
+    assert 0 < cores["worker-1-main"] <= cores["worker-1"] + 0.01  # read a moment apart
     # the whole machine's busy cores hold the worker's (the same span; clock ticks of 10 ms)
     assert cores["worker-1"] > 0 and cores["machine"] + 0.05 >= cores["worker-1"] + cores["load"]
     assert cores["machine_cores"] == os.cpu_count()
@@ -186,22 +185,33 @@ def test_kept_up_fails_a_backlog_that_grows_by_a_third_and_passes_one_that_jitte
     assert growing[45][1] * 1.5 > growing[-1][1]  # what the old rule let through
     r = kept_up(growing, drain_s=4.0, per_s=17_500)
     assert r["kept_up"] is False and abs(r["backlog_growth_per_s"] - 380) < 1
-    # a steady backlog of a batch or two, jittering by a batch either way
+    # a steady backlog above a second's worth, jittering by a batch either way: its fitted
+    # growth is within the tolerance
     jitter = [(x, 8_000 + (3_000 if i % 3 == 0 else -2_000 if i % 3 == 1 else 0))
               for i, x in enumerate(t)]
-    r = kept_up(jitter, drain_s=2.0, per_s=12_500)
-    assert r["kept_up"] is True and abs(r["backlog_growth_per_s"]) < 0.01 * 12_500
-    # growth just inside and just outside the tolerance
+    r = kept_up(jitter, drain_s=2.0, per_s=5_000)
+    assert r["kept_up"] is True and abs(r["backlog_growth_per_s"]) < KEPT_UP_GROWTH * 5_000
+    # growth just inside and just outside the tolerance, with the same jitter on top: the fit
+    # sees through it
     rate = 10_000
-    for share, expect in ((0.8 * KEPT_UP_GROWTH, True), (1.2 * KEPT_UP_GROWTH, False)):
-        series = [(x, int(5 * rate + share * rate * x)) for x in t]
+    for share, expect in ((0.8 * KEPT_UP_GROWTH, True), (1.3 * KEPT_UP_GROWTH, False)):
+        series = [(x, int(y + share * rate * x)) for x, y in jitter]
         assert kept_up(series, drain_s=1.0, per_s=rate)["kept_up"] is expect
-    # under a second's worth at the end passes; a drain over 5 s (or none) fails
-    small = [(x, 100) for x in t]
-    assert kept_up(small, drain_s=0.5, per_s=1_000)["kept_up"] is True
-    assert kept_up(jitter, drain_s=6.0, per_s=12_500)["kept_up"] is False
-    assert kept_up(jitter, drain_s=None, per_s=12_500)["kept_up"] is False
-    assert backlog_growth(small[:4]) == 0.0 and backlog_growth([]) == 0.0
+    # session 20's two workers at 17,500 without the sink: 4,430 halfway, 14,853 at the end,
+    # under a second's messages, which the first version of this rule let through
+    small_start = [(x, int(4_430 + (14_853 - 4_430) * (x - 45) / 44)) if x >= 45 else (x, 3_000)
+                   for x in t]
+    assert kept_up(small_start, drain_s=3.0, per_s=17_500)["kept_up"] is False
+    # a short run's few noisy samples: growth within two standard errors passes
+    short = [(0.0, 10), (1.0, 30), (2.0, 5), (3.0, 10), (4.0, 40), (5.0, 25)]
+    growth, se = backlog_growth(short)
+    assert growth > KEPT_UP_GROWTH * 50 and growth <= 2 * se
+    assert kept_up(short, drain_s=0.5, per_s=50)["kept_up"] is True
+    # a drain over 5 s (or none) fails; fewer than 3 samples in the second half is not measured
+    assert kept_up(jitter, drain_s=6.0, per_s=5_000)["kept_up"] is False
+    assert kept_up(jitter, drain_s=None, per_s=5_000)["kept_up"] is False
+    assert kept_up(short[:4], drain_s=0.5, per_s=50)["kept_up"] is False
+    assert all(math.isnan(v) for v in backlog_growth(short[:4]))
 
 
 def test_bench_dashboard_feed_folds_and_follows_every_state():
@@ -211,10 +221,9 @@ def test_bench_dashboard_feed_folds_and_follows_every_state():
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["patients"] == 200 and out["records"] == 600
     assert 1000 < out["record_bytes"] < 4000  # real twin.state messages, ~2 KB
-    assert out["fold_per_s"] > 0 and out["fold_us"] == pytest.approx(1e6 / out["fold_per_s"])
-    # following from the broker adds the Kafka client's work to the fold's
-    assert 0 < out["follow_per_s"] and out["follow_cpu_per_s"] < out["fold_per_s"]
-    assert 0 < out["follow_cores"] <= 1.2  # one consumer thread (and the GIL)
+    # every state applied (else it exits 1), each patient's latest state held under its own id
+    assert out["patients_followed"] == 200
+    assert out["fold_per_s"] > 0 and out["follow_per_s"] > 0 and out["follow_cores"] > 0
     bad = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--rounds", "1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--rounds at least 2" in bad.stderr

@@ -581,3 +581,24 @@ def test_acknowledge_and_silence_through_the_api_reach_the_worker_end_to_end(api
                 )[0] == 400
     assert not any(e.get("by") == "intruder" for e in events())
     assert [e["by"] for e in events() if e["event"] == "acknowledged"] == ["integration-1"]
+
+
+def test_a_stop_while_the_subscriptions_are_read_ends_the_dispatcher_and_closes_it(
+        settings_factory):
+    """Before its subscriptions are read (here never: no topics) the dispatcher waited out a
+    minute whatever happened; a stop now ends the wait, and its producer is closed."""
+    s = settings_factory()  # no topics.ensure: the subscriptions topic does not exist
+    d = Dispatcher(s)
+    th = threading.Thread(target=d.run, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 30
+    while getattr(d, "_producer", None) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d._producer is not None, "the dispatcher did not reach its broker"
+    time.sleep(1.0)
+    assert th.is_alive()  # still waiting for its subscriptions
+    t0 = time.monotonic()
+    d.stop()
+    th.join(15)
+    assert not th.is_alive() and time.monotonic() - t0 < 5
+    assert d._producer._closed and not d.view.follower._thread.is_alive()
