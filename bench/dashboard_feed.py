@@ -14,25 +14,33 @@ one second later) are written to twin.state on an embedded broker. Then, side by
   applies until it has applied every record (first states included); its CPU is this
   process's (kafka-python's I/O thread and the feed's consumer thread).
 
-This is a catch-up: the broker hands over full fetches. Following live, a feed gets smaller
-fetches as the states arrive, so the live cost per state is at least this. The records cycle
-through 50 patients' states, which compress better than a ward's would.
+This is a catch-up: the broker hands over full fetches. With `--live-seconds S`, a new feed on
+a new broker then follows `--patients` x 1 Hz written live by another process for S s, each
+state stamped when sent: its CPU per state and cores after 5 s, and each state's lag from sent
+to applied (the writer's own queueing included). Live fetches are smaller, so a state costs
+more than in the catch-up. The records cycle through 50 patients' states, which compress
+better than a ward's would.
 
 The last line is JSON: patients, records, record_bytes, fold_per_s, fold_us, follow_per_s,
-follow_cpu_per_s (records per CPU second), follow_cores, patients_followed.
+follow_cpu_per_s (records per CPU second), follow_cores, patients_followed, and with
+`--live-seconds` live_sent, live_applied, live_per_s, live_cores, live_us, live_lag_p50_ms,
+live_lag_p99_ms.
 
-Run: `python -m bench.dashboard_feed [--patients 5000] [--rounds 20]`.
+Run: `python -m bench.dashboard_feed [--patients 5000] [--rounds 20] [--live-seconds 0]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
 
 import msgspec
+import numpy as np
 
 from streams import broker, config, messages, supervise, topics
 
@@ -97,15 +105,99 @@ def follow(s: config.Settings, total: int,
         feed.stop()
 
 
+def produce_live(port: int, patients: int, seconds: float) -> None:
+    """In a process of its own: one twin.state per patient per second for `seconds`, each
+    stamped with the time it is sent, spread over 20 slices of each second. Prints `start T`
+    when the first goes out and `done T SENT` after the last is acknowledged."""
+    from kafka import KafkaProducer
+
+    from bench.dashboard_memory import sample_states
+
+    s = config.load({"BROKER_PORT": str(port)})
+    samples = [messages.decode_twin_state(b) for b in sample_states()]
+    producer = KafkaProducer(**config.kafka_python_producer_config(s, streamed=True))
+    pids = [f"P{i:06d}" for i in range(patients)]
+    t0 = time.time()
+    print(f"start {t0:.3f}", flush=True)
+    sent = 0
+    while time.time() - t0 < seconds:
+        second = time.time()
+        for j in range(20):
+            for i in range(j, patients, 20):
+                now = time.time()
+                st = msgspec.structs.replace(samples[i % len(samples)], patient_id=pids[i],
+                                             ts=messages.utc(now))
+                producer.send(s.topic_twin_state, key=pids[i].encode(), value=messages.encode(st))
+                sent += 1
+            time.sleep(max(0.0, second + (j + 1) / 20 - time.time()))
+    producer.flush(60)
+    producer.close()
+    print(f"done {time.time():.3f} {sent}", flush=True)
+
+
+def follow_live(patients: int, seconds: float, warmup: float = 5.0) -> dict[str, float]:
+    """A started `TwinFeed` following `patients` x 1 Hz twin states written live for `seconds`
+    by another process (`produce_live`): its CPU per state and cores after `warmup` s, and each
+    state's lag from being sent to being applied."""
+    from dashboard.feed import TwinFeed
+    from streams.messages import TwinState
+
+    port = supervise.free_port()
+    proc = broker.start(port)
+    lags: list[float] = []
+    try:
+        s = config.load({"BROKER_PORT": str(port)})
+        topics.ensure(s)
+
+        class Timed(TwinFeed):
+            def _apply_state(self, st: TwinState) -> None:
+                super()._apply_state(st)
+                lags.append(time.time() - st.ts.timestamp())
+
+        feed = Timed(s).start()
+        try:
+            gen = subprocess.Popen([sys.executable, "-m", "bench.dashboard_feed", "--produce",
+                                    str(port), str(patients), str(seconds)],
+                                   stdout=subprocess.PIPE, text=True)
+            assert gen.stdout is not None
+            t_start = float(gen.stdout.readline().split()[1])
+            time.sleep(max(0.0, t_start + warmup - time.time()))
+            c0, w0, n0 = time.process_time(), time.perf_counter(), len(lags)
+            done = gen.stdout.readline().split()
+            c1, w1, n1 = time.process_time(), time.perf_counter(), len(lags)
+            gen.wait(30)
+            sent = int(done[2])
+            deadline = time.time() + 30
+            while len(lags) < sent and time.time() < deadline:
+                time.sleep(0.1)
+        finally:
+            feed.stop()
+    finally:
+        supervise.stop(proc)
+    lag = np.array(lags[n0:n1] or [np.nan])
+    return {"live_patients": patients, "live_sent": sent, "live_applied": len(lags),
+            "live_per_s": (n1 - n0) / (w1 - w0), "live_cores": (c1 - c0) / (w1 - w0),
+            "live_us": (c1 - c0) / max(n1 - n0, 1) * 1e6,
+            "live_lag_p50_ms": float(np.percentile(lag, 50)) * 1000,
+            "live_lag_p99_ms": float(np.percentile(lag, 99)) * 1000}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.dashboard_feed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=20,
                     help="states of each patient, 1 s apart (the first allocates its ring)")
+    ap.add_argument("--live-seconds", type=float, default=0.0,
+                    help="then follow --patients x 1 Hz written live for this long (0: not)")
+    ap.add_argument("--produce", nargs=3, help=argparse.SUPPRESS)  # the live run's writer
     args = ap.parse_args(argv)
-    if args.patients < 1 or args.rounds < 2:
-        ap.error("--patients must be positive and --rounds at least 2")
+    if args.produce:
+        produce_live(int(args.produce[0]), int(args.produce[1]), float(args.produce[2]))
+        return 0
+    if args.patients < 1 or args.rounds < 2 or args.live_seconds < 0:
+        ap.error("--patients must be positive, --rounds at least 2 and --live-seconds at "
+                 "least 0")
     recs = records(args.patients, args.rounds)
     port = supervise.free_port()
     proc = broker.start(port)
@@ -136,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
           f"fold alone {out['fold_per_s']:,.0f}/s ({out['fold_us']:.1f} us each); followed "
           f"from the broker {out['follow_per_s']:,.0f}/s, {out['follow_cpu_per_s']:,.0f} per "
           f"CPU second, {out['follow_cores']:.2f} cores", flush=True)
+    if args.live_seconds > 0:
+        out.update(follow_live(args.patients, args.live_seconds))
+        print(f"live: {args.patients:,} patients x 1 Hz for {args.live_seconds:g} s, "
+              f"{out['live_applied']:,} of {out['live_sent']:,} states applied; "
+              f"{out['live_per_s']:,.0f}/s on {out['live_cores']:.2f} cores "
+              f"({out['live_us']:.1f} us of CPU a state); lag from sent to applied p50 "
+              f"{out['live_lag_p50_ms']:,.0f} ms, p99 {out['live_lag_p99_ms']:,.0f} ms",
+              flush=True)
     print(json.dumps(out))
     return 0
 

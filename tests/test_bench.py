@@ -216,7 +216,8 @@ def test_kept_up_fails_a_backlog_that_grows_by_a_third_and_passes_one_that_jitte
 
 def test_bench_dashboard_feed_folds_and_follows_every_state():
     r = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--patients", "200",
-                        "--rounds", "3"], capture_output=True, text=True, timeout=300)
+                        "--rounds", "3", "--live-seconds", "7"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["patients"] == 200 and out["records"] == 600
@@ -224,6 +225,10 @@ def test_bench_dashboard_feed_folds_and_follows_every_state():
     # every state applied (else it exits 1), each patient's latest state held under its own id
     assert out["patients_followed"] == 200
     assert out["fold_per_s"] > 0 and out["follow_per_s"] > 0 and out["follow_cores"] > 0
+    # live: 200 patients x 1 Hz for 7 s, every state applied, measured after the first 5 s
+    assert 200 * 6 <= out["live_sent"] <= 200 * 8 and out["live_applied"] == out["live_sent"]
+    assert 100 < out["live_per_s"] < 400 and out["live_cores"] > 0
+    assert 0 < out["live_lag_p50_ms"] <= out["live_lag_p99_ms"] < 5000
     bad = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--rounds", "1"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--rounds at least 2" in bad.stderr
