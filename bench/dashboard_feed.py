@@ -26,7 +26,7 @@ follow_cpu_per_s (records per CPU second), follow_cores, patients_followed, and 
 `--live-seconds` live_sent, live_applied, live_per_s, live_cores, live_us, live_lag_p50_ms,
 live_lag_p99_ms.
 
-Run: `python -m bench.dashboard_feed [--patients 5000] [--rounds 20] [--live-seconds 0]`.
+Run: `patient-twin bench dashboard-feed [--patients 5000] [--rounds 20] [--live-seconds 0]`.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def follow_live(patients: int, seconds: float, warmup: float = 5.0) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.dashboard_feed", description=__doc__,
+    ap = argparse.ArgumentParser(prog="patient-twin bench dashboard-feed", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=20,

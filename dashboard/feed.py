@@ -199,7 +199,7 @@ class TwinFeed:
                 for q in listeners:
                     q.offer(event)
             # not setdefault(pid, History()): that built (and dropped) a ~70 KB ring for every
-            # state, 30 % of what folding one cost (python -m bench.dashboard_feed)
+            # state, 30 % of what folding one cost (patient-twin bench dashboard-feed)
             h = self._history.get(pid)
             if h is None:
                 h = self._history[pid] = History()

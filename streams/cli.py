@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 BENCHMARKS = {"twin": "bench.twin_bench", "kalman": "bench.kalman_bench",
               "devices": "bench.devices_bench",
               "pipeline": "bench.pipeline_bench", "dashboard": "bench.dashboard_bench",
-              "failover": "bench.failover_gap", "broker-memory": "bench.broker_memory"}
+              "failover": "bench.failover_gap", "broker-memory": "bench.broker_memory",
+              "dashboard-feed": "bench.dashboard_feed"}
 
 
 Args = argparse.Namespace

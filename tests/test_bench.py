@@ -215,7 +215,8 @@ def test_kept_up_fails_a_backlog_that_grows_by_a_third_and_passes_one_that_jitte
 
 
 def test_bench_dashboard_feed_folds_and_follows_every_state():
-    r = subprocess.run([sys.executable, "-m", "bench.dashboard_feed", "--patients", "200",
+    r = subprocess.run([sys.executable, "-m", "streams.cli", "bench", "dashboard-feed",
+                        "--patients", "200",
                         "--rounds", "3", "--live-seconds", "7"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
