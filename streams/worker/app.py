@@ -809,8 +809,8 @@ class Worker:
 
 
 # Cyclic garbage collection tuned for big batches: a batch of 8,000 messages makes millions of
-# short-lived objects (decoded readings, twin.state dicts), which with Python's default gen0
-# threshold of 700 start a collection every few hundred microseconds, and the full collections
+# short-lived objects (decoded readings, alert and output objects), which with Python's default
+# gen0 threshold of 700 start a collection every few hundred microseconds, and the full collections
 # they trigger scan every long-lived object (the held Faust events, the table). Measured with
 # `bench pipeline` (docs/performance.md, session 8): 6-11 % more events/s. Nearly all of the
 # worker's garbage is freed by reference counting; cycles are still collected, less often.
