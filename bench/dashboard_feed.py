@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 import numpy as np
@@ -45,20 +45,28 @@ import numpy as np
 from streams import broker, config, messages, supervise, topics
 
 
+def _samples() -> list[messages.TwinState]:
+    """The simulated ward's latest twin states (50 patients), to re-key."""
+    from bench.dashboard_memory import sample_states
+
+    return [messages.decode_twin_state(b) for b in sample_states()]
+
+
+def _record(samples: list[messages.TwinState], i: int,
+            ts: datetime | None = None) -> tuple[bytes, bytes]:
+    """(key, value): patient `i`'s twin.state, a sample re-keyed to it, at `ts` (None: the
+    sample's own time)."""
+    st, pid = samples[i % len(samples)], f"P{i:06d}"
+    return pid.encode(), messages.encode(msgspec.structs.replace(
+        st, patient_id=pid, ts=st.ts if ts is None else ts))
+
+
 def records(patients: int, rounds: int) -> list[tuple[bytes, bytes]]:
     """(key, value) twin.state records: `rounds` states of each of `patients` patients, a
     second apart, made from the simulated ward's latest states."""
-    from bench.dashboard_memory import sample_states
-
-    samples = [messages.decode_twin_state(b) for b in sample_states()]
-    out = []
-    for r in range(rounds):
-        for i in range(patients):
-            st = samples[i % len(samples)]
-            pid = f"P{i:06d}"
-            out.append((pid.encode(), messages.encode(msgspec.structs.replace(
-                st, patient_id=pid, ts=st.ts + timedelta(seconds=r)))))
-    return out
+    samples = _samples()
+    return [_record(samples, i, samples[i % len(samples)].ts + timedelta(seconds=r))
+            for r in range(rounds) for i in range(patients)]
 
 
 def fold(s: config.Settings, recs: list[tuple[bytes, bytes]], first: int) -> float:
@@ -111,12 +119,9 @@ def produce_live(port: int, patients: int, seconds: float) -> None:
     when the first goes out and `done T SENT` after the last is acknowledged."""
     from kafka import KafkaProducer
 
-    from bench.dashboard_memory import sample_states
-
     s = config.load({"BROKER_PORT": str(port)})
-    samples = [messages.decode_twin_state(b) for b in sample_states()]
+    samples = _samples()
     producer = KafkaProducer(**config.kafka_python_producer_config(s, streamed=True))
-    pids = [f"P{i:06d}" for i in range(patients)]
     t0 = time.time()
     print(f"start {t0:.3f}", flush=True)
     sent = 0
@@ -124,10 +129,8 @@ def produce_live(port: int, patients: int, seconds: float) -> None:
         second = time.time()
         for j in range(20):
             for i in range(j, patients, 20):
-                now = time.time()
-                st = msgspec.structs.replace(samples[i % len(samples)], patient_id=pids[i],
-                                             ts=messages.utc(now))
-                producer.send(s.topic_twin_state, key=pids[i].encode(), value=messages.encode(st))
+                key, value = _record(samples, i, messages.utc(time.time()))
+                producer.send(s.topic_twin_state, key=key, value=value)
                 sent += 1
             time.sleep(max(0.0, second + (j + 1) / 20 - time.time()))
     producer.flush(60)

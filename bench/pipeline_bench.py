@@ -251,27 +251,25 @@ def _machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat_seconds(stat: str) -> float:
+    """User + system CPU so far, seconds, from a /proc `stat` file (a process's or a thread's);
+    NaN when it is gone."""
+    try:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and its children so far (Linux /proc), seconds."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in _family(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return float(np.nansum([_stat_seconds(f"/proc/{p}/stat") for p in _family(pid)]))  # gone: 0 s
 
 
 def _main_thread_seconds(pid: int) -> float:
     """User + system CPU of a process's main thread so far (Linux /proc), seconds: a worker's
     twin step, outputs and Faust's event loop, without its decoding child and client threads."""
-    try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_seconds(f"/proc/{pid}/task/{pid}/stat")
 
 
 @dataclass

@@ -93,6 +93,8 @@ _SD = [_SLOT[f"sd{j}"] for j in range(C)]
 _DERIVED_SLOTS = [(f"{k}=".encode(), _SLOT[f"derived{j}"]) for j, k in enumerate(_DERIVED)]
 _LINE_CHANNELS = [(f"{ch}_est=".encode(), f",{ch}_sd=".encode(), e, d)
                   for ch, e, d in zip(NAMES, _EST, _SD, strict=True)]
+_NEWS2, _NEWS2_RAW, _COMPLETE, _SEPSIS = (_SLOT[k] for k in ("news2", "news2_raw",
+                                                               "news2_complete", "sepsis_risk"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,12 +223,11 @@ def _line(pid: str, tokens: list[bytes], ts: datetime) -> str:
     writes them)."""
     fields = [pre_e + tokens[e] + pre_s + tokens[d] for pre_e, pre_s, e, d in _LINE_CHANNELS
               if tokens[e] != b"null" and tokens[d] != b"null"]
-    fields.append(b"news2=" + tokens[_SLOT["news2"]] + b"i,news2_raw=" +
-                  tokens[_SLOT["news2_raw"]] + b"i,news2_complete=" +
-                  tokens[_SLOT["news2_complete"]])
+    fields.append(b"news2=" + tokens[_NEWS2] + b"i,news2_raw=" + tokens[_NEWS2_RAW] +
+                  b"i,news2_complete=" + tokens[_COMPLETE])
     fields.extend(key + tokens[j] for key, j in _DERIVED_SLOTS if tokens[j] != b"null")
-    if tokens[_SLOT["sepsis_risk"]] != b"null":
-        fields.append(b"sepsis_risk=" + tokens[_SLOT["sepsis_risk"]])
+    if tokens[_SEPSIS] != b"null":
+        fields.append(b"sepsis_risk=" + tokens[_SEPSIS])
     return (f"twin,patient_id={pid} {b','.join(fields).decode()} "
             f"{round(ts.timestamp() * 1e6) * 1000}")
 
